@@ -1,0 +1,48 @@
+"""Tiny models built on the spot, so every source format is tested without a download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+        "num_classes": 10}
+TINY_ARGS = [f"{k}={v}" for k, v in TINY.items()]
+REPO = Path(__file__).resolve().parents[1]
+HELDOUT = REPO / "calibration" / "digits" / "heldout"
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def tiny_timm(name: str = "vit_tiny_patch16_224", **overrides) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **{**TINY, **overrides}).eval()
+
+
+def kwargs_cli(**overrides) -> list[str]:
+    args: list[str] = []
+    for key, value in {**TINY, **overrides}.items():
+        args += ["-k", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file(tiny_timm().state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_artifact(tmp_path_factory, tiny_ckpt) -> Path:
+    from vitedge.export import export_onnx
+    from vitedge.models import load
+
+    out = tmp_path_factory.mktemp("art") / "tiny-onnx"
+    export_onnx(load("timm:vit_tiny_patch16_224", weights=tiny_ckpt, model_kwargs=TINY), out)
+    return out

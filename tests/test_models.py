@@ -1,0 +1,229 @@
+"""Every model source loads into a module + card with the right structure and preprocessing."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, tiny_timm
+from vitedge.errors import InputError, ModelLoadError
+from vitedge.models import load
+
+
+def _same_output(module_a, module_b, size=32, batch=2):
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        return torch.allclose(module_a(x), module_b(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("wrap", ["raw", "model", "state_dict", "model_ema", "ddp"])
+def test_timm_checkpoint_layouts(tmp_path, wrap):
+    reference = tiny_timm()
+    state = reference.state_dict()
+    if wrap == "ddp":
+        payload = {f"module.{k}": v for k, v in state.items()}
+    elif wrap == "raw":
+        payload = state
+    else:
+        payload = {wrap: state, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(payload, path)
+    loaded = load("timm:vit_tiny_patch16_224", weights=path, model_kwargs=TINY)
+    assert _same_output(loaded.module, reference)
+    card = loaded.card
+    s = card.structure
+    assert (s.is_vit, s.patch_size, s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) == \
+        (True, 8, 32, 2, 2, 128)
+    assert card.num_classes == 10 and card.preprocessing.input_size == (32, 32)
+    assert card.params == sum(p.numel() for p in reference.parameters())
+    # 17 tokens x (qkv 3*32*32 + proj 32*32 + fc1 32*128 + fc2 128*32) per block, plus patch
+    # embedding and head; attention score/value products add a little on top.
+    linear = 2 * 17 * (3 * 1024 + 1024 + 4096 + 4096) + 16 * 32 * 192 + 32 * 10
+    assert linear < card.macs < linear * 1.1
+
+
+def test_safetensors_and_imagenet_labels(tiny_ckpt):
+    loaded = load("timm:vit_tiny_patch16_224", weights=tiny_ckpt, model_kwargs=TINY)
+    assert loaded.card.source["kind"] == "timm"
+    full = load("timm:deit_tiny_patch16_224", model_kwargs={"depth": 1}, compute_macs=False)
+    assert full.card.num_classes == 1000 and full.card.labels[0] == "tench"
+    cfg = full.module.pretrained_cfg
+    assert full.card.preprocessing.interpolation == cfg["interpolation"] == "bicubic"
+    assert full.card.preprocessing.crop_pct == cfg["crop_pct"]
+    assert full.card.preprocessing.mean == tuple(cfg["mean"])
+
+
+@pytest.mark.parametrize("name,kwargs,expect", [
+    ("deit_tiny_distilled_patch16_224", {}, {"distillation_token": True, "num_prefix_tokens": 2}),
+    ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"},
+     {"class_token": False, "global_pool": "avg", "num_prefix_tokens": 0}),
+    ("vit_base_patch16_224.mae", {}, {"class_token": True}),
+    ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 1}, {"hybrid_stem": True}),
+])
+def test_vit_variants(name, kwargs, expect):
+    overrides = dict(TINY)
+    overrides.update(kwargs)
+    if name.endswith(".mae"):
+        overrides["num_classes"] = 0
+    loaded = load(f"timm:{name}", model_kwargs=overrides)
+    s = loaded.card.structure
+    assert s.is_vit
+    for key, value in expect.items():
+        assert getattr(s, key) == value, key
+    if s.hybrid_stem:  # effective patch = CNN stride x projection patch
+        assert s.patch_size * loaded.module.patch_embed.grid_size[0] == 64
+        assert s.patch_size > 1
+    if name.endswith(".mae"):
+        assert loaded.card.num_classes is None
+        assert any("features" in w for w in loaded.card.warnings)
+
+
+def test_non_vit_is_accepted_with_warning():
+    loaded = load("timm:resnet10t", model_kwargs={"num_classes": 10}, compute_macs=False)
+    assert not loaded.card.structure.is_vit
+    assert any("not a Vision Transformer" in w for w in loaded.card.warnings)
+
+
+def test_torchvision_vit(tmp_path):
+    kwargs = {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 2,
+              "hidden_dim": 32, "mlp_dim": 64, "num_classes": 10}
+    first = load("torchvision:vit_b_16", model_kwargs=kwargs)
+    path = tmp_path / "tv.pth"
+    torch.save(first.module.state_dict(), path)
+    loaded = load("torchvision:vit_b_16", weights=path, model_kwargs=kwargs)
+    assert _same_output(first.module, loaded.module)
+    s = loaded.card.structure
+    assert (s.patch_size, s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) == (8, 32, 2, 2, 64)
+    pre = loaded.card.preprocessing
+    assert pre.interpolation == "bilinear" and pre.input_size == (32, 32)
+
+
+def _save_hf(tmp_path, kind):
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=64)
+    if kind == "vit":
+        model = transformers.ViTForImageClassification(
+            transformers.ViTConfig(**common, num_labels=3, id2label={0: "a", 1: "b", 2: "c"},
+                                   label2id={"a": 0, "b": 1, "c": 2}))
+    elif kind == "deit":
+        model = transformers.DeiTForImageClassificationWithTeacher(
+            transformers.DeiTConfig(**common, num_labels=3))
+    else:
+        model = transformers.ViTMAEModel(transformers.ViTMAEConfig(**common))
+    model.save_pretrained(tmp_path)
+    if kind == "vit":
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}, resample=3,
+                                       image_mean=[0.5] * 3, image_std=[0.5] * 3
+                                       ).save_pretrained(tmp_path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit", "mae"])
+def test_huggingface_folders(tmp_path, kind):
+    original = _save_hf(tmp_path, kind)
+    loaded = load(tmp_path)
+    card = loaded.card
+    assert card.structure.is_vit and card.structure.depth == 2 and card.structure.num_heads == 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = loaded.module(x)
+    if kind == "vit":
+        assert card.labels == ["a", "b", "c"]
+        assert card.preprocessing.resize_mode == "squash"
+        assert card.preprocessing.interpolation == "bicubic"
+        with torch.no_grad():
+            assert torch.allclose(out, original(pixel_values=x).logits, atol=1e-5)
+    elif kind == "deit":
+        assert card.structure.distillation_token and out.shape == (2, 3)
+    else:
+        assert card.num_classes is None and out.shape == (2, 32)
+        with torch.no_grad():  # deterministic despite MAE's random masking
+            assert torch.equal(out, loaded.module(x))
+
+
+def test_torch_export_program(tmp_path):
+    model = tiny_timm()
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 32, 32),)), path)
+    loaded = load(path)
+    assert loaded.card.preprocessing.input_size == (32, 32)
+    assert loaded.card.structure.is_vit and loaded.card.structure.depth == 2
+    assert loaded.card.num_classes == 10 and loaded.card.macs > 0
+    assert any("records no preprocessing" in w for w in loaded.card.warnings)
+    assert _same_output(loaded.module, model, batch=1)  # the program was saved for batch 1
+
+
+def test_torchscript(tmp_path):
+    model = tiny_timm()
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 32, 32)), path)
+    loaded = load(path, preprocessing={"input_size": [32, 32]})
+    assert loaded.card.structure.is_vit and loaded.card.structure.embed_dim == 32
+    assert _same_output(loaded.module, model)
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    model = tiny_timm()
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+        load(path)
+    loaded = load(path, trust_pickle=True)
+    assert loaded.card.structure.num_heads == 2 and loaded.card.preprocessing.input_size == (32, 32)
+    assert _same_output(loaded.module, model)
+
+
+def test_onnx_source(tiny_onnx_artifact):
+    loaded = load(tiny_onnx_artifact / "model.onnx")
+    card = loaded.card
+    assert loaded.module is None and card.format == "onnx"
+    assert card.structure.is_vit and card.structure.patch_size == 8 and card.structure.depth == 2
+    assert card.num_classes == 10 and card.preprocessing.input_size == (32, 32)
+    torch_card = load("timm:vit_tiny_patch16_224", model_kwargs=TINY).card
+    # onnxslim shares identical initializers (e.g. untrained LayerNorm weights), so the ONNX
+    # count can be a little lower than PyTorch's
+    assert 0.95 < card.params / torch_card.params <= 1.0
+    assert abs(card.macs - torch_card.macs) / torch_card.macs < 0.05
+    with pytest.raises(ModelLoadError, match="needs a PyTorch model"):
+        loaded.torch_module("export")
+
+
+def test_artifact_round_trip_and_tamper(tiny_onnx_artifact, tmp_path):
+    import shutil
+
+    loaded = load(tiny_onnx_artifact)
+    assert loaded.card.lineage[-1]["step"] == "export"
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_onnx_artifact, copy)
+    with open(copy / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(InputError, match="does not match the hash"):
+        load(copy)
+
+
+def test_builtin_model_card():
+    loaded = load("builtin:digits-vit")
+    card = loaded.card
+    assert card.labels == [str(d) for d in range(10)]
+    assert card.preprocessing.input_size == (32, 32)
+    assert card.metrics["heldout_top1"] >= 0.97
+    assert json.loads(card.to_json())["structure"]["patch_size"] == 4
+
+
+def test_builtin_model_accuracy_on_heldout():
+    from conftest import HELDOUT
+    from vitedge.data import iter_batches, open_images
+
+    loaded = load("builtin:digits-vit")
+    images = open_images(HELDOUT)
+    correct = total = 0
+    for batch, records in iter_batches(images, loaded.card.preprocessing, 128):
+        with torch.no_grad():
+            pred = loaded.module(torch.from_numpy(batch)).argmax(1).numpy()
+        correct += sum(int(p) == r.label for p, r in zip(pred, records))
+        total += len(records)
+    assert total == 540
+    assert correct / total >= 0.97

@@ -1,0 +1,178 @@
+"""The model card: everything later steps need about a model, and nobody should re-derive.
+
+A card travels with every artifact as `card.json`. It holds the preprocessing contract (the
+one place resize, crop, interpolation, mean/std and channel order are decided), the ViT
+structure, the labels, and the lineage of steps that made the artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from vitedge.errors import InputError
+
+CARD_VERSION = 1
+
+
+class Interpolation(StrEnum):
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    LANCZOS = "lanczos"
+
+
+class ResizeMode(StrEnum):
+    """How an image reaches the model's input size.
+
+    `shorter-crop` is timm/torchvision eval: resize the shorter side to size / crop_pct, then
+    centre-crop. `squash` is Hugging Face ViT: resize straight to the input size, aspect ignored.
+    """
+
+    SHORTER_CROP = "shorter-crop"
+    SQUASH = "squash"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: tuple[int, int]  # (height, width) the model takes
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: Interpolation = Interpolation.BICUBIC
+    crop_pct: float = 0.875
+    resize_mode: ResizeMode = ResizeMode.SHORTER_CROP
+    channel_order: str = "RGB"  # order of the model's input channels
+    scale: float = 1.0 / 255.0  # pixel value -> [0, 1] before mean/std
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise InputError(f"input size {self.input_size} is not (height, width) > 0",
+                             "give the size as two positive integers, e.g. 224,224")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise InputError(f"crop_pct {self.crop_pct} is outside (0, 1]",
+                             "timm uses 0.875-1.0; 1.0 means no crop")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InputError(f"mean {self.mean} / std {self.std} must be three values, std > 0",
+                             "give per-channel values in [0, 1] units, e.g. 0.5,0.5,0.5")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise InputError(f"channel order {self.channel_order!r} is not RGB or BGR")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["input_size"] = list(self.input_size)
+        out["mean"] = list(self.mean)
+        out["std"] = list(self.std)
+        out["interpolation"] = str(self.interpolation)
+        out["resize_mode"] = str(self.resize_mode)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            input_size=tuple(int(v) for v in data["input_size"]),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in data.get("mean", cls.mean)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data.get("std", cls.std)),  # type: ignore[arg-type]
+            interpolation=Interpolation(data.get("interpolation", "bicubic")),
+            crop_pct=float(data.get("crop_pct", 0.875)),
+            resize_mode=ResizeMode(data.get("resize_mode", "shorter-crop")),
+            channel_order=data.get("channel_order", "RGB"),
+            scale=float(data.get("scale", 1.0 / 255.0)),
+        )
+
+
+@dataclass(frozen=True)
+class VitStructure:
+    """The transformer shape that pruning, quantization and reports reason about.
+
+    Fields are None where the source does not reveal them (e.g. head count in an ONNX file).
+    """
+
+    is_vit: bool
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_hidden: int | None = None
+    num_prefix_tokens: int | None = None  # class + distillation + register tokens
+    class_token: bool | None = None
+    distillation_token: bool = False
+    global_pool: str | None = None  # "token", "avg", ...
+    hybrid_stem: bool = False  # CNN backbone before the transformer (e.g. vit_*_r50_*)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VitStructure:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ModelCard:
+    """What an artifact is, how to feed it, and where it came from."""
+
+    architecture: str
+    source: dict[str, Any]  # how to rebuild the torch module: {"kind": "timm", "name": ..., ...}
+    preprocessing: Preprocessing
+    structure: VitStructure
+    num_classes: int | None = None
+    labels: list[str] | None = None
+    params: int | None = None
+    macs: int | None = None  # multiply-accumulates for one image at input_size
+    format: str = "torch"  # "torch" | "onnx" | ...
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "card_version": CARD_VERSION,
+            "architecture": self.architecture,
+            "format": self.format,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "params": self.params,
+            "macs": self.macs,
+            "preprocessing": self.preprocessing.to_dict(),
+            "structure": self.structure.to_dict(),
+            "labels": self.labels,
+            "files": self.files,
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "warnings": self.warnings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        try:
+            return cls(
+                architecture=data["architecture"],
+                source=dict(data.get("source") or {}),
+                preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+                structure=VitStructure.from_dict(data.get("structure") or {"is_vit": False}),
+                num_classes=data.get("num_classes"),
+                labels=data.get("labels"),
+                params=data.get("params"),
+                macs=data.get("macs"),
+                format=data.get("format", "torch"),
+                files=dict(data.get("files") or {}),
+                lineage=list(data.get("lineage") or []),
+                metrics=dict(data.get("metrics") or {}),
+                warnings=list(data.get("warnings") or []),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"card.json is malformed: {exc!r}",
+                             "re-create the artifact with `vitedge export`") from None
+
+    def label(self, index: int) -> str:
+        if self.labels and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)

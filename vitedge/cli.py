@@ -1,0 +1,274 @@
+"""The `vitedge` command line. Each command parses, calls one library function, renders.
+
+Nothing heavy is imported at module level: `vitedge --help` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vitedge import __version__
+from vitedge.card import Interpolation
+from vitedge.errors import VitedgeError
+
+app = typer.Typer(
+    name="vitedge",
+    help="Take a trained Vision Transformer to edge devices and keep it honest there.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"vitedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """vitedge: prune, quantize, compile and watch ViTs on edge devices."""
+
+
+@contextlib.contextmanager
+def user_errors(verbose: bool = False) -> Iterator[None]:
+    """Turn VitedgeError into one line on stderr and exit code 1; quiet third-party chatter."""
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+            for name in ("torch.onnx", "onnxscript", "torch._export", "torch.export", "onnx_ir"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        except VitedgeError as exc:
+            hint = f" — {exc.hint}" if exc.hint else ""
+            err_console.print(f"[bold red]error:[/] {exc.message}{hint}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+# Options shared by every command that loads a model.
+Source = Annotated[str, typer.Argument(
+    help="Model: timm:NAME, torchvision:NAME, a Hugging Face folder, .pt2, TorchScript .pt, "
+         ".onnx, a vitedge artifact folder, or builtin:digits-vit.")]
+Weights = Annotated[Optional[Path], typer.Option(
+    "--weights", "-w", help="Checkpoint for timm:/torchvision: sources (.safetensors, .pth, .pt, .bin).")]
+ModelKwargs = Annotated[Optional[list[str]], typer.Option(
+    "--model-kwargs", "-k", help="Architecture override key=value, repeatable (img_size=32, num_classes=10).")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow loading a whole pickled nn.Module (runs code from the file).")]
+Mean = Annotated[Optional[str], typer.Option(help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
+Std = Annotated[Optional[str], typer.Option(help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
+CropPct = Annotated[Optional[float], typer.Option(help="Override crop ratio (1.0 = no crop).")]
+Interp = Annotated[Optional[Interpolation], typer.Option(help="Override resize interpolation.")]
+InputSize = Annotated[Optional[str], typer.Option(help="Override input size, e.g. 224 or 224,224.")]
+Labels = Annotated[Optional[Path], typer.Option(
+    exists=True, dir_okay=False, help="Class names: a text file (one per line) or a JSON list.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings.")]
+
+
+def _floats(text: str | None, what: str, count: int) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise VitedgeError(f"--{what} {text!r} is not {count} comma-separated numbers",
+                           f"write e.g. --{what} " + ",".join(["0.5"] * count))
+    return values
+
+
+def _read_labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VitedgeError(f"labels file {path} is not valid JSON ({exc.msg})") from None
+        if isinstance(data, dict):
+            data = [data[k] for k in sorted(data, key=int)]
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load(source: str, weights: Path | None, model_kwargs: list[str] | None, trust_pickle: bool,
+          mean: str | None, std: str | None, crop_pct: float | None,
+          interpolation: Interpolation | None, input_size: str | None, labels: Path | None) -> Any:
+    from vitedge.models import load, parse_model_kwargs
+
+    overrides: dict[str, Any] = {"mean": _floats(mean, "mean", 3), "std": _floats(std, "std", 3),
+                                 "crop_pct": crop_pct,
+                                 "interpolation": str(interpolation) if interpolation else None}
+    if input_size is not None:
+        size = _floats(input_size, "input-size", 2 if "," in input_size else 1)
+        overrides["input_size"] = [int(v) for v in (size * 2 if len(size) == 1 else size)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return load(source, weights=weights, model_kwargs=parse_model_kwargs(model_kwargs),
+                trust_pickle=trust_pickle, preprocessing=overrides or None,
+                labels=_read_labels(labels))
+
+
+def _fmt_count(value: int | None, unit: str = "") -> str:
+    if value is None:
+        return "unknown"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f} {suffix}{unit}"
+    return f"{value} {unit}".strip()
+
+
+def render_card(card: Any) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    s, p = card.structure, card.preprocessing
+    rows = [
+        ("architecture", card.architecture),
+        ("format", card.format),
+        ("ViT", "yes" if s.is_vit else "no"),
+        ("params", _fmt_count(card.params)),
+        ("MACs", _fmt_count(card.macs, "MAC") + f" at {p.input_size[0]}x{p.input_size[1]}"),
+        ("patch / embed / depth / heads",
+         " / ".join(str(v) if v is not None else "?" for v in
+                    (s.patch_size, s.embed_dim, s.depth, s.num_heads))),
+        ("MLP hidden", str(s.mlp_hidden) if s.mlp_hidden else "?"),
+        ("prefix tokens", f"{s.num_prefix_tokens if s.num_prefix_tokens is not None else '?'}"
+                          f" (class token: {s.class_token}, distillation token: {s.distillation_token})"),
+        ("pooling", str(s.global_pool)),
+        ("hybrid CNN stem", "yes" if s.hybrid_stem else "no"),
+        ("classes", str(card.num_classes) if card.num_classes else "none (features)"),
+        ("labels", (", ".join(card.labels[:5]) + (" …" if len(card.labels) > 5 else ""))
+         if card.labels else "unknown"),
+        ("preprocessing",
+         f"{p.resize_mode} {p.input_size[0]}x{p.input_size[1]}, crop {p.crop_pct:g}, "
+         f"{p.interpolation}, mean {tuple(round(v, 4) for v in p.mean)}, "
+         f"std {tuple(round(v, 4) for v in p.std)}, {p.channel_order}"),
+    ]
+    metrics = card.metrics
+    if "heldout_top1" in metrics:
+        rows.append(("held-out top-1", f"{100 * metrics['heldout_top1']:.2f}% "
+                                        f"({metrics.get('heldout_images', '?')} images)"))
+    if "parity" in metrics:
+        parity = metrics["parity"]
+        rows.append(("export parity", f"{'passed' if parity['passed'] else 'FAILED'}: max abs "
+                                       f"diff {parity['max_abs_diff']:.2e} on {parity['samples']} images"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _print_warnings(card: Any) -> None:
+    for message in card.warnings:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(source: Source, weights: Weights = None, model_kwargs: ModelKwargs = None,
+            trust_pickle: TrustPickle = False, mean: Mean = None, std: Std = None,
+            crop_pct: CropPct = None, interpolation: Interp = None, input_size: InputSize = None,
+            labels: Labels = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
+            verbose: Verbose = False) -> None:
+    """Load a model and print its card: structure, size, MACs, preprocessing, labels.
+
+    Example: vitedge inspect timm:deit_tiny_patch16_224 --weights deit_tiny.safetensors
+    """
+    with user_errors(verbose):
+        loaded = _load(source, weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                       interpolation, input_size, labels)
+    if as_json:
+        typer.echo(loaded.card.to_json(), nl=False)
+        return
+    console.print(render_card(loaded.card))
+    _print_warnings(loaded.card)
+
+
+@app.command()
+def export(source: Source,
+           out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
+           weights: Weights = None, model_kwargs: ModelKwargs = None,
+           trust_pickle: TrustPickle = False, mean: Mean = None, std: Std = None,
+           crop_pct: CropPct = None, interpolation: Interp = None, input_size: InputSize = None,
+           labels: Labels = None,
+           opset: Annotated[int, typer.Option(help="ONNX opset (>= 17 keeps LayerNorm one node).")] = 18,
+           dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension.")] = True,
+           simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxslim.")] = True,
+           data: Annotated[Optional[str], typer.Option(
+               help="Images for the parity check (folder, ImageFolder or glob); default: shipped samples.")] = None,
+           parity_samples: Annotated[int, typer.Option(help="How many images the parity check uses.")] = 16,
+           atol: Annotated[float, typer.Option(help="Parity absolute tolerance on logits.")] = 1e-3,
+           rtol: Annotated[float, typer.Option(help="Parity relative tolerance on logits.")] = 1e-3,
+           overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+           verbose: Verbose = False) -> None:
+    """Export to ONNX (opset >= 17, dynamic batch, onnxslim) and check it against PyTorch.
+
+    Example: vitedge export builtin:digits-vit -o artifacts/digits-onnx
+    """
+    from vitedge.export import export_onnx
+
+    with user_errors(verbose):
+        loaded = _load(source, weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                       interpolation, input_size, labels)
+        result = export_onnx(loaded, out, opset=opset, dynamic_batch=dynamic_batch,
+                             simplify=simplify, parity_data=data, parity_samples=parity_samples,
+                             atol=atol, rtol=rtol, overwrite=overwrite)
+    _print_warnings(result.card)
+    parity = result.parity
+    agreement = "n/a" if parity.top1_agreement is None else f"{100 * parity.top1_agreement:.1f}%"
+    console.print(
+        f"[green]parity passed[/] on {parity.samples} images ({parity.data}): max abs diff "
+        f"{parity.max_abs_diff:.2e}, max rel diff {parity.max_rel_diff:.2e}, top-1 agreement "
+        f"{agreement} (atol {parity.atol:g}, rtol {parity.rtol:g})", highlight=False)
+    batch = "dynamic" if result.card.source["onnx"]["dynamic_batch"] else "fixed"
+    console.print(f"wrote {result.out_dir}/model.onnx (opset {opset}, {batch} batch, "
+                  f"{result.exporter} exporter) in {result.seconds:.1f} s", highlight=False)
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Versions, execution providers, GPU and CPU features that decide what runs fast here."""
+    from vitedge.versions import doctor as collect
+
+    report = collect()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    table.add_row("vitedge", report.vitedge)
+    table.add_row("python", f"{report.python} on {report.platform}")
+    for name, version in report.packages.items():
+        table.add_row(name, version or "[dim]not installed[/]")
+    table.add_row("onnxruntime providers", ", ".join(report.onnxruntime_providers))
+    cuda = report.cuda
+    table.add_row("CUDA", f"{cuda['device']} (SM {cuda['sm']}, {cuda['memory_gib']} GiB), "
+                          f"torch CUDA {cuda['torch_cuda']}" if cuda.get("available")
+                  else f"no GPU visible (torch CUDA build: {cuda.get('torch_cuda') or 'none'})")
+    trt = report.tensorrt
+    table.add_row("TensorRT", trt["version"] if trt.get("available") else f"not importable ({trt['error']})")
+    cpu = report.cpu
+    table.add_row("CPU", f"{cpu['name']} ({cpu['machine']}, {cpu['cores']} cores)")
+    features = cpu["features"]
+    table.add_row("CPU features", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()))
+    console.print(table)

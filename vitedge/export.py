@@ -1,0 +1,247 @@
+"""torch -> ONNX, simplified with onnxslim, and checked against PyTorch before it is kept.
+
+Exporter: torch's dynamo-based `torch.onnx.export` (its default and maintained path) at opset
+18, so LayerNorm is one `LayerNormalization` node (a decomposed `Pow(x, 2)` overflows in FP16).
+TorchScript modules, and models dynamo cannot trace, fall back to the TorchScript exporter; the
+card records which one ran.
+
+Simplifier: onnxslim, not onnx-simplifier: onnxslim is pure Python (no compiled wheel that lags
+new Python/onnx releases), is maintained, and keeps LayerNormalization intact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitedge.artifact import artifact_hash, write_card, writing_artifact
+from vitedge.card import ModelCard
+from vitedge.data import ImageSet, iter_batches, open_images
+from vitedge.errors import ExportError, InputError
+from vitedge.models import ASSETS, LoadedModel
+from vitedge.versions import tool_versions
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17  # first opset with LayerNormalization
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a single file at 2 GiB
+SAMPLE_IMAGES = ASSETS / "samples"
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """ONNX Runtime vs PyTorch on the same preprocessed images. Truthy only when it passed."""
+
+    samples: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float | None  # None for feature extractors (no classes)
+    atol: float
+    rtol: float
+    within_tolerance: bool
+    data: str
+
+    def __bool__(self) -> bool:
+        return self.samples > 0 and self.within_tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": bool(self)}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    card: ModelCard
+    parity: ParityResult
+    exporter: str
+    seconds: float
+
+
+def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True, simplify: bool = True,
+                parity_data: str | Path | None = None, parity_samples: int = 16,
+                atol: float = 1e-3, rtol: float = 1e-3, overwrite: bool = False) -> ExportResult:
+    """Export, simplify, check, and write `out_dir` (model.onnx + card.json) atomically.
+
+    Raises ExportError (and writes nothing) when ONNX Runtime's logits differ from PyTorch's
+    beyond `atol + rtol * |reference|` on any element.
+    """
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is below {MIN_OPSET}",
+                         "opset 17 is the first with a single LayerNormalization node; use >= 17")
+    if parity_samples < 1:
+        raise InputError(f"--parity-samples {parity_samples} must be at least 1")
+    module = loaded.torch_module("export")
+    images = _parity_images(parity_data, parity_samples)
+    started = time.perf_counter()
+    pre = loaded.card.preprocessing
+    with writing_artifact(Path(out_dir), overwrite=overwrite) as staging:
+        onnx_path = staging / "model.onnx"
+        model, exporter, batch_dynamic = _export(module, pre.input_size, opset, dynamic_batch)
+        if simplify:
+            model = _simplify(model)
+        _save(model, onnx_path)
+        parity = check_parity(module, onnx_path, images, loaded.card, atol=atol, rtol=rtol,
+                              batch_dynamic=batch_dynamic)
+        if not parity:
+            raise ExportError(
+                f"ONNX output differs from PyTorch: max abs diff {parity.max_abs_diff:.3g}, max "
+                f"rel diff {parity.max_rel_diff:.3g} (tolerance atol={atol:g}, rtol={rtol:g}) on "
+                f"{parity.samples} images, top-1 agreement {_pct(parity.top1_agreement)}",
+                "nothing was written; try --no-simplify or another --opset, or raise --atol if "
+                "the model is known to be numerically sensitive")
+        card = _export_card(loaded, model, parity, exporter, opset, batch_dynamic, simplify)
+        write_card(staging, card)
+    return ExportResult(Path(out_dir), card, parity, exporter, time.perf_counter() - started)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _parity_images(parity_data: str | Path | None, count: int) -> ImageSet:
+    if parity_data is not None:
+        return open_images(parity_data).sample(count, seed=0)
+    return open_images(SAMPLE_IMAGES).sample(count, seed=0)
+
+
+def _export(module: torch.nn.Module, input_size: tuple[int, int], opset: int,
+            dynamic_batch: bool) -> tuple[onnx.ModelProto, str, bool]:
+    import torch
+
+    # batch 2 for tracing a dynamic batch (1 would be specialized away); static graphs get 1
+    example = (torch.randn(2 if dynamic_batch else 1, 3, *input_size),)
+    if not isinstance(module, torch.jit.ScriptModule):
+        try:
+            return _export_dynamo(module, example, opset, dynamic_batch), "dynamo", dynamic_batch
+        except Exception as first:  # noqa: BLE001 - fall back below, report both if both fail
+            dynamo_error = first
+            if dynamic_batch:  # programs saved with a fixed batch cannot be made dynamic
+                try:
+                    static = (torch.randn(1, 3, *input_size),)
+                    return _export_dynamo(module, static, opset, False), "dynamo", False
+                except Exception:  # noqa: BLE001
+                    pass
+    else:
+        dynamo_error = None
+    try:
+        return _export_torchscript(module, example, opset, dynamic_batch), "torchscript", dynamic_batch
+    except Exception as exc:  # noqa: BLE001
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+        before = (f"dynamo exporter: {type(dynamo_error).__name__}: "
+                  f"{str(dynamo_error).splitlines()[0][:200]}; ") if dynamo_error else ""
+        raise ExportError(f"torch.onnx.export failed ({before}TorchScript exporter: {reason})",
+                          "the model uses an operation ONNX cannot express at this opset; try "
+                          "another --opset, or export the model to .pt2 with torch.export first") from None
+
+
+def _export_dynamo(module: torch.nn.Module, example: tuple[Any, ...], opset: int,
+                   dynamic_batch: bool) -> onnx.ModelProto:
+    import torch
+
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
+                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    return program.model_proto
+
+
+def _export_torchscript(module: torch.nn.Module, example: tuple[Any, ...], opset: int,
+                        dynamic_batch: bool) -> onnx.ModelProto:
+    import io
+
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    torch.onnx.export(module, example, buffer, dynamo=False, opset_version=opset,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    layer_norms = sum(node.op_type == "LayerNormalization" for node in model.graph.node)
+    slim = onnxslim.slim(model)
+    if sum(node.op_type == "LayerNormalization" for node in slim.graph.node) != layer_norms:
+        return model  # never trade the single-node LayerNorm for a smaller graph
+    return slim
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    import onnx
+
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, card: ModelCard, *,
+                 atol: float, rtol: float, batch_dynamic: bool = True) -> ParityResult:
+    """Run the same preprocessed images through PyTorch and ONNX Runtime (CPU) and compare."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    reference, candidate = [], []
+    for batch, _ in iter_batches(images, card.preprocessing, batch_size=8 if batch_dynamic else 1):
+        with torch.no_grad():
+            ref = module(torch.from_numpy(batch))
+        ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+        reference.append(ref.float().numpy())
+        candidate.append(session.run(None, {input_name: batch})[0])
+    if not reference:
+        raise InputError(f"none of the parity images in {images.origin} could be read",
+                         "pass --data with a folder of readable images")
+    ref_all = np.concatenate(reference)
+    out_all = np.concatenate(candidate).astype(np.float32)
+    diff = np.abs(out_all - ref_all)
+    rel = diff / np.maximum(np.abs(ref_all), 1e-6)
+    within = bool(np.all(diff <= atol + rtol * np.abs(ref_all)))
+    agreement = None
+    if card.num_classes and ref_all.ndim == 2:
+        agreement = float(np.mean(ref_all.argmax(1) == out_all.argmax(1)))
+    return ParityResult(samples=len(ref_all), max_abs_diff=float(diff.max()),
+                        max_rel_diff=float(rel.max()), top1_agreement=agreement, atol=atol,
+                        rtol=rtol, within_tolerance=within, data=images.origin)
+
+
+def _export_card(loaded: LoadedModel, model: onnx.ModelProto, parity: ParityResult,
+                 exporter: str, opset: int, batch_dynamic: bool, simplified: bool) -> ModelCard:
+    parent = loaded.card
+    card = ModelCard.from_dict(parent.to_dict())
+    card.format = "onnx"
+    card.files = {}
+    card.metrics = {"parity": parity.to_dict()}
+    card.lineage = [*parent.lineage, {
+        "step": "export",
+        "parent": parent.source if not parent.files else {"artifact_hash": artifact_hash(parent)},
+        "params": {"opset": opset, "dynamic_batch": batch_dynamic, "exporter": exporter,
+                   "simplifier": "onnxslim" if simplified else None,
+                   "input": INPUT_NAME, "output": OUTPUT_NAME},
+        "metrics": {"parity": parity.to_dict()},
+        "tools": tool_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "timm"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }]
+    card.source = {**parent.source, "onnx": {"opset": opset, "dynamic_batch": batch_dynamic,
+                                             "input": INPUT_NAME, "output": OUTPUT_NAME}}
+    return card

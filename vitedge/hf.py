@@ -1,0 +1,145 @@
+"""Hugging Face `transformers` ViT-family folders written by `save_pretrained`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitedge.card import Interpolation, ModelCard, Preprocessing, ResizeMode
+from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
+from vitedge.structure import hf_structure
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitedge.models import LoadedModel
+
+SUPPORTED_TYPES = ("vit", "deit", "vit_mae", "vit_msn", "dinov2")
+# PIL resample codes as written in preprocessor_config.json.
+_RESAMPLE = {0: Interpolation.NEAREST, 1: Interpolation.LANCZOS, 2: Interpolation.BILINEAR,
+             3: Interpolation.BICUBIC}
+
+
+def _wrap(model: Any, *, encoder_only: bool) -> torch.nn.Module:
+    import torch
+
+    class HFClassifier(torch.nn.Module):
+        """pixel_values -> logits, so the module exports and runs like any classifier."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.inner(pixel_values=pixel_values).logits
+
+    class HFEncoder(torch.nn.Module):
+        """pixel_values -> class-token features (after the final LayerNorm)."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            kwargs: dict[str, Any] = {}
+            if self.inner.config.model_type == "vit_mae":
+                # ViT-MAE shuffles tokens with random noise; fixed noise keeps the forward
+                # deterministic (and exportable) and, with mask_ratio=0, keeps every token.
+                tokens = (pixel_values.shape[-1] // self.inner.config.patch_size) ** 2
+                kwargs["noise"] = torch.arange(tokens, dtype=pixel_values.dtype).expand(
+                    pixel_values.shape[0], tokens)
+            hidden = self.inner(pixel_values=pixel_values, **kwargs).last_hidden_state
+            return hidden[:, 0]
+
+    return HFEncoder(model) if encoder_only else HFClassifier(model)
+
+
+def load_hf(directory: Path) -> LoadedModel:
+    from vitedge.models import LoadedModel
+
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependencyError(f"transformers is needed to load {directory} ({exc})",
+                                     "pip install 'vitedge[hf]'") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{directory}/config.json is not a readable Hugging Face config "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in SUPPORTED_TYPES:
+        raise InputError(f"Hugging Face model type {model_type!r} in {directory} is not a "
+                         "supported ViT family", f"supported: {', '.join(SUPPORTED_TYPES)}")
+    if not any((directory / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
+                                                    "model.safetensors.index.json")):
+        raise InputError(f"{directory} has a config.json but no weights",
+                         "expected model.safetensors or pytorch_model.bin from save_pretrained")
+    architectures = getattr(config, "architectures", None) or []
+    classifier = any("ImageClassification" in a for a in architectures)
+    distilled = any("WithTeacher" in a for a in architectures)
+    if model_type == "vit_mae":
+        config.mask_ratio = 0.0
+    try:
+        if classifier:
+            inner = transformers.AutoModelForImageClassification.from_pretrained(
+                directory, config=config, local_files_only=True)
+        elif model_type == "vit_mae":
+            inner = transformers.ViTMAEModel.from_pretrained(directory, config=config,
+                                                             local_files_only=True)
+        else:
+            inner = transformers.AutoModel.from_pretrained(directory, config=config,
+                                                           local_files_only=True,
+                                                           add_pooling_layer=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"weights in {directory} could not be loaded "
+                             f"({str(exc).splitlines()[0][:200]})",
+                             "check that config.json matches the weights") from None
+    module = _wrap(inner.eval(), encoder_only=not classifier)
+    pre = _preprocessing(directory, config)
+    id2label = getattr(config, "id2label", None) or {}
+    num_classes = len(id2label) if classifier else None
+    labels = [str(id2label[i]) for i in range(num_classes)] if classifier and num_classes else None
+    card = ModelCard(
+        architecture=f"{type(inner).__name__} (Hugging Face {model_type})",
+        source={"kind": "huggingface", "path": str(directory.resolve())},
+        preprocessing=pre, structure=hf_structure(config, distillation_token=distilled),
+        num_classes=num_classes, labels=labels,
+    )
+    if not classifier:
+        card.warnings.append("encoder without a classifier head: outputs class-token features, "
+                             "so accuracy and top-1 agreement do not apply")
+    return LoadedModel(card, module)
+
+
+def _preprocessing(directory: Path, config: Any) -> Preprocessing:
+    size = int(getattr(config, "image_size", 224))
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        return Preprocessing(input_size=(size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                             interpolation=Interpolation.BILINEAR, crop_pct=1.0,
+                             resize_mode=ResizeMode.SQUASH)
+    data = json.loads(path.read_text())
+    target = data.get("size", size)
+    if isinstance(target, dict):
+        height = int(target.get("height", target.get("shortest_edge", size)))
+        width = int(target.get("width", target.get("shortest_edge", size)))
+    else:
+        height = width = int(target)
+    crop = data.get("crop_size")
+    if data.get("do_center_crop") and crop:
+        crop_h = int(crop["height"]) if isinstance(crop, dict) else int(crop)
+        crop_pct = crop_h / height
+        input_size = (crop_h, crop_h)
+        mode = ResizeMode.SHORTER_CROP
+    else:
+        crop_pct, input_size, mode = 1.0, (height, width), ResizeMode.SQUASH
+    return Preprocessing(
+        input_size=input_size,
+        mean=tuple(data.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        std=tuple(data.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        interpolation=_RESAMPLE.get(int(data.get("resample", 2)), Interpolation.BILINEAR),
+        crop_pct=min(1.0, crop_pct), resize_mode=mode,
+        scale=float(data.get("rescale_factor", 1 / 255)),
+    )

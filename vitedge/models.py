@@ -1,0 +1,433 @@
+"""Load any supported model source into a torch module (or an ONNX graph) plus its model card.
+
+Sources (see `load`):
+  timm:NAME [--weights CKPT] [model kwargs]     timm architectures, any pretrained tag
+  torchvision:NAME [--weights CKPT]             torchvision VisionTransformer builders
+  DIR with config.json                          Hugging Face ViT / DeiT / ViT-MAE (save_pretrained)
+  FILE.pt2                                      torch.export programs
+  FILE.pt / .pth / .ts (TorchScript archive)    torch.jit.save output
+  FILE.pt with a whole pickled nn.Module        only with trust_pickle=True
+  FILE.onnx                                     inspect / export-time checks; torch steps refuse
+  DIR with card.json                            a vitedge artifact
+  builtin:digits-vit (or digits-vit)            the shipped default model
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitedge.artifact import is_artifact, read_card, verify_files
+from vitedge.card import Interpolation, ModelCard, Preprocessing, ResizeMode, VitStructure
+from vitedge.checkpoints import (TRUST_PICKLE_HINT, is_torchscript_archive, load_into,
+                                 load_object, read_state_dict)
+from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
+from vitedge.structure import (count_macs, count_params, hf_structure, onnx_summary,
+                               state_dict_structure, timm_structure, torchvision_structure)
+
+if TYPE_CHECKING:
+    import torch
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_MODELS = {"digits-vit": ASSETS / "digits-vit"}
+DEFAULT_MODEL = "builtin:digits-vit"
+NOT_VIT_WARNING = ("{arch} is not a Vision Transformer: loading and export work, but ViT-specific "
+                   "steps (head/MLP pruning, token merging, ViT-safe quantization) will not apply")
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    module: torch.nn.Module | None = None  # None when the source is an ONNX graph
+    onnx_path: Path | None = None
+    weights_path: Path | None = None  # the checkpoint the module was built from, if any
+
+    def torch_module(self, step: str) -> torch.nn.Module:
+        if self.module is None:
+            raise ModelLoadError(
+                f"{step} needs a PyTorch model, but {self.card.architecture} was given as ONNX",
+                "pass the torch source it was exported from (timm:NAME --weights ..., a .pt2, "
+                "a Hugging Face folder, ...)")
+        return self.module
+
+
+def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """`key=value` strings -> kwargs; values are JSON when they parse (32, 0.1, true, [1,2])."""
+    kwargs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"model kwarg {item!r} is not key=value",
+                             "write e.g. --model-kwargs img_size=32")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+def load(source: str | Path, *, weights: str | Path | None = None,
+         model_kwargs: dict[str, Any] | None = None, trust_pickle: bool = False,
+         preprocessing: dict[str, Any] | None = None, labels: list[str] | None = None,
+         compute_macs: bool = True) -> LoadedModel:
+    """Load `source` (see module docstring) into a LoadedModel with a complete card.
+
+    `preprocessing` overrides card fields (mean, std, crop_pct, interpolation, ...), for sources
+    that do not record them (ONNX, TorchScript, torch.export) or record them wrongly.
+    """
+    text = str(source)
+    kwargs = dict(model_kwargs or {})
+    weights_path = Path(weights) if weights else None
+    if kwargs and not text.startswith(("timm:", "torchvision:")):
+        raise InputError(f"model kwargs {sorted(kwargs)} only apply to timm: and torchvision: "
+                         "sources", "drop --model-kwargs, or name the architecture")
+    builtin = text.removeprefix("builtin:")
+    if builtin in BUILTIN_MODELS and (text.startswith("builtin:") or not Path(text).exists()):
+        loaded = _load_artifact(BUILTIN_MODELS[builtin])
+    elif text.startswith("timm:"):
+        loaded = _load_timm(text[5:], weights_path, kwargs)
+    elif text.startswith("torchvision:"):
+        loaded = _load_torchvision(text[12:], weights_path, kwargs)
+    else:
+        path = Path(text)
+        if weights_path is not None:
+            raise InputError(f"--weights only applies to timm: and torchvision: sources, not {path}",
+                             "name the architecture, e.g. timm:deit_tiny_patch16_224")
+        loaded = _load_path(path, trust_pickle=trust_pickle)
+    card = loaded.card
+    if preprocessing:
+        card.preprocessing = _override_preprocessing(card.preprocessing, preprocessing)
+    if labels is not None:
+        if card.num_classes is not None and len(labels) != card.num_classes:
+            raise InputError(f"{len(labels)} labels given for a model with {card.num_classes} "
+                             "outputs", "give one label per output class, in output order")
+        card.labels = list(labels)
+    if loaded.module is not None:
+        try:
+            loaded.module.eval()
+        except NotImplementedError:  # torch.export modules have no train/eval switch
+            pass
+        if card.params is None:
+            card.params = count_params(loaded.module)
+        if card.macs is None and compute_macs:
+            card.macs = count_macs(loaded.module, card.preprocessing.input_size)
+    if not card.structure.is_vit and not any("not a Vision Transformer" in w for w in card.warnings):
+        card.warnings.append(NOT_VIT_WARNING.format(arch=card.architecture))
+    return loaded
+
+
+def _override_preprocessing(pre: Preprocessing, overrides: dict[str, Any]) -> Preprocessing:
+    data = pre.to_dict()
+    unknown = set(overrides) - set(data)
+    if unknown:
+        raise InputError(f"unknown preprocessing field(s) {sorted(unknown)}",
+                         f"known fields: {', '.join(sorted(data))}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Preprocessing.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------- timm
+def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any]) -> LoadedModel:
+    import timm
+
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+        raise InputError(f"unknown timm architecture {name!r}",
+                         f"did you mean {', '.join(close)}?" if close else
+                         "list them with: python -c 'import timm; print(timm.list_models(\"vit*\"))'")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"timm:{name} does not accept these model kwargs ({exc})",
+                         "check the names against the timm model's constructor") from None
+    state_dict = None
+    if weights is not None:
+        state_dict = read_state_dict(weights)
+        if _mismatch(model, state_dict):
+            state_dict = _timm_filter(model, state_dict)
+        load_into(model, state_dict, what=f"timm:{name}{_kw_text(kwargs)}",
+                  hint="pick the architecture the checkpoint was trained as, or pass "
+                       "--model-kwargs (num_classes=..., img_size=...) to match it")
+    structure = timm_structure(model) or VitStructure(is_vit=False)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    input_size = tuple(int(v) for v in img) if img else tuple(cfg["input_size"][1:])
+    pre = Preprocessing(
+        input_size=input_size,  # type: ignore[arg-type]
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),  # type: ignore[arg-type]
+        interpolation=Interpolation(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        resize_mode=ResizeMode.SQUASH if cfg.get("crop_mode") == "squash" else ResizeMode.SHORTER_CROP,
+    )
+    num_classes = int(getattr(model, "num_classes", 0) or 0) or None
+    card = ModelCard(
+        architecture=model.__class__.__name__ + f" ({name})",
+        source={"kind": "timm", "name": name, "kwargs": kwargs,
+                "weights": str(Path(weights).resolve()) if weights else None},
+        preprocessing=pre, structure=structure, num_classes=num_classes,
+        labels=_imagenet_labels() if num_classes == 1000 else None,
+    )
+    if weights is None:
+        card.warnings.append("no --weights given: the model has random weights")
+    if num_classes is None:
+        card.warnings.append("the model has no classifier head (num_classes=0): it outputs "
+                             "features, so accuracy and top-1 agreement do not apply")
+    return LoadedModel(card, model, weights_path=weights)
+
+
+def _mismatch(model: torch.nn.Module, state: dict[str, Any]) -> bool:
+    from vitedge.checkpoints import mismatch_report
+
+    return mismatch_report(model, state) is not None
+
+
+def _timm_filter(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """timm's own per-family checkpoint converter (resizes pos_embed, maps original keys)."""
+    import sys
+
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception:  # noqa: BLE001 - the strict check afterwards reports what does not fit
+        return state
+
+
+def _kw_text(kwargs: dict[str, Any]) -> str:
+    return f" with {kwargs}" if kwargs else ""
+
+
+def _imagenet_labels() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    return [d.split(",")[0].strip() for d in ImageNetInfo().label_descriptions()]
+
+
+# --------------------------------------------------------------------------- torchvision
+# Fixed by torchvision's builders; needed to build a VisionTransformer whose depth or width
+# the user overrides (the builders refuse those keywords).
+_TV_VIT = {
+    "vit_b_16": dict(patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
+    "vit_b_32": dict(patch_size=32, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
+    "vit_l_16": dict(patch_size=16, num_layers=24, num_heads=16, hidden_dim=1024, mlp_dim=4096),
+    "vit_l_32": dict(patch_size=32, num_layers=24, num_heads=16, hidden_dim=1024, mlp_dim=4096),
+    "vit_h_14": dict(patch_size=14, num_layers=32, num_heads=16, hidden_dim=1280, mlp_dim=5120),
+}
+
+
+def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any]) -> LoadedModel:
+    try:
+        import torchvision
+        from torchvision.models import VisionTransformer
+    except ImportError as exc:
+        raise MissingDependencyError(f"torchvision is needed for torchvision:{name} ({exc})",
+                                     "pip install 'vitedge[torchvision]'") from None
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        raise InputError(f"unknown torchvision model {name!r}",
+                         f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()")
+    try:
+        if name in _TV_VIT and set(kwargs) & set(_TV_VIT[name]):
+            model = VisionTransformer(**{"image_size": 224, **_TV_VIT[name], **kwargs})
+        else:
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"torchvision:{name} does not accept these model kwargs ({exc})") from None
+    if weights is not None:
+        load_into(model, read_state_dict(weights), what=f"torchvision:{name}{_kw_text(kwargs)}",
+                  hint="pick the architecture the checkpoint was trained as, or pass "
+                       "--model-kwargs (num_classes=..., image_size=...) to match it")
+    meta_weights = torchvision.models.get_model_weights(name).DEFAULT
+    transform = meta_weights.transforms()
+    size = int(getattr(model, "image_size", transform.crop_size[0]))
+    pre = Preprocessing(
+        input_size=(size, size), mean=tuple(transform.mean), std=tuple(transform.std),  # type: ignore[arg-type]
+        interpolation=Interpolation(transform.interpolation.value),
+        crop_pct=min(1.0, transform.crop_size[0] / transform.resize_size[0]),
+    )
+    structure = torchvision_structure(model) or VitStructure(is_vit=False)
+    num_classes = _out_features(model)
+    categories = meta_weights.meta.get("categories")
+    card = ModelCard(
+        architecture=f"{type(model).__name__} (torchvision {name})",
+        source={"kind": "torchvision", "name": name, "kwargs": kwargs,
+                "weights": str(Path(weights).resolve()) if weights else None},
+        preprocessing=pre, structure=structure, num_classes=num_classes,
+        labels=list(categories) if categories and len(categories) == num_classes else None,
+    )
+    if weights is None:
+        card.warnings.append("no --weights given: the model has random weights")
+    return LoadedModel(card, model, weights_path=weights)
+
+
+def _out_features(model: torch.nn.Module) -> int | None:
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return int(linears[-1].out_features) if linears else None
+
+
+# ------------------------------------------------------------------------------- paths
+def _load_path(path: Path, *, trust_pickle: bool) -> LoadedModel:
+    if not path.exists():
+        raise InputError(f"model source {path} does not exist",
+                         "pass a file or folder, timm:NAME, torchvision:NAME or builtin:digits-vit")
+    if path.is_dir():
+        if is_artifact(path):
+            return _load_artifact(path)
+        if (path / "config.json").is_file():
+            from vitedge.hf import load_hf
+
+            return load_hf(path)
+        raise InputError(f"{path} is a folder but none of the supported formats",
+                         "expected a vitedge artifact (card.json) or a Hugging Face "
+                         "save_pretrained folder (config.json + weights)")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(path)
+    if suffix == ".pt2":
+        return _load_exported_program(path)
+    if suffix == ".safetensors":
+        raise InputError(f"{path} holds only weights, not an architecture",
+                         f"name it: vitedge inspect timm:ARCH --weights {path}")
+    if suffix in (".pt", ".pth", ".bin", ".ckpt", ".ts", ".jit", ".torchscript"):
+        if is_torchscript_archive(path):
+            return _load_torchscript(path)
+        obj = load_object(path, trust_pickle=trust_pickle)
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            return _from_module(obj, path, kind="pickle")
+        raise InputError(f"{path} holds weights only (a state dict), not an architecture",
+                         f"name it: vitedge inspect timm:ARCH --weights {path}")
+    raise InputError(f"{path} has an unsupported extension {suffix!r}",
+                     "expected .onnx, .pt2, .pt/.pth (TorchScript or pickled module), or a folder")
+
+
+def _graph_card(kind: str, path: Path, structure: VitStructure, input_size: tuple[int, int] | None,
+                num_classes: int | None) -> ModelCard:
+    card = ModelCard(
+        architecture=f"{kind} ({path.name})",
+        source={"kind": kind, "path": str(path.resolve())},
+        preprocessing=Preprocessing(input_size=input_size or (224, 224)),
+        structure=structure, num_classes=num_classes,
+    )
+    card.warnings.append(f"a {kind} file records no preprocessing: using ImageNet mean/std, "
+                         "bicubic, crop 0.875; override with --mean/--std/--crop-pct/"
+                         "--interpolation if the model was trained otherwise")
+    if input_size is None:
+        card.warnings.append("input size unknown: assuming 224x224 (override with --input-size)")
+    return card
+
+
+def _from_module(model: torch.nn.Module, path: Path, *, kind: str) -> LoadedModel:
+    structure = timm_structure_safe(model) or state_dict_structure(
+        model.state_dict(), {"num_heads": _first_attr(model, "num_heads")})
+    size = _first_attr(model, "img_size") or _first_attr(model, "image_size")
+    input_size = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (
+        (int(size), int(size)) if size else None)
+    card = _graph_card(kind, path, structure, input_size, _out_features(model))
+    return LoadedModel(card, model)
+
+
+def timm_structure_safe(model: torch.nn.Module) -> VitStructure | None:
+    return timm_structure(model) or torchvision_structure(model)
+
+
+def _first_attr(model: Any, name: str) -> Any:
+    for module in [model, *getattr(model, "modules", lambda: [])()]:
+        value = getattr(module, name, None)
+        if value is not None and not callable(value):
+            return value
+    return None
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise ModelLoadError(f"TorchScript file {path} could not be loaded ({str(exc).splitlines()[0]})",
+                             "re-save it with torch.jit.save") from None
+    return _from_module(model, path, kind="torchscript")
+
+
+def _load_exported_program(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch.export.load raises many types on bad files
+        raise ModelLoadError(f"{path} is not a readable torch.export program "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                             "re-save it with torch.export.save") from None
+    inputs = [spec for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    shapes = [node.meta["val"].shape for node in program.graph.nodes
+              if node.op == "placeholder" and node.name in {s.arg.name for s in inputs}]
+    input_size = (int(shapes[0][2]), int(shapes[0][3])) if shapes and len(shapes[0]) == 4 else None
+    module = program.module()
+    state = dict(program.state_dict)
+    structure = state_dict_structure(state)
+    card = _graph_card("torch.export", path, structure, input_size, None)
+    card.source["batch_dynamic"] = bool(shapes) and not isinstance(shapes[0][0], int)
+    loaded = LoadedModel(card, module)
+    card.num_classes = _probe_classes(module, card.preprocessing.input_size)
+    return loaded
+
+
+def _probe_classes(module: torch.nn.Module, input_size: tuple[int, int]) -> int | None:
+    import torch
+
+    with torch.no_grad():
+        out = module(torch.zeros(1, 3, *input_size))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return int(out.shape[-1]) if out.ndim == 2 else None
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common base
+        raise ModelLoadError(f"{path} is not a valid ONNX model "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                             "re-export it, or check it with onnx.checker") from None
+    summary = onnx_summary(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    input_size = (dims[2].dim_value, dims[3].dim_value) if len(dims) == 4 and dims[2].dim_value else None
+    out_dims = model.graph.output[0].type.tensor_type.shape.dim
+    num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].dim_value else None
+    card = _graph_card("onnx", path, summary["structure"], input_size, num_classes)
+    card.format = "onnx"
+    card.params, card.macs = summary["params"], summary["macs"]
+    return LoadedModel(card, None, onnx_path=path)
+
+
+# ---------------------------------------------------------------------------- artifacts
+def _load_artifact(directory: Path) -> LoadedModel:
+    card = read_card(directory)
+    verify_files(directory, card)
+    if card.format == "onnx":
+        onnx_path = directory / "model.onnx"
+        return LoadedModel(card, None, onnx_path=onnx_path)
+    weights = directory / "model.safetensors"
+    source = card.source
+    kind = source.get("kind")
+    if kind == "timm":
+        rebuilt = _load_timm(source["name"], weights, dict(source.get("kwargs") or {}))
+    elif kind == "torchvision":
+        rebuilt = _load_torchvision(source["name"], weights, dict(source.get("kwargs") or {}))
+    else:
+        raise ModelLoadError(f"artifact {directory} records a {kind!r} source that cannot be "
+                             "rebuilt in PyTorch", "use its model.onnx, or re-create it")
+    return LoadedModel(card, rebuilt.module, weights_path=weights)
+

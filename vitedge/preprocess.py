@@ -1,0 +1,146 @@
+"""The one preprocessing implementation: image -> normalized CHW float32, driven by the card.
+
+Calibration, evaluation, export parity checks and the camera loop all call `preprocess`, so a
+preprocessing mismatch cannot masquerade as a quantization drop.
+
+Resizing uses Pillow rather than OpenCV on purpose: timm and torchvision eval transforms
+resize with Pillow (antialiased), and checkpoints' accuracy is tied to that exact resampling.
+OpenCV frames (BGR uint8 arrays) are accepted and converted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitedge.card import Interpolation, Preprocessing, ResizeMode
+from vitedge.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+
+class UnreadableImageError(InputError):
+    """A file that is not a decodable image (data sources count these and move on)."""
+
+
+def _pil_resample(interpolation: Interpolation) -> int:
+    from PIL import Image
+
+    return {
+        Interpolation.NEAREST: Image.Resampling.NEAREST,
+        Interpolation.BILINEAR: Image.Resampling.BILINEAR,
+        Interpolation.BICUBIC: Image.Resampling.BICUBIC,
+        Interpolation.LANCZOS: Image.Resampling.LANCZOS,
+    }[interpolation]
+
+
+def to_rgb(image: PILImage.Image) -> PILImage.Image:
+    """Any Pillow mode -> 8-bit RGB.
+
+    Grayscale, palette, CMYK and alpha go through Pillow's own conversion (alpha dropped, as
+    timm's and torchvision's loaders do). 16-bit and float images are rescaled first: Pillow
+    would clip them to 255 and turn every pixel white.
+    """
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.size and values.max() <= 1.0:
+            values = values * 255.0
+        elif image.mode != "F" and values.size and values.max() > 255:
+            values = values / 257.0  # full 16-bit range onto 8 bits
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        image = Image.fromarray(gray, mode="L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def load_image(path: str | Path) -> PILImage.Image:
+    """Decode an image file into RGB, or raise UnreadableImageError saying why."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return to_rgb(handle)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{path} is not a readable image ({exc})") from None
+
+
+def _as_pil(image: Any, channel_order: str) -> PILImage.Image:
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"frame of shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4",
+                         "pass an image path, a Pillow image, or an OpenCV/NumPy frame")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array[:, :, :3]
+    if array.dtype == np.uint16:
+        array = (array / 257.0).round()
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if channel_order == "BGR":
+        array = array[:, :, ::-1]
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def resize_and_crop(image: PILImage.Image, pre: Preprocessing) -> PILImage.Image:
+    """Geometry only, exactly as timm/torchvision eval transforms do it."""
+    height, width = pre.input_size
+    resample = _pil_resample(pre.interpolation)
+    if pre.resize_mode is ResizeMode.SQUASH:
+        return image.resize((width, height), resample=resample)
+    # timm: scale_size = floor(size / crop_pct); torchvision Resize(int) scales the shorter side
+    # to it and the longer side to int(scale * long / short).
+    if height == width:
+        scale = math.floor(height / pre.crop_pct)
+        src_w, src_h = image.size
+        if src_w <= src_h:
+            new_w, new_h = scale, int(scale * src_h / src_w)
+        else:
+            new_w, new_h = int(scale * src_w / src_h), scale
+    else:
+        new_h, new_w = math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), resample=resample)
+    left = int(round((new_w - width) / 2.0))
+    top = int(round((new_h - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def preprocess(image: Any, pre: Preprocessing, *, frame_channel_order: str = "RGB") -> np.ndarray:
+    """One image -> float32 array (3, H, W) ready for the model.
+
+    `image` is a path, a Pillow image, or an HxW[xC] array; `frame_channel_order` says how an
+    array's channels are ordered (OpenCV frames are "BGR").
+    """
+    pil = resize_and_crop(_as_pil(image, frame_channel_order), pre)
+    pixels = np.asarray(pil, dtype=np.float32) * np.float32(pre.scale)
+    if pre.channel_order == "BGR":
+        pixels = pixels[:, :, ::-1]  # mean/std are given in the model's channel order
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    pixels = (pixels - mean) / std
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def preprocess_batch(images: Sequence[Any], pre: Preprocessing, *,
+                     frame_channel_order: str = "RGB") -> np.ndarray:
+    return np.stack([preprocess(img, pre, frame_channel_order=frame_channel_order)
+                     for img in images])

@@ -1,0 +1,197 @@
+"""What a model is: ViT structure, parameter count and MACs, from a torch module or ONNX graph."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from vitedge.card import VitStructure
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+
+def _pair_first(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return int(value[0])
+    return int(value)
+
+
+def timm_structure(model: torch.nn.Module) -> VitStructure | None:
+    """timm VisionTransformer and subclasses (DeiT distilled, hybrid stems, GAP, MAE)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        return None
+    patch_embed = model.patch_embed
+    hybrid = hasattr(patch_embed, "backbone")
+    patch = _pair_first(getattr(patch_embed, "patch_size", None))
+    grid = getattr(patch_embed, "grid_size", None)
+    img = getattr(patch_embed, "img_size", None)
+    if hybrid and grid and img:  # effective patch = backbone stride x projection patch
+        patch = int(img[0]) // int(grid[0])
+    first = model.blocks[0] if len(model.blocks) else None
+    return VitStructure(
+        is_vit=True,
+        patch_size=patch,
+        embed_dim=int(model.embed_dim),
+        depth=len(model.blocks),
+        num_heads=int(first.attn.num_heads) if first is not None else None,
+        mlp_hidden=int(first.mlp.fc1.out_features) if first is not None and hasattr(first.mlp, "fc1") else None,
+        num_prefix_tokens=int(model.num_prefix_tokens),
+        class_token=model.cls_token is not None,
+        distillation_token=getattr(model, "dist_token", None) is not None,
+        global_pool=str(model.global_pool) or None,
+        hybrid_stem=hybrid,
+    )
+
+
+def torchvision_structure(model: torch.nn.Module) -> VitStructure | None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        return None
+    layers = list(model.encoder.layers)
+    return VitStructure(
+        is_vit=True, patch_size=int(model.patch_size), embed_dim=int(model.hidden_dim),
+        depth=len(layers), num_heads=int(layers[0].self_attention.num_heads) if layers else None,
+        mlp_hidden=int(model.mlp_dim), num_prefix_tokens=1, class_token=True,
+        global_pool="token", hybrid_stem=False,
+    )
+
+
+def hf_structure(config: Any, *, distillation_token: bool) -> VitStructure:
+    return VitStructure(
+        is_vit=True, patch_size=_pair_first(getattr(config, "patch_size", None)),
+        embed_dim=getattr(config, "hidden_size", None),
+        depth=getattr(config, "num_hidden_layers", None),
+        num_heads=getattr(config, "num_attention_heads", None),
+        mlp_hidden=getattr(config, "intermediate_size", None),
+        num_prefix_tokens=2 if distillation_token else 1, class_token=True,
+        distillation_token=distillation_token, global_pool="token", hybrid_stem=False,
+    )
+
+
+_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer|encoder_layer_?)\.?(\d+)\.")
+
+
+def state_dict_structure(state: dict[str, Any], attrs: dict[str, Any] | None = None) -> VitStructure:
+    """Best effort from parameter names and shapes (TorchScript, torch.export, unknown modules).
+
+    A patch embedding is a Conv2d with 3 input channels and a square kernel > 1 followed by
+    attention weights (qkv / in_proj / query) in numbered blocks.
+    """
+    attrs = attrs or {}
+    blocks = {int(m.group(1)) for k in state if (m := _BLOCK_INDEX.search(k))}
+    attention = [k for k in state if re.search(r"(qkv|in_proj|query|q_proj)[._]?weight", k)]
+    patch_conv = next((v for k, v in state.items()
+                       if getattr(v, "ndim", 0) == 4 and v.shape[1] == 3
+                       and v.shape[2] == v.shape[3] and v.shape[2] > 1), None)
+    is_vit = bool(blocks and attention and patch_conv is not None)
+    if not is_vit:
+        return VitStructure(is_vit=False)
+    return VitStructure(
+        is_vit=True, patch_size=int(patch_conv.shape[2]), embed_dim=int(patch_conv.shape[0]),
+        depth=len(blocks), num_heads=attrs.get("num_heads"),
+        class_token=any(k.endswith(("cls_token", "class_token")) for k in state) or None,
+        distillation_token=any(k.endswith("dist_token") for k in state),
+    )
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters()) or sum(
+        t.numel() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> int | None:
+    """Multiply-accumulates of one image, counted by PyTorch's own FLOP counter (FLOPs / 2)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sample = torch.zeros(1, 3, *input_size)
+    counter = FlopCounterMode(display=False)
+    # The math backend decomposes fused attention into matmuls the counter sees; the fused
+    # CPU kernel has no FLOP formula and its attention products would go uncounted.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(sample)
+    total = counter.get_total_flops()
+    return int(total // 2) if total else None
+
+
+def onnx_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Structure, parameter count and MACs read from an ONNX graph (batch taken as 1)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    ops = Counter(node.op_type for node in graph.node)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    shapes: dict[str, list[int]] = {}
+    try:
+        inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+        for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = [d.dim_value for d in dims]
+    except Exception:  # noqa: BLE001 - shape inference is advisory; MACs are then unknown
+        shapes = {}
+    for name, tensor in init.items():
+        shapes[name] = list(tensor.dims)
+    macs = 0
+    known = True
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+            out = shapes.get(node.output[0])
+            if not (a and b and out):
+                known = False
+                continue
+            k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
+            macs += int(np.prod(out)) * k
+        elif node.op_type == "Conv":
+            w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+            if not (w and out):
+                known = False
+                continue
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+    patch_conv = None
+    for node in graph.node:
+        if node.op_type == "Conv" and node.input[1] in init:
+            weight = numpy_helper.to_array(init[node.input[1]])
+            strides = _attr(node, "strides") or [1, 1]
+            if weight.shape[1] == 3 and weight.shape[2] == weight.shape[3] == strides[0] > 1:
+                patch_conv = weight
+            break
+    is_vit = patch_conv is not None and ops["Softmax"] > 0 and (
+        ops["LayerNormalization"] > 0 or ops["ReduceMean"] > 0)
+    structure = VitStructure(
+        is_vit=is_vit,
+        patch_size=int(patch_conv.shape[2]) if patch_conv is not None else None,
+        embed_dim=int(patch_conv.shape[0]) if patch_conv is not None else None,
+        depth=ops["Softmax"] if is_vit else None,
+    )
+    return {"params": params, "macs": macs if known and macs else None,
+            "structure": structure, "ops": dict(ops)}
+
+
+def _attr(node: Any, name: str) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return None
