@@ -127,3 +127,23 @@ def test_fixed_batch_program_exports_static(tmp_path):
     model = onnx.load(tmp_path / "out" / "model.onnx")
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert result.card.source["onnx"]["dynamic_batch"] is False and result.parity
+
+
+def test_external_data_for_large_models(tmp_path, monkeypatch):
+    import vitedge.export as export_module
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)  # treat the tiny model as >2 GB
+    result = export_onnx(load("timm:vit_tiny_patch16_224", model_kwargs=TINY), tmp_path / "big",
+                         parity_samples=2)
+    assert (tmp_path / "big" / "model.onnx.data").is_file()
+    assert set(result.card.files) == {"model.onnx", "model.onnx.data"} and result.parity
+    assert load(tmp_path / "big").card.format == "onnx"  # hashes of both files verify
+
+
+@pytest.mark.slow
+def test_huggingface_folder_exports(tmp_path):
+    from test_models import _save_hf
+
+    _save_hf(tmp_path / "hf", "vit")
+    result = export_onnx(load(tmp_path / "hf"), tmp_path / "out", parity_samples=4)
+    assert result.parity and result.card.labels == ["a", "b", "c"]
