@@ -123,16 +123,11 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> int | Non
     return int(total // 2) if total else None
 
 
-def onnx_summary(model: onnx.ModelProto) -> dict[str, Any]:
-    """Structure, parameter count and MACs read from an ONNX graph (batch taken as 1)."""
-    import numpy as np
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every tensor shape ONNX shape inference can fix, with a dynamic batch taken as 1."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
-    graph = model.graph
-    init = {t.name: t for t in graph.initializer}
-    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
-    ops = Counter(node.op_type for node in graph.node)
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     for value in fixed.graph.input:
@@ -148,26 +143,44 @@ def onnx_summary(model: onnx.ModelProto) -> dict[str, Any]:
             if all(d.HasField("dim_value") for d in dims):
                 shapes[value.name] = [d.dim_value for d in dims]
     except Exception:  # noqa: BLE001 - shape inference is advisory; MACs are then unknown
-        shapes = {}
-    for name, tensor in init.items():
-        shapes[name] = list(tensor.dims)
-    macs = 0
-    known = True
-    for node in graph.node:
+        pass
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+    return shapes
+
+
+def node_macs(model: onnx.ModelProto) -> dict[str, int | None]:
+    """MACs of each MatMul / Gemm / Conv node for one image (None where shapes are unknown)."""
+    import numpy as np
+
+    shapes = _static_shapes(model)
+    macs: dict[str, int | None] = {}
+    for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm"):
-            a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
-            out = shapes.get(node.output[0])
-            if not (a and b and out):
-                known = False
+            a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if not (a and out):
+                macs[node.name] = None
                 continue
-            k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
-            macs += int(np.prod(out)) * k
+            k = a[0] if node.op_type == "Gemm" and _attr(node, "transA") else a[-1]
+            macs[node.name] = int(np.prod(out)) * k
         elif node.op_type == "Conv":
             w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
-            if not (w and out):
-                known = False
-                continue
-            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+            macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:])) if w and out else None
+    return macs
+
+
+def onnx_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Structure, parameter count and MACs read from an ONNX graph (batch taken as 1)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    ops = Counter(node.op_type for node in graph.node)
+    per_node = node_macs(model)
+    known = bool(per_node) and all(v is not None for v in per_node.values())
+    macs = sum(v for v in per_node.values() if v)
     patch_conv = None
     for node in graph.node:
         if node.op_type == "Conv" and node.input[1] in init:

@@ -1,0 +1,136 @@
+"""Reading and editing QDQ (QuantizeLinear/DequantizeLinear) ONNX graphs.
+
+NNCF writes the quantized graph; vitedge needs to ask it questions (which compute nodes run in
+INT8, what share of the Linear MACs that is) and to revert single nodes to float during the
+accuracy-budget search without re-running calibration. NNCF keeps node names, so a node of the
+quantized graph is reverted by restoring the inputs it had in the float graph.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+LINEAR_OPS = ("MatMul", "Gemm", "Conv")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return names
+
+
+@dataclass(frozen=True)
+class ComputeNode:
+    name: str
+    op_type: str
+    kind: str  # "linear" (weights are constants) or "attention" (activation x activation)
+    macs: int | None
+
+
+def compute_nodes(model: onnx.ModelProto) -> list[ComputeNode]:
+    """Linear layers and attention MatMuls of a float graph, with their MACs (batch 1)."""
+    from vitedge.structure import node_macs
+
+    constants = constant_names(model)
+    macs = node_macs(model)
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in LINEAR_OPS:
+            continue
+        weight_const = len(node.input) > 1 and node.input[1] in constants
+        data_const = node.input[0] in constants
+        if node.op_type == "MatMul" and not weight_const and not data_const:
+            kind = "attention"
+        elif weight_const:
+            kind = "linear"
+        else:
+            continue
+        nodes.append(ComputeNode(node.name, node.op_type, kind, macs.get(node.name)))
+    return nodes
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def quantized_node_names(model: onnx.ModelProto) -> set[str]:
+    """Compute nodes with at least one input coming from a DequantizeLinear."""
+    producers = _producers(model)
+    names = set()
+    for node in model.graph.node:
+        if node.op_type in LINEAR_OPS and any(
+                producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                for i in node.input):
+            names.add(node.name)
+    return names
+
+
+def dq_consumers(model: onnx.ModelProto) -> Counter[str]:
+    """How many inputs of each op type are fed by a DequantizeLinear (graph-structure summary)."""
+    producers = _producers(model)
+    counts: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        for name in node.input:
+            if producers.get(name) is not None and producers[name].op_type == "DequantizeLinear":
+                counts[node.op_type] += 1
+    return counts
+
+
+def revert_to_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto,
+                    names: set[str]) -> onnx.ModelProto:
+    """A copy of `quantized` in which the named compute nodes read float inputs again."""
+    import onnx
+
+    reference = {node.name: node for node in float_model.graph.node}
+    float_inits = {t.name: t for t in float_model.graph.initializer}
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    present = {t.name for t in model.graph.initializer}
+    available = {o for n in model.graph.node for o in n.output} | present | {
+        i.name for i in model.graph.input}
+    for node in model.graph.node:
+        if node.name not in names or node.name not in reference:
+            continue
+        original = list(reference[node.name].input)
+        for name in original:
+            if name and name not in available:
+                if name not in float_inits:
+                    raise ValueError(f"cannot revert {node.name}: {name} is not in the graph")
+                model.graph.initializer.append(float_inits[name])
+                available.add(name)
+        del node.input[:]
+        node.input.extend(original)
+    return remove_dead_nodes(model)
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes and initializers that no graph output depends on."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    keep.reverse()
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    inits = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    return model
+
+
+def int8_mac_share(model: onnx.ModelProto, linear: list[ComputeNode]) -> float:
+    """Share of the float graph's Linear-layer MACs that run in INT8 in `model`."""
+    quantized = quantized_node_names(model)
+    total = sum(n.macs or 0 for n in linear if n.kind == "linear")
+    done = sum(n.macs or 0 for n in linear if n.kind == "linear" and n.name in quantized)
+    return done / total if total else 0.0
