@@ -52,7 +52,8 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
-            for name in ("torch.onnx", "onnxscript", "torch._export", "torch.export", "onnx_ir"):
+            for name in ("torch.onnx", "onnxscript", "torch._export", "torch.export", "onnx_ir",
+                         "torch.utils.cpp_extension", "nncf"):
                 logging.getLogger(name).setLevel(logging.ERROR)
         try:
             yield
@@ -242,6 +243,83 @@ def export(source: Source,
     batch = "dynamic" if result.card.source["onnx"]["dynamic_batch"] else "fixed"
     console.print(f"wrote {result.out_dir}/model.onnx (opset {opset}, {batch} batch, "
                   f"{result.exporter} exporter) in {result.seconds:.1f} s", highlight=False)
+
+
+@app.command()
+def quantize(
+    source: Source,
+    calib: Annotated[str, typer.Option(
+        "--calib", help="Calibration data: ImageFolder, image folder, glob, video file or .npy/.npz.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval", help="Held-out data for metrics and the budget (labeled ImageFolder: top-1; "
+                       "unlabeled: agreement with FP32).")] = None,
+    recipe: Annotated[str, typer.Option(help="vit-safe | linear-only | full.")] = "vit-safe",
+    calibration: Annotated[str, typer.Option(help="minmax | mean-minmax | percentile.")] = "minmax",
+    scheme: Annotated[str, typer.Option(
+        help="symmetric (TensorRT: zero-points 0) | asymmetric (CPU runtimes).")] = "symmetric",
+    samples: Annotated[int, typer.Option(help="Calibration samples (seeded subset).")] = 300,
+    eval_samples: Annotated[Optional[int], typer.Option(help="Evaluation samples (default: all).")] = None,
+    max_drop: Annotated[float, typer.Option(
+        help="Budget: points of top-1 (labeled --eval) or of FP32 agreement (unlabeled).")] = 0.5,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        help="Keep float: node-name regex or op type, repeatable.")] = None,
+    smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
+    bias_correction: Annotated[bool, typer.Option(help="NNCF fast bias correction.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for sampling the data.")] = 0,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """INT8 post-training quantization (NNCF, QDQ ONNX) within an accuracy budget.
+
+    Example: vitedge quantize builtin:digits-vit --calib calibration/digits/train
+    --eval calibration/digits/heldout -o artifacts/digits-int8
+    """
+    from vitedge.quantize import BudgetMissed, CalibrationMethod, Recipe, Scheme
+    from vitedge.quantize import quantize as run_quantize
+
+    with user_errors(verbose):
+        choices = {"--recipe": (recipe, Recipe), "--calibration": (calibration, CalibrationMethod),
+                   "--scheme": (scheme, Scheme)}
+        parsed = {}
+        for flag, (value, enum) in choices.items():
+            try:
+                parsed[flag] = enum(value)
+            except ValueError:
+                raise VitedgeError(f"{flag} {value!r} is not one of "
+                                   f"{', '.join(e.value for e in enum)}") from None
+        loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
+        say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+        try:
+            result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],
+                                  calibration=parsed["--calibration"], scheme=parsed["--scheme"],
+                                  samples=samples, eval_samples=eval_samples, max_drop=max_drop,
+                                  exclude=exclude, smooth_quant=smooth_quant,
+                                  bias_correction=bias_correction, seed=seed, overwrite=overwrite,
+                                  progress=say)
+        except BudgetMissed as missed:
+            _print_quant_summary(missed.result.report, missed.result.out_dir)
+            raise
+    _print_quant_summary(result.report, result.out_dir)
+
+
+def _print_quant_summary(report: dict[str, Any], out_dir: Path) -> None:
+    drift, budget, latency = report["drift"], report["budget"], report["latency_ms"]
+    accuracy = report.get("accuracy")
+    if accuracy:
+        console.print(f"top-1 FP32 {100 * accuracy['fp32_top1']:.2f}% → INT8 "
+                      f"{100 * accuracy['int8_top1']:.2f}% (drop {budget['drop']:.2f} points, "
+                      f"budget {budget['max_drop']:g})", highlight=False)
+    console.print(f"agreement with FP32 {100 * drift['top1_agreement']:.2f}% on {drift['samples']} "
+                  f"samples, KL {drift['kl']:.4f}, cosine {drift['cosine']:.4f}; "
+                  f"{100 * report['int8_linear_mac_share']:.1f}% of Linear MACs in INT8 "
+                  f"({report['chosen']})", highlight=False)
+    console.print(f"ONNX Runtime CPU p50 batch {latency['batch']}: FP32 {latency['fp32']['p50']:.2f} ms, "
+                  f"INT8 {latency['int8']['p50']:.2f} ms; lint "
+                  f"{'passed' if report['lint']['passed'] else 'FAILED'}", highlight=False)
+    console.print(f"wrote {out_dir}/model.onnx and quant_report.md", highlight=False)
 
 
 @app.command()

@@ -86,26 +86,50 @@ def dq_consumers(model: onnx.ModelProto) -> Counter[str]:
 
 def revert_to_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto,
                     names: set[str]) -> onnx.ModelProto:
-    """A copy of `quantized` in which the named compute nodes read float inputs again."""
-    import onnx
+    """A copy of `quantized` in which the named compute nodes compute in float again.
 
-    reference = {node.name: node for node in float_model.graph.node}
+    Each node gets back the inputs it had in the float graph, and so does the bias Add after
+    it: NNCF's bias correction rewrites biases for the INT8 layer, which are wrong for float.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    float_nodes = {node.name: node for node in float_model.graph.node}
     float_inits = {t.name: t for t in float_model.graph.initializer}
+    constants = constant_names(float_model)
+    restore = set(names)
+    producers = _producers(float_model)
+    for node in float_model.graph.node:  # bias Adds fed by a reverted node
+        if node.op_type != "Add" or not any(i in constants for i in node.input):
+            continue
+        feeders = [producers.get(i) for i in node.input if i not in constants]
+        if any(p is not None and p.name in names for p in feeders):
+            restore.add(node.name)
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
-    present = {t.name for t in model.graph.initializer}
-    available = {o for n in model.graph.node for o in n.output} | present | {
+    current = {t.name: t for t in model.graph.initializer}
+    available = {o for n in model.graph.node for o in n.output} | set(current) | {
         i.name for i in model.graph.input}
     for node in model.graph.node:
-        if node.name not in names or node.name not in reference:
+        if node.name not in restore or node.name not in float_nodes:
             continue
-        original = list(reference[node.name].input)
-        for name in original:
-            if name and name not in available:
-                if name not in float_inits:
-                    raise ValueError(f"cannot revert {node.name}: {name} is not in the graph")
-                model.graph.initializer.append(float_inits[name])
-                available.add(name)
+        original = []
+        for name in float_nodes[node.name].input:
+            if name in float_inits:
+                here = current.get(name)
+                if here is None or not np.array_equal(numpy_helper.to_array(here),
+                                                      numpy_helper.to_array(float_inits[name])):
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(float_inits[name])
+                    copy.name = f"{name}__float"
+                    if copy.name not in current:
+                        model.graph.initializer.append(copy)
+                        current[copy.name] = copy
+                    name = copy.name
+            elif name and name not in available:
+                raise ValueError(f"cannot revert {node.name}: {name} is not in the graph")
+            original.append(name)
         del node.input[:]
         node.input.extend(original)
     return remove_dead_nodes(model)

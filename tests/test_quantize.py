@@ -1,0 +1,201 @@
+"""INT8 quantization of the shipped (trained) digits ViT: graph structure and numbers vs FP32."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import HELDOUT, REPO
+from vitedge.cli import app
+from vitedge.errors import InputError
+from vitedge.lint import lint_qdq
+from vitedge.models import load
+from vitedge.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
+from vitedge.quantize import BudgetMissed, Recipe, Scheme, quantize, run_onnx
+
+TRAIN = REPO / "calibration" / "digits" / "train"
+FAST = {"samples": 64, "eval_samples": 200}
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    from vitedge.export import export_onnx
+
+    out = tmp_path_factory.mktemp("q") / "digits-onnx"
+    export_onnx(load("builtin:digits-vit"), out, parity_samples=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vit_safe(digits_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "vit-safe"
+    return quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, **FAST)
+
+
+def _zero_points(model):
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+
+
+def test_vit_safe_graph_structure(vit_safe, digits_onnx):
+    model = onnx.load(vit_safe.out_dir / "model.onnx")
+    consumers = dq_consumers(model)
+    # INT8 reaches only Linear layers and attention MatMuls; never Add/LayerNorm/Softmax/GELU
+    assert set(consumers) <= {"MatMul", "Gemm", "Conv", "Shape"}
+    assert consumers["Gemm"] == 2 and consumers["Conv"] == 2  # head and patch embedding
+    assert all(np.all(z == 0) for z in _zero_points(model))  # symmetric for TensorRT
+    assert lint_qdq(model, symmetric=True, vit_safe=True)
+    linear = [n for n in compute_nodes(onnx.load(digits_onnx / "model.onnx")) if n.kind == "linear"]
+    assert len(linear) == 1 + 4 * 4 + 1  # patch conv, 4 per block, head
+    assert {n.name for n in linear} <= quantized_node_names(model)
+
+
+def test_vit_safe_numbers_against_fp32(vit_safe):
+    report = vit_safe.report
+    assert report["budget"]["met"] and report["int8_linear_mac_share"] >= 0.9
+    assert report["drift"]["samples"] == 200
+    assert report["drift"]["top1_agreement"] >= 0.98
+    assert report["accuracy"]["fp32_top1"] - report["accuracy"]["int8_top1"] <= 0.005
+    assert report["drift"]["cosine"] > 0.99
+    assert report["size_bytes"]["int8"] < 0.5 * report["size_bytes"]["fp32"]
+    assert report["latency_ms"]["fp32"]["p50"] > 0 and report["latency_ms"]["int8"]["p50"] > 0
+    assert all(layer["sqnr_db"] > 10 for layer in report["layers"])
+    saved = json.loads((vit_safe.out_dir / "quant_report.json").read_text())
+    assert saved["chosen"] == report["chosen"]
+    markdown = (vit_safe.out_dir / "quant_report.md").read_text()
+    assert "top-1 agreement" in markdown and "TensorRT-rules lint" in markdown
+    card = load(vit_safe.out_dir).card
+    assert card.format == "onnx" and card.lineage[-1]["step"] == "quantize"
+    assert card.metrics["quantization"]["budget"]["met"]
+
+
+def test_linear_only_keeps_attention_float(digits_onnx, tmp_path):
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "lin", eval_data=HELDOUT,
+                      recipe=Recipe.LINEAR_ONLY, **FAST)
+    model = onnx.load(tmp_path / "lin" / "model.onnx")
+    nodes = compute_nodes(onnx.load(digits_onnx / "model.onnx"))
+    quantized = quantized_node_names(model)
+    assert {n.name for n in nodes if n.kind == "linear"} <= quantized
+    assert not {n.name for n in nodes if n.kind == "attention"} & quantized
+    assert dq_consumers(model)["MatMul"] == 2 * 4 * 4  # data + weight of 4 linears x 4 blocks
+    assert len(result.report["float_nodes"]["attention"]) == 8
+
+
+def test_full_recipe_quantizes_more_and_lint_says_so(digits_onnx, tmp_path):
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "full", eval_data=HELDOUT,
+                      recipe=Recipe.FULL, max_drop=5, **FAST)
+    model = onnx.load(tmp_path / "full" / "model.onnx")
+    consumers = dq_consumers(model)
+    assert set(consumers) - {"MatMul", "Gemm", "Conv", "Shape"}  # e.g. Add, Mul, Reshape
+    assert not lint_qdq(model, vit_safe=True)
+    assert result.report["graph"]["quantize_linear"] > 26
+
+
+def test_asymmetric_scheme_for_cpu(digits_onnx, tmp_path):
+    quantize(load(digits_onnx), TRAIN, tmp_path / "asym", eval_data=HELDOUT,
+             scheme=Scheme.ASYMMETRIC, recipe=Recipe.LINEAR_ONLY, **FAST)
+    model = onnx.load(tmp_path / "asym" / "model.onnx")
+    assert any(np.any(z != 0) for z in _zero_points(model))
+    findings = Counter(f.rule for f in lint_qdq(model, symmetric=True).findings)
+    assert findings["zero-point"] > 0 and lint_qdq(model, symmetric=False)
+
+
+def test_exclude_by_op_type_and_regex(digits_onnx, tmp_path):
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "ex", eval_data=HELDOUT,
+                      recipe=Recipe.LINEAR_ONLY, exclude=["Gemm", "node_conv.*"], **FAST)
+    model = onnx.load(tmp_path / "ex" / "model.onnx")
+    consumers = dq_consumers(model)
+    assert consumers["Gemm"] == 0 and consumers["Conv"] == 0 and consumers["MatMul"] == 32
+    assert set(result.report["float_nodes"]["linear"]) == {"node_conv2d", "node_linear_16"} or \
+        len(result.report["float_nodes"]["linear"]) == 2
+
+
+def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
+    float_model = onnx.load(digits_onnx / "model.onnx")
+    quantized = onnx.load(vit_safe.out_dir / "model.onnx")
+    everything = quantized_node_names(quantized)
+    reverted = revert_to_float(quantized, float_model, everything)
+    assert quantized_node_names(reverted) == set()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    assert np.abs(run_onnx(reverted, x) - run_onnx(float_model, x)).max() < 1e-4
+
+
+def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit_safe):
+    from vitedge.calibration import open_data
+    from vitedge.quantize import Candidate, _budget_search, _drop
+    from vitedge.qdq import int8_mac_share
+
+    float_model = onnx.load(digits_onnx / "model.onnx")
+    nodes = compute_nodes(float_model)
+    model = onnx.load(vit_safe.out_dir / "model.onnx")
+    # Corrupt one layer's weight scales, as a badly calibrated layer would be.
+    victim = next(n for n in nodes if n.kind == "linear" and n.op_type == "MatMul")
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = next(n for n in model.graph.node if n.name == victim.name)
+    scale_name = producers[node.input[1]].input[1]
+    scale = next(t for t in model.graph.initializer if t.name == scale_name)
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 4, scale_name))
+    evaluation = open_data(HELDOUT, load(digits_onnx).card.preprocessing, samples=200)
+    fp32 = run_onnx(float_model, evaluation)
+    logits = run_onnx(model, evaluation)
+    start = Candidate("corrupted", model, logits, _drop(fp32, logits, None),
+                      int8_mac_share(model, nodes))
+    assert start.drop > 2.0
+    best, ranking = _budget_search(start, float_model, nodes, evaluation, fp32, None,
+                                   max_drop=1.0, say=lambda _m: None)
+    assert ranking[0]["node"] == victim.name and ranking[0]["kl_gain"] > 0
+    assert best.float_nodes[0] == victim.name and best.drop <= 1.0
+    assert best.int8_share < 1.0 and best.int8_share > 0.8
+
+
+# ----------------------------------------------------------------------------- bad input
+runner = CliRunner()
+
+
+def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path):
+    ok = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--eval",
+                             str(HELDOUT), "--eval-samples", "100", "--samples", "32", "-o",
+                             str(tmp_path / "ok"), "-q"])
+    assert ok.exit_code == 0, ok.output
+    assert "agreement with FP32" in ok.output and (tmp_path / "ok" / "quant_report.md").is_file()
+
+    def bad(*args, match):
+        result = runner.invoke(app, ["quantize", str(digits_onnx), "-q", *map(str, args)])
+        assert result.exit_code == 1, result.output
+        assert match in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+
+    (tmp_path / "empty").mkdir()
+    bad("--calib", tmp_path / "empty", "-o", tmp_path / "o1", match="contains no image files")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for index in range(5):
+        (junk / f"{index}.jpg").write_bytes(b"not a jpeg")
+    bad("--calib", junk, "-o", tmp_path / "o2", match="0 usable samples (5 unreadable")
+    wrong = tmp_path / "wrong"
+    for name in ("cat", "dog"):
+        (wrong / name).mkdir(parents=True)
+        for index in range(6):
+            (wrong / name / f"{index}.png").write_bytes((HELDOUT / "1").glob("*.png").__next__().read_bytes())
+    bad("--calib", TRAIN, "--eval", wrong, "-o", tmp_path / "o3", match="eval classes ['cat', 'dog']")
+    bad("--calib", TRAIN, "--recipe", "fast", "-o", tmp_path / "o4", match="--recipe 'fast' is not one of")
+    bad("--calib", TRAIN, "--exclude", "(", "-o", tmp_path / "o5", match="not a valid regular expression")
+    for name in ("o1", "o2", "o3", "o4", "o5"):
+        assert not (tmp_path / name).exists()
+
+
+def test_model_without_linear_layers(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"], name="relu")], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 32, 32])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with pytest.raises(InputError, match="no quantizable Linear layers"):
+        quantize(load(path, preprocessing={"mean": [0.5] * 3}), TRAIN, tmp_path / "o", samples=16)
+    assert not (tmp_path / "o").exists()

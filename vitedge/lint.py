@@ -1,0 +1,149 @@
+"""TensorRT-rules lint of a QDQ ONNX graph, run after every quantization and before compiling.
+
+TensorRT's explicit quantization takes a QDQ graph as it is: a zero-point other than 0, a
+per-channel activation scale or a Q/DQ pair on a residual Add changes what runs (or stops the
+build). These checks read the graph only; they need no TensorRT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+# Ops that a ViT-safe graph keeps in float: quantizing them collapses ViT accuracy.
+FLOAT_ONLY_OPS = ("Add", "LayerNormalization", "Softmax", "Erf", "Gelu", "ReduceMean", "Pow",
+                  "Sqrt", "Div")
+INT8_TYPES = (2, 3)  # onnx.TensorProto.UINT8, INT8
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # "error" | "warning"
+    node: str
+    message: str
+
+
+@dataclass
+class LintResult:
+    """Truthy when no finding is an error."""
+
+    findings: list[Finding] = field(default_factory=list)
+    quantize_nodes: int = 0
+    dequantize_nodes: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def __bool__(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": bool(self), "quantize_nodes": self.quantize_nodes,
+                "dequantize_nodes": self.dequantize_nodes,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def lint_qdq(model: onnx.ModelProto, *, symmetric: bool = True, vit_safe: bool = True) -> LintResult:
+    """Check a QDQ graph against the rules TensorRT (symmetric) or a ViT-safe recipe need.
+
+    symmetric: every zero-point must be 0 (TensorRT supports only symmetric INT8).
+    vit_safe: no DequantizeLinear may feed a residual Add, LayerNorm, Softmax or GELU.
+    """
+    from onnx import helper
+
+    result = LintResult()
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name for t in model.graph.initializer} | {
+        n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if node.op_type == "QuantizeLinear":
+            result.quantize_nodes += 1
+        else:
+            result.dequantize_nodes += 1
+        scale = _constant(model, node.input[1])
+        zero = _constant(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if scale is None:
+            result.findings.append(Finding("constant-scale", "error", node.name,
+                                           "scale is not a constant; TensorRT needs build-time scales"))
+        elif not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            result.findings.append(Finding("positive-scale", "error", node.name,
+                                           "scale has zero, negative or non-finite values"))
+        if zero is not None:
+            if zero.dtype not in (np.int8, np.uint8):
+                result.findings.append(Finding("int8-type", "error", node.name,
+                                               f"zero-point type {zero.dtype} is not INT8"))
+            elif zero.dtype == np.uint8 and symmetric:
+                result.findings.append(Finding("int8-type", "error", node.name,
+                                               "UINT8 quantization; TensorRT takes signed INT8"))
+            if symmetric and np.any(zero != 0):
+                result.findings.append(Finding("zero-point", "error", node.name,
+                                               f"zero-point {int(np.max(np.abs(zero)))} != 0; "
+                                               "TensorRT supports symmetric INT8 only"))
+        source_is_weight = node.input[0] in constants
+        if node.op_type == "DequantizeLinear" and source_is_weight:
+            weight = _constant(model, node.input[0])
+            if scale is not None and scale.size == 1 and weight is not None and weight.ndim >= 2:
+                result.findings.append(Finding("per-channel-weights", "warning", node.name,
+                                               "weights quantized per tensor; per-channel keeps accuracy"))
+            elif scale is not None and weight is not None and scale.size > 1:
+                consumers = [n for n in model.graph.node if node.output[0] in n.input]
+                expected = _weight_axis(consumers[0], weight.ndim) if consumers else None
+                if expected is not None and axis % weight.ndim != expected:
+                    result.findings.append(Finding(
+                        "per-channel-axis", "error", node.name,
+                        f"per-channel axis {axis} is not the output-channel axis {expected} of "
+                        f"{consumers[0].op_type} {consumers[0].name}"))
+        elif scale is not None and scale.size > 1 and not source_is_weight:
+            result.findings.append(Finding("per-tensor-activations", "error", node.name,
+                                           "activation scale is per channel; TensorRT needs one "
+                                           "scale per activation tensor"))
+    if vit_safe:
+        for node in model.graph.node:
+            if node.op_type not in FLOAT_ONLY_OPS:
+                continue
+            for name in node.input:
+                producer = producers.get(name)
+                if producer is not None and producer.op_type == "DequantizeLinear":
+                    result.findings.append(Finding(
+                        "vit-safe", "error", node.name,
+                        f"{node.op_type} reads a dequantized tensor; residual adds, LayerNorm, "
+                        "Softmax and GELU stay float in a ViT-safe graph"))
+                    break
+    return result
+
+
+def _weight_axis(consumer: onnx.NodeProto, ndim: int) -> int | None:
+    """Output-channel axis of a weight for its consumer (MatMul [K, N] -> 1, Gemm/Conv -> 0)."""
+    from onnx import helper
+
+    if consumer.op_type == "MatMul":
+        return ndim - 1
+    if consumer.op_type == "Gemm":
+        trans_b = next((helper.get_attribute_value(a) for a in consumer.attribute
+                        if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if consumer.op_type in ("Conv", "ConvTranspose"):
+        return 0 if consumer.op_type == "Conv" else 1
+    return None

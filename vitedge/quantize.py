@@ -1,0 +1,529 @@
+"""INT8 post-training quantization that keeps a ViT's accuracy: NNCF on the ONNX graph.
+
+Recipes decide what may be INT8 (all three keep weights per-channel symmetric):
+  linear-only  Linear layers (MatMul/Gemm with constant weights, patch Conv); everything else
+               (residual Add, LayerNorm, Softmax, GELU, attention MatMuls) stays float.
+  vit-safe     linear-only, plus the attention MatMuls when the accuracy budget still holds;
+               if linear-only itself misses the budget, the most sensitive layers go back to
+               float until it holds (default).
+  full         NNCF's transformer recipe as it is (the report says what it costs).
+
+Activations are symmetric (zero-point 0) for TensorRT targets and may be asymmetric for CPU
+targets. The budget search is vitedge's own: NNCF's accuracy-control loop re-runs calibration
+per attempt, while reverting single nodes of the finished QDQ graph (vitedge.qdq) costs one
+ONNX Runtime pass each and yields a per-layer sensitivity table for the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from vitedge.artifact import artifact_hash, atomic_write_text, write_card, writing_artifact
+from vitedge.calibration import DataSet, open_data
+from vitedge.card import ModelCard
+from vitedge.drift import DriftThresholds, compare, topk_accuracy
+from vitedge.errors import InputError, VitedgeError
+from vitedge.lint import LintResult, lint_qdq
+from vitedge.models import LoadedModel
+from vitedge.quant_report import markdown
+from vitedge.qdq import (ComputeNode, compute_nodes, dq_consumers, int8_mac_share,
+                         quantized_node_names, revert_to_float)
+from vitedge.versions import tool_versions
+
+if TYPE_CHECKING:
+    import onnx
+
+
+class Recipe(StrEnum):
+    VIT_SAFE = "vit-safe"
+    LINEAR_ONLY = "linear-only"
+    FULL = "full"
+
+
+class CalibrationMethod(StrEnum):
+    MINMAX = "minmax"
+    MEAN_MINMAX = "mean-minmax"
+    PERCENTILE = "percentile"
+
+
+class Scheme(StrEnum):
+    SYMMETRIC = "symmetric"  # TensorRT: activation zero-points 0
+    ASYMMETRIC = "asymmetric"  # CPU runtimes: asymmetric activations allowed
+
+
+# Everything but the Linear layers stays float in linear-only / vit-safe graphs.
+FLOAT_OP_TYPES = ("Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization", "Erf", "Gelu",
+                  "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Reshape", "Transpose", "Concat",
+                  "Slice", "Gather", "Squeeze", "Unsqueeze", "Expand", "Split", "Flatten",
+                  "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Where")
+RANKING_SAMPLES = 100
+
+
+@dataclass
+class Candidate:
+    """One quantized graph and how it compares with FP32 on the evaluation data."""
+
+    label: str
+    model: onnx.ModelProto
+    logits: np.ndarray
+    drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled)
+    int8_share: float
+    float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
+
+
+@dataclass
+class QuantizeResult:
+    out_dir: Path
+    card: ModelCard
+    report: dict[str, Any]
+    within_budget: bool
+    seconds: float
+
+
+class _Samples:
+    """Re-iterable calibration samples for nncf.Dataset (it iterates more than once)."""
+
+    def __init__(self, data: DataSet, input_name: str) -> None:
+        self.data, self.input_name = data, input_name
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for sample in self.data.samples():
+            yield {self.input_name: sample}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    logger = logging.getLogger("nncf")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits of a graph over a data set, on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int):
+        batch_size = fixed
+    batches = (data[i:i + batch_size] for i in range(0, len(data), batch_size)) \
+        if isinstance(data, np.ndarray) else data.batches(batch_size)
+    outputs = [session.run(None, {name: batch})[0] for batch in batches]
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
+                   op_types: set[str], with_attention: bool) -> Any:
+    import nncf
+
+    names: list[str] = []
+    types: list[str] = []
+    patterns: list[str] = []
+    if recipe is not Recipe.FULL:
+        types = [t for t in FLOAT_OP_TYPES if t in op_types]
+        if not with_attention:
+            names = [n.name for n in nodes if n.kind == "attention"]
+    for pattern in exclude:
+        if pattern in op_types:
+            types.append(pattern)
+        else:
+            patterns.append(pattern)
+    return nncf.IgnoredScope(names=names, types=types, patterns=patterns, validate=False)
+
+
+def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Scheme,
+                   method: CalibrationMethod, ignored: Any, smooth_quant: bool,
+                   bias_correction: bool, full: bool = False) -> onnx.ModelProto:
+    import nncf
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters)
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    estimators = {CalibrationMethod.MINMAX: RangeEstimatorParametersSet.MINMAX,
+                  CalibrationMethod.MEAN_MINMAX: RangeEstimatorParametersSet.MEAN_MINMAX,
+                  CalibrationMethod.PERCENTILE: RangeEstimatorParametersSet.MEAN_QUANTILE}
+    advanced = AdvancedQuantizationParameters(
+        # SmoothQuant is off by default: on DeiT-Tiny it lowered FP32 agreement (measured in
+        # benchmarks/quantize_vit.py); --smooth-quant turns it on with NNCF's transformer alpha.
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if smooth_quant else -1),
+        activations_range_estimator_params=estimators[method],
+        disable_bias_correction=not bias_correction,
+    )
+    preset = (nncf.QuantizationPreset.PERFORMANCE if scheme is Scheme.SYMMETRIC
+              else nncf.QuantizationPreset.MIXED)
+    # "full" is NNCF without the transformer model type: everything it can quantize, residual
+    # adds included; the report shows what that costs.
+    model_type = None if full else nncf.ModelType.TRANSFORMER
+    input_name = model.graph.input[0].name
+    dataset = nncf.Dataset(_Samples(calibration, input_name))
+    with _quiet_nncf():
+        try:
+            return nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration),
+                                 model_type=model_type, ignored_scope=ignored,
+                                 advanced_parameters=advanced)
+        except nncf.ValidationError as exc:
+            raise InputError(f"NNCF rejected the settings: {str(exc).strip().splitlines()[-1]}",
+                             "check --exclude patterns and the recipe") from None
+
+
+def _check_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
+    """Map an ImageFolder's class indices onto the model's output indices, or refuse."""
+    if data.labels is None:
+        return None
+    names = data.class_names or []
+    if card.labels:
+        lookup = {label: index for index, label in enumerate(card.labels)}
+        missing = [n for n in names if n not in lookup]
+        if missing:
+            raise InputError(
+                f"eval classes {missing[:4]} are not among the model's labels "
+                f"({', '.join(card.labels[:4])}, …)",
+                "name the ImageFolder subfolders after the model's labels, or pass an unlabeled "
+                "folder to measure agreement with FP32 only")
+        mapping = np.array([lookup[n] for n in names])
+        return mapping[data.labels]
+    if card.num_classes is not None and len(names) > card.num_classes:
+        raise InputError(f"eval data has {len(names)} classes but the model has {card.num_classes} "
+                         "outputs", "pass data whose classes match the model")
+    return data.labels
+
+
+def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> float:
+    if labels is not None:
+        return 100.0 * (topk_accuracy(fp32, labels) - topk_accuracy(int8, labels))
+    return 100.0 * (1.0 - float(np.mean(fp32.argmax(1) == int8.argmax(1))))
+
+
+def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
+             eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
+             calibration: CalibrationMethod = CalibrationMethod.MINMAX,
+             scheme: Scheme = Scheme.SYMMETRIC, samples: int = 300, eval_samples: int | None = None,
+             max_drop: float = 0.5, exclude: list[str] | None = None, smooth_quant: bool = False,
+             bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
+             progress: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Quantize `loaded` to a QDQ INT8 artifact at `out` within `max_drop` points.
+
+    Raises BudgetMissed (after writing the best model found) when no candidate meets the budget.
+    """
+    import onnx
+
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    if max_drop < 0:
+        raise InputError(f"--max-drop {max_drop} is negative", "give points of top-1, e.g. 0.5")
+    if samples < 1:
+        raise InputError(f"--samples {samples} must be at least 1")
+    exclude = list(exclude or [])
+    for pattern in exclude:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise InputError(f"--exclude {pattern!r} is not a valid regular expression ({exc})") from None
+    if Path(out).exists() and not overwrite:
+        raise InputError(f"output {out} already exists", "choose another -o path or pass --overwrite")
+    card = loaded.card
+    pre = card.preprocessing
+    calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
+    say(f"calibration: {len(calibration_data)} samples from {calibration_data.origin}"
+        + (f" ({len(calibration_data.skipped)} unreadable skipped)" if calibration_data.skipped else ""))
+    if eval_data is not None:
+        evaluation = open_data(eval_data, pre, samples=eval_samples, seed=seed + 1, role="eval")
+        warnings_ = []
+    else:
+        evaluation = calibration_data
+        warnings_ = ["no --eval data: metrics are measured on the calibration samples, which "
+                     "flatters INT8; pass held-out images with --eval"]
+    labels = _check_labels(card, evaluation)
+
+    with tempfile.TemporaryDirectory(prefix="vitedge-quantize-") as tmp:
+        float_path = _float_onnx(loaded, Path(tmp), calib, say)
+        float_model = onnx.load(str(float_path))
+        nodes = compute_nodes(float_model)
+        if not any(n.kind == "linear" for n in nodes):
+            raise InputError(f"{card.architecture} has no quantizable Linear layers "
+                             "(no MatMul/Gemm/Conv with constant weights)",
+                             "vitedge quantizes Linear layers; this graph has none")
+        op_types = {n.op_type for n in float_model.graph.node}
+        fp32 = run_onnx(float_model, evaluation)
+        if fp32.ndim != 2:
+            raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not class logits",
+                             "quantization is checked against FP32 logits; export a classifier")
+
+        def attempt(label: str, with_attention: bool) -> Candidate:
+            say(f"quantizing ({label})")
+            model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=calibration,
+                                   ignored=_ignored_scope(recipe, nodes, exclude, op_types,
+                                                          with_attention),
+                                   smooth_quant=smooth_quant, bias_correction=bias_correction,
+                                   full=recipe is Recipe.FULL)
+            logits = run_onnx(model, evaluation)
+            return Candidate(label, model, logits, _drop(fp32, logits, labels),
+                             int8_mac_share(model, nodes))
+
+        tried: list[Candidate] = []
+        sensitivity: list[dict[str, Any]] = []
+        if recipe is Recipe.FULL:
+            tried.append(attempt("full", True))
+        else:
+            tried.append(attempt("linear-only", False))
+            if recipe is Recipe.VIT_SAFE and tried[0].drop <= max_drop and any(
+                    n.kind == "attention" for n in nodes):
+                tried.append(attempt("linear + attention MatMuls", True))
+        within = [c for c in tried if c.drop <= max_drop]
+        if within:
+            best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
+        else:
+            best = min(tried, key=lambda c: c.drop)
+            if recipe is Recipe.VIT_SAFE:
+                say("over budget: ranking layers by sensitivity")
+                best, sensitivity = _budget_search(best, float_model, nodes, evaluation, fp32,
+                                                   labels, max_drop, say)
+        lint = lint_qdq(best.model, symmetric=scheme is Scheme.SYMMETRIC,
+                        vit_safe=recipe is not Recipe.FULL)
+        if recipe is not Recipe.FULL and not lint:
+            raise VitedgeError(f"internal: the {recipe} graph broke its own rules: "
+                               f"{lint.errors[0].message} at {lint.errors[0].node}",
+                               "please report this with the model")
+        say("measuring per-layer error and latency")
+        report = _build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
+                               lint, sensitivity, max_drop, recipe, scheme, calibration,
+                               calibration_data, smooth_quant, bias_correction, exclude,
+                               warnings_)
+        new_card = _quantized_card(card, report, float_path)
+        with writing_artifact(Path(out), overwrite=overwrite) as staging:
+            onnx.save_model(best.model, str(staging / "model.onnx"))
+            write_card(staging, new_card)  # hashes the model; reports are written after
+            atomic_write_text(staging / "quant_report.json", json.dumps(report, indent=2) + "\n")
+            atomic_write_text(staging / "quant_report.md", markdown(report))
+    result = QuantizeResult(Path(out), new_card, report, report["budget"]["met"],
+                            time.perf_counter() - started)
+    if not result.within_budget:
+        raise BudgetMissed(result)
+    return result
+
+
+class BudgetMissed(VitedgeError):
+    """No candidate met --max-drop; the best one found was still written."""
+
+    def __init__(self, result: QuantizeResult) -> None:
+        budget = result.report["budget"]
+        super().__init__(
+            f"--max-drop {budget['max_drop']:g} cannot be met: the best model found drops "
+            f"{budget['drop']:.2f} points ({budget['drop'] - budget['max_drop']:.2f} over) with "
+            f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs in INT8; it was "
+            f"written to {result.out_dir}",
+            "raise --max-drop, calibrate on data closer to the deployment, or try "
+            "--scheme asymmetric on CPU targets")
+        self.result = result
+
+
+def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable[[str], None]) -> Path:
+    if loaded.onnx_path is not None:
+        return loaded.onnx_path
+    from vitedge.export import export_onnx
+
+    say("exporting to ONNX (with parity check)")
+    path = Path(calib)
+    parity = str(calib) if (path.is_dir() or any(c in str(calib) for c in "*?[")) else None
+    export_onnx(loaded, tmp / "fp32", parity_data=parity)
+    return tmp / "fp32" / "model.onnx"
+
+
+def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
+                   evaluation: DataSet, fp32: np.ndarray, labels: np.ndarray | None,
+                   max_drop: float, say: Callable[[str], None]) -> tuple[Candidate, list[dict[str, Any]]]:
+    """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds."""
+    subset = np.concatenate(list(evaluation.batches(64)))[:RANKING_SAMPLES]
+    reference = fp32[:RANKING_SAMPLES]
+    base_kl = compare(reference, run_onnx(start.model, subset)).kl or 0.0
+    quantized = quantized_node_names(start.model)
+    ranking = []
+    for node in nodes:
+        if node.name not in quantized:
+            continue
+        reverted = revert_to_float(start.model, float_model, {node.name})
+        kl = compare(reference, run_onnx(reverted, subset)).kl or 0.0
+        ranking.append({"node": node.name, "op_type": node.op_type, "kind": node.kind,
+                        "macs": node.macs, "kl_if_float": kl, "kl_gain": base_kl - kl})
+    ranking.sort(key=lambda row: row["kl_gain"], reverse=True)
+    best = start
+    reverted_names: list[str] = []
+    for row in ranking:
+        if row["kl_gain"] <= 0:
+            break
+        reverted_names.append(row["node"])
+        model = revert_to_float(start.model, float_model, set(reverted_names))
+        logits = run_onnx(model, evaluation)
+        candidate = Candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
+                              model, logits, _drop(fp32, logits, labels),
+                              int8_mac_share(model, nodes), list(reverted_names))
+        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, "
+            f"{100 * candidate.int8_share:.0f}% Linear MACs INT8")
+        if candidate.drop < best.drop:
+            best = candidate
+        if candidate.drop <= max_drop:
+            return candidate, ranking
+    return best, ranking
+
+
+def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
+               warmup: int = 5) -> dict[str, float]:
+    """ONNX Runtime CPU latency at one shape: median and p95 in milliseconds."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: batch})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {name: batch})
+        times.append(1000 * (time.perf_counter() - start))
+    return {"p50": float(np.median(times)), "p95": float(np.percentile(times, 95))}
+
+
+def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: list[str],
+               data: np.ndarray) -> dict[str, float]:
+    """SQNR (dB) of each named node's output in the QDQ graph against the float graph.
+
+    Hand-written rather than onnxruntime.quantization.qdq_loss_debug: that tool matches tensors
+    by the names ONNX Runtime's own quantizer gives them, which NNCF's graphs do not use.
+    """
+    import onnx
+
+    def with_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        by_name = {n.name: n for n in copy.graph.node}
+        tensors = [by_name[n].output[0] for n in names if n in by_name]
+        existing = {o.name for o in copy.graph.output}
+        for tensor in tensors:
+            if tensor not in existing:
+                copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+        return copy, tensors
+
+    import onnxruntime as ort
+
+    results: dict[str, float] = {}
+    float_copy, tensors = with_outputs(float_model)
+    quant_copy, _ = with_outputs(quantized)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(m.SerializeToString(), options,
+                                     providers=["CPUExecutionProvider"])
+                for m in (float_copy, quant_copy)]
+    input_name = sessions[0].get_inputs()[0].name
+    outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: data})))
+               for s in sessions]
+    for name, tensor in zip(names, tensors):
+        reference, candidate = outputs[0][tensor], outputs[1][tensor]
+        noise = float(np.sum((reference - candidate) ** 2))
+        signal = float(np.sum(reference ** 2))
+        results[name] = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
+    return results
+
+
+def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
+                  float_model: onnx.ModelProto, nodes: list[ComputeNode], evaluation: DataSet,
+                  fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
+                  sensitivity: list[dict[str, Any]], max_drop: float, recipe: Recipe,
+                  scheme: Scheme, calibration: CalibrationMethod, calibration_data: DataSet,
+                  smooth_quant: bool, bias_correction: bool, exclude: list[str],
+                  warnings_: list[str]) -> dict[str, Any]:
+    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=0.99))
+    quantized = quantized_node_names(best.model)
+    float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
+    float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
+    sample = np.concatenate(list(evaluation.batches(32)))[:32]
+    sqnr = layer_sqnr(float_model, best.model, [n.name for n in nodes if n.name in quantized], sample)
+    h, w = card.preprocessing.input_size
+    fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    shape = (fixed or 1, 3, h, w)
+    latency = {"fp32": latency_ms(float_model, shape), "int8": latency_ms(best.model, shape),
+               "batch": shape[0], "provider": "CPUExecutionProvider"}
+    accuracy = None
+    if labels is not None:
+        accuracy = {"fp32_top1": topk_accuracy(fp32, labels), "int8_top1": topk_accuracy(best.logits, labels),
+                    "fp32_top5": topk_accuracy(fp32, labels, 5),
+                    "int8_top5": topk_accuracy(best.logits, labels, 5)}
+    macs = {n.name: n.macs for n in nodes}
+    return {
+        "settings": {"recipe": str(recipe), "scheme": str(scheme), "calibration": str(calibration),
+                     "calibration_samples": len(calibration_data),
+                     "calibration_skipped": len(calibration_data.skipped),
+                     "calibration_data": calibration_data.origin, "eval_samples": len(evaluation),
+                     "eval_data": evaluation.origin, "labeled": labels is not None,
+                     "smooth_quant": smooth_quant, "bias_correction": bias_correction,
+                     "exclude": exclude, "engine": tool_versions("nncf", "onnxruntime", "onnx")},
+        "budget": {"max_drop": max_drop, "drop": best.drop, "met": best.drop <= max_drop,
+                   "metric": "top-1 points" if labels is not None else "FP32-agreement points"},
+        "accuracy": accuracy,
+        "drift": drift.to_dict(),
+        "int8_linear_mac_share": best.int8_share,
+        "float_nodes": {"linear": float_linear, "attention": float_attention},
+        "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
+                      "top1_agreement": float(np.mean(c.logits.argmax(1) == fp32.argmax(1)))}
+                     for c in tried],
+        "chosen": best.label,
+        "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
+                  "dq_consumers": dict(dq_consumers(best.model))},
+        "layers": [{"node": name, "op_type": next(n.op_type for n in nodes if n.name == name),
+                    "kind": next(n.kind for n in nodes if n.name == name), "macs": macs.get(name),
+                    "sqnr_db": value} for name, value in sqnr.items()],
+        "sensitivity": sensitivity,
+        "size_bytes": {"fp32": float_model.ByteSize(), "int8": best.model.ByteSize()},
+        "latency_ms": latency,
+        "lint": lint.to_dict(),
+        "warnings": warnings_,
+    }
+
+
+def _quantized_card(parent: ModelCard, report: dict[str, Any], float_path: Path) -> ModelCard:
+    from vitedge.artifact import sha256_file
+
+    card = ModelCard.from_dict(parent.to_dict())
+    card.format = "onnx"
+    card.files = {}
+    summary = {key: report[key] for key in ("budget", "accuracy", "int8_linear_mac_share", "float_nodes")}
+    summary["drift"] = {k: report["drift"][k] for k in ("samples", "top1_agreement", "kl", "cosine")}
+    card.metrics = {"quantization": summary}
+    card.warnings = [*parent.warnings, *report["warnings"]]
+    card.source = {**parent.source, "quantization": report["settings"]}
+    card.lineage = [*parent.lineage, {
+        "step": "quantize",
+        "parent": {"artifact_hash": artifact_hash(parent)} if parent.files else
+                  {"onnx_sha256": sha256_file(float_path)},
+        "params": report["settings"],
+        "metrics": summary,
+        "tools": tool_versions("nncf", "onnx", "onnxruntime"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }]
+    return card
