@@ -146,7 +146,7 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
                       int8_mac_share(model, nodes))
     assert start.drop > 2.0
     best, ranking = _budget_search(start, float_model, nodes, evaluation, fp32, None,
-                                   max_drop=1.0, say=lambda _m: None)
+                                   meets=lambda c: c.drop <= 1.0, say=lambda _m: None)
     assert ranking[0]["node"] == victim.name and ranking[0]["kl_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
     assert best.int8_share < 1.0 and best.int8_share > 0.8
@@ -186,6 +186,19 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path):
     bad("--calib", TRAIN, "--exclude", "(", "-o", tmp_path / "o5", match="not a valid regular expression")
     for name in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / name).exists()
+    # an unreachable budget: the best model is still written, the command says by how much
+    bad("--calib", TRAIN, "--samples", "16", "--eval", HELDOUT, "--eval-samples", "60",
+        "--recipe", "linear-only", "--min-agreement", "1.01", "-o", tmp_path / "o6",
+        match="outside [0, 1]")
+    # linear-only (no search) flips 1 of the 540 held-out digits: 100% agreement cannot be met
+    missed = runner.invoke(app, ["quantize", str(digits_onnx), "-q", "--calib", str(TRAIN),
+                                 "--samples", "64", "--eval", str(HELDOUT), "--recipe",
+                                 "linear-only", "--min-agreement", "1.0", "-o", str(tmp_path / "o7")])
+    assert missed.exit_code == 1
+    assert "cannot be met" in " ".join(missed.output.split())
+    assert "agrees with FP32 on 99.81%" in " ".join(missed.output.split())
+    report = json.loads((tmp_path / "o7" / "quant_report.json").read_text())
+    assert not report["budget"]["met"] and (tmp_path / "o7" / "model.onnx").is_file()
 
 
 def test_model_without_linear_layers(tmp_path):
@@ -199,3 +212,21 @@ def test_model_without_linear_layers(tmp_path):
     with pytest.raises(InputError, match="no quantizable Linear layers"):
         quantize(load(path, preprocessing={"mean": [0.5] * 3}), TRAIN, tmp_path / "o", samples=16)
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_folders_named_by_label_or_class_id():
+    from vitedge.calibration import DataSet
+    from vitedge.card import ModelCard, Preprocessing, VitStructure
+    from vitedge.quantize import _check_labels
+
+    card = ModelCard("x", {}, Preprocessing(input_size=(8, 8)), VitStructure(is_vit=True),
+                     num_classes=3, labels=["cat", "dog", "owl"], class_ids=["n1", "n2", "n3"])
+    by_id = DataSet("d", "images", card.preprocessing, labels=np.array([0, 1, 1]),
+                    class_names=["n2", "n3"])
+    assert _check_labels(card, by_id).tolist() == [1, 2, 2]
+    by_name = DataSet("d", "images", card.preprocessing, labels=np.array([0, 1]),
+                      class_names=["cat", "owl"])
+    assert _check_labels(card, by_name).tolist() == [0, 2]
+    unknown = DataSet("d", "images", card.preprocessing, labels=np.array([0]), class_names=["emu"])
+    with pytest.raises(InputError, match=r"eval classes \['emu'\]"):
+        _check_labels(card, unknown)

@@ -121,6 +121,7 @@ class ModelCard:
     structure: VitStructure
     num_classes: int | None = None
     labels: list[str] | None = None
+    class_ids: list[str] | None = None  # e.g. ImageNet synsets, as ImageFolders often name classes
     params: int | None = None
     macs: int | None = None  # multiply-accumulates for one image at input_size
     format: str = "torch"  # "torch" | "onnx" | ...
@@ -141,6 +142,7 @@ class ModelCard:
             "preprocessing": self.preprocessing.to_dict(),
             "structure": self.structure.to_dict(),
             "labels": self.labels,
+            "class_ids": self.class_ids,
             "files": self.files,
             "metrics": self.metrics,
             "lineage": self.lineage,
@@ -160,6 +162,7 @@ class ModelCard:
                 structure=VitStructure.from_dict(data.get("structure") or {"is_vit": False}),
                 num_classes=data.get("num_classes"),
                 labels=data.get("labels"),
+                class_ids=data.get("class_ids"),
                 params=data.get("params"),
                 macs=data.get("macs"),
                 format=data.get("format", "torch"),

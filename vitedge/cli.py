@@ -262,6 +262,8 @@ def quantize(
     eval_samples: Annotated[Optional[int], typer.Option(help="Evaluation samples (default: all).")] = None,
     max_drop: Annotated[float, typer.Option(
         help="Budget: points of top-1 (labeled --eval) or of FP32 agreement (unlabeled).")] = 0.5,
+    min_agreement: Annotated[Optional[float], typer.Option(
+        help="Also require this top-1 agreement with FP32 (0-1), e.g. 0.99.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         help="Keep float: node-name regex or op type, repeatable.")] = None,
     smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
@@ -296,6 +298,7 @@ def quantize(
             result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],
                                   calibration=parsed["--calibration"], scheme=parsed["--scheme"],
                                   samples=samples, eval_samples=eval_samples, max_drop=max_drop,
+                                  min_agreement=min_agreement,
                                   exclude=exclude, smooth_quant=smooth_quant,
                                   bias_correction=bias_correction, seed=seed, overwrite=overwrite,
                                   progress=say)

@@ -105,6 +105,7 @@ def load(source: str | Path, *, weights: str | Path | None = None,
             raise InputError(f"{len(labels)} labels given for a model with {card.num_classes} "
                              "outputs", "give one label per output class, in output order")
         card.labels = list(labels)
+        card.class_ids = None
     if loaded.module is not None:
         try:
             loaded.module.eval()
@@ -170,6 +171,7 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any]) -> Loade
                 "weights": str(Path(weights).resolve()) if weights else None},
         preprocessing=pre, structure=structure, num_classes=num_classes,
         labels=_imagenet_labels() if num_classes == 1000 else None,
+        class_ids=_imagenet_synsets() if num_classes == 1000 else None,
     )
     if weights is None:
         card.warnings.append("no --weights given: the model has random weights")
@@ -203,9 +205,22 @@ def _kw_text(kwargs: dict[str, Any]) -> str:
 
 
 def _imagenet_labels() -> list[str]:
+    """Short ImageNet-1k names; the two that repeat (crane, maillot) get their synset appended."""
+    from collections import Counter
+
     from timm.data import ImageNetInfo
 
-    return [d.split(",")[0].strip() for d in ImageNetInfo().label_descriptions()]
+    info = ImageNetInfo()
+    short = [d.split(",")[0].strip() for d in info.label_descriptions()]
+    repeated = {name for name, count in Counter(short).items() if count > 1}
+    return [f"{name} ({synset})" if name in repeated else name
+            for name, synset in zip(short, info.label_names())]
+
+
+def _imagenet_synsets() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())
 
 
 # --------------------------------------------------------------------------- torchvision

@@ -68,7 +68,7 @@ FLOAT_OP_TYPES = ("Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization", "
                   "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Reshape", "Transpose", "Concat",
                   "Slice", "Gather", "Squeeze", "Unsqueeze", "Expand", "Split", "Flatten",
                   "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Where")
-RANKING_SAMPLES = 100
+RANKING_SAMPLES = 64
 
 
 @dataclass
@@ -80,6 +80,7 @@ class Candidate:
     logits: np.ndarray
     drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled)
     int8_share: float
+    agreement: float = 0.0  # top-1 agreement with FP32
     float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
 
 
@@ -195,7 +196,9 @@ def _check_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
         return None
     names = data.class_names or []
     if card.labels:
+        # ImageFolder subfolders may be named after the labels or the class ids (synsets)
         lookup = {label: index for index, label in enumerate(card.labels)}
+        lookup.update({cid: index for index, cid in enumerate(card.class_ids or [])})
         missing = [n for n in names if n not in lookup]
         if missing:
             raise InputError(
@@ -211,6 +214,10 @@ def _check_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
     return data.labels
 
 
+def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
+    return float(np.mean(fp32.argmax(1) == int8.argmax(1)))
+
+
 def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> float:
     if labels is not None:
         return 100.0 * (topk_accuracy(fp32, labels) - topk_accuracy(int8, labels))
@@ -221,7 +228,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
              calibration: CalibrationMethod = CalibrationMethod.MINMAX,
              scheme: Scheme = Scheme.SYMMETRIC, samples: int = 300, eval_samples: int | None = None,
-             max_drop: float = 0.5, exclude: list[str] | None = None, smooth_quant: bool = False,
+             max_drop: float = 0.5, min_agreement: float | None = None,
+             exclude: list[str] | None = None, smooth_quant: bool = False,
              bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize `loaded` to a QDQ INT8 artifact at `out` within `max_drop` points.
@@ -236,6 +244,14 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
         raise InputError(f"--max-drop {max_drop} is negative", "give points of top-1, e.g. 0.5")
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise InputError(f"--min-agreement {min_agreement} is outside [0, 1]",
+                         "give a share, e.g. 0.99 for 99% agreement with FP32 top-1")
+
+    def meets(candidate: Candidate) -> bool:
+        return candidate.drop <= max_drop and (
+            min_agreement is None or candidate.agreement >= min_agreement)
+
     exclude = list(exclude or [])
     for pattern in exclude:
         try:
@@ -281,7 +297,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                    full=recipe is Recipe.FULL)
             logits = run_onnx(model, evaluation)
             return Candidate(label, model, logits, _drop(fp32, logits, labels),
-                             int8_mac_share(model, nodes))
+                             int8_mac_share(model, nodes), _agreement(fp32, logits))
 
         tried: list[Candidate] = []
         sensitivity: list[dict[str, Any]] = []
@@ -289,10 +305,10 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             tried.append(attempt("full", True))
         else:
             tried.append(attempt("linear-only", False))
-            if recipe is Recipe.VIT_SAFE and tried[0].drop <= max_drop and any(
+            if recipe is Recipe.VIT_SAFE and meets(tried[0]) and any(
                     n.kind == "attention" for n in nodes):
                 tried.append(attempt("linear + attention MatMuls", True))
-        within = [c for c in tried if c.drop <= max_drop]
+        within = [c for c in tried if meets(c)]
         if within:
             best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
         else:
@@ -300,7 +316,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             if recipe is Recipe.VIT_SAFE:
                 say("over budget: ranking layers by sensitivity")
                 best, sensitivity = _budget_search(best, float_model, nodes, evaluation, fp32,
-                                                   labels, max_drop, say)
+                                                   labels, meets, say)
         lint = lint_qdq(best.model, symmetric=scheme is Scheme.SYMMETRIC,
                         vit_safe=recipe is not Recipe.FULL)
         if recipe is not Recipe.FULL and not lint:
@@ -309,7 +325,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                "please report this with the model")
         say("measuring per-layer error and latency")
         report = _build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
-                               lint, sensitivity, max_drop, recipe, scheme, calibration,
+                               lint, sensitivity, max_drop, min_agreement, meets(best), recipe,
+                               scheme, calibration,
                                calibration_data, smooth_quant, bias_correction, exclude,
                                warnings_)
         new_card = _quantized_card(card, report, float_path)
@@ -330,13 +347,16 @@ class BudgetMissed(VitedgeError):
 
     def __init__(self, result: QuantizeResult) -> None:
         budget = result.report["budget"]
+        wanted = f"--max-drop {budget['max_drop']:g}" + (
+            f" with --min-agreement {budget['min_agreement']:g}" if budget["min_agreement"] else "")
         super().__init__(
-            f"--max-drop {budget['max_drop']:g} cannot be met: the best model found drops "
-            f"{budget['drop']:.2f} points ({budget['drop'] - budget['max_drop']:.2f} over) with "
+            f"{wanted} cannot be met: the best model found drops {budget['drop']:.2f} points "
+            f"({max(0.0, budget['drop'] - budget['max_drop']):.2f} over), agrees with FP32 on "
+            f"{100 * budget['agreement']:.2f}% of samples, with "
             f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs in INT8; it was "
             f"written to {result.out_dir}",
-            "raise --max-drop, calibrate on data closer to the deployment, or try "
-            "--scheme asymmetric on CPU targets")
+            "raise --max-drop or lower --min-agreement, calibrate on data closer to the "
+            "deployment, or try --scheme asymmetric on CPU targets")
         self.result = result
 
 
@@ -354,7 +374,8 @@ def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable
 
 def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
                    evaluation: DataSet, fp32: np.ndarray, labels: np.ndarray | None,
-                   max_drop: float, say: Callable[[str], None]) -> tuple[Candidate, list[dict[str, Any]]]:
+                   meets: Callable[[Candidate], bool],
+                   say: Callable[[str], None]) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds."""
     subset = np.concatenate(list(evaluation.batches(64)))[:RANKING_SAMPLES]
     reference = fp32[:RANKING_SAMPLES]
@@ -379,12 +400,13 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
         logits = run_onnx(model, evaluation)
         candidate = Candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
                               model, logits, _drop(fp32, logits, labels),
-                              int8_mac_share(model, nodes), list(reverted_names))
-        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, "
-            f"{100 * candidate.int8_share:.0f}% Linear MACs INT8")
-        if candidate.drop < best.drop:
+                              int8_mac_share(model, nodes), _agreement(fp32, logits),
+                              list(reverted_names))
+        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
+            f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
+        if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
             best = candidate
-        if candidate.drop <= max_drop:
+        if meets(candidate):
             return candidate, ranking
     return best, ranking
 
@@ -454,11 +476,12 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
 def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                   float_model: onnx.ModelProto, nodes: list[ComputeNode], evaluation: DataSet,
                   fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
-                  sensitivity: list[dict[str, Any]], max_drop: float, recipe: Recipe,
+                  sensitivity: list[dict[str, Any]], max_drop: float,
+                  min_agreement: float | None, met: bool, recipe: Recipe,
                   scheme: Scheme, calibration: CalibrationMethod, calibration_data: DataSet,
                   smooth_quant: bool, bias_correction: bool, exclude: list[str],
                   warnings_: list[str]) -> dict[str, Any]:
-    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=0.99))
+    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=min_agreement or 0.99))
     quantized = quantized_node_names(best.model)
     float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
     float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
@@ -483,15 +506,15 @@ def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                      "eval_data": evaluation.origin, "labeled": labels is not None,
                      "smooth_quant": smooth_quant, "bias_correction": bias_correction,
                      "exclude": exclude, "engine": tool_versions("nncf", "onnxruntime", "onnx")},
-        "budget": {"max_drop": max_drop, "drop": best.drop, "met": best.drop <= max_drop,
+        "budget": {"max_drop": max_drop, "drop": best.drop, "met": met,
+                   "min_agreement": min_agreement, "agreement": best.agreement,
                    "metric": "top-1 points" if labels is not None else "FP32-agreement points"},
         "accuracy": accuracy,
         "drift": drift.to_dict(),
         "int8_linear_mac_share": best.int8_share,
         "float_nodes": {"linear": float_linear, "attention": float_attention},
         "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
-                      "top1_agreement": float(np.mean(c.logits.argmax(1) == fp32.argmax(1)))}
-                     for c in tried],
+                      "top1_agreement": c.agreement} for c in tried],
         "chosen": best.label,
         "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
                   "dq_consumers": dict(dq_consumers(best.model))},
