@@ -76,16 +76,21 @@ def verify_files(directory: Path, card: ModelCard) -> None:
                 "the file was changed after the artifact was written; re-create the artifact")
 
 
-@contextlib.contextmanager
-def writing_artifact(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory to fill; move it to `out` only if the block succeeds."""
-    out = Path(out)
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless overwriting an artifact directory was asked for."""
     if out.exists() and not overwrite:
         raise InputError(f"output {out} already exists",
                          "choose another -o path or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is a file, not an artifact directory",
                          "choose a directory path for -o")
+
+
+@contextlib.contextmanager
+def writing_artifact(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory to fill; move it to `out` only if the block succeeds."""
+    out = Path(out)
+    check_output(out, overwrite)
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))

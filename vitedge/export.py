@@ -195,12 +195,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, card: ModelCard, *,
                  atol: float, rtol: float, batch_dynamic: bool = True) -> ParityResult:
     """Run the same preprocessed images through PyTorch and ONNX Runtime (CPU) and compare."""
-    import onnxruntime as ort
     import torch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    from vitedge.runtime.onnxrt import cpu_session
+
+    session = cpu_session(onnx_path)
     input_name = session.get_inputs()[0].name
     reference, candidate = [], []
     for batch, _ in iter_batches(images, card.preprocessing, batch_size=8 if batch_dynamic else 1):

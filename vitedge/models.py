@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import is_artifact, read_card, verify_files
 from vitedge.card import Interpolation, ModelCard, Preprocessing, ResizeMode, VitStructure
-from vitedge.checkpoints import (TRUST_PICKLE_HINT, is_torchscript_archive, load_into,
-                                 load_object, read_state_dict)
+from vitedge.checkpoints import (is_torchscript_archive, load_into, load_object,
+                                 mismatch_report, read_state_dict)
 from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
 from vitedge.structure import (count_macs, count_params, hf_structure, onnx_summary,
                                state_dict_structure, timm_structure, torchvision_structure)
@@ -182,8 +182,6 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any]) -> Loade
 
 
 def _mismatch(model: torch.nn.Module, state: dict[str, Any]) -> bool:
-    from vitedge.checkpoints import mismatch_report
-
     return mismatch_report(model, state) is not None
 
 
@@ -342,7 +340,7 @@ def _graph_card(kind: str, path: Path, structure: VitStructure, input_size: tupl
 
 
 def _from_module(model: torch.nn.Module, path: Path, *, kind: str) -> LoadedModel:
-    structure = timm_structure_safe(model) or state_dict_structure(
+    structure = _known_structure(model) or state_dict_structure(
         model.state_dict(), {"num_heads": _first_attr(model, "num_heads")})
     size = _first_attr(model, "img_size") or _first_attr(model, "image_size")
     input_size = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (
@@ -351,7 +349,7 @@ def _from_module(model: torch.nn.Module, path: Path, *, kind: str) -> LoadedMode
     return LoadedModel(card, model)
 
 
-def timm_structure_safe(model: torch.nn.Module) -> VitStructure | None:
+def _known_structure(model: torch.nn.Module) -> VitStructure | None:
     return timm_structure(model) or torchvision_structure(model)
 
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, atomic_write_text, write_card, writing_artifact
+from vitedge.artifact import (artifact_hash, atomic_write_text, check_output, write_card,
+                              writing_artifact)
 from vitedge.calibration import DataSet, open_data
 from vitedge.card import ModelCard
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
@@ -38,6 +39,7 @@ from vitedge.errors import InputError, VitedgeError
 from vitedge.lint import LintResult, lint_qdq
 from vitedge.models import LoadedModel
 from vitedge.quant_report import markdown
+from vitedge.runtime.onnxrt import cpu_session
 from vitedge.qdq import (ComputeNode, compute_nodes, dq_consumers, int8_mac_share,
                          quantized_node_names, revert_to_float)
 from vitedge.versions import tool_versions
@@ -120,12 +122,7 @@ def _quiet_nncf() -> Iterator[None]:
 
 def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits of a graph over a data set, on ONNX Runtime's CPU provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     if isinstance(fixed, int):
@@ -258,8 +255,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             re.compile(pattern)
         except re.error as exc:
             raise InputError(f"--exclude {pattern!r} is not a valid regular expression ({exc})") from None
-    if Path(out).exists() and not overwrite:
-        raise InputError(f"output {out} already exists", "choose another -o path or pass --overwrite")
+    check_output(Path(out), overwrite)  # before minutes of work, not after
     card = loaded.card
     pre = card.preprocessing
     calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
@@ -414,12 +410,7 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
                warmup: int = 5) -> dict[str, float]:
     """ONNX Runtime CPU latency at one shape: median and p95 in milliseconds."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     name = session.get_inputs()[0].name
     batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(warmup):
@@ -452,16 +443,10 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
                 copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
         return copy, tensors
 
-    import onnxruntime as ort
-
     results: dict[str, float] = {}
     float_copy, tensors = with_outputs(float_model)
     quant_copy, _ = with_outputs(quantized)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = [ort.InferenceSession(m.SerializeToString(), options,
-                                     providers=["CPUExecutionProvider"])
-                for m in (float_copy, quant_copy)]
+    sessions = [cpu_session(m) for m in (float_copy, quant_copy)]
     input_name = sessions[0].get_inputs()[0].name
     outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: data})))
                for s in sessions]

@@ -1,0 +1,1 @@
+"""Runtimes that execute artifacts. Backends import their heavy libraries lazily."""
