@@ -14,7 +14,8 @@ from vitedge.errors import InputError
 from vitedge.lint import lint_qdq
 from vitedge.models import load
 from vitedge.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
-from vitedge.quantize import BudgetMissed, Recipe, Scheme, quantize, run_onnx
+from vitedge.quantize import BudgetMissed, Recipe, quantize, run_onnx
+from vitedge.targets import Scheme, load_target
 
 TRAIN = REPO / "calibration" / "digits" / "train"
 FAST = {"samples": 64, "eval_samples": 200}
@@ -230,3 +231,14 @@ def test_eval_folders_named_by_label_or_class_id():
     unknown = DataSet("d", "images", card.preprocessing, labels=np.array([0]), class_names=["emu"])
     with pytest.raises(InputError, match=r"eval classes \['emu'\]"):
         _check_labels(card, unknown)
+
+
+def test_target_sets_the_scheme(digits_onnx, tmp_path):
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "cpu", eval_data=HELDOUT,
+                      recipe=Recipe.LINEAR_ONLY, target=load_target("x86-cpu"), **FAST)
+    assert result.report["settings"]["scheme"] == "asymmetric"
+    assert result.report["settings"]["target"] == "x86-cpu"
+    assert any(np.any(z != 0) for z in _zero_points(onnx.load(tmp_path / "cpu" / "model.onnx")))
+    bad = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--target",
+                              "jetson-nano-classic", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "unknown target" in bad.output and not (tmp_path / "x").exists()

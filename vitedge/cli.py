@@ -256,8 +256,11 @@ def quantize(
                        "unlabeled: agreement with FP32).")] = None,
     recipe: Annotated[str, typer.Option(help="vit-safe | linear-only | full.")] = "vit-safe",
     calibration: Annotated[str, typer.Option(help="minmax | mean-minmax | percentile.")] = "minmax",
-    scheme: Annotated[str, typer.Option(
-        help="symmetric (TensorRT: zero-points 0) | asymmetric (CPU runtimes).")] = "symmetric",
+    target: Annotated[Optional[str], typer.Option(
+        help="Target profile name or .toml: sets the INT8 scheme (see `vitedge targets`).")] = None,
+    scheme: Annotated[Optional[str], typer.Option(
+        help="symmetric (TensorRT: zero-points 0) | asymmetric (CPU runtimes); default: the "
+             "target's, else symmetric.")] = None,
     samples: Annotated[int, typer.Option(help="Calibration samples (seeded subset).")] = 300,
     eval_samples: Annotated[Optional[int], typer.Option(help="Evaluation samples (default: all).")] = None,
     max_drop: Annotated[float, typer.Option(
@@ -279,24 +282,31 @@ def quantize(
     Example: vitedge quantize builtin:digits-vit --calib calibration/digits/train
     --eval calibration/digits/heldout -o artifacts/digits-int8
     """
-    from vitedge.quantize import BudgetMissed, CalibrationMethod, Recipe, Scheme
+    from vitedge.quantize import BudgetMissed, CalibrationMethod, Recipe
     from vitedge.quantize import quantize as run_quantize
+    from vitedge.targets import Scheme, load_target
 
     with user_errors(verbose):
         choices = {"--recipe": (recipe, Recipe), "--calibration": (calibration, CalibrationMethod),
                    "--scheme": (scheme, Scheme)}
-        parsed = {}
+        parsed: dict[str, Any] = {}
         for flag, (value, enum) in choices.items():
+            if value is None:
+                parsed[flag] = None
+                continue
             try:
                 parsed[flag] = enum(value)
             except ValueError:
                 raise VitedgeError(f"{flag} {value!r} is not one of "
                                    f"{', '.join(e.value for e in enum)}") from None
+        if target:
+            load_target(target)  # an unknown target fails before the model is loaded
         loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
         say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
         try:
             result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],
                                   calibration=parsed["--calibration"], scheme=parsed["--scheme"],
+                                  target=load_target(target) if target else None,
                                   samples=samples, eval_samples=eval_samples, max_drop=max_drop,
                                   min_agreement=min_agreement,
                                   exclude=exclude, smooth_quant=smooth_quant,
@@ -323,6 +333,54 @@ def _print_quant_summary(report: dict[str, Any], out_dir: Path) -> None:
                   f"INT8 {latency['int8']['p50']:.2f} ms; lint "
                   f"{'passed' if report['lint']['passed'] else 'FAILED'}", highlight=False)
     console.print(f"wrote {out_dir}/model.onnx and quant_report.md", highlight=False)
+
+
+targets_app = typer.Typer(help="Device profiles (targets/*.toml): list them, or show one.",
+                          no_args_is_help=False)
+app.add_typer(targets_app, name="targets")
+
+
+@targets_app.callback(invoke_without_command=True)
+def targets_list(ctx: typer.Context) -> None:
+    """List the shipped device profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vitedge.targets import list_targets
+
+    with user_errors():
+        profiles = list_targets()
+    table = Table()
+    for column in ("target", "runtime", "GPU SM / ISA", "precisions (default)", "INT8", "DLA",
+                   "software"):
+        table.add_column(column, no_wrap=column in ("target", "runtime"))
+    for t in profiles:
+        software = ", ".join(f"{k} {v}" for k, v in (("JetPack", t.jetpack), ("TensorRT", t.tensorrt))
+                             if v) or "-"
+        table.add_row(t.name, str(t.runtime), t.compute_capability or t.isa or "-",
+                      ", ".join(map(str, t.precisions)) + f" ({t.default_precision})",
+                      str(t.int8_scheme), str(t.dla_cores), software)
+    console.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Profile name or path to a .toml.")],
+                 as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Print one profile, resolved and validated."""
+    from vitedge.targets import load_target
+
+    with user_errors():
+        target = load_target(name)
+    data = target.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in data.items():
+        if value not in (None, ""):
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
 
 
 @app.command()

@@ -40,6 +40,7 @@ from vitedge.lint import LintResult, lint_qdq
 from vitedge.models import LoadedModel
 from vitedge.quant_report import markdown
 from vitedge.runtime.onnxrt import cpu_session
+from vitedge.targets import Scheme, Target
 from vitedge.qdq import (ComputeNode, compute_nodes, dq_consumers, int8_mac_share,
                          quantized_node_names, revert_to_float)
 from vitedge.versions import tool_versions
@@ -58,11 +59,6 @@ class CalibrationMethod(StrEnum):
     MINMAX = "minmax"
     MEAN_MINMAX = "mean-minmax"
     PERCENTILE = "percentile"
-
-
-class Scheme(StrEnum):
-    SYMMETRIC = "symmetric"  # TensorRT: activation zero-points 0
-    ASYMMETRIC = "asymmetric"  # CPU runtimes: asymmetric activations allowed
 
 
 # Everything but the Linear layers stays float in linear-only / vit-safe graphs.
@@ -224,19 +220,23 @@ def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> floa
 def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
              calibration: CalibrationMethod = CalibrationMethod.MINMAX,
-             scheme: Scheme = Scheme.SYMMETRIC, samples: int = 300, eval_samples: int | None = None,
+             scheme: Scheme | None = None, target: Target | None = None,
+             samples: int = 300, eval_samples: int | None = None,
              max_drop: float = 0.5, min_agreement: float | None = None,
              exclude: list[str] | None = None, smooth_quant: bool = False,
              bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize `loaded` to a QDQ INT8 artifact at `out` within `max_drop` points.
 
-    Raises BudgetMissed (after writing the best model found) when no candidate meets the budget.
+    The activation scheme is `scheme` if given, else the target's INT8 scheme, else symmetric
+    (what TensorRT needs). Raises BudgetMissed (after writing the best model found) when no
+    candidate meets the budget.
     """
     import onnx
 
     say = progress or (lambda _message: None)
     started = time.perf_counter()
+    scheme = scheme or (target.int8_scheme if target else Scheme.SYMMETRIC)
     if max_drop < 0:
         raise InputError(f"--max-drop {max_drop} is negative", "give points of top-1, e.g. 0.5")
     if samples < 1:
@@ -322,7 +322,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
         say("measuring per-layer error and latency")
         report = _build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
                                lint, sensitivity, max_drop, min_agreement, meets(best), recipe,
-                               scheme, calibration,
+                               scheme, target, calibration,
                                calibration_data, smooth_quant, bias_correction, exclude,
                                warnings_)
         new_card = _quantized_card(card, report, float_path)
@@ -463,7 +463,7 @@ def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                   fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
                   sensitivity: list[dict[str, Any]], max_drop: float,
                   min_agreement: float | None, met: bool, recipe: Recipe,
-                  scheme: Scheme, calibration: CalibrationMethod, calibration_data: DataSet,
+                  scheme: Scheme, target: Target | None, calibration: CalibrationMethod, calibration_data: DataSet,
                   smooth_quant: bool, bias_correction: bool, exclude: list[str],
                   warnings_: list[str]) -> dict[str, Any]:
     drift = compare(fp32, best.logits, DriftThresholds(min_agreement=min_agreement or 0.99))
@@ -484,7 +484,8 @@ def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                     "int8_top5": topk_accuracy(best.logits, labels, 5)}
     macs = {n.name: n.macs for n in nodes}
     return {
-        "settings": {"recipe": str(recipe), "scheme": str(scheme), "calibration": str(calibration),
+        "settings": {"recipe": str(recipe), "scheme": str(scheme),
+                     "target": target.name if target else None, "calibration": str(calibration),
                      "calibration_samples": len(calibration_data),
                      "calibration_skipped": len(calibration_data.skipped),
                      "calibration_data": calibration_data.origin, "eval_samples": len(evaluation),

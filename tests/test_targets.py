@@ -1,0 +1,82 @@
+"""Target profiles: every shipped one loads; bad profiles get clear errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vitedge.cli import app
+from vitedge.errors import InputError
+from vitedge.targets import TARGETS_DIR, Precision, Runtime, Scheme, list_targets, load_target
+
+SHIPPED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx",
+           "desktop-gpu", "x86-cpu", "arm64-cpu"}
+runner = CliRunner()
+
+
+def test_every_shipped_profile_loads_and_is_consistent():
+    targets = {t.name: t for t in list_targets()}
+    assert set(targets) == SHIPPED
+    for target in targets.values():
+        assert target.default_precision in target.precisions
+        assert target.batch.min <= target.batch.opt <= target.batch.max
+        assert "Sources" in (TARGETS_DIR / f"{target.name}.toml").read_text()  # cites the vendor
+        if target.runtime is Runtime.TENSORRT:
+            assert target.int8_scheme is Scheme.SYMMETRIC and target.compute_capability
+            assert Precision.FP16 in target.precisions
+    assert targets["jetson-orin-nano"].dla_cores == 0 and targets["jetson-agx-orin"].dla_cores == 2
+    assert targets["jetson-xavier-nx"].compute_capability == "7.2"
+    assert targets["jetson-xavier-nx"].jetpack.startswith("5")
+    assert targets["x86-cpu"].int8_scheme is Scheme.ASYMMETRIC
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = '''name = "mine"
+description = "my box"
+runtime = "onnxruntime"
+precisions = ["fp32", "int8"]
+default_precision = "int8"
+int8_scheme = "asymmetric"
+batch = { min = 1, opt = 2, max = 4 }
+'''
+
+
+def test_user_profile_and_validation(tmp_path):
+    target = load_target(_write(tmp_path, GOOD))
+    assert target.name == "mine" and target.default_precision is Precision.INT8
+    cases = {
+        GOOD + "colour = 'red'\n": "unknown key(s) colour",
+        GOOD.replace('default_precision = "int8"', 'default_precision = "fp16"'):
+            "default_precision fp16 is not among precisions",
+        GOOD.replace("opt = 2", "opt = 9"): "1 <= min <= opt <= max",
+        GOOD.replace('"onnxruntime"', '"openvino"'): "runtime = 'openvino' is not one of",
+        GOOD.replace('runtime = "onnxruntime"', 'runtime = "tensorrt"'): "needs compute_capability",
+        GOOD.replace('name = "mine"\n', ""): "missing key(s) name",
+        "name = [": "not valid TOML",
+    }
+    for text, message in cases.items():
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_target(_write(tmp_path, text))
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(InputError, match="did you mean jetson-orin-nano") as info:
+        load_target("jetson-orin-nan")
+    assert "x86-cpu" in info.value.hint
+
+
+def test_cli_lists_and_shows():
+    listed = runner.invoke(app, ["targets"])
+    assert listed.exit_code == 0
+    for name in SHIPPED:
+        assert name in listed.output
+    shown = runner.invoke(app, ["targets", "show", "jetson-agx-orin", "--json"])
+    data = json.loads(shown.output)
+    assert data["dla_cores"] == 2 and data["batch"] == {"min": 1, "opt": 8, "max": 32}
+    missing = runner.invoke(app, ["targets", "show", "nope"])
+    assert missing.exit_code == 1 and "unknown target 'nope'" in missing.output
