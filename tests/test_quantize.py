@@ -242,3 +242,12 @@ def test_target_sets_the_scheme(digits_onnx, tmp_path):
     bad = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--target",
                               "jetson-nano-classic", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown target" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_library_call_prints_nothing_and_reports_progress(digits_onnx, tmp_path, capfd):
+    ticks = []
+    quantize(load(digits_onnx), TRAIN, tmp_path / "quiet", samples=20, recipe=Recipe.LINEAR_ONLY,
+             calibration_tick=lambda index, total: ticks.append((index, total)))
+    captured = capfd.readouterr()
+    assert "Statistics collection" not in captured.out + captured.err  # NNCF's own bars
+    assert ticks[:2] == [(0, 20), (1, 20)] and ticks.count((19, 20)) >= 1

@@ -303,22 +303,47 @@ def quantize(
             load_target(target)  # an unknown target fails before the model is loaded
         loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
         say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
-        try:
-            result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],
+        with _calibration_bar(quiet) as tick:
+            try:
+                result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],
                                   calibration=parsed["--calibration"], scheme=parsed["--scheme"],
                                   target=load_target(target) if target else None,
                                   samples=samples, eval_samples=eval_samples, max_drop=max_drop,
                                   min_agreement=min_agreement,
                                   exclude=exclude, smooth_quant=smooth_quant,
                                   bias_correction=bias_correction, seed=seed, overwrite=overwrite,
-                                  progress=say)
-        except BudgetMissed as missed:
-            _print_quant_summary(missed.result.report, missed.result.out_dir)
-            raise
+                                  progress=say, calibration_tick=tick)
+            except BudgetMissed as missed:
+                _print_quant_summary(missed.result.report, missed.result.out_dir)
+                raise
     _print_quant_summary(result.report, result.out_dir)
 
 
+@contextlib.contextmanager
+def _calibration_bar(quiet: bool) -> Iterator[Any]:
+    """A progress bar fed by the calibration sampler: one bar per pass over the data."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("calibration", total=None)
+        passes = [0]
+
+        def tick(index: int, total: int) -> None:
+            if index == 0:
+                passes[0] += 1
+                bar.reset(task, total=total, description=f"calibration pass {passes[0]}")
+            bar.update(task, completed=index + 1)
+
+        yield tick
+
+
 def _print_quant_summary(report: dict[str, Any], out_dir: Path) -> None:
+    for message in report["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     drift, budget, latency = report["drift"], report["budget"], report["latency_ms"]
     accuracy = report.get("accuracy")
     if accuracy:

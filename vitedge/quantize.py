@@ -17,6 +17,7 @@ ONNX Runtime pass each and yields a per-layer sensitivity table for the report.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -92,13 +93,20 @@ class QuantizeResult:
 
 
 class _Samples:
-    """Re-iterable calibration samples for nncf.Dataset (it iterates more than once)."""
+    """Re-iterable calibration samples for nncf.Dataset (it iterates more than once).
 
-    def __init__(self, data: DataSet, input_name: str) -> None:
-        self.data, self.input_name = data, input_name
+    `tick(index, total)` is called for every sample handed out, so a caller can show progress.
+    """
+
+    def __init__(self, data: DataSet, input_name: str,
+                 tick: Callable[[int, int], None] | None = None) -> None:
+        self.data, self.input_name, self.tick = data, input_name, tick
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for sample in self.data.samples():
+        total = len(self.data)
+        for index, sample in enumerate(self.data.samples()):
+            if self.tick is not None:
+                self.tick(index, total)
             yield {self.input_name: sample}
 
     def __len__(self) -> int:
@@ -107,11 +115,13 @@ class _Samples:
 
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs and draws its own progress bars on stdout; a library call must not print."""
     logger = logging.getLogger("nncf")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(previous)
 
@@ -150,7 +160,8 @@ def _ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
 
 def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Scheme,
                    method: CalibrationMethod, ignored: Any, smooth_quant: bool,
-                   bias_correction: bool, full: bool = False) -> onnx.ModelProto:
+                   bias_correction: bool, full: bool = False,
+                   tick: Callable[[int, int], None] | None = None) -> onnx.ModelProto:
     import nncf
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters)
@@ -172,7 +183,7 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
     # adds included; the report shows what that costs.
     model_type = None if full else nncf.ModelType.TRANSFORMER
     input_name = model.graph.input[0].name
-    dataset = nncf.Dataset(_Samples(calibration, input_name))
+    dataset = nncf.Dataset(_Samples(calibration, input_name, tick))
     with _quiet_nncf():
         try:
             return nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration),
@@ -225,7 +236,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              max_drop: float = 0.5, min_agreement: float | None = None,
              exclude: list[str] | None = None, smooth_quant: bool = False,
              bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
-             progress: Callable[[str], None] | None = None) -> QuantizeResult:
+             progress: Callable[[str], None] | None = None,
+             calibration_tick: Callable[[int, int], None] | None = None) -> QuantizeResult:
     """Quantize `loaded` to a QDQ INT8 artifact at `out` within `max_drop` points.
 
     The activation scheme is `scheme` if given, else the target's INT8 scheme, else symmetric
@@ -290,7 +302,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                    ignored=_ignored_scope(recipe, nodes, exclude, op_types,
                                                           with_attention),
                                    smooth_quant=smooth_quant, bias_correction=bias_correction,
-                                   full=recipe is Recipe.FULL)
+                                   full=recipe is Recipe.FULL, tick=calibration_tick)
             logits = run_onnx(model, evaluation)
             return Candidate(label, model, logits, _drop(fp32, logits, labels),
                              int8_mac_share(model, nodes), _agreement(fp32, logits))
