@@ -14,7 +14,7 @@ from vitedge.errors import InputError
 from vitedge.lint import lint_qdq
 from vitedge.models import load
 from vitedge.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
-from vitedge.quantize import BudgetMissed, Recipe, quantize, run_onnx
+from vitedge.quantize import Recipe, quantize, run_onnx
 from vitedge.targets import Scheme, load_target
 
 TRAIN = REPO / "calibration" / "digits" / "train"

@@ -255,7 +255,8 @@ def quantize(
         "--eval", help="Held-out data for metrics and the budget (labeled ImageFolder: top-1; "
                        "unlabeled: agreement with FP32).")] = None,
     recipe: Annotated[str, typer.Option(help="vit-safe | linear-only | full.")] = "vit-safe",
-    calibration: Annotated[str, typer.Option(help="minmax | mean-minmax | percentile.")] = "minmax",
+    calibration: Annotated[str, typer.Option(
+        help="Activation ranges: mean-minmax (NNCF default) | minmax | percentile.")] = "mean-minmax",
     target: Annotated[Optional[str], typer.Option(
         help="Target profile name or .toml: sets the INT8 scheme (see `vitedge targets`).")] = None,
     scheme: Annotated[Optional[str], typer.Option(
@@ -325,7 +326,13 @@ def _calibration_bar(quiet: bool) -> Iterator[Any]:
     if quiet:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:

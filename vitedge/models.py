@@ -21,12 +21,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import is_artifact, read_card, verify_files
-from vitedge.card import Interpolation, ModelCard, Preprocessing, ResizeMode, VitStructure
-from vitedge.checkpoints import (is_torchscript_archive, load_into, load_object,
-                                 mismatch_report, read_state_dict)
+from vitedge.card import (
+    Interpolation,
+    ModelCard,
+    Preprocessing,
+    ResizeMode,
+    VitStructure,
+)
+from vitedge.checkpoints import (
+    is_torchscript_archive,
+    load_into,
+    load_object,
+    mismatch_report,
+    read_state_dict,
+)
 from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
-from vitedge.structure import (count_macs, count_params, hf_structure, onnx_summary,
-                               state_dict_structure, timm_structure, torchvision_structure)
+from vitedge.structure import (
+    count_macs,
+    count_params,
+    onnx_summary,
+    state_dict_structure,
+    timm_structure,
+    torchvision_structure,
+)
 
 if TYPE_CHECKING:
     import torch

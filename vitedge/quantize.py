@@ -31,19 +31,29 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from vitedge.artifact import (artifact_hash, atomic_write_text, check_output, write_card,
-                              writing_artifact)
+from vitedge.artifact import (
+    artifact_hash,
+    atomic_write_text,
+    check_output,
+    write_card,
+    writing_artifact,
+)
 from vitedge.calibration import DataSet, open_data
 from vitedge.card import ModelCard
-from vitedge.drift import DriftThresholds, compare, topk_accuracy
+from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
-from vitedge.lint import LintResult, lint_qdq
+from vitedge.lint import lint_qdq
 from vitedge.models import LoadedModel
-from vitedge.quant_report import markdown
+from vitedge.qdq import (
+    ComputeNode,
+    compute_nodes,
+    int8_mac_share,
+    quantized_node_names,
+    revert_to_float,
+)
+from vitedge.quant_report import build_report, markdown
 from vitedge.runtime.onnxrt import cpu_session
 from vitedge.targets import Scheme, Target
-from vitedge.qdq import (ComputeNode, compute_nodes, dq_consumers, int8_mac_share,
-                         quantized_node_names, revert_to_float)
 from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:
@@ -163,8 +173,10 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
                    bias_correction: bool, full: bool = False,
                    tick: Callable[[int, int], None] | None = None) -> onnx.ModelProto:
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     estimators = {CalibrationMethod.MINMAX: RangeEstimatorParametersSet.MINMAX,
@@ -225,12 +237,12 @@ def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
 def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> float:
     if labels is not None:
         return 100.0 * (topk_accuracy(fp32, labels) - topk_accuracy(int8, labels))
-    return 100.0 * (1.0 - float(np.mean(fp32.argmax(1) == int8.argmax(1))))
+    return 100.0 * (1.0 - _agreement(fp32, int8))
 
 
 def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
-             calibration: CalibrationMethod = CalibrationMethod.MINMAX,
+             calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX,
              scheme: Scheme | None = None, target: Target | None = None,
              samples: int = 300, eval_samples: int | None = None,
              max_drop: float = 0.5, min_agreement: float | None = None,
@@ -332,7 +344,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                f"{lint.errors[0].message} at {lint.errors[0].node}",
                                "please report this with the model")
         say("measuring per-layer error and latency")
-        report = _build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
+        report = build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
                                lint, sensitivity, max_drop, min_agreement, meets(best), recipe,
                                scheme, target, calibration,
                                calibration_data, smooth_quant, bias_correction, exclude,
@@ -417,114 +429,6 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
         if meets(candidate):
             return candidate, ranking
     return best, ranking
-
-
-def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
-               warmup: int = 5) -> dict[str, float]:
-    """ONNX Runtime CPU latency at one shape: median and p95 in milliseconds."""
-    session = cpu_session(model)
-    name = session.get_inputs()[0].name
-    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: batch})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {name: batch})
-        times.append(1000 * (time.perf_counter() - start))
-    return {"p50": float(np.median(times)), "p95": float(np.percentile(times, 95))}
-
-
-def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: list[str],
-               data: np.ndarray) -> dict[str, float]:
-    """SQNR (dB) of each named node's output in the QDQ graph against the float graph.
-
-    Hand-written rather than onnxruntime.quantization.qdq_loss_debug: that tool matches tensors
-    by the names ONNX Runtime's own quantizer gives them, which NNCF's graphs do not use.
-    """
-    import onnx
-
-    def with_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        by_name = {n.name: n for n in copy.graph.node}
-        tensors = [by_name[n].output[0] for n in names if n in by_name]
-        existing = {o.name for o in copy.graph.output}
-        for tensor in tensors:
-            if tensor not in existing:
-                copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-        return copy, tensors
-
-    results: dict[str, float] = {}
-    float_copy, tensors = with_outputs(float_model)
-    quant_copy, _ = with_outputs(quantized)
-    sessions = [cpu_session(m) for m in (float_copy, quant_copy)]
-    input_name = sessions[0].get_inputs()[0].name
-    outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: data})))
-               for s in sessions]
-    for name, tensor in zip(names, tensors):
-        reference, candidate = outputs[0][tensor], outputs[1][tensor]
-        noise = float(np.sum((reference - candidate) ** 2))
-        signal = float(np.sum(reference ** 2))
-        results[name] = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
-    return results
-
-
-def _build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
-                  float_model: onnx.ModelProto, nodes: list[ComputeNode], evaluation: DataSet,
-                  fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
-                  sensitivity: list[dict[str, Any]], max_drop: float,
-                  min_agreement: float | None, met: bool, recipe: Recipe,
-                  scheme: Scheme, target: Target | None, calibration: CalibrationMethod, calibration_data: DataSet,
-                  smooth_quant: bool, bias_correction: bool, exclude: list[str],
-                  warnings_: list[str]) -> dict[str, Any]:
-    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=min_agreement or 0.99))
-    quantized = quantized_node_names(best.model)
-    float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
-    float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
-    sample = np.concatenate(list(evaluation.batches(32)))[:32]
-    sqnr = layer_sqnr(float_model, best.model, [n.name for n in nodes if n.name in quantized], sample)
-    h, w = card.preprocessing.input_size
-    fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
-    shape = (fixed or 1, 3, h, w)
-    latency = {"fp32": latency_ms(float_model, shape), "int8": latency_ms(best.model, shape),
-               "batch": shape[0], "provider": "CPUExecutionProvider"}
-    accuracy = None
-    if labels is not None:
-        accuracy = {"fp32_top1": topk_accuracy(fp32, labels), "int8_top1": topk_accuracy(best.logits, labels),
-                    "fp32_top5": topk_accuracy(fp32, labels, 5),
-                    "int8_top5": topk_accuracy(best.logits, labels, 5)}
-    macs = {n.name: n.macs for n in nodes}
-    return {
-        "settings": {"recipe": str(recipe), "scheme": str(scheme),
-                     "target": target.name if target else None, "calibration": str(calibration),
-                     "calibration_samples": len(calibration_data),
-                     "calibration_skipped": len(calibration_data.skipped),
-                     "calibration_data": calibration_data.origin, "eval_samples": len(evaluation),
-                     "eval_data": evaluation.origin, "labeled": labels is not None,
-                     "smooth_quant": smooth_quant, "bias_correction": bias_correction,
-                     "exclude": exclude, "engine": tool_versions("nncf", "onnxruntime", "onnx")},
-        "budget": {"max_drop": max_drop, "drop": best.drop, "met": met,
-                   "min_agreement": min_agreement, "agreement": best.agreement,
-                   "metric": "top-1 points" if labels is not None else "FP32-agreement points"},
-        "accuracy": accuracy,
-        "drift": drift.to_dict(),
-        "int8_linear_mac_share": best.int8_share,
-        "float_nodes": {"linear": float_linear, "attention": float_attention},
-        "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
-                      "top1_agreement": c.agreement} for c in tried],
-        "chosen": best.label,
-        "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
-                  "dq_consumers": dict(dq_consumers(best.model))},
-        "layers": [{"node": name, "op_type": next(n.op_type for n in nodes if n.name == name),
-                    "kind": next(n.kind for n in nodes if n.name == name), "macs": macs.get(name),
-                    "sqnr_db": value} for name, value in sqnr.items()],
-        "sensitivity": sensitivity,
-        "size_bytes": {"fp32": float_model.ByteSize(), "int8": best.model.ByteSize()},
-        "latency_ms": latency,
-        "lint": lint.to_dict(),
-        "warnings": warnings_,
-    }
 
 
 def _quantized_card(parent: ModelCard, report: dict[str, Any], float_path: Path) -> ModelCard:
