@@ -173,6 +173,13 @@ def render_card(card: Any) -> Table:
         parity = metrics["parity"]
         rows.append(("export parity", f"{'passed' if parity['passed'] else 'FAILED'}: max abs "
                                        f"diff {parity['max_abs_diff']:.2e} on {parity['samples']} images"))
+    if "quantization" in metrics:
+        quant = metrics["quantization"]
+        drift = quant["drift"]
+        rows.append(("INT8", f"{100 * quant['int8_linear_mac_share']:.0f}% of Linear MACs; "
+                             f"agreement with FP32 {100 * drift['top1_agreement']:.2f}% on "
+                             f"{drift['samples']} samples, KL {drift['kl']:.4f}; budget "
+                             f"{'met' if quant['budget']['met'] else 'MISSED'}"))
     for key, value in rows:
         table.add_row(key, value)
     return table
