@@ -102,6 +102,14 @@ def state_dict_structure(state: dict[str, Any], attrs: dict[str, Any] | None = N
     )
 
 
+def out_features(model: torch.nn.Module) -> int | None:
+    """Output width of the last Linear layer: the class count of a classifier."""
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return int(linears[-1].out_features) if linears else None
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) or sum(
         t.numel() for t in model.state_dict().values() if t.is_floating_point())
