@@ -22,6 +22,7 @@ def test_imagefolder_is_labeled_and_sampled_reproducibly():
     assert batches.shape == (50, 3, 32, 32)
     assert np.array_equal(batches, np.concatenate(list(again.batches(16))))
     assert not np.array_equal(batches, np.concatenate(list(other.batches(16))))
+    assert np.array_equal(first.head(5), batches[:5]) and first.head(500).shape[0] == 50
     # the cached arrays are exactly the shared preprocessing of the sampled files
     path = first._images.records[0].path
     assert np.array_equal(batches[0], preprocess(path, PRE))

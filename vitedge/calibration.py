@@ -66,6 +66,10 @@ class DataSet:
         elif self._video is not None:
             yield from _video_batches(self._video[0], self._video[1], self.pre, batch_size)
 
+    def head(self, count: int) -> np.ndarray:
+        """The first `count` samples as one array, decoding no more than needed."""
+        return next(self.batches(count), np.zeros((0, 3, *self.pre.input_size), np.float32))
+
     def samples(self) -> Iterator[np.ndarray]:
         """One sample at a time, shaped (1, 3, H, W): what calibration tools iterate."""
         for batch in self.batches(32):

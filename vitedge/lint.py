@@ -72,6 +72,10 @@ def lint_qdq(model: onnx.ModelProto, *, symmetric: bool = True, vit_safe: bool =
 
     result = LintResult()
     producers = {out: node for node in model.graph.node for out in node.output}
+    consumers_of: dict[str, list[onnx.NodeProto]] = {}
+    for consumer in model.graph.node:
+        for name in consumer.input:
+            consumers_of.setdefault(name, []).append(consumer)
     constants = {t.name for t in model.graph.initializer} | {
         n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     for node in model.graph.node:
@@ -108,7 +112,7 @@ def lint_qdq(model: onnx.ModelProto, *, symmetric: bool = True, vit_safe: bool =
                 result.findings.append(Finding("per-channel-weights", "warning", node.name,
                                                "weights quantized per tensor; per-channel keeps accuracy"))
             elif scale is not None and weight is not None and scale.size > 1:
-                consumers = [n for n in model.graph.node if node.output[0] in n.input]
+                consumers = consumers_of.get(node.output[0], [])
                 expected = _weight_axis(consumers[0], weight.ndim) if consumers else None
                 if expected is not None and axis % weight.ndim != expected:
                     result.findings.append(Finding(

@@ -87,7 +87,7 @@ def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
     quantized = quantized_node_names(best.model)
     float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
     float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
-    sample = np.concatenate(list(evaluation.batches(32)))[:32]
+    sample = evaluation.head(32)
     sqnr = layer_sqnr(float_model, best.model, [n.name for n in nodes if n.name in quantized], sample)
     h, w = card.preprocessing.input_size
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value

@@ -6,7 +6,8 @@ Recipes decide what may be INT8 (all three keep weights per-channel symmetric):
   vit-safe     linear-only, plus the attention MatMuls when the accuracy budget still holds;
                if linear-only itself misses the budget, the most sensitive layers go back to
                float until it holds (default).
-  full         NNCF's transformer recipe as it is (the report says what it costs).
+  full         NNCF's default recipe, without the transformer model type: everything NNCF
+               can quantize, residual Adds included (the report and the lint say what it costs).
 
 Activations are symmetric (zero-point 0) for TensorRT targets and may be asymmetric for CPU
 targets. The budget search is vitedge's own: NNCF's accuracy-control loop re-runs calibration
@@ -230,6 +231,15 @@ def _check_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
     return data.labels
 
 
+def _candidate(label: str, model: onnx.ModelProto, evaluation: DataSet, fp32: np.ndarray,
+               labels: np.ndarray | None, nodes: list[ComputeNode],
+               float_nodes: list[str] | None = None) -> Candidate:
+    """Evaluate a quantized graph against the FP32 logits."""
+    logits = run_onnx(model, evaluation)
+    return Candidate(label, model, logits, _drop(fp32, logits, labels), int8_mac_share(model, nodes),
+                     _agreement(fp32, logits), list(float_nodes or []))
+
+
 def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
     return float(np.mean(fp32.argmax(1) == int8.argmax(1)))
 
@@ -315,9 +325,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                                           with_attention),
                                    smooth_quant=smooth_quant, bias_correction=bias_correction,
                                    full=recipe is Recipe.FULL, tick=calibration_tick)
-            logits = run_onnx(model, evaluation)
-            return Candidate(label, model, logits, _drop(fp32, logits, labels),
-                             int8_mac_share(model, nodes), _agreement(fp32, logits))
+            return _candidate(label, model, evaluation, fp32, labels, nodes)
 
         tried: list[Candidate] = []
         sensitivity: list[dict[str, Any]] = []
@@ -397,7 +405,7 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
                    meets: Callable[[Candidate], bool],
                    say: Callable[[str], None]) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds."""
-    subset = np.concatenate(list(evaluation.batches(64)))[:RANKING_SAMPLES]
+    subset = evaluation.head(RANKING_SAMPLES)
     reference = fp32[:RANKING_SAMPLES]
     base_kl = compare(reference, run_onnx(start.model, subset)).kl or 0.0
     quantized = quantized_node_names(start.model)
@@ -417,11 +425,8 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
             break
         reverted_names.append(row["node"])
         model = revert_to_float(start.model, float_model, set(reverted_names))
-        logits = run_onnx(model, evaluation)
-        candidate = Candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
-                              model, logits, _drop(fp32, logits, labels),
-                              int8_mac_share(model, nodes), _agreement(fp32, logits),
-                              list(reverted_names))
+        candidate = _candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
+                               model, evaluation, fp32, labels, nodes, reverted_names)
         say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
             f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
         if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
