@@ -13,6 +13,7 @@ TINY_ARGS = [f"{k}={v}" for k, v in TINY.items()]
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "calibration" / "digits" / "heldout"
 REALDATA = REPO.parent / "shared" / "realdata"
+TRAIN = REPO / "calibration" / "digits" / "train"
 
 
 def tiny_timm(name: str = "vit_tiny_patch16_224", **overrides) -> torch.nn.Module:
@@ -45,4 +46,15 @@ def tiny_onnx_artifact(tmp_path_factory, tiny_ckpt) -> Path:
 
     out = tmp_path_factory.mktemp("art") / "tiny-onnx"
     export_onnx(load("timm:vit_tiny_patch16_224", weights=tiny_ckpt, model_kwargs=TINY), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory) -> Path:
+    """The shipped digits ViT exported to an ONNX artifact (shared by quantize and compile tests)."""
+    from vitedge.export import export_onnx
+    from vitedge.models import load
+
+    out = tmp_path_factory.mktemp("digits") / "digits-onnx"
+    export_onnx(load("builtin:digits-vit"), out, parity_samples=4)
     return out

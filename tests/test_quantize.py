@@ -22,15 +22,6 @@ FAST = {"samples": 64, "eval_samples": 200}
 
 
 @pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory):
-    from vitedge.export import export_onnx
-
-    out = tmp_path_factory.mktemp("q") / "digits-onnx"
-    export_onnx(load("builtin:digits-vit"), out, parity_samples=4)
-    return out
-
-
-@pytest.fixture(scope="module")
 def vit_safe(digits_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "vit-safe"
     return quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, **FAST)
@@ -184,7 +175,7 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path):
         (wrong / name).mkdir(parents=True)
         for index in range(6):
             (wrong / name / f"{index}.png").write_bytes((HELDOUT / "1").glob("*.png").__next__().read_bytes())
-    bad("--calib", TRAIN, "--eval", wrong, "-o", tmp_path / "o3", match="eval classes ['cat', 'dog']")
+    bad("--calib", TRAIN, "--eval", wrong, "-o", tmp_path / "o3", match="classes ['cat', 'dog'] of")
     bad("--calib", TRAIN, "--recipe", "fast", "-o", tmp_path / "o4", match="--recipe 'fast' is not one of")
     bad("--calib", TRAIN, "--exclude", "(", "-o", tmp_path / "o5", match="not a valid regular expression")
     for name in ("o1", "o2", "o3", "o4", "o5"):
@@ -218,21 +209,20 @@ def test_model_without_linear_layers(tmp_path):
 
 
 def test_eval_folders_named_by_label_or_class_id():
-    from vitedge.calibration import DataSet
+    from vitedge.calibration import DataSet, model_labels
     from vitedge.card import ModelCard, Preprocessing, VitStructure
-    from vitedge.quantize import _check_labels
 
     card = ModelCard("x", {}, Preprocessing(input_size=(8, 8)), VitStructure(is_vit=True),
                      num_classes=3, labels=["cat", "dog", "owl"], class_ids=["n1", "n2", "n3"])
     by_id = DataSet("d", "images", card.preprocessing, labels=np.array([0, 1, 1]),
                     class_names=["n2", "n3"])
-    assert _check_labels(card, by_id).tolist() == [1, 2, 2]
+    assert model_labels(card, by_id).tolist() == [1, 2, 2]
     by_name = DataSet("d", "images", card.preprocessing, labels=np.array([0, 1]),
                       class_names=["cat", "owl"])
-    assert _check_labels(card, by_name).tolist() == [0, 2]
+    assert model_labels(card, by_name).tolist() == [0, 2]
     unknown = DataSet("d", "images", card.preprocessing, labels=np.array([0]), class_names=["emu"])
-    with pytest.raises(InputError, match=r"eval classes \['emu'\]"):
-        _check_labels(card, unknown)
+    with pytest.raises(InputError, match=r"classes \['emu'\]"):
+        model_labels(card, unknown)
 
 
 def test_target_sets_the_scheme(digits_onnx, tmp_path):

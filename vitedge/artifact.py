@@ -8,6 +8,7 @@ a failed parity check never leaves a half-written artifact that a later step wou
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -104,6 +105,12 @@ def writing_artifact(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"no space left on the device while writing {out}; nothing was written",
+                             "free some space or choose another -o path") from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitedge.card import Preprocessing
+from vitedge.card import ModelCard, Preprocessing
 from vitedge.data import IMAGE_SUFFIXES, BatchStats, ImageSet, iter_batches, open_images
 from vitedge.errors import InputError
 from vitedge.preprocess import preprocess
@@ -200,3 +200,27 @@ def _video_batches(path: Path, indices: list[int], pre: Preprocessing,
         capture.release()
     if batch:
         yield np.stack(batch)
+
+
+def model_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
+    """Map an ImageFolder's class indices onto the model's output indices, or refuse."""
+    if data.labels is None:
+        return None
+    names = data.class_names or []
+    if card.labels:
+        # ImageFolder subfolders may be named after the labels or the class ids (synsets)
+        lookup = {label: index for index, label in enumerate(card.labels)}
+        lookup.update({cid: index for index, cid in enumerate(card.class_ids or [])})
+        missing = [n for n in names if n not in lookup]
+        if missing:
+            raise InputError(
+                f"classes {missing[:4]} of {data.origin} are not among the model's labels "
+                f"({', '.join(card.labels[:4])}, …)",
+                "name the ImageFolder subfolders after the model's labels, or pass an unlabeled "
+                "folder to measure agreement with FP32 only")
+        mapping = np.array([lookup[n] for n in names])
+        return mapping[data.labels]
+    if card.num_classes is not None and len(names) > card.num_classes:
+        raise InputError(f"eval data has {len(names)} classes but the model has {card.num_classes} "
+                         "outputs", "pass data whose classes match the model")
+    return data.labels

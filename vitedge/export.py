@@ -12,6 +12,7 @@ new Python/onnx releases), is maintained, and keeps LayerNormalization intact.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,3 +247,13 @@ def _export_card(loaded: LoadedModel, model: onnx.ModelProto, parity: ParityResu
     card.source = {**parent.source, "onnx": {"opset": opset, "dynamic_batch": batch_dynamic,
                                              "input": INPUT_NAME, "output": OUTPUT_NAME}}
     return card
+
+
+def ensure_onnx(loaded: LoadedModel, tmp: Path, say: Callable[[str], None],
+                parity_data: str | Path | None = None) -> Path:
+    """The ONNX file of `loaded`: its own, or a checked export into `tmp` for torch sources."""
+    if loaded.onnx_path is not None:
+        return loaded.onnx_path
+    say("exporting to ONNX (with parity check)")
+    export_onnx(loaded, tmp / "fp32", parity_data=parity_data)
+    return tmp / "fp32" / "model.onnx"

@@ -7,7 +7,10 @@ build). These checks read the graph only; they need no TensorRT.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,3 +154,47 @@ def _weight_axis(consumer: onnx.NodeProto, ndim: int) -> int | None:
     if consumer.op_type in ("Conv", "ConvTranspose"):
         return 0 if consumer.op_type == "Conv" else 1
     return None
+
+
+# ------------------------------------------------------------- TensorRT ONNX-parser coverage
+TENSORRT_OPS = Path(__file__).resolve().parent / "assets" / "tensorrt_onnx_ops.json"
+
+
+def tensorrt_op_table(version: str) -> tuple[str, dict[str, Any]]:
+    """The documented op table for a TensorRT version: the newest documented one not after it.
+
+    Tables come from onnx/onnx-tensorrt docs/operators.md (8.5, 8.6, 10.1); later 10.x and 11.x
+    use 10.1's, the newest in the stored copy of that repository.
+    """
+    tables = json.loads(TENSORRT_OPS.read_text())["versions"]
+
+    def key(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", text)[:2]) or (0,)
+
+    wanted = key(version)
+    usable = [v for v in tables if key(v) <= wanted]
+    chosen = max(usable, key=key) if usable else min(tables, key=key)
+    return chosen, tables[chosen]
+
+
+def check_tensorrt_ops(model: onnx.ModelProto, version: str) -> list[Finding]:
+    """Ops and opset the target's TensorRT ONNX parser does not take, as error findings."""
+    documented, table = tensorrt_op_table(version)
+    findings: list[Finding] = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > table["max_opset"]:
+        findings.append(Finding("tensorrt-opset", "error", "graph",
+                                f"opset {opset} is above {table['max_opset']}, the highest TensorRT "
+                                f"{version} parses (table for {documented})"))
+    seen: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in seen:
+            continue
+        seen.add(node.op_type)
+        entry = table["ops"].get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if entry is None or not entry["supported"]:
+            where = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+            findings.append(Finding("tensorrt-op", "error", node.name,
+                                    f"{where}{node.op_type} is not supported by TensorRT {version}'s "
+                                    f"ONNX parser (table for {documented})"))
+    return findings

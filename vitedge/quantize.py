@@ -39,7 +39,7 @@ from vitedge.artifact import (
     write_card,
     writing_artifact,
 )
-from vitedge.calibration import DataSet, open_data
+from vitedge.calibration import DataSet, model_labels, open_data
 from vitedge.card import ModelCard
 from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
@@ -207,30 +207,6 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
                              "check --exclude patterns and the recipe") from None
 
 
-def _check_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
-    """Map an ImageFolder's class indices onto the model's output indices, or refuse."""
-    if data.labels is None:
-        return None
-    names = data.class_names or []
-    if card.labels:
-        # ImageFolder subfolders may be named after the labels or the class ids (synsets)
-        lookup = {label: index for index, label in enumerate(card.labels)}
-        lookup.update({cid: index for index, cid in enumerate(card.class_ids or [])})
-        missing = [n for n in names if n not in lookup]
-        if missing:
-            raise InputError(
-                f"eval classes {missing[:4]} are not among the model's labels "
-                f"({', '.join(card.labels[:4])}, …)",
-                "name the ImageFolder subfolders after the model's labels, or pass an unlabeled "
-                "folder to measure agreement with FP32 only")
-        mapping = np.array([lookup[n] for n in names])
-        return mapping[data.labels]
-    if card.num_classes is not None and len(names) > card.num_classes:
-        raise InputError(f"eval data has {len(names)} classes but the model has {card.num_classes} "
-                         "outputs", "pass data whose classes match the model")
-    return data.labels
-
-
 def _candidate(label: str, model: onnx.ModelProto, evaluation: DataSet, fp32: np.ndarray,
                labels: np.ndarray | None, nodes: list[ComputeNode],
                float_nodes: list[str] | None = None) -> Candidate:
@@ -302,7 +278,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
         evaluation = calibration_data
         warnings_ = ["no --eval data: metrics are measured on the calibration samples, which "
                      "flatters INT8; pass held-out images with --eval"]
-    labels = _check_labels(card, evaluation)
+    labels = model_labels(card, evaluation)
 
     with tempfile.TemporaryDirectory(prefix="vitedge-quantize-") as tmp:
         float_path = _float_onnx(loaded, Path(tmp), calib, say)
@@ -389,15 +365,11 @@ class BudgetMissed(VitedgeError):
 
 
 def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable[[str], None]) -> Path:
-    if loaded.onnx_path is not None:
-        return loaded.onnx_path
-    from vitedge.export import export_onnx
+    from vitedge.export import ensure_onnx
 
-    say("exporting to ONNX (with parity check)")
     path = Path(calib)
     parity = str(calib) if (path.is_dir() or any(c in str(calib) for c in "*?[")) else None
-    export_onnx(loaded, tmp / "fp32", parity_data=parity)
-    return tmp / "fp32" / "model.onnx"
+    return ensure_onnx(loaded, tmp, say, parity_data=parity)
 
 
 def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],

@@ -450,3 +450,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON."
     features = cpu["features"]
     table.add_row("CPU features", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()))
     console.print(table)
+
+
+# Deployment commands live in their own module; importing it registers them on `app`.
+from vitedge.cli import deploy as _deploy  # noqa: E402,F401

@@ -1,0 +1,98 @@
+"""`vitedge bench` across formats on this machine, measured in one run (the issue 4 table).
+
+    .venv/bin/python benchmarks/bench_formats.py [--runs 50] [--skip-deit]
+
+For the shipped digits ViT and, when ../shared/realdata is present, the real DeiT-Tiny:
+PyTorch FP32, the ONNX artifact (ONNX Runtime, optimized at session start), the x86-cpu FP32
+bundle (optimized offline), and the x86-cpu INT8 bundle from `vitedge quantize` (vit-safe,
+asymmetric for the CPU target), each at batch 1 and 8, with top-1 and agreement with PyTorch
+FP32 on held-out images (digits: 540 held-out; DeiT-Tiny: the 200 images not used to calibrate).
+Also prints the time to open each bundle (offline optimization pays off there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import realdata  # noqa: E402
+
+from vitedge.bench import bench  # noqa: E402
+from vitedge.compile import compile_bundle  # noqa: E402
+from vitedge.export import export_onnx  # noqa: E402
+from vitedge.models import load  # noqa: E402
+from vitedge.quantize import quantize  # noqa: E402
+from vitedge.runtime import load as load_session  # noqa: E402
+from vitedge.targets import Scheme, load_target  # noqa: E402
+
+
+def table(title: str, sources: list[str], data: str, runs: int) -> None:
+    result = bench(sources, batches=(1, 8), data=data, runs=runs, warmup=5)
+    print(f"\n### {title}: {result.rows[0].samples} images from {Path(data).name}\n")
+    print("| model | backend | precision | size MiB | batch | p50 ms | p95 ms | img/s | top-1 | "
+          "agreement with the first |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in result.rows:
+        print(f"| {r.name} | {r.backend} | {r.precision} | {r.size_mib:.2f} | {r.batch} | "
+              f"{r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.images_per_s:.0f} | {100 * r.top1:.2f}% | "
+              f"{100 * r.agreement:.2f}% |", flush=True)
+    for source in sources[1:]:
+        start = time.perf_counter()
+        load_session(source).close()
+        print(f"- open {Path(source).name}: {1000 * (time.perf_counter() - start):.0f} ms")
+
+
+def pipeline(tmp: Path, name: str, loaded, calib: str, evaluation: str, parity) -> list[str]:
+    export_onnx(loaded, tmp / f"{name}-onnx", parity_data=parity, parity_samples=8)
+    onnx_art = load(tmp / f"{name}-onnx")
+    quantize(onnx_art, calib, tmp / f"{name}-int8", eval_data=evaluation,
+             scheme=Scheme.ASYMMETRIC)
+    compile_bundle(onnx_art, load_target("x86-cpu"), tmp / f"{name}-x86-fp32")
+    compile_bundle(load(tmp / f"{name}-int8"), load_target("x86-cpu"), tmp / f"{name}-x86-int8")
+    return [str(tmp / f"{name}-{suffix}") for suffix in ("onnx", "x86-fp32", "x86-int8")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--skip-deit", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        held = str(ROOT / "calibration" / "digits" / "heldout")
+        digits = pipeline(tmp, "digits", load("builtin:digits-vit"),
+                          str(ROOT / "calibration" / "digits" / "train"), held, held)
+        table("digits-vit", ["builtin:digits-vit", *digits], held, args.runs)
+        if args.skip_deit or not realdata.available():
+            print("\nskipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))
+            return
+        deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
+        items = sorted(realdata.labels_by_path().items())
+        order = np.random.default_rng(0).permutation(len(items))  # same split as quantize_vit.py
+        for split, indices in {"calib": order[:300], "eval": order[300:]}.items():
+            for index in indices:
+                path, label = items[index]
+                folder = tmp / split / deit.card.labels[label].replace("/", "_")
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, folder / path.name)
+        deit_sources = pipeline(tmp, "deit", deit, str(tmp / "calib"), str(tmp / "eval"),
+                                realdata.IMAGES)
+        # The PyTorch model needs --weights, which bench's sources cannot carry, so the FP32 ONNX
+        # artifact is the reference here; its parity with PyTorch is 100% top-1 agreement on all
+        # 500 images (benchmarks/export_parity.py).
+        table("DeiT-Tiny (real ImageNet weights; agreement is with the FP32 ONNX artifact)",
+              deit_sources, str(tmp / "eval"), args.runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""`predict` (top-k per image) and `bench` (one table across formats, precisions and batches)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitedge.data import BatchStats, ImageRecord, iter_batches, open_images
+from vitedge.drift import compare, softmax, topk_accuracy
+from vitedge.errors import InputError
+
+if TYPE_CHECKING:
+    from vitedge.runtime.base import Session
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict[str, Any]]  # {"index", "label", "probability"}, best first
+    latency_ms: float
+
+
+def predict(session: Session, sources: list[str | Path], top_k: int = 5
+            ) -> tuple[list[Prediction], list[str]]:
+    """Top-k for every image under `sources` (files, folders, globs); unreadable ones are listed."""
+    if top_k < 1:
+        raise InputError(f"--top-k {top_k} must be at least 1")
+    records: list[ImageRecord] = []
+    for source in sources:
+        records += open_images(source).records
+    card = session.card
+    labels = card.labels if card is not None else None
+    stats = BatchStats()
+    predictions = []
+    for batch, kept in iter_batches(records, card.preprocessing, batch_size=1, stats=stats):
+        probabilities = softmax(session.infer(batch))[0]
+        order = np.argsort(-probabilities)[:top_k]
+        predictions.append(Prediction(str(kept[0].path), [
+            {"index": int(i), "label": labels[i] if labels and i < len(labels) else str(int(i)),
+             "probability": float(probabilities[i])} for i in order],
+            session.timing.calls_ms[-1]))
+    if not predictions:
+        raise InputError(f"none of the {len(records)} image(s) could be read",
+                         f"first problem: {stats.skipped[0] if stats.skipped else '?'}")
+    return predictions, stats.skipped
+
+
+@dataclass
+class BenchRow:
+    name: str
+    backend: str
+    precision: str
+    size_mib: float | None
+    batch: int
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    images_per_s: float | None = None
+    top1: float | None = None
+    agreement: float | None = None  # top-1 agreement with the first model's predictions
+    samples: int = 0
+    status: str = "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow] = field(default_factory=list)
+    data: str | None = None
+    reference: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "reference": self.reference, "skipped": self.skipped,
+                "rows": [row.to_dict() for row in self.rows]}
+
+
+def model_size_mib(source: str | Path, session: Session) -> float | None:
+    """Bytes of what the runtime loads: the engine or ONNX (with external data), or torch weights."""
+    path = Path(str(source))
+    if path.is_dir():
+        from vitedge.compile import is_bundle
+
+        names = ["model.onnx", "model.onnx.data"]
+        if is_bundle(path):
+            import json
+
+            bundle = json.loads((path / "bundle.json").read_text())
+            names = [bundle.get("engine") or bundle.get("model") or "model.onnx"]
+            if session.backend == "onnxruntime" and bundle["runtime"] == "tensorrt":
+                names = ["model.onnx"]
+        files = [path / n for n in names if (path / n).is_file()]
+        return sum(f.stat().st_size for f in files) / 2**20 if files else None
+    module = getattr(session, "module", None)
+    if module is not None:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+    return path.stat().st_size / 2**20 if path.is_file() else None
+
+
+def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
+            ) -> dict[str, float | None]:
+    shape = [d if isinstance(d, int) else batch for d in session.input.shape]
+    shape[0] = batch
+    inputs = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    for _ in range(warmup):
+        session.infer(inputs)
+    session.timing.calls_ms.clear()
+    session.timing.images = 0
+    for _ in range(runs):
+        session.infer(inputs)
+    summary = session.timing.summary()
+    p50 = summary["p50_ms"]
+    return {"p50_ms": p50, "p95_ms": summary["p95_ms"],
+            "images_per_s": batch * 1000 / p50 if p50 else None}
+
+
+def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Path | None = None,
+          samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
+          backend: str | None = None) -> BenchResult:
+    """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first."""
+    from vitedge.calibration import model_labels, open_data
+    from vitedge.runtime import load
+
+    if not sources:
+        raise InputError("bench needs at least one bundle, artifact or model source")
+    if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
+        raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch >= 1")
+    result = BenchResult(data=str(data) if data else None, reference=sources[0])
+    reference_logits: np.ndarray | None = None
+    dataset = labels = None
+    for source in sources:
+        session = load(source, rebuild=rebuild, backend=backend)
+        name = Path(str(source)).name or str(source)
+        with session:
+            if data is not None and dataset is None:
+                dataset = open_data(data, session.card.preprocessing, samples=samples, role="bench")
+                labels = model_labels(session.card, dataset)
+                result.skipped = list(dataset.skipped)
+            elif dataset is not None and session.card.preprocessing != dataset.pre:
+                raise InputError(f"{source} preprocesses images differently from {sources[0]}",
+                                 "bench models made from the same source model")
+            top1 = agreement = None
+            if dataset is not None:
+                step = min(32, session.max_batch or 32)
+                logits = np.concatenate([session.infer(b) for b in dataset.batches(step)])
+                top1 = topk_accuracy(logits, labels) if labels is not None else None
+                if reference_logits is None:
+                    reference_logits = logits
+                agreement = compare(reference_logits, logits).top1_agreement
+            for batch in batches:
+                row = BenchRow(name, session.backend, session.precision,
+                               model_size_mib(source, session), batch, top1=top1,
+                               agreement=agreement, samples=len(dataset) if dataset else 0)
+                if session.max_batch is not None and not session.min_batch <= batch <= session.max_batch:
+                    row.status = f"batch {batch} outside {session.min_batch}..{session.max_batch}"
+                else:
+                    for key, value in latency(session, batch, runs, warmup).items():
+                        setattr(row, key, value)
+                result.rows.append(row)
+    return result

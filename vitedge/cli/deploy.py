@@ -1,0 +1,199 @@
+"""Deployment commands: compile, build, predict, bench (registered on the main app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from vitedge.cli import (ModelKwargs, Source, TrustPickle, Verbose, Weights, _load, app, console,
+                         err_console, user_errors)
+from vitedge.errors import VitedgeError
+
+Rebuild = Annotated[bool, typer.Option(
+    "--rebuild", help="Rebuild a bundle whose passport does not match this machine, instead of refusing.")]
+Backend = Annotated[Optional[str], typer.Option(
+    help="Force a backend: onnxruntime runs a TensorRT bundle's ONNX on CPU (a check, not the engine).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")]
+
+
+def _table_width() -> int | None:
+    """Full-width tables when output is piped or logged (rich assumes 80 columns there)."""
+    return None if console.is_terminal else 200
+
+
+def _say(quiet: bool) -> Any:
+    return (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+
+
+@app.command("compile")
+def compile_command(
+    source: Source,
+    target: Annotated[str, typer.Option(help="Target profile name or .toml (see `vitedge targets`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")],
+    precision: Annotated[Optional[str], typer.Option(
+        help="fp32 | fp16 | int8 | best (default: int8 for a quantized model, else the target's).")] = None,
+    batch: Annotated[Optional[str], typer.Option(
+        help="Batch size (fixed) or min:opt:max, e.g. 1:8:16 (default: the target's profile).")] = None,
+    dla_core: Annotated[Optional[int], typer.Option(
+        help="Run on this DLA core with GPU fallback (targets with DLA).")] = None,
+    build: Annotated[bool, typer.Option(
+        help="Build the TensorRT engine here when this machine is the target.")] = True,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    quiet: Quiet = False, verbose: Verbose = False,
+) -> None:
+    """Prepare a model for a target: an ONNX Runtime bundle, or a TensorRT build (+ trtexec line).
+
+    Example: vitedge compile artifacts/digits-int8 --target x86-cpu -o bundles/digits-cpu
+    """
+    from vitedge.compile import CompilePrecision, compile_bundle
+    from vitedge.targets import load_target
+
+    with user_errors(verbose):
+        chosen = None
+        if precision is not None:
+            try:
+                chosen = CompilePrecision(precision)
+            except ValueError:
+                raise VitedgeError(f"--precision {precision!r} is not one of "
+                                   f"{', '.join(p.value for p in CompilePrecision)}") from None
+        profile = load_target(target)  # an unknown target fails before the model is loaded
+        loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
+        result = compile_bundle(loaded, profile, out, precision=chosen, batch=batch,
+                                dla_core=dla_core, overwrite=overwrite, build=build,
+                                source_label=source, progress=_say(quiet))
+    for finding in result.findings:
+        err_console.print(f"[yellow]{finding.severity}:[/] {finding.message} ({finding.node})",
+                          highlight=False)
+    built = result.passport["built"]
+    console.print(f"bundle: {result.out_dir}  target {profile.name}  precision "
+                  f"{result.passport['precision']}  batch {':'.join(map(str, result.bundle['batch']))}",
+                  highlight=False)
+    if result.bundle["runtime"] == "onnxruntime":
+        console.print("ONNX Runtime graph " + ("optimized offline here "
+                      f"(max |diff| vs source {built['parity_vs_source']['max_abs_diff']:.2g})"
+                      if built["optimized_offline"] else f"kept as is: {built['note']}"),
+                      highlight=False)
+    elif built.get("engine"):
+        console.print(f"TensorRT engine built: {built['engine']['layers_by_precision']}", highlight=False)
+    else:
+        console.print(f"TensorRT engine not built here: {built['not_built_because']}.\n"
+                      f"On the device: vitedge build {result.out_dir}\n"
+                      f"or: {result.bundle['trtexec']}", highlight=False, soft_wrap=True)
+
+
+@app.command("build")
+def build_command(
+    bundle: Annotated[Path, typer.Argument(help="A TensorRT bundle written by vitedge compile.")],
+    quiet: Quiet = False, verbose: Verbose = False,
+) -> None:
+    """Build a TensorRT bundle's engine on the device it targets (timing cache reused).
+
+    Example: vitedge build bundles/digits-orin-nano
+    """
+    from vitedge.compile import build_bundle
+
+    with user_errors(verbose):
+        result = build_bundle(bundle, progress=_say(quiet))
+    engine = result.passport["built"]["engine"]
+    console.print(f"engine: {bundle}/{result.bundle['engine']}  TensorRT {engine['tensorrt']}  "
+                  f"{engine['gpu']} (SM {engine['sm']})  {engine['build_seconds']} s  "
+                  f"layers {engine['layers_by_precision']}", highlight=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Bundle, artifact or model source.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 5,
+    rebuild: Rebuild = False, backend: Backend = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Top-k labels and confidences per image, with per-image latency.
+
+    Example: vitedge predict bundles/digits-cpu vitedge/assets/samples
+    """
+    from vitedge.bench import predict as run_predict
+    from vitedge.runtime import load
+
+    with user_errors(verbose):
+        session = load(model, rebuild=rebuild, backend=backend)
+        with session:
+            predictions, skipped = run_predict(session, images, top_k)
+    if as_json:
+        console.print_json(json.dumps({"model": model, "backend": session.description,
+                                       "skipped": skipped,
+                                       "predictions": [p.__dict__ for p in predictions]}))
+        return
+    table = Table(title=f"{model} — {session.description}, {session.precision}")
+    for column in ("image", "top-1", "confidence", f"top-{top_k}" if top_k > 1 else "", "ms"):
+        if column:
+            table.add_column(column, justify="right" if column in ("confidence", "ms") else "left")
+    for p in predictions:
+        best = p.top[0]
+        row = [Path(p.path).name, best["label"], f"{100 * best['probability']:.1f}%"]
+        if top_k > 1:
+            row.append(", ".join(f"{t['label']} {100 * t['probability']:.0f}%" for t in p.top[1:]))
+        table.add_row(*row, f"{p.latency_ms:.2f}")
+    console.print(table, width=_table_width())
+    summary = session.timing.summary()
+    console.print(f"{len(predictions)} image(s), latency p50 {summary['p50_ms']:.2f} ms, p95 "
+                  f"{summary['p95_ms']:.2f} ms (batch 1, host to host)"
+                  + (f"; {len(skipped)} unreadable skipped" if skipped else ""), highlight=False)
+
+
+@app.command()
+def bench(
+    models: Annotated[list[str], typer.Argument(
+        help="Bundles, artifacts or sources; the first is the reference for agreement.")],
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated, e.g. 1,8.")] = "1",
+    data: Annotated[Optional[str], typer.Option(
+        help="Images for top-1 (labeled ImageFolder) and agreement with the first model.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
+    rebuild: Rebuild = False, backend: Backend = None,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Latency p50/p95, throughput, size, top-1 and agreement across formats, side by side.
+
+    Example: vitedge bench builtin:digits-vit artifacts/digits-int8 bundles/digits-cpu --batch 1,8
+    --data calibration/digits/heldout
+    """
+    from vitedge.bench import bench as run_bench
+
+    with user_errors(verbose):
+        try:
+            batches = tuple(int(b) for b in batch.split(","))
+        except ValueError:
+            raise VitedgeError(f"--batch {batch!r} is not a comma-separated list of integers",
+                               "e.g. --batch 1,8") from None
+        result = run_bench(models, batches=batches, data=data, samples=samples, runs=runs,
+                           warmup=warmup, rebuild=rebuild, backend=backend)
+    table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
+                                           if data and result.rows else ""))
+    for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",
+                   "img/s", "top-1", "agreement", "status"):
+        table.add_column(column, justify="left" if column in ("model", "backend", "status") else "right")
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.2f}%"
+
+    def num(value: float | None, digits: int = 2) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    for row in result.rows:
+        table.add_row(row.name, row.backend, row.precision, num(row.size_mib), str(row.batch),
+                      num(row.p50_ms), num(row.p95_ms), num(row.images_per_s, 0), pct(row.top1),
+                      pct(row.agreement), row.status)
+    console.print(table, width=_table_width())
+    if as_json is not None:
+        from vitedge.artifact import atomic_write_text
+
+        atomic_write_text(as_json, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,0 +1,433 @@
+"""Artifact + target -> bundle: the model prepared for one runtime, with its passport.
+
+ONNX Runtime targets get the graph optimized offline for ONNX Runtime's CPU provider (when this
+machine has the target's ISA), the unoptimized graph for `--rebuild`, and session settings.
+TensorRT targets get the ONNX the engine is built from, the build settings and the equivalent
+trtexec line; the engine itself is built here only when TensorRT imports and the local GPU is
+the target's, otherwise on the device with `vitedge build BUNDLE`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitedge.artifact import (artifact_hash, atomic_write_text, read_card, sha256_file,
+                              verify_files, write_card, writing_artifact)
+from vitedge.card import ModelCard
+from vitedge.errors import ExportError, InputError, MissingDependencyError
+from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
+from vitedge.passport import PASSPORT_NAME, machine_arch, machine_facts, make_passport
+from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
+from vitedge.targets import Precision, Runtime, Scheme, Target
+from vitedge.versions import tool_versions
+
+if TYPE_CHECKING:
+    import onnx
+
+    from vitedge.models import LoadedModel
+
+BUNDLE_NAME = "bundle.json"
+MODEL = "model.onnx"
+SOURCE = "source.onnx"
+FP16_MODEL = "model.fp16.onnx"
+TRTEXEC_SCRIPT = "trtexec.sh"
+# Nodes that stay FP32 when a TensorRT engine runs in FP16: FP16 LayerNorm/Softmax/reductions
+# overflow or lose the small differences ViT attention depends on.
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp")
+
+
+class CompilePrecision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    BEST = "best"  # INT8 from a QDQ graph (FP16 for its float layers on TensorRT), else the fastest float
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    card: ModelCard
+    bundle: dict[str, Any]
+    passport: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
+
+
+def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
+    """'8' is a fixed batch (8, 8, 8); '1:8:16' is min:opt:max; None is the target's profile."""
+    if text is None:
+        return target.batch.min, target.batch.opt, target.batch.max
+    parts = text.split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise InputError(f"--batch {text!r} is not a batch size or min:opt:max",
+                         "give e.g. 1 (fixed) or 1:8:16 (1 <= min <= opt <= max)")
+    return values[0], values[1], values[2]
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def resolve_precision(requested: CompilePrecision | None, target: Target, int8_graph: bool,
+                      source: str) -> str:
+    if requested is None:  # a quantized graph runs INT8 (+ FP16 float layers where the target has it)
+        requested = CompilePrecision.BEST if int8_graph else CompilePrecision(target.default_precision)
+    if requested is CompilePrecision.BEST:
+        if int8_graph:
+            fp16 = target.runtime is Runtime.TENSORRT and Precision.FP16 in target.precisions
+            return "best" if fp16 else "int8"
+        return "fp16" if Precision.FP16 in target.precisions else "fp32"
+    if Precision(requested.value) not in target.precisions:
+        raise InputError(f"target {target.name} cannot run {requested} (it supports "
+                         f"{', '.join(target.precisions)})",
+                         f"pass --precision {target.default_precision}, or pick another --target")
+    if requested is CompilePrecision.INT8 and not int8_graph:
+        raise InputError(f"--precision int8 needs a quantized (QDQ) model, and {source} is float",
+                         f"quantize it first: vitedge quantize {source} --calib DATA "
+                         f"--target {target.name} -o INT8_DIR, then compile INT8_DIR")
+    if requested is not CompilePrecision.INT8 and int8_graph:
+        raise InputError(f"{source} is quantized (QDQ INT8); it cannot be compiled as {requested}",
+                         "compile it with --precision int8 (or best), or compile its float parent")
+    return requested.value
+
+
+def _input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise InputError(f"the model's input {graph_input.name} has shape {shape}, expected "
+                         "(batch, channels, height, width) with fixed channels and size",
+                         "export with vitedge export, which fixes the image size")
+    return graph_input.name, (shape[1], shape[2], shape[3])
+
+
+def _findings(model: onnx.ModelProto, target: Target, int8_graph: bool) -> list[Finding]:
+    findings: list[Finding] = []
+    if int8_graph:
+        # compile enforces the runtime's rules only; ViT-safety was the quantizer's choice
+        findings += lint_qdq(model, symmetric=target.int8_scheme is Scheme.SYMMETRIC,
+                             vit_safe=False).findings
+    if target.runtime is Runtime.TENSORRT:
+        findings += check_tensorrt_ops(model, target.tensorrt or "10")
+    return findings
+
+
+def local_tensorrt_match(target: Target) -> str | None:
+    """None when this machine can build the target's engine, else why not."""
+    facts = machine_facts()
+    if not facts["tensorrt"]:
+        return "TensorRT is not installed on this machine"
+    gpu = facts["gpu"] or {}
+    if not gpu:
+        return "this machine has no CUDA GPU that torch can see"
+    if target.compute_capability not in ("detect", gpu["sm"]):
+        return f"this GPU is SM {gpu['sm']} ({gpu['name']}), the target is SM {target.compute_capability}"
+    if target.l4t and (facts["l4t"] or "").split(".")[0] != target.l4t.split(".")[0]:
+        return f"this machine runs L4T {facts['l4t'] or 'none'}, the target needs L4T {target.l4t}"
+    return None
+
+
+def build_settings(model: onnx.ModelProto, target: Target, precision: str,
+                   batch: tuple[int, int, int], dla_core: int | None) -> BuildSettings:
+    name, shape = _input(model)
+    strongly_typed = int((target.tensorrt or "10").split(".")[0]) >= 11
+    fp32_layers = tuple(n.name for n in model.graph.node if n.op_type in FP32_OPS)
+    return BuildSettings(onnx=FP16_MODEL if (strongly_typed and precision == "fp16") else MODEL,
+                         input_name=name, input_shape=shape, batch=batch, precision=precision,
+                         workspace_mib=target.workspace_mib or 1024, strongly_typed=strongly_typed,
+                         fp32_layers=fp32_layers, dla_core=dla_core, tensorrt=target.tensorrt)
+
+
+def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and math with FP32 inputs/outputs, keeping FP32_OPS in FP32 (TensorRT 11)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS))
+
+
+def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
+                   precision: CompilePrecision | None = None, batch: str | None = None,
+                   dla_core: int | None = None, overwrite: bool = False, build: bool = True,
+                   source_label: str | None = None, progress: Callable[[str], None] | None = None) -> CompileResult:
+    """Write the bundle for `target` at `out` (atomically; nothing is left on failure)."""
+    import onnx
+
+    say = progress or (lambda _message: None)
+    batch_profile = parse_batch(batch, target)
+    if dla_core is not None and not 0 <= dla_core < target.dla_cores:
+        raise InputError(f"--dla-core {dla_core} does not exist on {target.name} "
+                         f"({target.dla_cores} DLA core(s))",
+                         "leave --dla-core out to run on the GPU" if not target.dla_cores else
+                         f"pick 0..{target.dla_cores - 1}")
+    from vitedge.artifact import check_output
+
+    check_output(Path(out), overwrite)
+    with tempfile.TemporaryDirectory(prefix="vitedge-compile-") as tmp:
+        from vitedge.export import ensure_onnx
+
+        source_path = ensure_onnx(loaded, Path(tmp), say)
+        model = onnx.load(str(source_path))
+        int8_graph = is_qdq(model)
+        resolved = resolve_precision(precision, target, int8_graph,
+                                     source_label or loaded.card.architecture)
+        if dla_core is not None and resolved == "fp32":
+            raise InputError("DLA cores run FP16 or INT8, not fp32",
+                             "pass --precision fp16 (or int8 with a quantized model)")
+        input_name, input_shape = _input(model)
+        findings = _findings(model, target, int8_graph)
+        errors = [f for f in findings if f.severity == "error"]
+        if errors:
+            raise InputError(f"{target.name} cannot take this graph: {errors[0].message} "
+                             f"(at {errors[0].node}" + (f"; {len(errors) - 1} more finding(s)"
+                                                        if len(errors) > 1 else "") + ")",
+                             _fix_hint(errors[0], target))
+        facts = machine_facts()
+        with writing_artifact(Path(out), overwrite=overwrite) as staging:
+            if target.runtime is Runtime.ONNXRUNTIME:
+                bundle, built = _onnxruntime_bundle(staging, source_path, target, facts, say)
+            else:
+                bundle, built = _tensorrt_bundle(staging, model, source_path, target, resolved,
+                                                 batch_profile, dla_core, build, say)
+            bundle.update({"target": target.name, "precision": resolved,
+                           "input": {"name": input_name, "shape": list(input_shape)},
+                           "batch": list(batch_profile)})
+            atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+            card = _bundle_card(loaded.card, target, resolved, batch_profile, bundle, source_path)
+            passport = make_passport(
+                target={k: v for k, v in target.to_dict().items() if k != "path"}, precision=resolved,
+                source_hash=(artifact_hash(loaded.card) if loaded.card.files
+                             else sha256_file(source_path)),
+                input_info={**bundle["input"], "batch": bundle["batch"]}, files={},
+                runtime={"name": bundle["runtime"]}, built=built)
+            _seal(staging, card, passport)
+    written = read_bundle(out)  # what a device will read, so callers see exactly that
+    return CompileResult(Path(out), written.card, written.bundle, written.passport, findings)
+
+
+def _fix_hint(finding: Finding, target: Target) -> str:
+    if finding.rule.startswith("tensorrt"):
+        return (f"TensorRT {target.tensorrt} cannot parse it; vitedge exports opset 17/18 with "
+                "LayerNormalization, which needs TensorRT >= 8.6 (JetPack 6 for Jetson)")
+    return ("re-quantize for this target: vitedge quantize SRC --calib DATA "
+            f"--target {target.name} (TensorRT needs symmetric INT8: zero-points 0)")
+
+
+def _onnxruntime_bundle(staging: Path, source_path: Path, target: Target, facts: dict[str, Any],
+                        say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
+
+    shutil.copyfile(source_path, staging / SOURCE)
+    optimized = target.isa in (None, facts["arch"])
+    if optimized:
+        say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
+        optimize_offline(staging / SOURCE, staging / MODEL)
+        parity = _offline_parity(staging / SOURCE, staging / MODEL)
+    else:
+        shutil.copyfile(source_path, staging / MODEL)
+        parity = None
+    bundle = {"runtime": "onnxruntime",
+              "session": {"providers": ["CPUExecutionProvider"] if target.isa else
+                          ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                           "CPUExecutionProvider"],
+                          "intra_op_threads": target.cpu_threads,
+                          "optimization": "disabled" if optimized else "all"},
+              "model": MODEL, "source_model": SOURCE}
+    built = {"optimized_offline": optimized, "optimization_level": OFFLINE_LEVEL if optimized else None,
+             "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+             "onnxruntime": facts["onnxruntime"], "parity_vs_source": parity,
+             "note": None if optimized else
+             f"not optimized offline: the target is {target.isa}, this machine is {facts['arch']}; "
+             "ONNX Runtime optimizes it when the session starts on the device"}
+    return bundle, built
+
+
+def _offline_parity(source: Path, optimized: Path) -> dict[str, float]:
+    """Max |difference| between the saved optimized graph and its source on seeded inputs."""
+    import numpy as np
+
+    from vitedge.runtime.onnxrt import cpu_session
+
+    sessions = [cpu_session(source), cpu_session(optimized, optimization="disabled")]
+    shape = [d if isinstance(d, int) else 2 for d in sessions[0].get_inputs()[0].shape]
+    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    outs = [s.run(None, {s.get_inputs()[0].name: batch})[0] for s in sessions]
+    diff = float(np.abs(outs[0] - outs[1]).max())
+    scale = float(np.abs(outs[0]).max()) or 1.0
+    if diff > 1e-3 * scale + 1e-4:
+        raise ExportError(f"ONNX Runtime's offline optimization changed the outputs (max |diff| "
+                          f"{diff:.3g} vs largest logit {scale:.3g})",
+                          "report this with the model; compile with the onnxruntime of the device")
+    return {"max_abs_diff": diff, "samples": shape[0]}
+
+
+def _tensorrt_bundle(staging: Path, model: onnx.ModelProto, source_path: Path, target: Target,
+                     precision: str, batch: tuple[int, int, int], dla_core: int | None,
+                     build: bool, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import onnx
+
+    shutil.copyfile(source_path, staging / MODEL)
+    settings = build_settings(model, target, precision, batch, dla_core)
+    if settings.onnx == FP16_MODEL:
+        say("writing the FP16 ONNX (LayerNorm, Softmax and reductions stay FP32)")
+        onnx.save_model(fp16_onnx(model), str(staging / FP16_MODEL))
+    command = trtexec_command(settings)
+    script = staging / TRTEXEC_SCRIPT
+    atomic_write_text(script, "#!/bin/sh\n# Builds the same engine as `vitedge build` on the device.\n"
+                              f'cd "$(dirname "$0")" && {command}\n')
+    script.chmod(0o755)
+    bundle = {"runtime": "tensorrt", "build": settings.to_dict(), "trtexec": command,
+              "engine": None, "layers": None}
+    reason = local_tensorrt_match(target) if build else "--no-build was given"
+    built: dict[str, Any] = {"engine": None, "not_built_because": reason}
+    if reason is None:
+        say("building the TensorRT engine (minutes on a Jetson)")
+        built, bundle = build_in(staging, settings, bundle, dla_core)
+    return bundle, built
+
+
+def build_in(directory: Path, settings: BuildSettings, bundle: dict[str, Any],
+             dla_core: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the engine into `directory`; return the passport's `built` and the updated bundle."""
+    from vitedge.runtime.tensorrt import ENGINE, build_engine
+
+    started = time.perf_counter()
+    layers = build_engine(directory, settings)
+    facts = machine_facts(gpu=True)
+    gpu = facts["gpu"] or {}
+    engine = {"tensorrt": facts["tensorrt"], "sm": gpu.get("sm"), "gpu": gpu.get("name"),
+              "cuda": gpu.get("cuda"), "cudnn": gpu.get("cudnn"), "driver": gpu.get("driver"),
+              "l4t": facts["l4t"], "jetpack": facts["jetpack"], "dla_core": dla_core,
+              "build_seconds": round(time.perf_counter() - started, 1),
+              "layers_by_precision": layers["by_precision"], "layers_on_dla": layers["on_dla"]}
+    return ({"engine": engine, "not_built_because": None},
+            {**bundle, "engine": ENGINE, "layers": "layers.json"})
+
+
+def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple[int, int, int],
+                 bundle: dict[str, Any], source_path: Path) -> ModelCard:
+    card = ModelCard.from_dict(parent.to_dict())
+    card.format = "bundle"
+    card.files = {}
+    params = {"target": target.name, "runtime": str(target.runtime), "precision": precision,
+              "batch": list(batch)}
+    card.lineage = [*parent.lineage, {
+        "step": "compile",
+        "parent": {"artifact_hash": artifact_hash(parent)} if parent.files else
+                  {"onnx_sha256": sha256_file(source_path)},
+        "params": params, "metrics": {},
+        "tools": tool_versions("onnx", "onnxruntime", "tensorrt"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }]
+    card.source = {**parent.source, "bundle": params}
+    return card
+
+
+def _seal(staging: Path, card: ModelCard, passport: dict[str, Any]) -> None:
+    """Hash the model files into the passport, write it, then the card (which hashes it too)."""
+    passport["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
+                         if p.is_file() and p.name not in (PASSPORT_NAME, "card.json")}
+    atomic_write_text(staging / PASSPORT_NAME, json.dumps(passport, indent=2) + "\n")
+    write_card(staging, card)
+
+
+# ---------------------------------------------------------------------------- reading bundles
+def is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / PASSPORT_NAME).is_file() and (path / BUNDLE_NAME).is_file()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    card: ModelCard
+    bundle: dict[str, Any]
+    passport: dict[str, Any]
+
+    @property
+    def runtime(self) -> str:
+        return self.bundle["runtime"]
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle: every file must match the hashes its card and passport hold."""
+    path = Path(path)
+    if not is_bundle(path):
+        raise InputError(f"{path} is not a vitedge bundle (no {PASSPORT_NAME} / {BUNDLE_NAME})",
+                         "make one with: vitedge compile SRC --target NAME -o BUNDLE")
+    card = read_card(path)
+    verify_files(path, card)
+    try:
+        passport = json.loads((path / PASSPORT_NAME).read_text())
+        bundle = json.loads((path / BUNDLE_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} has an unreadable passport or bundle.json ({exc.msg})",
+                         "re-create the bundle with vitedge compile") from None
+    for name, digest in passport.get("files", {}).items():
+        if card.files.get(name) != digest:
+            raise InputError(f"{path / name} does not match the hash in its passport",
+                             "the bundle was changed after it was made; re-create it")
+    return Bundle(path, card, bundle, passport)
+
+
+def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = None) -> Bundle:
+    """`vitedge build`: finish a TensorRT bundle's engine on this machine (atomically, in place)."""
+    say = progress or (lambda _message: None)
+    current = read_bundle(path)
+    if current.runtime != "tensorrt":
+        raise InputError(f"{path} is an ONNX Runtime bundle; only TensorRT bundles are built",
+                         "load it directly (vitedge predict / bench), or --rebuild to re-optimize")
+    from vitedge.targets import parse_target
+
+    target = parse_target(current.passport["target"], f"{path}/{PASSPORT_NAME}")
+    reason = local_tensorrt_match(target)
+    if reason is not None:
+        raise MissingDependencyError(f"cannot build {path} for {target.name} here: {reason}",
+                                     "run vitedge build on the target device")
+    settings = BuildSettings.from_dict(current.bundle["build"])
+    with writing_artifact(Path(path), overwrite=True) as staging:
+        for item in current.path.iterdir():
+            if item.is_file() and item.name not in ("model.engine", "layers.json", PASSPORT_NAME,
+                                                    "card.json"):
+                shutil.copy2(item, staging / item.name)
+        say("building the TensorRT engine")
+        built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
+        atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+        _seal(staging, current.card, {**current.passport, "built": built})
+    return read_bundle(path)
+
+
+def reoptimize_bundle(path: str | Path) -> Bundle:
+    """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
+    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
+
+    current = read_bundle(path)
+    facts = machine_facts()
+    with writing_artifact(Path(path), overwrite=True) as staging:
+        for item in current.path.iterdir():
+            if item.is_file() and item.name not in (MODEL, PASSPORT_NAME, "card.json"):
+                shutil.copy2(item, staging / item.name)
+        optimize_offline(staging / SOURCE, staging / MODEL)
+        passport = current.passport
+        passport["built"].update({"optimized_offline": True, "optimization_level": OFFLINE_LEVEL,
+                                  "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+                                  "onnxruntime": facts["onnxruntime"], "note": None,
+                                  "parity_vs_source": _offline_parity(staging / SOURCE, staging / MODEL),
+                                  "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        bundle = dict(current.bundle)
+        bundle["session"] = {**bundle["session"], "optimization": "disabled"}
+        atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+        _seal(staging, current.card, passport)
+    return read_bundle(path)

@@ -1,0 +1,138 @@
+"""Bundle passports: where and with what a bundle was made, and whether this machine matches.
+
+An engine or an offline-optimized graph is only valid for the runtime (and GPU) that produced it:
+TensorRT engines are tied to the TensorRT version and the GPU's SM, Jetson's TensorRT to its
+JetPack (L4T) release, ONNX Runtime's saved optimizations to its version. The passport records
+those facts; `mismatches` compares them with this machine so a bundle is rebuilt or refused,
+never silently run.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from vitedge import __version__
+from vitedge.versions import cpu_features, package_version
+
+PASSPORT_NAME = "passport.json"
+PASSPORT_VERSION = 1
+
+
+def machine_arch(machine: str | None = None) -> str:
+    """The ISA name the target profiles use: x86-64 or arm64."""
+    machine = (machine or platform.machine()).lower()
+    return {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        machine, machine)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def l4t_release(text: str | None = None) -> str | None:
+    """'36.4' from /etc/nv_tegra_release ('# R36 (release), REVISION: 4.0, ...'), None off Jetson."""
+    text = _read("/etc/nv_tegra_release") if text is None else text
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text)
+    if not match:
+        return None
+    major, minor, patch = match.groups()
+    return f"{major}.{minor}" + (f".{patch}" if patch and patch != "0" else "")
+
+
+def _jetpack() -> str | None:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.split("-")[0].strip() or None
+
+
+def _driver() -> str | None:
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", _read("/proc/driver/nvidia/version"))
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=1)
+def gpu_facts() -> dict[str, Any]:
+    """The local NVIDIA GPU as torch sees it (empty without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"name": props.name, "sm": f"{props.major}.{props.minor}",
+            "memory_mib": props.total_memory >> 20, "cuda": torch.version.cuda,
+            "cudnn": str(cudnn) if cudnn else None, "driver": _driver()}
+
+
+def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
+    """This machine, as far as a bundle cares. `gpu=True` also asks torch about CUDA (slow-ish)."""
+    from vitedge.runtime.tensorrt import tensorrt_version
+
+    facts: dict[str, Any] = {
+        "arch": machine_arch(), "cpu_features": sorted(k for k, v in cpu_features().items() if v),
+        "onnxruntime": package_version("onnxruntime"), "tensorrt": tensorrt_version(),
+        "l4t": l4t_release(), "jetpack": None, "gpu": None,
+    }
+    if facts["l4t"]:
+        facts["jetpack"] = _jetpack()
+    if gpu or facts["tensorrt"]:
+        facts["gpu"] = gpu_facts() or None
+    return facts
+
+
+def make_passport(*, target: dict[str, Any], precision: str, source_hash: str,
+                  input_info: dict[str, Any], files: dict[str, str], runtime: dict[str, Any],
+                  built: dict[str, Any]) -> dict[str, Any]:
+    return {"passport_version": PASSPORT_VERSION, "vitedge": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_artifact_hash": source_hash, "target": target, "precision": precision,
+            "input": input_info, "runtime": runtime, "files": files, "built": built}
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else None
+
+
+def mismatches(passport: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Why this machine cannot run what the bundle holds (empty when it can)."""
+    built = passport.get("built", {})
+    problems: list[str] = []
+    if passport["runtime"]["name"] == "onnxruntime":
+        if not built.get("optimized_offline"):
+            return problems  # a plain ONNX graph runs on any ONNX Runtime that has its opset
+        if built.get("arch") != facts["arch"]:
+            problems.append(f"graph optimized on {built.get('arch')}, this machine is {facts['arch']}")
+        if _minor(built.get("onnxruntime")) != _minor(facts["onnxruntime"]):
+            problems.append(f"graph optimized by ONNX Runtime {built.get('onnxruntime')}, this "
+                            f"machine has {facts['onnxruntime'] or 'none'}")
+        return problems
+    engine = built.get("engine")
+    if not engine:
+        return problems
+    if engine.get("tensorrt") != facts["tensorrt"]:
+        problems.append(f"engine built with TensorRT {engine.get('tensorrt')}, this machine has "
+                        f"{facts['tensorrt'] or 'no TensorRT'}")
+    gpu = facts.get("gpu") or {}
+    if engine.get("sm") != gpu.get("sm"):
+        problems.append(f"engine built for SM {engine.get('sm')} ({engine.get('gpu')}), this "
+                        f"machine has {('SM ' + gpu['sm'] + ' (' + gpu['name'] + ')') if gpu else 'no CUDA GPU'}")
+    if engine.get("l4t") and _minor(engine["l4t"]) != _minor(facts.get("l4t")):
+        problems.append(f"engine built on L4T {engine['l4t']}, this machine runs "
+                        f"{facts.get('l4t') or 'no L4T'}")
+    return problems

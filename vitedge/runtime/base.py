@@ -1,0 +1,125 @@
+"""One Session base class: input validation and per-call timing. Backends only run the model.
+
+Like Polygraphy's runners, each backend writes `_infer` (and its constructor); everything a user
+can get wrong about a batch is checked here, once, with the same messages for every backend.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vitedge.errors import InputError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...]  # None or a name for a dynamic dimension
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class Timing:
+    """Wall-clock milliseconds of every `infer` call (host to host, copies included)."""
+
+    calls_ms: list[float] = field(default_factory=list)
+    images: int = 0
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.calls_ms, q)) if self.calls_ms else None
+
+    def summary(self) -> dict[str, Any]:
+        total_s = sum(self.calls_ms) / 1000
+        return {"calls": len(self.calls_ms), "images": self.images,
+                "p50_ms": self.percentile(50), "p95_ms": self.percentile(95),
+                "images_per_s": self.images / total_s if total_s > 0 else None}
+
+
+class Session(ABC):
+    """A loaded model that maps an NCHW float32 batch to logits, and times every call."""
+
+    backend: str = "?"
+    card: Any = None  # the model card (labels, preprocessing), set by vitedge.runtime.load
+
+    def __init__(self, *, inputs: list[TensorInfo], outputs: list[TensorInfo],
+                 precision: str, max_batch: int | None = None, min_batch: int = 1,
+                 description: str = "") -> None:
+        if len(inputs) != 1:
+            raise InputError(f"the model has {len(inputs)} inputs; vitedge runs image classifiers "
+                             "with exactly one image input")
+        self.inputs = inputs
+        self.outputs = outputs
+        self.precision = precision
+        self.min_batch = min_batch
+        self.max_batch = max_batch
+        self.description = description or self.backend
+        self.timing = Timing()
+
+    @property
+    def input(self) -> TensorInfo:
+        return self.inputs[0]
+
+    def check(self, batch: Any) -> np.ndarray:
+        """The batch as C-contiguous float32 NCHW, or a clear error saying what was expected."""
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"infer() got a {type(batch).__name__}, expected a NumPy array",
+                             "pass preprocessed images as an NCHW float32 array")
+        if batch.dtype != np.float32:
+            raise InputError(f"infer() got dtype {batch.dtype}, expected float32",
+                             "preprocess with vitedge.preprocess (it returns float32)")
+        expected = self.input.shape
+        if batch.ndim != len(expected):
+            raise InputError(f"infer() got a {batch.ndim}-d array of shape {batch.shape}, expected "
+                             f"{len(expected)}-d {_shape_text(expected)}",
+                             "stack images into one (batch, channels, height, width) array")
+        for axis, (got, want) in enumerate(zip(batch.shape[1:], expected[1:]), start=1):
+            if isinstance(want, int) and got != want:
+                raise InputError(f"infer() got shape {tuple(batch.shape)}, expected "
+                                 f"{_shape_text(expected)} (axis {axis} is {got}, not {want})",
+                                 "preprocess with the model card's input size")
+        size = batch.shape[0]
+        if size < self.min_batch or (self.max_batch is not None and size > self.max_batch):
+            raise InputError(f"batch of {size} is outside this model's batch range "
+                             f"{self.min_batch}..{self.max_batch}",
+                             "split the batch, or compile with a larger --batch profile")
+        return np.ascontiguousarray(batch)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = self.check(batch)
+        start = time.perf_counter()
+        logits = self._infer(batch)
+        self.timing.calls_ms.append((time.perf_counter() - start) * 1000)
+        self.timing.images += len(batch)
+        return logits
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a checked batch; return float32 logits (batch, classes)."""
+
+    def close(self) -> None:
+        """Release what the backend holds (device memory, sessions)."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision,
+                "description": self.description,
+                "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs],
+                "batch": [self.min_batch, self.max_batch]}
+
+
+def _shape_text(shape: tuple[int | str | None, ...]) -> str:
+    return "(" + ", ".join("N" if not isinstance(d, int) else str(d) for d in shape) + ")"
