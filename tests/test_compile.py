@@ -364,6 +364,15 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     assert rows[0]["agreement"] == 1.0 and rows[2]["agreement"] == 1.0
     assert rows[2]["top1"] > 0.95 and rows[2]["samples"] == 60 and rows[2]["p50_ms"] > 0
     assert rows[3]["status"].startswith("batch 32 outside 1..16") and rows[3]["p50_ms"] is None
+    # a bundle is itself a source: inspect it, or compile it for another target
+    result = runner.invoke(app, ["inspect", str(cpu_bundle), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["format"] == "bundle"
+    result = runner.invoke(app, ["compile", str(cpu_bundle), "--target", "jetson-orin-nano",
+                                 "-o", str(tmp_path / "nano")])
+    assert result.exit_code == 0, result.output
+    assert "vitedge build" in result.output and "trtexec --onnx=model.onnx" in result.output
+    source = read_bundle(tmp_path / "nano").card.lineage
+    assert [step["step"] for step in source][-2:] == ["compile", "compile"]
 
 
 def test_cli_bad_inputs_exit_1(digits_onnx, cpu_bundle, tmp_path):

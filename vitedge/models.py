@@ -339,8 +339,11 @@ def _load_artifact(directory: Path) -> LoadedModel:
     card = read_card(directory)
     verify_files(directory, card)
     if card.format == "onnx":
-        onnx_path = directory / "model.onnx"
-        return LoadedModel(card, None, onnx_path=onnx_path)
+        return LoadedModel(card, None, onnx_path=directory / "model.onnx")
+    if card.format == "bundle":  # its portable graph: ONNX Runtime bundles keep the unoptimized one
+        source = directory / "source.onnx"
+        return LoadedModel(card, None,
+                           onnx_path=source if source.is_file() else directory / "model.onnx")
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from vitedge.cli import (ModelKwargs, Source, TrustPickle, Verbose, Weights, _load, app, console,
@@ -20,9 +21,9 @@ Backend = Annotated[Optional[str], typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")]
 
 
-def _table_width() -> int | None:
+def _print_table(table: Table) -> None:
     """Full-width tables when output is piped or logged (rich assumes 80 columns there)."""
-    return None if console.is_terminal else 200
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 def _say(quiet: bool) -> Any:
@@ -140,7 +141,7 @@ def predict(
         if top_k > 1:
             row.append(", ".join(f"{t['label']} {100 * t['probability']:.0f}%" for t in p.top[1:]))
         table.add_row(*row, f"{p.latency_ms:.2f}")
-    console.print(table, width=_table_width())
+    _print_table(table)
     summary = session.timing.summary()
     console.print(f"{len(predictions)} image(s), latency p50 {summary['p50_ms']:.2f} ms, p95 "
                   f"{summary['p95_ms']:.2f} ms (batch 1, host to host)"
@@ -192,7 +193,7 @@ def bench(
         table.add_row(row.name, row.backend, row.precision, num(row.size_mib), str(row.batch),
                       num(row.p50_ms), num(row.p95_ms), num(row.images_per_s, 0), pct(row.top1),
                       pct(row.agreement), row.status)
-    console.print(table, width=_table_width())
+    _print_table(table)
     if as_json is not None:
         from vitedge.artifact import atomic_write_text
 
