@@ -66,6 +66,12 @@ class DataSet:
         elif self._video is not None:
             yield from _video_batches(self._video[0], self._video[1], self.pre, batch_size)
 
+    def paths(self) -> list[Path | None]:
+        """The file behind each sample (None for video frames and tensors)."""
+        if self._images is not None:
+            return [r.path for r in self._images.records]
+        return [None] * len(self)
+
     def head(self, count: int) -> np.ndarray:
         """The first `count` samples as one array, decoding no more than needed."""
         return next(self.batches(count), np.zeros((0, 3, *self.pre.input_size), np.float32))

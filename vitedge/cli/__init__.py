@@ -454,3 +454,4 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON."
 
 # Deployment commands live in their own module; importing it registers them on `app`.
 from vitedge.cli import deploy as _deploy  # noqa: E402,F401
+from vitedge.cli import watch as _watch  # noqa: E402,F401

@@ -104,3 +104,35 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
         bundle = build_bundle(path)
     session = TensorRTSession(path / bundle.bundle["engine"], precision=bundle.passport["precision"])
     return _with_card(session, bundle.card)
+
+
+def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:
+    """The full-precision artifact a bundle or quantized artifact descends from, if it is near.
+
+    Cards record their parents by artifact hash. Candidates are the shipped models and the
+    artifact folders beside `path` (and in `search`); the newest float ancestor in the lineage
+    that is found wins, so an exported ONNX is preferred over the PyTorch model it came from.
+    """
+    from vitedge.artifact import artifact_hash, is_artifact, read_card
+    from vitedge.models import BUILTIN_MODELS
+
+    path = Path(path)
+    card = read_card(path)
+    parents = [step["parent"]["artifact_hash"] for step in card.lineage
+               if isinstance(step.get("parent"), dict) and "artifact_hash" in step["parent"]]
+    folders = [path.parent, *search]
+    candidates = [*BUILTIN_MODELS.values(),
+                  *(d for folder in folders if folder.is_dir() for d in sorted(folder.iterdir())
+                    if d != path and is_artifact(d))]
+    by_hash: dict[str, Path] = {}
+    for candidate in candidates:
+        try:
+            other = read_card(candidate)
+        except InputError:
+            continue
+        if other.format in ("onnx", "torch") and "quantization" not in other.metrics:
+            by_hash.setdefault(artifact_hash(other), candidate)
+    for parent in reversed(parents):
+        if parent in by_hash:
+            return by_hash[parent]
+    return None

@@ -1,0 +1,196 @@
+"""Watching commands: run (live camera + shadow), eval, report, capture (registered on the app)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vitedge.cli import Verbose, app, console, err_console, user_errors
+from vitedge.errors import VitedgeError
+
+SourceOption = Annotated[str, typer.Option(
+    "--source", "-s", help="Camera index (0), /dev/videoN, video file, image folder or glob, "
+                           "rtsp://, http(s):// (MJPEG) or a GStreamer pipeline.")]
+
+
+@app.command()
+def run(
+    bundle: Annotated[str, typer.Argument(help="The deployed model: a bundle (or any artifact/source).")],
+    source: SourceOption,
+    reference: Annotated[Optional[str], typer.Option(
+        help="Full-precision model to shadow with (default: the FP32 ancestor found through the "
+             "card's lineage next to the bundle).")] = None,
+    shadow_every: Annotated[int, typer.Option(help="Shadow every N-th frame (0: no shadow).")] = 5,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    loop: Annotated[bool, typer.Option(help="Repeat a video file or folder.")] = False,
+    show: Annotated[bool, typer.Option(help="Show the annotated stream in a window (needs a GUI).")] = False,
+    serve: Annotated[Optional[str], typer.Option(help="Serve a live page at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
+    record: Annotated[Optional[Path], typer.Option(help="Write the annotated stream to this .mp4.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Camera width to request.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Camera height to request.")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Camera frame rate to request.")] = None,
+    reconnect_s: Annotated[float, typer.Option(help="Keep reconnecting a lost stream this long.")] = 10.0,
+    min_agreement: Annotated[float, typer.Option(help="Alert below this rolling top-1 agreement.")] = 0.95,
+    max_kl: Annotated[Optional[float], typer.Option(help="Alert above this rolling KL.")] = None,
+    window: Annotated[int, typer.Option(help="Shadowed frames in the rolling metrics.")] = 50,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit 2 when drift was detected.")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per frame.")] = 5,
+    report: Annotated[bool, typer.Option(help="Write report.html into the run directory at the end.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild a bundle whose passport does not match.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the summary.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Live inference with a full-precision shadow that measures drift as it runs.
+
+    Example: vitedge run demo-out/digits-x86 --source demo-out/digits-camera.mp4 --serve 127.0.0.1:8080
+    """
+    from vitedge.camera import FrameSource
+    from vitedge.drift import DriftThresholds
+    from vitedge.live import RunOptions, check_reference
+    from vitedge.live import run as run_live
+    from vitedge.runtime import find_reference, load
+
+    with user_errors(verbose):
+        run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if run_dir.exists() and not overwrite:
+            raise VitedgeError(f"run directory {run_dir} already exists",
+                               "choose another --out or pass --overwrite")
+        deployed = load(bundle, rebuild=rebuild)
+        shadow = None
+        if shadow_every:
+            if reference is None and Path(bundle).is_dir():
+                found = find_reference(bundle, search=(Path.cwd(),))
+                reference = str(found) if found else None
+            if reference is None:
+                raise VitedgeError(f"no full-precision reference found for {bundle}",
+                                   "pass --reference ARTIFACT (the FP32 model), or --shadow-every 0")
+            shadow = load(reference)
+            check_reference(deployed, shadow)
+            if not quiet:
+                err_console.print(f"[dim]shadow reference: {reference} ({shadow.description})[/]")
+        frame_source = FrameSource.open(source, width=width, height=height, fps=fps, loop=loop,
+                                        reconnect_s=reconnect_s)
+        options = RunOptions(shadow_every=shadow_every, top_k=top_k, frames=frames, duration=duration,
+                             show=show, serve=serve, record=record, window=window,
+                             thresholds=DriftThresholds(min_agreement=min_agreement, max_kl=max_kl,
+                                                        min_samples=min(20, window)),
+                             overwrite=overwrite)
+        last = [time.monotonic()]
+
+        def progress(line: dict) -> None:
+            if quiet or time.monotonic() - last[0] < 2.0:
+                return
+            last[0] = time.monotonic()
+            top = line.get("top", [[0, "?", 0]])[0]
+            err_console.print(f"[dim]frame {line['index']}: {top[1]} {100 * top[2]:.0f}%, "
+                              f"{line.get('latency_ms', 0):.1f} ms[/]", highlight=False)
+
+        if serve and not quiet:
+            err_console.print(f"serving on http://{serve}/ (Ctrl-C stops and writes the summary)")
+        summary = run_live(deployed, frame_source, run_dir, reference=shadow, options=options,
+                           on_frame=progress)
+        if report:
+            from vitedge.report import build_report
+
+            build_report(run_dir, run_dir / "report.html")
+    drift = summary["drift"]
+    counts = summary["frames"]
+    latency = summary["deployed"]["latency_ms"]
+    console.print(f"{summary['stop_reason']}: {counts['logged']} frames ({counts['dropped']} dropped, "
+                  f"{counts['corrupt']} corrupt) at {summary['fps']:.1f} FPS; inference p50 "
+                  f"{latency['p50_ms'] or 0:.2f} ms, loop overhead p50 "
+                  f"{summary['loop_overhead_ms']['p50'] or 0:.2f} ms", highlight=False)
+    if summary["shadow"]:
+        agreement = drift["top1_agreement"]
+        console.print(f"drift: {drift['verdict']} — {drift['samples']} shadowed frames, agreement "
+                      + (f"{100 * agreement:.2f}%" if agreement is not None else "—")
+                      + (f", KL {drift['kl']:.4f}" if drift["kl"] is not None else "")
+                      + f"; {summary['shadow']['skipped_reference_behind']} skipped (reference behind)",
+                      highlight=False)
+    console.print(f"run: {run_dir}" + (f"  report: {run_dir / 'report.html'}" if report else ""),
+                  highlight=False)
+    if fail_on_drift and (summary["alerts"] or drift["verdict"] == "drift"):
+        raise typer.Exit(2)
+
+
+@app.command("eval")
+def eval_command(
+    models: Annotated[list[str], typer.Argument(help="Artifacts, bundles or sources; the first is the reference.")],
+    data: Annotated[str, typer.Option(help="Labeled ImageFolder (top-1/top-5) or unlabeled images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Eval directory to write.")],
+    samples: Annotated[Optional[int], typer.Option(help="Seeded subset of the data.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Top-1/top-5 per model and agreement, KL, cosine, per-class deltas against the first.
+
+    Example: vitedge eval demo-out/digits-onnx demo-out/digits-x86 --data calibration/digits/heldout -o demo-out/eval
+    """
+    from vitedge.evaluate import evaluate
+
+    with user_errors(verbose):
+        result = evaluate(models, data, out, samples=samples, overwrite=overwrite)
+    for row in result["models"]:
+        vs = row.get("vs_first")
+        console.print(f"{row['model']}: " + (f"top-1 {100 * row['top1']:.2f}%, top-5 {100 * row['top5']:.2f}%"
+                                             if "top1" in row else "unlabeled")
+                      + (f"; vs first: agreement {100 * vs['top1_agreement']:.2f}%, KL {vs['kl']:.4f} "
+                         f"({vs['verdict']})" if vs else " (reference)"), highlight=False)
+    console.print(f"eval: {out} ({result['samples']} images); vitedge report {out} -o report.html",
+                  highlight=False)
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="A run directory (vitedge run) or eval directory (vitedge eval).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """One self-contained HTML report (plots embedded), plus Markdown and JSON beside it.
+
+    Example: vitedge report runs/20261124-120000 -o report.html
+    """
+    from vitedge.report import build_report
+
+    with user_errors(verbose):
+        if not directory.is_dir():
+            raise VitedgeError(f"{directory} is not a directory", "pass a run or eval directory")
+        target = out or directory / "report.html"
+        data = build_report(directory, target)
+    if data["kind"] == "run":
+        drift = data["summary"]["drift"]
+        console.print(f"drift {drift['verdict']}: {drift['samples']} shadowed frames"
+                      + (f", agreement {100 * drift['top1_agreement']:.2f}%" if drift["top1_agreement"] is not None else ""),
+                      highlight=False)
+    console.print(f"report: {target} (+ {target.with_suffix('.md').name}, {target.with_suffix('.json').name})",
+                  highlight=False)
+
+
+@app.command()
+def capture(
+    source: Annotated[str, typer.Argument(help="Any source vitedge run takes.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image folder to write.")],
+    count: Annotated[int, typer.Option("-n", help="Frames to keep.")] = 300,
+    every: Annotated[float, typer.Option(help="Live sources: seconds between kept frames.")] = 0.2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Save evenly spaced frames as an image folder for calibration or evaluation.
+
+    Example: vitedge capture 0 -n 300 -o calib/my-camera
+    """
+    from vitedge.capture import capture as run_capture
+
+    with user_errors(verbose):
+        summary = run_capture(source, count, out, every_s=every, overwrite=overwrite)
+    b, s = summary["brightness"], summary["sharpness"]
+    console.print(f"kept {summary['kept']} frames in {out} ({summary['near_duplicates_dropped']} "
+                  f"near-duplicates dropped, {summary['unreadable']} unreadable); brightness "
+                  f"{b['min']:.0f}/{b['median']:.0f}/{b['max']:.0f}, sharpness {s['min']:.0f}/"
+                  f"{s['median']:.0f}/{s['max']:.0f} (min/median/max)", highlight=False)

@@ -1,0 +1,93 @@
+"""`vitedge eval`: the same images through several models; accuracy and drift against the first.
+
+Any mix of sources works (torch, ONNX, quantized, pruned, compiled bundles): each is loaded with
+`vitedge.runtime.load`, so a bundle is verified against its passport first. Metrics come from
+`vitedge.drift`, the implementation `vitedge run` uses on live frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.artifact import atomic_write_text, writing_artifact
+from vitedge.drift import compare, per_sample, softmax, topk_accuracy
+from vitedge.errors import InputError
+
+EVAL_NAME = "eval.json"
+LOGITS_NAME = "logits.npz"
+
+
+def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: int | None = None,
+             seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False
+             ) -> dict[str, Any]:
+    """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
+    from vitedge.artifact import check_output
+    from vitedge.calibration import model_labels, open_data
+    from vitedge.runtime import load
+
+    if not sources:
+        raise InputError("eval needs at least one model")
+    check_output(Path(out), overwrite)
+    results: list[dict[str, Any]] = []
+    logits_by_model: list[np.ndarray] = []
+    dataset = labels = None
+    class_names: list[str] = []
+    for source in sources:
+        with load(source, rebuild=rebuild) as session:
+            card = session.card
+            if dataset is None:
+                dataset = open_data(data, card.preprocessing, samples=samples, seed=seed, role="eval")
+                labels = model_labels(card, dataset)
+                class_names = card.labels or [str(i) for i in range(card.num_classes or 0)]
+            elif card.preprocessing != dataset.pre or card.num_classes != results[0]["num_classes"]:
+                raise InputError(f"{source} differs from {sources[0]} in preprocessing or classes",
+                                 "evaluate models made from the same source model")
+            step = min(32, session.max_batch or 32)
+            logits = np.concatenate([session.infer(b) for b in dataset.batches(step)])
+            logits_by_model.append(logits.astype(np.float32))
+            row: dict[str, Any] = {"model": str(source), "backend": session.description,
+                                   "precision": session.precision, "num_classes": card.num_classes,
+                                   "latency_ms": session.timing.summary()}
+            if labels is not None:
+                row["top1"] = topk_accuracy(logits, labels)
+                row["top5"] = topk_accuracy(logits, labels, 5)
+            results.append(row)
+    assert dataset is not None
+    paths = dataset.paths()
+    reference = logits_by_model[0]
+    for row, logits in zip(results[1:], logits_by_model[1:]):
+        drift = compare(reference, logits)
+        row["vs_first"] = drift.to_dict()
+        metrics = per_sample(reference, logits)
+        order = np.argsort(-metrics["kl"])[:worst]
+        row["worst"] = [{"path": str(paths[i]) if paths[i] else None, "kl": float(metrics["kl"][i]),
+                         "first": class_names[int(metrics["ref_top1"][i])],
+                         "this": class_names[int(metrics["cand_top1"][i])],
+                         "label": class_names[int(labels[i])] if labels is not None else None}
+                        for i in order if metrics["kl"][i] > 0]
+        if labels is not None:
+            row["per_class_delta"] = _per_class_delta(reference, logits, labels, class_names)
+    report = {"data": str(data), "samples": int(len(reference)), "labeled": labels is not None,
+              "skipped": list(dataset.skipped), "class_names": class_names, "models": results}
+    with writing_artifact(Path(out), overwrite=overwrite) as staging:
+        np.savez_compressed(staging / LOGITS_NAME, labels=labels if labels is not None else np.array([]),
+                            **{f"model{i}": lg for i, lg in enumerate(logits_by_model)},
+                            confidence=np.stack([softmax(lg).max(1) for lg in logits_by_model]))
+        atomic_write_text(staging / EVAL_NAME, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _per_class_delta(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                     class_names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for cls in np.unique(labels):
+        mask = labels == cls
+        first = float(np.mean(reference[mask].argmax(1) == cls))
+        this = float(np.mean(logits[mask].argmax(1) == cls))
+        rows.append({"class": class_names[int(cls)], "samples": int(mask.sum()),
+                     "first": first, "this": this, "delta": this - first})
+    return sorted(rows, key=lambda r: r["delta"])

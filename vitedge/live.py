@@ -1,0 +1,404 @@
+"""The live loop: frames → preprocess → deployed model → overlay → sinks, with a shadow reference.
+
+The deployed model runs on every frame. Every N-th frame is also handed to a worker running the
+full-precision reference; the hand-off queue holds two frames, so when the reference falls
+behind, shadow frames are skipped and counted instead of piling up, and the live path never
+waits for it. Drift metrics come from `vitedge.drift` (the same code `eval` uses).
+
+RUN_DIR gets `frames.jsonl` (one line per frame, flushed about once a second), `events.jsonl`
+(alerts, disconnects), `disagreements/` (a few frames where the models disagreed) and, at the
+end — also after Ctrl-C / SIGTERM — `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.camera import Frame, FrameSource
+from vitedge.drift import DriftThresholds, compare, per_sample, softmax
+from vitedge.errors import InputError
+from vitedge.preprocess import preprocess
+from vitedge.runtime.base import Session
+
+SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
+
+
+@dataclass
+class RunOptions:
+    shadow_every: int = 5  # 0: no shadow reference
+    top_k: int = 5
+    frames: int | None = None
+    duration: float | None = None
+    show: bool = False
+    serve: str | None = None
+    record: Path | None = None
+    window: int = 50  # shadowed frames in the rolling metrics
+    thresholds: DriftThresholds = field(default_factory=lambda: DriftThresholds(min_agreement=0.95,
+                                                                                min_samples=20))
+    keep_disagreements: int = 24
+    overwrite: bool = False
+
+
+def check_reference(deployed: Session, reference: Session) -> None:
+    """Refuse a reference that cannot be compared with the deployed model."""
+    a, b = deployed.card, reference.card
+    if a.preprocessing.input_size != b.preprocessing.input_size:
+        raise InputError(f"the reference takes {b.preprocessing.input_size} images, the bundle "
+                         f"{a.preprocessing.input_size}", "pass the FP32 artifact the bundle was made from")
+    if (a.labels and b.labels and a.labels != b.labels) or (
+            a.num_classes and b.num_classes and a.num_classes != b.num_classes):
+        raise InputError(f"the reference's labels ({b.num_classes} classes) differ from the "
+                         f"bundle's ({a.num_classes})", "pass the FP32 artifact the bundle was made from")
+
+
+class _Shadow:
+    """Runs the reference on sampled frames in a worker thread; results come back by index."""
+
+    def __init__(self, reference: Session) -> None:
+        self.reference = reference
+        self.inbox: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame] | None] = queue.Queue(maxsize=2)
+        self.results: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame, float]] = queue.Queue()
+        self.skipped = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="vitedge-shadow", daemon=True)
+        self.thread.start()
+
+    def offer(self, index: int, batch: np.ndarray, logits: np.ndarray, frame: Frame) -> bool:
+        try:
+            self.inbox.put_nowait((index, batch, logits, frame))
+            return True
+        except queue.Full:
+            self.skipped += 1
+            return False
+
+    def _work(self) -> None:
+        while (item := self.inbox.get()) is not None:
+            index, batch, logits, frame = item
+            try:
+                reference = self.reference.infer(batch)
+                self.results.put((index, reference, logits, frame, self.reference.timing.calls_ms[-1]))
+            except BaseException as exc:  # reported in the summary; the live path goes on
+                self.error = exc
+                self.results.put((index, np.full_like(logits, np.nan), logits, frame, 0.0))
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.thread.join()
+
+
+def overlay(image: np.ndarray, lines: list[str], status: str) -> np.ndarray:
+    import cv2
+
+    out = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    out = out.copy()
+    scale = max(out.shape[0] / 720, 0.45)
+    height = int(26 * scale) + 4
+    cv2.rectangle(out, (0, 0), (int(out.shape[1] * 0.62), height * len(lines) + 8), (0, 0, 0), -1)
+    colour = {"drift": (80, 80, 255), "pass": (120, 220, 120)}.get(status, (230, 230, 230))
+    for row, text in enumerate(lines):
+        cv2.putText(out, text, (8, height * (row + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale,
+                    colour if row == len(lines) - 1 else (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+class _Stopper:
+    """Ctrl-C / SIGTERM set a flag the loop checks, so the summary is always written."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stopper:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.reason = f"signal {signal.Signals(signum).name}"
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
+        reference: Session | None = None, options: RunOptions | None = None,
+        on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the live loop until the source ends, a limit is hit or a signal arrives."""
+    options = options or RunOptions()
+    out = Path(out_dir)
+    if options.shadow_every < 0 or options.top_k < 1 or options.window < 1:
+        raise InputError("--shadow-every must be >= 0, --top-k and --window >= 1")
+    if reference is not None:
+        check_reference(deployed, reference)
+    if out.exists() and not options.overwrite:
+        raise InputError(f"run directory {out} already exists", "choose another --out or pass --overwrite")
+    server = None
+    if options.serve:
+        from vitedge.serve import LiveServer
+
+        server = LiveServer(options.serve, f"{deployed.card.architecture} — {source.uri}")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "disagreements").mkdir(parents=True)
+    state = _Loop(deployed, source, out, reference, options, server, on_frame)
+    try:
+        with _Stopper() as stopper:
+            state.loop(stopper)
+    finally:
+        summary = state.finish()
+        if server is not None:
+            server.close()
+    return summary
+
+
+class _Loop:
+    def __init__(self, deployed: Session, source: FrameSource, out: Path, reference: Session | None,
+                 options: RunOptions, server: Any, on_frame: Callable[[dict[str, Any]], None] | None):
+        self.deployed, self.source, self.out, self.options = deployed, source, out, options
+        self.server, self.on_frame = server, on_frame
+        self.card = deployed.card
+        self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
+        self.shadow = _Shadow(reference) if reference is not None and options.shadow_every else None
+        self.frames_log = open(out / "frames.jsonl", "w")
+        self.events_log = open(out / "events.jsonl", "w")
+        self.pending: dict[int, dict[str, Any]] = {}  # frame lines waiting for their shadow result
+        self.rolling: deque[dict[str, float]] = deque(maxlen=options.window)
+        self.reference_logits: list[np.ndarray] = []
+        self.deployed_logits: list[np.ndarray] = []
+        self.loop_ms: list[float] = []
+        self.frames = self.size_changes = self.kept_disagreements = 0
+        self.last_size: tuple[int, ...] | None = None
+        self.alerting = False
+        self.stop_reason = "end of source"
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.last_flush = self.started
+        self.writer: Any = None
+        self.window_ok = True
+
+    # ---------------------------------------------------------------------------- the loop
+    def loop(self, stopper: _Stopper) -> None:
+        options = self.options
+        while True:
+            if stopper.reason:
+                self.stop_reason = stopper.reason
+                break
+            if options.frames is not None and self.frames >= options.frames:
+                self.stop_reason = f"--frames {options.frames} reached"
+                break
+            if options.duration is not None and time.monotonic() - self.started >= options.duration:
+                self.stop_reason = f"--duration {options.duration:g} s reached"
+                break
+            frame = self.source.read()
+            if frame is None:
+                self.stop_reason = ("source disconnected" if self.source.live else "end of source")
+                break
+            self.step(frame)
+            self.collect()
+
+    def step(self, frame: Frame) -> None:
+        began = time.perf_counter()
+        line: dict[str, Any] = {"index": frame.index, "time": round(time.time(), 4),
+                                "t": round(time.monotonic() - self.started, 4), "name": frame.name}
+        self.frames += 1
+        if frame.image is None:
+            line["corrupt"] = True
+            self._write(line)
+            return
+        size = tuple(frame.image.shape)
+        if self.last_size is not None and size != self.last_size:
+            self.size_changes += 1
+            self.event("frame size changed", {"from": list(self.last_size), "to": list(size)})
+        self.last_size = size
+        batch = preprocess(frame.image, self.card.preprocessing, frame_channel_order="BGR")[None]
+        logits = self.deployed.infer(batch)
+        infer_ms = self.deployed.timing.calls_ms[-1]
+        probabilities = softmax(logits)[0]
+        order = np.argsort(-probabilities)[:self.options.top_k]
+        line["top"] = [[int(i), self._label(i), round(float(probabilities[i]), 5)] for i in order]
+        line["latency_ms"] = round(infer_ms, 3)
+        if self.shadow is not None and frame.index % self.options.shadow_every == 0 and \
+                self.shadow.offer(frame.index, batch, logits, frame):
+            self.pending[frame.index] = line
+        status = self.status()
+        if self.options.record or self.options.show or self.server is not None:
+            self.sinks(frame, line, status)
+        line["loop_ms"] = round((time.perf_counter() - began) * 1000 - infer_ms, 3)
+        self.loop_ms.append(line["loop_ms"])
+        if frame.index not in self.pending:
+            self._write(line)
+        if self.on_frame is not None:
+            self.on_frame(line)
+
+    def _label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)
+
+    def sinks(self, frame: Frame, line: dict[str, Any], status: str) -> None:
+        import cv2
+
+        timing = self.deployed.timing
+        fps = self.frames / max(time.monotonic() - self.started, 1e-6)
+        rolling = self.rolling_metrics()
+        lines = [f"{label} {100 * p:.1f}%" for _i, label, p in line["top"][:3]]
+        lines.append(f"{fps:.1f} FPS  {line['latency_ms']:.1f} ms")
+        lines.append(f"shadow: {status}" + (f"  agree {100 * rolling['agreement']:.0f}%"
+                                            if rolling["agreement"] is not None else ""))
+        annotated = overlay(frame.image, lines, status)
+        if self.options.record:
+            if self.writer is None:
+                height, width = annotated.shape[:2]
+                self.writer = cv2.VideoWriter(str(self.options.record), cv2.VideoWriter_fourcc(*"mp4v"),
+                                              self.source.fps or 30.0, (width, height))
+            self.writer.write(annotated)
+        if self.options.show:
+            try:
+                cv2.imshow("vitedge run", annotated)
+                cv2.waitKey(1)
+            except cv2.error:
+                self.options.show = False
+                self.event("no GUI", {"message": "this OpenCV has no window support; --show is off"})
+        if self.server is not None:
+            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            self.server.publish(jpeg.tobytes() if ok else None, {
+                "frames": self.frames, "fps": fps, "latency_p50_ms": timing.percentile(50),
+                "latency_p95_ms": timing.percentile(95), "shadowed": len(self.reference_logits),
+                "rolling_agreement": rolling["agreement"], "rolling_kl": rolling["kl"],
+                "status": status, "top1": lines[0]})
+
+    # --------------------------------------------------------------------------- shadow side
+    def collect(self) -> None:
+        if self.shadow is None:
+            return
+        while True:
+            try:
+                index, ref, dep, frame, ref_ms = self.shadow.results.get_nowait()
+            except queue.Empty:
+                return
+            line = self.pending.pop(index, {"index": index})
+            if np.all(np.isfinite(ref)):
+                metrics = per_sample(ref, dep)
+                shadow = {k: round(float(metrics[k][0]), 6) for k in SHADOW_KEYS}
+                shadow["reference_top1"] = self._label(int(metrics["ref_top1"][0]))
+                shadow["reference_ms"] = round(ref_ms, 3)
+                line["shadow"] = shadow
+                self.reference_logits.append(ref[0])
+                self.deployed_logits.append(dep[0])
+                self.rolling.append(shadow)
+                if not shadow["agree"] and self.kept_disagreements < self.options.keep_disagreements:
+                    self.keep_disagreement(frame, line, shadow)
+                self.check_alert()
+            self._write(line)
+
+    def keep_disagreement(self, frame: Frame, line: dict[str, Any], shadow: dict[str, Any]) -> None:
+        import cv2
+
+        name = f"frame{frame.index:07d}.jpg"
+        cv2.imwrite(str(self.out / "disagreements" / name), frame.image)
+        line["saved"] = f"disagreements/{name}"
+        self.kept_disagreements += 1
+
+    def rolling_metrics(self) -> dict[str, float | None]:
+        if not self.rolling:
+            return {"agreement": None, "kl": None, "samples": 0}
+        return {"agreement": float(np.mean([r["agree"] for r in self.rolling])),
+                "kl": float(np.mean([r["kl"] for r in self.rolling])), "samples": len(self.rolling)}
+
+    def status(self) -> str:
+        rolling = self.rolling_metrics()
+        if self.shadow is None:
+            return "no shadow"
+        if rolling["samples"] < self.options.thresholds.min_samples:
+            return "insufficient data"
+        return "drift" if self.alerting else "pass"
+
+    def check_alert(self) -> None:
+        rolling = self.rolling_metrics()
+        t = self.options.thresholds
+        if rolling["samples"] < t.min_samples:
+            return
+        bad = rolling["agreement"] < t.min_agreement or (t.max_kl is not None and rolling["kl"] > t.max_kl)
+        if bad and not self.alerting:
+            self.alerting = True
+            self.window_ok = False
+            self.event("drift alert", {k: rolling[k] for k in ("agreement", "kl", "samples")})
+        elif not bad and self.alerting:
+            self.alerting = False
+            self.event("drift cleared", {k: rolling[k] for k in ("agreement", "kl", "samples")})
+
+    # ----------------------------------------------------------------------------- logging
+    def event(self, kind: str, details: dict[str, Any]) -> None:
+        self.events_log.write(json.dumps({"time": round(time.time(), 4), "frame": self.frames,
+                                          "event": kind, **details}) + "\n")
+        self.events_log.flush()
+
+    def _write(self, line: dict[str, Any]) -> None:
+        self.frames_log.write(json.dumps(line) + "\n")
+        now = time.monotonic()
+        if now - self.last_flush >= 1.0:
+            self.frames_log.flush()
+            self.last_flush = now
+
+    def finish(self) -> dict[str, Any]:
+        """Drain the shadow worker, close sinks, and write summary.json (always)."""
+        self.loop_ended = time.monotonic()
+        if self.shadow is not None:
+            self.shadow.close()  # the worker finishes what it was handed, then stops
+            self.collect()
+        for line in sorted(self.pending.values(), key=lambda item: item["index"]):
+            self._write(line)  # shadow result lost (worker error): the frame is still logged
+        self.pending.clear()
+        self.source.close()
+        for event in self.source.stats.events:
+            self.event(event["event"], {k: v for k, v in event.items() if k not in ("event", "time")})
+        if self.writer is not None:
+            self.writer.release()
+        self.frames_log.close()
+        self.events_log.close()
+        elapsed = self.loop_ended - self.started
+        drift = compare(np.array(self.reference_logits).reshape(len(self.reference_logits), -1),
+                        np.array(self.deployed_logits).reshape(len(self.deployed_logits), -1),
+                        self.options.thresholds) if self.reference_logits else \
+            compare(np.zeros((0, 1)), np.zeros((0, 1)), self.options.thresholds)
+        timing = self.deployed.timing
+        stats = self.source.stats
+        summary = {
+            "source": self.source.uri, "live": self.source.live, "stop_reason": self.stop_reason,
+            "started": self.started_wall, "seconds": round(elapsed, 3),
+            "frames": {"read": stats.read, "logged": self.frames, "dropped": stats.dropped,
+                       "corrupt": stats.corrupt, "size_changes": self.size_changes,
+                       "reconnects": stats.reconnects, "loops": stats.loops},
+            "fps": self.frames / elapsed if elapsed > 0 else None,
+            "deployed": {"backend": self.deployed.description, "precision": self.deployed.precision,
+                         "latency_ms": timing.summary()},
+            "loop_overhead_ms": {"p50": float(np.percentile(self.loop_ms, 50)) if self.loop_ms else None,
+                                 "p95": float(np.percentile(self.loop_ms, 95)) if self.loop_ms else None,
+                                 "covers": "preprocessing, overlay, sinks and logging; not inference "
+                                           "and not waiting for frames"},
+            "shadow": None if self.shadow is None else {
+                "every": self.options.shadow_every, "compared": len(self.reference_logits),
+                "skipped_reference_behind": self.shadow.skipped,
+                "reference": self.shadow.reference.description,
+                "reference_latency_ms": self.shadow.reference.timing.summary(),
+                "error": repr(self.shadow.error) if self.shadow.error else None},
+            "drift": drift.to_dict(),
+            "rolling_window": self.options.window,
+            "alerts": not self.window_ok,
+            "labels": self.labels,
+            "disagreements_saved": self.kept_disagreements,
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

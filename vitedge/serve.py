@@ -1,0 +1,159 @@
+"""`vitedge run --serve`: the annotated stream as MJPEG plus live metrics, on a small web page.
+
+Standard-library HTTP server in a thread (no web framework for three routes): `/` the page,
+`/stream.mjpg` the annotated frames (multipart/x-mixed-replace), `/metrics.json` the numbers the
+page polls. Bound to 127.0.0.1 unless the user asks otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from vitedge.errors import InputError
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vitedge run — {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1rem; background: #111; color: #eee; }}
+main {{ display: flex; gap: 1.5rem; flex-wrap: wrap; }}
+img {{ max-width: 100%; border: 1px solid #444; }}
+table {{ border-collapse: collapse; min-width: 18rem; }}
+td {{ padding: .25rem .6rem; border-bottom: 1px solid #333; }}
+td.v {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.drift {{ color: #ff6b6b; font-weight: bold; }} .pass {{ color: #69db7c; }}
+</style></head>
+<body><h1>{title}</h1>
+<main><img id="stream" src="/stream.mjpg" alt="annotated camera stream">
+<table id="metrics">
+<tr><td>frames</td><td class="v" id="frames">–</td></tr>
+<tr><td>FPS</td><td class="v" id="fps">–</td></tr>
+<tr><td>latency p50 / p95 (ms)</td><td class="v" id="latency">–</td></tr>
+<tr><td>shadowed frames</td><td class="v" id="shadowed">–</td></tr>
+<tr><td>rolling agreement</td><td class="v" id="agreement">–</td></tr>
+<tr><td>rolling KL</td><td class="v" id="kl">–</td></tr>
+<tr><td>status</td><td class="v" id="status">–</td></tr>
+<tr><td>top-1</td><td class="v" id="top1">–</td></tr>
+</table></main>
+<script>
+function fmt(v, d) {{ return v === null || v === undefined ? "–" : Number(v).toFixed(d); }}
+async function poll() {{
+  try {{
+    const m = await (await fetch("/metrics.json", {{cache: "no-store"}})).json();
+    document.getElementById("frames").textContent = m.frames;
+    document.getElementById("fps").textContent = fmt(m.fps, 1);
+    document.getElementById("latency").textContent = fmt(m.latency_p50_ms, 2) + " / " + fmt(m.latency_p95_ms, 2);
+    document.getElementById("shadowed").textContent = m.shadowed;
+    document.getElementById("agreement").textContent = m.rolling_agreement === null ? "–" : fmt(100 * m.rolling_agreement, 1) + "%";
+    document.getElementById("kl").textContent = fmt(m.rolling_kl, 4);
+    const s = document.getElementById("status"); s.textContent = m.status; s.className = "v " + m.status;
+    document.getElementById("top1").textContent = m.top1 || "–";
+    document.body.dataset.updated = String(m.frames);
+  }} catch (e) {{ document.getElementById("status").textContent = "disconnected"; }}
+}}
+poll(); setInterval(poll, 500);
+</script></body></html>
+"""
+
+
+class LiveServer:
+    """Serves the newest annotated JPEG and the metrics dict the live loop publishes."""
+
+    def __init__(self, address: str, title: str) -> None:
+        host, _, port_text = address.rpartition(":")
+        host = host or "127.0.0.1"
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise InputError(f"--serve {address!r} is not HOST:PORT", "e.g. --serve 127.0.0.1:8080") from None
+        self._jpeg: bytes | None = None
+        self._metrics: dict[str, Any] = {}
+        self._changed = threading.Condition()
+        self._closing = False
+        page = PAGE.format(title=title).encode()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # the run's logs are the JSONL, not stderr
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path == "/":
+                    self._send(200, "text/html; charset=utf-8", page)
+                elif self.path.startswith("/metrics.json"):
+                    with server._changed:
+                        body = json.dumps(server._metrics).encode()
+                    self._send(200, "application/json", body)
+                elif self.path.startswith("/stream.mjpg"):
+                    self._stream()
+                else:
+                    self._send(404, "text/plain", b"not found")
+
+            def _send(self, code: int, kind: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                last = None
+                try:
+                    while True:
+                        with server._changed:
+                            server._changed.wait_for(
+                                lambda: server._closing or (server._jpeg is not None
+                                                            and server._jpeg is not last), timeout=1.0)
+                            if server._closing:
+                                return
+                            jpeg = server._jpeg
+                        if jpeg is None or jpeg is last:
+                            continue
+                        last = jpeg
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(f"port {port} on {host} is already in use",
+                                 "pick another --serve port, or stop what is using it") from None
+            raise InputError(f"cannot serve on {host}:{port} ({exc.strerror})",
+                             "use --serve 127.0.0.1:PORT") from None
+        self.httpd.daemon_threads = True
+        self.address = f"http://{host}:{self.httpd.server_address[1]}/"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vitedge-serve",
+                                        daemon=True)
+        self._thread.start()
+
+    def publish(self, jpeg: bytes | None, metrics: dict[str, Any]) -> None:
+        with self._changed:
+            if jpeg is not None:
+                self._jpeg = jpeg
+            self._metrics = metrics
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
