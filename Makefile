@@ -6,7 +6,7 @@ VITEDGE := $(VENV)/bin/vitedge
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT := demo-out
 
-.PHONY: install test demo clean
+.PHONY: install browser test demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,27 +19,38 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: install
+# The live page is tested in a real headless browser: Debian's chromium, installed when missing
+# and this user can (root with apt-get); otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 && \
+	  echo "installed chromium for the browser test"; } || echo "note: no chromium; the live-page browser test will skip"
+
+test: install browser
 	$(PY) -m pytest -q
 
 demo: install
-	@echo "== 1/8 inspect the shipped default model (a ViT trained on real handwritten digits)"
+	@echo "== 1/10 inspect the shipped default model (a ViT trained on real handwritten digits)"
 	$(VITEDGE) inspect builtin:digits-vit
-	@echo "== 2/8 export to ONNX and check parity with PyTorch on the held-out images"
+	@echo "== 2/10 export to ONNX and check parity with PyTorch on the held-out images"
 	$(VITEDGE) export builtin:digits-vit -o $(DEMO_OUT)/digits-onnx --data calibration/digits/heldout --parity-samples 64 --overwrite
-	@echo "== 3/8 inspect the exported artifact"
-	$(VITEDGE) inspect $(DEMO_OUT)/digits-onnx
-	@echo "== 4/8 INT8 quantization (vit-safe, TensorRT-compatible symmetric) within a 0.5-point budget"
+	@echo "== 3/10 INT8 quantization (vit-safe, TensorRT-compatible symmetric) within a 0.5-point budget"
 	$(VITEDGE) quantize $(DEMO_OUT)/digits-onnx --calib calibration/digits/train --eval calibration/digits/heldout -o $(DEMO_OUT)/digits-int8 --overwrite
-	@echo "== 5/8 compile the INT8 model for this CPU (ONNX Runtime bundle + passport)"
+	@echo "== 4/10 compile the INT8 model for this CPU (ONNX Runtime bundle + passport)"
 	$(VITEDGE) compile $(DEMO_OUT)/digits-int8 --target x86-cpu -o $(DEMO_OUT)/digits-x86 --overwrite
-	@echo "== 6/8 predict with the bundle"
+	@echo "== 5/10 predict with the bundle"
 	$(VITEDGE) predict $(DEMO_OUT)/digits-x86 vitedge/assets/samples --top-k 3
-	@echo "== 7/8 prepare a Jetson Orin Nano bundle here (engine is built on the device)"
+	@echo "== 6/10 prepare a Jetson Orin Nano bundle here (the engine is built on the device)"
 	$(VITEDGE) compile $(DEMO_OUT)/digits-int8 --target jetson-orin-nano -o $(DEMO_OUT)/digits-orin-nano --overwrite
-	@echo "== 8/8 bench: PyTorch FP32 vs ONNX FP32 vs the INT8 CPU bundle, on the held-out digits"
+	@echo "== 7/10 bench: PyTorch FP32 vs ONNX FP32 vs the INT8 CPU bundle, on the held-out digits"
 	$(VITEDGE) bench builtin:digits-vit $(DEMO_OUT)/digits-onnx $(DEMO_OUT)/digits-x86 --batch 1,16 --data calibration/digits/heldout --runs 30
-	@echo "quantization report: $(DEMO_OUT)/digits-int8/quant_report.md; bundles: $(DEMO_OUT)/digits-x86, $(DEMO_OUT)/digits-orin-nano"
+	@echo "== 8/10 a camera-like video from the held-out digits (moving, noisy, changing light)"
+	$(PY) -m vitedge.synthetic $(DEMO_OUT)/digits-camera.mp4 --frames 600
+	@echo "== 9/10 run the INT8 bundle on it, shadowed by the FP32 model every 5th frame"
+	$(VITEDGE) run $(DEMO_OUT)/digits-x86 --source $(DEMO_OUT)/digits-camera.mp4 --record $(DEMO_OUT)/digits-annotated.mp4 -o $(DEMO_OUT)/run --overwrite -q
+	@echo "== 10/10 the drift report"
+	$(VITEDGE) report $(DEMO_OUT)/run -o $(DEMO_OUT)/report.html
+	@echo "done: open $(DEMO_OUT)/report.html (quantization report: $(DEMO_OUT)/digits-int8/quant_report.md)"
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

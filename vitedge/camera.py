@@ -18,6 +18,7 @@ passed, then the stream ends. Files and folders deliver every frame, in order.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -29,6 +30,10 @@ from typing import Any
 import numpy as np
 
 from vitedge.errors import InputError
+
+# OpenCV and FFmpeg print every failed reconnect attempt; vitedge reports them as events instead.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 JETSON_CSI_PIPELINE = (

@@ -1,0 +1,266 @@
+"""vitedge run / eval / report / capture on CPU: real files, folders, an MJPEG stream served here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import HELDOUT, REPO
+from streams import MjpegServer, video_frames
+from vitedge.camera import FrameSource
+from vitedge.cli import app
+from vitedge.errors import InputError
+from vitedge.live import RunOptions, run
+from vitedge.runtime import load as load_session
+from vitedge.runtime.base import Session
+from vitedge.synthetic import make_digits_video
+
+VITEDGE = Path(sys.executable).with_name("vitedge")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return make_digits_video(tmp_path_factory.mktemp("v") / "cam.mp4", frames=90, hold=10)
+
+
+@pytest.fixture(scope="module")
+def bundle(digits_onnx, tmp_path_factory) -> Path:
+    from vitedge.compile import compile_bundle
+    from vitedge.models import load
+    from vitedge.quantize import Recipe, quantize
+    from vitedge.targets import load_target
+
+    root = tmp_path_factory.mktemp("deploy")
+    shutil.copytree(digits_onnx, root / "digits-onnx")
+    from conftest import TRAIN
+
+    quantize(load(root / "digits-onnx"), TRAIN, root / "int8", eval_data=HELDOUT,
+             recipe=Recipe.LINEAR_ONLY, samples=64, eval_samples=100)
+    compile_bundle(load(root / "int8"), load_target("x86-cpu"), root / "x86")
+    return root / "x86"
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines()]
+
+
+def test_sources_file_folder_glob(video, tmp_path):
+    with FrameSource.open(str(video)) as source:
+        frames = list(source)
+    assert [f.index for f in frames] == list(range(90)) and frames[0].image.shape == (480, 640, 3)
+    with FrameSource.open(str(video), loop=True) as source:
+        looped = [f for _, f in zip(range(200), source)]
+    assert len(looped) == 200 and source.stats.loops == 2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("0045.png", "0103.png"):
+        shutil.copy(HELDOUT / "3" / name, folder / name)
+    (folder / "broken.png").write_bytes(b"not a png")
+    with FrameSource.open(str(folder)) as source:
+        frames = list(source)
+    assert [f.name for f in frames] == ["0045.png", "0103.png", "broken.png"]
+    assert frames[2].image is None and source.stats.corrupt == 1
+    with FrameSource.open(str(folder / "0*.png")) as source:
+        assert len(list(source)) == 2
+    with pytest.raises(InputError, match="does not exist"):
+        FrameSource.open(str(tmp_path / "missing.mp4"))
+
+
+def test_run_on_a_file_logs_every_frame_with_shadow(bundle, video, tmp_path):
+    deployed, reference = load_session(bundle), load_session(bundle.parent / "digits-onnx")
+    summary = run(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=reference,
+                  options=RunOptions(shadow_every=5))
+    lines = _lines(tmp_path / "run")
+    assert sorted(line["index"] for line in lines) == list(range(90))  # once each, none lost
+    counts = summary["frames"]
+    assert counts["read"] == counts["logged"] + counts["dropped"] == 90 and counts["dropped"] == 0
+    shadowed = [line for line in lines if "shadow" in line]
+    assert {line["index"] for line in shadowed} <= set(range(0, 90, 5))
+    assert len(shadowed) + summary["shadow"]["skipped_reference_behind"] == 18
+    # the summary's totals are the mean of the per-frame metrics that were logged
+    assert summary["drift"]["samples"] == len(shadowed)
+    assert summary["drift"]["top1_agreement"] == pytest.approx(np.mean([l["shadow"]["agree"] for l in shadowed]))
+    assert summary["drift"]["kl"] == pytest.approx(np.mean([l["shadow"]["kl"] for l in shadowed]), abs=1e-6)
+    truth = json.loads(Path(str(video) + ".labels.json").read_text())["labels"]
+    accuracy = np.mean([int(l["top"][0][1]) == truth[l["index"]] for l in lines])
+    assert accuracy > 0.8  # the synthetic camera is readable by the shipped model
+    assert summary["loop_overhead_ms"]["p50"] > 0 and summary["deployed"]["latency_ms"]["calls"] == 90
+
+
+class SlowReference(Session):
+    """A reference that takes 50 ms per frame, so the shadow queue fills up."""
+
+    backend = "slow"
+
+    def __init__(self, inner: Session) -> None:
+        super().__init__(inputs=inner.inputs, outputs=inner.outputs, precision="fp32")
+        self.inner, self.card = inner, inner.card
+
+    def _infer(self, batch):
+        time.sleep(0.05)
+        return self.inner.infer(batch)
+
+
+def test_slow_reference_is_skipped_not_queued(bundle, video, tmp_path):
+    deployed = load_session(bundle)
+    slow = SlowReference(load_session(bundle.parent / "digits-onnx"))
+    summary = run(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=slow,
+                  options=RunOptions(shadow_every=1))
+    shadow = summary["shadow"]
+    assert shadow["skipped_reference_behind"] > 30  # most frames could not be shadowed
+    assert shadow["compared"] + shadow["skipped_reference_behind"] == 90
+    assert sorted(l["index"] for l in _lines(tmp_path / "run")) == list(range(90))
+
+
+def test_mjpeg_stream_killed_mid_run(bundle, video, tmp_path):
+    server = MjpegServer(video_frames(video, 30), fps=60)
+    source = FrameSource.open(server.url, reconnect_s=1.0)
+    threading.Timer(1.5, server.kill).start()
+    summary = run(load_session(bundle), source, tmp_path / "run", reference=None,
+                  options=RunOptions(shadow_every=0))
+    assert summary["stop_reason"] == "source disconnected" and summary["live"]
+    counts = summary["frames"]
+    assert counts["logged"] > 10
+    assert counts["read"] == counts["logged"] + counts["dropped"]
+    events = [json.loads(l)["event"] for l in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert "disconnected" in events and "gave up" in events
+
+
+def test_reference_port_and_output_refusals(bundle, video, tmp_path):
+    deployed = load_session(bundle)
+    other = load_session("timm:vit_tiny_patch16_224", model_kwargs={
+        "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 7})
+    with pytest.raises(InputError, match="labels|classes"):
+        run(deployed, FrameSource.open(str(video)), tmp_path / "a", reference=other)
+    from vitedge.serve import LiveServer
+
+    busy = LiveServer("127.0.0.1:0", "x")
+    port = busy.address.rsplit(":", 1)[1].strip("/")
+    with pytest.raises(InputError, match=f"port {port} on 127.0.0.1 is already in use"):
+        run(deployed, FrameSource.open(str(video)), tmp_path / "b", options=RunOptions(
+            shadow_every=0, serve=f"127.0.0.1:{port}"))
+    busy.close()
+    (tmp_path / "c").mkdir()
+    with pytest.raises(InputError, match="already exists"):
+        run(deployed, FrameSource.open(str(video)), tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_sigint_stops_gracefully_with_summary_and_report(bundle, video, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([str(VITEDGE), "run", str(bundle), "--source", str(video), "--loop",
+                                "-o", str(out), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "frames.jsonl").is_file():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "signal SIGINT"
+    assert summary["frames"]["logged"] == len(_lines(out)) > 90  # it looped, and logged every frame
+    assert summary["shadow"]["compared"] > 0  # the reference was found through the lineage
+    assert (out / "report.html").is_file() and "Traceback" not in stderr
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
+def test_live_page_in_headless_chromium(bundle, video, tmp_path):
+    from vitedge.serve import free_port
+
+    port = free_port()
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.setdefault("summary", run(
+        load_session(bundle), FrameSource.open(str(video), loop=True), tmp_path / "run",
+        reference=load_session(bundle.parent / "digits-onnx"),
+        options=RunOptions(shadow_every=2, serve=f"127.0.0.1:{port}", duration=10))))
+    worker.start()
+    time.sleep(2)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:
+        head = stream.read(4096)
+    assert b"Content-Type: image/jpeg" in head and b"\xff\xd8" in head  # a JPEG frame arrived
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=60).stdout
+    worker.join(timeout=60)
+    assert 'id="stream"' in dom and 'src="/stream.mjpg"' in dom
+    frames = int(dom.split('id="frames">')[1].split("<")[0])
+    assert frames > 0  # the page's script fetched /metrics.json and filled the table
+    assert "%" in dom.split('id="agreement">')[1].split("<")[0]
+    assert done["summary"]["frames"]["logged"] > 0
+
+
+def test_eval_and_report(bundle, tmp_path):
+    from vitedge.evaluate import evaluate
+    from vitedge.report import build_report
+
+    result = evaluate([str(bundle.parent / "digits-onnx"), str(bundle)], HELDOUT, tmp_path / "ev",
+                      samples=120)
+    first, second = result["models"]
+    assert result["samples"] == 120 and result["labeled"]
+    assert first["top1"] > 0.95 and "vs_first" not in first
+    assert second["vs_first"]["samples"] == 120 and second["vs_first"]["top1_agreement"] > 0.95
+    assert abs(second["top1"] - first["top1"]) < 0.05
+    assert {d["class"] for d in second["per_class_delta"]} == {str(i) for i in range(10)}
+    data = build_report(tmp_path / "ev", tmp_path / "r" / "eval.html")
+    page = (tmp_path / "r" / "eval.html").read_text()
+    assert data["kind"] == "eval" and page.count("data:image/png;base64,") >= 3
+    assert "agreement with first" in page and (tmp_path / "r" / "eval.md").read_text().startswith("# vitedge eval")
+
+
+def test_capture_keeps_spaced_frames_and_drops_duplicates(video, tmp_path):
+    from vitedge.capture import capture
+
+    summary = capture(str(video), 12, tmp_path / "cap")
+    assert summary["kept"] + summary["near_duplicates_dropped"] <= 12 and summary["kept"] >= 6
+    assert len(list((tmp_path / "cap").glob("*.png"))) == summary["kept"]
+    static = tmp_path / "static"
+    static.mkdir()
+    frame = video_frames(video, 1)[0]
+    import cv2
+
+    for i in range(5):
+        cv2.imwrite(str(static / f"{i}.png"), frame)
+    assert capture(str(static), 5, tmp_path / "cap2")["near_duplicates_dropped"] == 4
+
+
+def test_cli_run_and_bad_inputs(bundle, video, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(bundle), "--source", str(video), "--frames", "30",
+                                 "-o", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "--frames 30 reached: 30 frames" in " ".join(result.output.split())
+    assert (tmp_path / "r" / "report.html").is_file()
+    result = runner.invoke(app, ["report", str(tmp_path / "r"), "-o", str(tmp_path / "again.html")])
+    assert result.exit_code == 0 and (tmp_path / "again.json").is_file()
+    cases = [
+        (["run", str(bundle), "--source", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "x")],
+         "does not exist"),
+        (["run", str(bundle), "--source", str(video), "-o", str(tmp_path / "r")], "already exists"),
+        (["run", str(bundle), "--source", str(video), "--reference", str(tmp_path), "-o",
+          str(tmp_path / "y")], "none of the supported formats"),
+        (["report", str(tmp_path)], "neither a run directory"),
+        (["capture", str(video), "-n", "0", "-o", str(tmp_path / "z")], "-n 0 must be at least 1"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
