@@ -99,6 +99,24 @@ def test_run_on_a_file_logs_every_frame_with_shadow(bundle, video, tmp_path):
     assert summary["loop_overhead_ms"]["p50"] > 0 and summary["deployed"]["latency_ms"]["calls"] == 90
 
 
+def test_odd_frames_are_counted_not_fatal(bundle, tmp_path):
+    import cv2
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    frame = cv2.imread(str(HELDOUT / "3" / "0045.png"))
+    cv2.imwrite(str(folder / "a.png"), cv2.resize(frame, (640, 480)))
+    cv2.imwrite(str(folder / "b.png"), cv2.cvtColor(cv2.resize(frame, (320, 240)), cv2.COLOR_BGR2GRAY))
+    (folder / "c.png").write_bytes(b"\x89PNG broken")
+    cv2.imwrite(str(folder / "d.png"), cv2.resize(frame, (640, 480)))
+    summary = run(load_session(bundle), FrameSource.open(str(folder)), tmp_path / "run",
+                  options=RunOptions(shadow_every=0))
+    counts = summary["frames"]
+    assert counts["logged"] == 4 and counts["corrupt"] == 1 and counts["size_changes"] == 2
+    lines = {l["index"]: l for l in _lines(tmp_path / "run")}
+    assert lines[2]["corrupt"] and all(lines[i]["top"][0][1] == "3" for i in (0, 1, 3))
+
+
 class SlowReference(Session):
     """A reference that takes 50 ms per frame, so the shadow queue fills up."""
 

@@ -52,12 +52,18 @@ class CompilePrecision(StrEnum):
 
 
 @dataclass
-class CompileResult:
-    out_dir: Path
+class Bundle:
+    """A bundle as read back from disk (what a device sees), with compile's lint findings."""
+
+    path: Path
     card: ModelCard
     bundle: dict[str, Any]
     passport: dict[str, Any]
     findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def runtime(self) -> str:
+        return self.bundle["runtime"]
 
 
 def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
@@ -162,7 +168,8 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                    precision: CompilePrecision | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,
-                   source_label: str | None = None, progress: Callable[[str], None] | None = None) -> CompileResult:
+                   source_label: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the bundle for `target` at `out` (atomically; nothing is left on failure)."""
     import onnx
 
@@ -215,7 +222,8 @@ def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                 runtime={"name": bundle["runtime"]}, built=built)
             _seal(staging, card, passport)
     written = read_bundle(out)  # what a device will read, so callers see exactly that
-    return CompileResult(Path(out), written.card, written.bundle, written.passport, findings)
+    written.findings = findings
+    return written
 
 
 def _fix_hint(finding: Finding, target: Target) -> str:
@@ -347,18 +355,6 @@ def _seal(staging: Path, card: ModelCard, passport: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- reading bundles
 def is_bundle(path: Path) -> bool:
     return path.is_dir() and (path / PASSPORT_NAME).is_file() and (path / BUNDLE_NAME).is_file()
-
-
-@dataclass
-class Bundle:
-    path: Path
-    card: ModelCard
-    bundle: dict[str, Any]
-    passport: dict[str, Any]
-
-    @property
-    def runtime(self) -> str:
-        return self.bundle["runtime"]
 
 
 def read_bundle(path: str | Path) -> Bundle:

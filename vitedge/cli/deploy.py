@@ -71,7 +71,7 @@ def compile_command(
         err_console.print(f"[yellow]{finding.severity}:[/] {finding.message} ({finding.node})",
                           highlight=False)
     built = result.passport["built"]
-    console.print(f"bundle: {result.out_dir}  target {profile.name}  precision "
+    console.print(f"bundle: {result.path}  target {profile.name}  precision "
                   f"{result.passport['precision']}  batch {':'.join(map(str, result.bundle['batch']))}",
                   highlight=False)
     if result.bundle["runtime"] == "onnxruntime":
@@ -83,7 +83,7 @@ def compile_command(
         console.print(f"TensorRT engine built: {built['engine']['layers_by_precision']}", highlight=False)
     else:
         console.print(f"TensorRT engine not built here: {built['not_built_because']}.\n"
-                      f"On the device: vitedge build {result.out_dir}\n"
+                      f"On the device: vitedge build {result.path}\n"
                       f"or: {result.bundle['trtexec']}", highlight=False, soft_wrap=True)
 
 

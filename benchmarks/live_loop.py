@@ -1,0 +1,101 @@
+"""`vitedge run` throughput and stability on this machine, measured in one run (the issue 5 figures).
+
+    .venv/bin/python benchmarks/live_loop.py [--frames 10000]
+
+1. FPS on a 640x480 file with the shipped INT8 CPU bundle, shadowed by the FP32 ONNX model on
+   every 5th frame; inference time and the loop's own overhead (capture is timed apart, too).
+2. The same loop for `--frames` (default 10,000) frames of the looped video: resident memory
+   after warm-up (frame 500) and at the end, and the frame accounting (read = logged + dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vitedge.camera import FrameSource  # noqa: E402
+from vitedge.compile import compile_bundle  # noqa: E402
+from vitedge.export import export_onnx  # noqa: E402
+from vitedge.live import RunOptions, run  # noqa: E402
+from vitedge.models import load  # noqa: E402
+from vitedge.quantize import quantize  # noqa: E402
+from vitedge.runtime import load as load_session  # noqa: E402
+from vitedge.synthetic import make_digits_video  # noqa: E402
+from vitedge.targets import load_target  # noqa: E402
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decode_fps(video: Path, frames: int = 300) -> float:
+    source = FrameSource.open(str(video), loop=True)
+    start = time.perf_counter()
+    for _ in range(frames):
+        source.read()
+    source.close()
+    return frames / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=10000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        export_onnx(load("builtin:digits-vit"), tmp / "fp32", parity_samples=4)
+        quantize(load(tmp / "fp32"), str(ROOT / "calibration/digits/train"), tmp / "int8",
+                 eval_data=str(ROOT / "calibration/digits/heldout"))
+        compile_bundle(load(tmp / "int8"), load_target("x86-cpu"), tmp / "x86")
+        video = make_digits_video(tmp / "cam.mp4", frames=600)
+        print(f"video: 640x480, 600 frames; decoding alone: {decode_fps(video):.0f} FPS")
+
+        deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
+        summary = run(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
+                      options=RunOptions(shadow_every=5))
+        lat, loop = summary["deployed"]["latency_ms"], summary["loop_overhead_ms"]
+        print(f"\n1. 600 frames, shadow every 5th: {summary['fps']:.1f} FPS; inference p50 "
+              f"{lat['p50_ms']:.2f} ms / p95 {lat['p95_ms']:.2f} ms; loop overhead (preprocess, "
+              f"logging) p50 {loop['p50']:.2f} ms / p95 {loop['p95']:.2f} ms; shadowed "
+              f"{summary['shadow']['compared']}, skipped {summary['shadow']['skipped_reference_behind']}; "
+              f"agreement {100 * summary['drift']['top1_agreement']:.2f}%")
+        summary = run(load_session(tmp / "x86"), FrameSource.open(str(video)), tmp / "run1r",
+                      reference=load_session(tmp / "fp32"),
+                      options=RunOptions(shadow_every=5, record=tmp / "annotated.mp4"))
+        print(f"   same with --record (overlay + mp4v encode): {summary['fps']:.1f} FPS, loop "
+              f"overhead p50 {summary['loop_overhead_ms']['p50']:.2f} ms")
+
+        marks: dict[str, float] = {}
+
+        def on_frame(line: dict) -> None:
+            if line["index"] == 500:
+                marks["warm"] = rss_mib()
+
+        deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
+        summary = run(deployed, FrameSource.open(str(video), loop=True), tmp / "run2",
+                      reference=reference, options=RunOptions(shadow_every=5, frames=args.frames),
+                      on_frame=on_frame)
+        end = rss_mib()
+        counts = summary["frames"]
+        lines = (tmp / "run2" / "frames.jsonl").read_text().splitlines()
+        indices = sorted(json.loads(line)["index"] for line in lines)
+        print(f"\n2. {args.frames} frames (looped video): {summary['fps']:.1f} FPS; RSS after warm-up "
+              f"{marks['warm']:.1f} MiB, at the end {end:.1f} MiB "
+              f"({100 * (end - marks['warm']) / marks['warm']:+.2f}%); read {counts['read']} = "
+              f"logged {counts['logged']} + dropped {counts['dropped']}; frames.jsonl has "
+              f"{len(lines)} lines, {len(set(indices))} distinct indices, "
+              f"{'each once' if indices == list(range(len(indices))) else 'GAPS OR DUPLICATES'}")
+
+
+if __name__ == "__main__":
+    main()
