@@ -354,5 +354,9 @@ def _load_artifact(directory: Path) -> LoadedModel:
     else:
         raise ModelLoadError(f"artifact {directory} records a {kind!r} source that cannot be "
                              "rebuilt in PyTorch", "use its model.onnx, or re-create it")
+    if source.get("tome"):  # a token-merging artifact: same weights, merged as its card says
+        from vitedge.tome import apply_tome
+
+        apply_tome(rebuilt.module, int(source["tome"]["r"]))
     return LoadedModel(card, rebuilt.module, weights_path=weights)
 

@@ -194,3 +194,36 @@ def capture(
                   f"near-duplicates dropped, {summary['unreadable']} unreadable); brightness "
                   f"{b['min']:.0f}/{b['median']:.0f}/{b['max']:.0f}, sharpness {s['min']:.0f}/"
                   f"{s['median']:.0f}/{s['max']:.0f} (min/median/max)", highlight=False)
+
+
+@app.command()
+def prune(
+    source: Annotated[str, typer.Argument(help="A timm ViT source or artifact with a class token.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
+    tome: Annotated[int, typer.Option(help="Token merging: tokens merged per block (ToMe, no training).")],
+    data: Annotated[Optional[str], typer.Option(help="Images to measure agreement with the original on.")] = None,
+    samples: Annotated[int, typer.Option(help="Images from --data (seeded subset).")] = 200,
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: sources.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Make a ViT do less work: token merging now (structured pruning is not built yet).
+
+    Example: vitedge prune builtin:digits-vit --tome 8 --data calibration/digits/heldout -o demo-out/digits-tome
+    """
+    from vitedge.models import load
+    from vitedge.prune import prune as run_prune
+
+    with user_errors(verbose):
+        loaded = load(source, weights=weights)
+        metrics = run_prune(loaded, out, tome=tome, data=data, samples=samples, overwrite=overwrite)
+    info = metrics["tome"]
+    line = (f"tokens {info['tokens_in']} -> {info['tokens_out']} (schedule {info['schedule']}); "
+            f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
+            f"({100 * metrics['mac_share']:.0f}%)")
+    if "agreement" in metrics:
+        agreement = metrics["agreement"]
+        line += f"; agreement with the original {100 * agreement['top1_agreement']:.2f}% on {agreement['samples']}"
+        if "top1_after" in agreement:
+            line += f", top-1 {100 * agreement['top1_before']:.2f}% -> {100 * agreement['top1_after']:.2f}%"
+    console.print(line + f"\nwrote {out}", highlight=False)

@@ -1,0 +1,97 @@
+"""Token merging: exactness at r=0, merge arithmetic, static-shape ONNX export, the prune artifact."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import HELDOUT, tiny_timm
+from vitedge.cli import app
+from vitedge.errors import InputError
+from vitedge.models import load
+from vitedge.tome import apply_tome, bipartite_merge, merge_weighted, token_schedule
+
+
+def test_r0_is_exact_and_schedule_caps_at_available_tokens():
+    model = load("builtin:digits-vit").module
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        merged = copy.deepcopy(model)
+        assert apply_tome(merged, 0)["schedule"] == [0, 0, 0, 0]
+        torch.testing.assert_close(merged(x), reference, atol=1e-5, rtol=1e-5)
+    assert token_schedule(65, 4, 16, 1) == [16, 16, 16, 8]  # 65 -> 49 -> 33 -> 17 -> 9
+    assert token_schedule(197, 12, 8, 1) == [8] * 12
+
+
+def test_merge_is_a_size_weighted_average():
+    # tokens: cls, then pairs whose a/b members are identical directions -> merge
+    x = torch.tensor([[[9.0, 0], [1, 0], [0, 1], [1, 0.1], [0, 2]]])  # a = 0,2,4  b = 1,3
+    metric = x.clone()
+    size = torch.tensor([[[1.0], [1], [1], [3], [1]]])
+    indices = bipartite_merge(metric, 1, protected=1)
+    merged, new_size = merge_weighted(x, size, indices)
+    assert merged.shape == (1, 4, 2) and new_size.sum() == size.sum()
+    assert torch.equal(merged[0, 0], x[0, 0])  # the class token is never merged, stays first
+    # token 2 ([0,1]) merged into token 3 ([1,0.1], size 3) or token 4 merged into 3: check totals
+    torch.testing.assert_close((merged * new_size).sum(1), (x * size).sum(1))
+
+
+def test_refuses_models_it_cannot_merge():
+    with pytest.raises(InputError, match="prefix token"):
+        apply_tome(tiny_timm("deit_tiny_distilled_patch16_224"), 4)
+    with pytest.raises(InputError, match="global_pool='avg'"):
+        apply_tome(tiny_timm(class_token=False, global_pool="avg"), 4)
+    with pytest.raises(InputError, match="negative"):
+        apply_tome(tiny_timm(), -1)
+    with pytest.raises(InputError, match="timm VisionTransformer"):
+        apply_tome(torch.nn.Linear(2, 2), 2)
+
+
+def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):
+    from vitedge.export import export_onnx
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["prune", "builtin:digits-vit", "--tome", "8", "--data", str(HELDOUT),
+                                 "--samples", "120", "-o", str(tmp_path / "tome")])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "tome" / "card.json").read_text())
+    metrics = card["metrics"]["prune"]
+    assert card["source"]["tome"] == {"r": 8} and card["lineage"][-1]["step"] == "prune"
+    assert metrics["tome"]["tokens_out"] == 33 and metrics["macs_after"] < 0.9 * metrics["macs_before"]
+    assert metrics["agreement"]["top1_agreement"] >= 0.95 and metrics["agreement"]["samples"] == 120
+    loaded = load(tmp_path / "tome")  # rebuilt merged, from the card
+    plain = load("builtin:digits-vit").module
+    apply_tome(plain, 8)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), plain(x))
+    export = export_onnx(loaded, tmp_path / "onnx", parity_data=HELDOUT, parity_samples=16)
+    assert export.parity.within_tolerance and export.parity.top1_agreement == 1.0
+    graph = onnx.load(tmp_path / "onnx" / "model.onnx")
+    ops = Counter(n.op_type for n in graph.graph.node)
+    assert ops["ScatterElements"] == 8 and ops["TopK"] >= 4  # two merges (x*size, size) per block
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    token_dims = {tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:])
+                  for v in inferred.graph.value_info if len(v.type.tensor_type.shape.dim) == 3}
+    assert {(65, 64), (57, 64), (49, 64), (41, 64)} <= token_dims  # tokens fall 8 per block, statically
+
+
+def test_prune_bad_inputs(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["prune", "builtin:digits-vit", "--tome", "-2", "-o", str(tmp_path / "a")], "negative"),
+        (["prune", "builtin:digits-vit", "--tome", "4", "--data", str(tmp_path), "-o", str(tmp_path / "b")],
+         "contains no image files"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert message in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,0 +1,131 @@
+"""Token merging (ToMe, Bolya et al., ICLR 2023): fewer tokens per block, no training.
+
+After each block's attention, the r most similar token pairs (bipartite soft matching on the
+attention keys, averaged over heads) are merged by a size-weighted average; later attention is
+proportional (log token size added to the logits), so a merged token counts as many as it holds.
+The class/distillation tokens are never merged. Token counts per block are fixed by r, so the
+model exports to ONNX with static shapes.
+
+Written here rather than imported: the reference implementation (facebookresearch/ToMe) patches
+timm's classes at runtime and pins an old timm. This module swaps `model.blocks` for a
+`ToMeBlocks` container holding the same submodules (weights untouched), which works with the
+timm 1.0 Block/Attention attributes (qkv, num_heads, head_dim, attn_dim, q_norm, k_norm, norm,
+proj, ls1/ls2, drop_path1/2, mlp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitedge.errors import InputError
+
+
+def bipartite_merge(metric: torch.Tensor, r: int, protected: int) -> tuple[torch.Tensor, ...]:
+    """Indices for merging r tokens: (unmerged src, merged src, their dst) over the a/b split.
+
+    Tokens alternate into sets a (even positions) and b (odd); each a token proposes its most
+    similar b token and the r best proposals are merged. With a class token (protected=1) at
+    position 0, it is a[0]: it is never a source, and it stays first among the kept tokens.
+    """
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2, :], metric[:, 1::2, :]
+    scores = a @ b.transpose(-1, -2)
+    if protected:
+        guard = torch.arange(scores.shape[1], device=scores.device) == 0
+        scores = scores.masked_fill(guard[None, :, None], float("-inf"))
+    node_max, node_idx = scores.max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    unmerged = edge_idx[:, r:, :]
+    merged = edge_idx[:, :r, :]
+    destination = node_idx[..., None].gather(dim=1, index=merged)
+    return unmerged.sort(dim=1)[0], merged, destination
+
+
+def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Tensor, ...]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average of merged tokens; returns the new tokens and their sizes."""
+    unmerged, merged, destination = indices
+
+    def merge(values: torch.Tensor) -> torch.Tensor:
+        src, dst = values[:, ::2, :], values[:, 1::2, :]
+        n, t1, c = src.shape
+        keep = src.gather(dim=1, index=unmerged.expand(n, unmerged.shape[1], c))
+        moved = src.gather(dim=1, index=merged.expand(n, merged.shape[1], c))
+        dst = dst.scatter_add(1, destination.expand(n, destination.shape[1], c), moved)
+        return torch.cat([keep, dst], dim=1)
+
+    total = merge(x * size)
+    size = merge(size)
+    return total / size, size
+
+
+class ToMeBlocks(nn.Module):
+    """The transformer blocks of a timm ViT, merging `r[i]` tokens after block i's attention."""
+
+    def __init__(self, blocks: nn.Sequential, r: list[int], protected: int) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.r = list(r)
+        self.protected = protected
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = torch.ones_like(x[..., :1])
+        for block, r in zip(self.blocks, self.r):
+            attended, metric = self._attention(block, block.norm1(x), size)
+            x = x + block.drop_path1(block.ls1(attended))
+            if r > 0:
+                x, size = merge_weighted(x, size, bipartite_merge(metric, r, self.protected))
+            x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x
+
+    @staticmethod
+    def _attention(block: nn.Module, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = block.attn
+        batch, tokens, _ = x.shape
+        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        logits = logits + size.log()[:, None, None, :, 0]  # proportional attention
+        out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
+        out = attn.proj(attn.norm(out))
+        return out, k.mean(1)
+
+
+def token_schedule(tokens: int, depth: int, r: int, protected: int) -> list[int]:
+    """r per block, reduced where fewer than 2r mergeable tokens are left."""
+    schedule = []
+    for _ in range(depth):
+        merge = max(0, min(r, (tokens - protected) // 2))
+        schedule.append(merge)
+        tokens -= merge
+    return schedule
+
+
+def apply_tome(model: nn.Module, r: int) -> dict[str, Any]:
+    """Make a timm VisionTransformer merge r tokens per block (in place); return what changed."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if r < 0:
+        raise InputError(f"--tome {r} is negative", "give tokens to merge per block, e.g. 8")
+    if not isinstance(model, VisionTransformer) or isinstance(model.blocks, ToMeBlocks):
+        raise InputError(f"token merging supports timm VisionTransformer models, not "
+                         f"{type(model).__name__}", "use a timm ViT/DeiT (timm:NAME or its artifact)")
+    if any(getattr(block.attn, "gate", None) is not None for block in model.blocks):
+        raise InputError("gated attention blocks are not supported by token merging")
+    if model.num_prefix_tokens != 1 or model.global_pool != "token":
+        # merged tokens would move a distillation/register token, and average pooling would
+        # need size weights; neither is handled, so refuse rather than drift silently
+        raise InputError(f"token merging needs one class token read by the head; this model has "
+                         f"{model.num_prefix_tokens} prefix token(s) and global_pool="
+                         f"{model.global_pool!r}", "use a ViT/DeiT with a class token")
+    grid = model.patch_embed.grid_size
+    protected = 1
+    tokens = grid[0] * grid[1] + protected
+    schedule = token_schedule(tokens, len(model.blocks), r, protected)
+    model.blocks = ToMeBlocks(model.blocks, schedule, protected)
+    return {"r": r, "schedule": schedule, "tokens_in": tokens, "tokens_out": tokens - sum(schedule),
+            "protected": protected}
