@@ -65,7 +65,7 @@ def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):
     metrics = card["metrics"]["prune"]
     assert card["source"]["tome"] == {"r": 8} and card["lineage"][-1]["step"] == "prune"
     assert metrics["tome"]["tokens_out"] == 33 and metrics["macs_after"] < 0.9 * metrics["macs_before"]
-    assert metrics["agreement"]["top1_agreement"] >= 0.95 and metrics["agreement"]["samples"] == 120
+    assert metrics["final"]["top1_agreement"] >= 0.9 and metrics["final"]["samples"] == 24  # 20% held out
     loaded = load(tmp_path / "tome")  # rebuilt merged, from the card
     plain = load("builtin:digits-vit").module
     apply_tome(plain, 8)

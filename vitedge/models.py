@@ -347,7 +347,12 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    if kind == "timm":
+    if kind == "timm" and source.get("pruned"):  # shapes no timm constructor makes: shrink, then load
+        from vitedge.structured import rebuild
+
+        rebuilt = _load_timm(source["name"], None, dict(source.get("kwargs") or {}))
+        rebuild(rebuilt.module, read_state_dict(weights), source["pruned"])
+    elif kind == "timm":
         rebuilt = _load_timm(source["name"], weights, dict(source.get("kwargs") or {}))
     elif kind == "torchvision":
         rebuilt = _load_torchvision(source["name"], weights, dict(source.get("kwargs") or {}))

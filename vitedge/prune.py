@@ -1,8 +1,10 @@
-"""`vitedge prune`: make a ViT do less work. This step: training-free token merging (ToMe).
+"""`vitedge prune`: make a ViT do less work — fewer heads, narrower MLPs/embedding, fewer tokens.
 
-The result is a torch artifact (model.safetensors + card) whose card records the merge schedule,
-so loading it rebuilds the same model: export, quantize, compile and run take it like any other.
-Structured pruning (heads, MLP width, embedding width) with distillation is not built yet.
+Structured pruning (Torch-Pruning, see structured.py) removes whole heads, MLP units and
+embedding channels; a short label-free distillation from the original (distill.py) recovers
+agreement; token merging (tome.py) can be added on top, training-free. The result is a torch
+artifact whose card records the pruned shapes and the merge schedule, so loading it rebuilds
+the same model, and export, quantize, compile and run take it like any other.
 """
 
 from __future__ import annotations
@@ -19,78 +21,189 @@ from vitedge.artifact import artifact_hash, check_output, write_card, writing_ar
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.models import LoadedModel
+from vitedge.structured import PruneRatios
 from vitedge.versions import tool_versions
 
 
-def prune(loaded: LoadedModel, out: str | Path, *, tome: int, data: str | Path | None = None,
-          samples: int = 200, overwrite: bool = False,
-          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Write a token-merging artifact at `out`; with `data`, measure agreement with the original."""
-    from safetensors.torch import save_file
+def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = None,
+          target_macs: float | None = None, importance: str | None = None,
+          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,
+          round_to: int = 8, samples: int | None = None, batch_size: int = 32, lr: float = 5e-4,
+          overwrite: bool = False, progress: Callable[[str], None] | None = None,
+          tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
+    """Prune, distill and/or merge tokens; write the artifact at `out`; return its metrics."""
+    import torch
 
     from vitedge.structure import count_macs
-    from vitedge.tome import apply_tome
+    from vitedge.structured import prune_model
 
     say = progress or (lambda _message: None)
+    ratios = ratios or PruneRatios()
+    ratios.check()
+    structured = any((ratios.heads, ratios.mlp, ratios.embed)) or target_macs is not None
+    if target_macs is not None and not 0.0 < target_macs < 1.0:
+        raise InputError(f"--target-macs {target_macs} is outside (0, 1)",
+                         "give the share of MACs to keep, e.g. 0.6")
+    if not structured and not tome:
+        raise InputError("nothing to prune: no --heads/--mlp/--embed/--target-macs and no --tome",
+                         "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --tome 8")
+    if distill_steps and data is None:
+        raise InputError("--distill-steps needs --data: distillation trains the pruned model to match "
+                         "the original on unlabeled images", "pass --data with a folder of images")
+    if distill_steps < 0 or round_to < 1:
+        raise InputError("--distill-steps must be >= 0 and --round-to >= 1")
+    importance = importance or ("taylor" if data is not None else "l2")
+    if importance == "taylor" and data is None and structured:
+        raise InputError("--importance taylor needs --data (gradients on images)",
+                         "pass --data DIR, or --importance l2")
     check_output(Path(out), overwrite)
-    original = loaded.torch_module("pruning")
     source = loaded.card.source
-    if source.get("kind") != "timm":
-        raise InputError(f"token merging needs a timm model; {loaded.card.architecture} comes from "
-                         f"{source.get('kind')!r}", "load it as timm:NAME --weights CHECKPOINT")
-    if source.get("tome"):
-        raise InputError("this model already merges tokens", "prune its parent instead")
-    merged = copy.deepcopy(original).eval()
-    info = apply_tome(merged, tome)
+    if source.get("kind") != "timm" or source.get("pruned") or source.get("tome"):
+        raise InputError(f"vitedge prunes timm ViTs that are not pruned yet; {loaded.card.architecture} "
+                         f"comes from {source.get('kind')!r}" + (" and is already pruned" if source.get(
+                             "pruned") or source.get("tome") else ""),
+                         "load it as timm:NAME --weights CHECKPOINT (or builtin:digits-vit)")
+    teacher = loaded.torch_module("pruning").eval()
     size = loaded.card.preprocessing.input_size
-    macs_before, macs_after = loaded.card.macs or count_macs(original, size), count_macs(merged, size)
-    metrics: dict[str, Any] = {"macs_before": macs_before, "macs_after": macs_after,
-                               "mac_share": macs_after / macs_before if macs_before and macs_after else None,
-                               "tome": info}
+    macs_before = count_macs(teacher, size)
+    train = holdout = labels = None
     if data is not None:
-        metrics["agreement"] = _agreement(original, merged, loaded, data, samples, say)
-    card = ModelCard.from_dict(loaded.card.to_dict())
-    card.format = "torch"
-    card.files = {}
-    card.macs = macs_after
-    card.metrics = {"prune": metrics}
-    card.source = {**{k: v for k, v in source.items() if k not in ("onnx", "quantization", "bundle")},
-                   "weights": "model.safetensors", "tome": {"r": tome}}
-    card.lineage = [*loaded.card.lineage, {
-        "step": "prune",
-        "parent": {"artifact_hash": artifact_hash(loaded.card)} if loaded.card.files else source,
-        "params": {"tome": tome}, "metrics": metrics,
-        "tools": tool_versions("torch", "timm"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }]
+        train, holdout, labels = _split(loaded, data, samples)
+    student = copy.deepcopy(teacher)
+    metrics: dict[str, Any] = {"macs_before": macs_before, "params_before": _params(teacher)}
+    if structured:
+        if target_macs is not None:
+            ratios = _search_ratios(teacher, target_macs, macs_before, size, round_to, say)
+        say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
+            f"({importance} importance)")
+        batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
+            if train is not None else []
+        shapes = prune_model(student, ratios, importance=importance, batches=batches, teacher=teacher,
+                             round_to=round_to)
+        metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
+                        "importance": importance, "round_to": round_to, "structure": shapes})
+        if holdout is not None:
+            metrics["before_distill"] = _measure(teacher, student, holdout, labels)
+        if distill_steps:
+            from vitedge.distill import DistillConfig, distill
+
+            say(f"distilling {distill_steps} steps on {len(train)} images "
+                f"({len(holdout)} held out for early stopping)")
+            checkpoint = Path(str(out) + ".distill.pt")
+            history = distill(student, teacher, train, holdout,
+                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr),
+                              checkpoint=checkpoint, tick=tick,
+                              identity={"structure": shapes["after"], "data": str(data),
+                                        "parent": artifact_hash(loaded.card) if loaded.card.files else source})
+            metrics["distill"] = history
+            metrics["after_distill"] = _measure(teacher, student, holdout, labels)
+    plain_state = {k: v.contiguous() for k, v in student.state_dict().items()}
+    if tome:
+        from vitedge.tome import apply_tome
+
+        metrics["tome"] = apply_tome(student, tome)
+        if holdout is not None:
+            metrics["final"] = _measure(teacher, student, holdout, labels)
+    metrics["macs_after"] = count_macs(student, size)
+    metrics["params_after"] = _params(student)
+    metrics["mac_share"] = metrics["macs_after"] / macs_before if macs_before else None
+    card = _card(loaded, student, metrics, structured, tome)
+    from safetensors.torch import save_file
+
     with writing_artifact(Path(out), overwrite=overwrite) as staging:
-        # the weights are untouched by merging: save the plain model's, the card says how to merge
-        save_file({k: v.contiguous() for k, v in original.state_dict().items()},
-                  str(staging / "model.safetensors"))
+        save_file(plain_state, str(staging / "model.safetensors"))
         write_card(staging, card)
+    if distill_steps:
+        Path(str(out) + ".distill.pt").unlink(missing_ok=True)  # finished: no resume needed
     return metrics
 
 
-def _agreement(original: Any, merged: Any, loaded: LoadedModel, data: str | Path, samples: int,
-               say: Callable[[str], None]) -> dict[str, Any]:
-    import torch
+def _params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
 
+
+def _split(loaded: LoadedModel, data: str | Path, samples: int | None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Training images and a held-out slice (20%, at most 200) for agreement and early stopping."""
     from vitedge.calibration import model_labels, open_data
-    from vitedge.drift import compare, topk_accuracy
 
     dataset = open_data(data, loaded.card.preprocessing, samples=samples, role="prune --data")
-    say(f"measuring agreement on {len(dataset)} samples")
-    outputs: dict[str, list[np.ndarray]] = {"original": [], "merged": []}
-    with torch.inference_mode():
-        for batch in dataset.batches(16):
-            tensor = torch.from_numpy(batch)
-            outputs["original"].append(original(tensor).float().numpy())
-            outputs["merged"].append(merged(tensor).float().numpy())
-    before, after = (np.concatenate(v) for v in outputs.values())
-    drift = compare(before, after)
-    result = {"samples": len(before), "top1_agreement": drift.top1_agreement, "kl": drift.kl}
+    arrays = np.concatenate(list(dataset.batches(64)))
     labels = model_labels(loaded.card, dataset)
+    order = np.random.default_rng(0).permutation(len(arrays))
+    held = min(200, max(10, len(arrays) // 5))
+    return (arrays[order[held:]], arrays[order[:held]],
+            labels[order[:held]] if labels is not None else None)
+
+
+def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    import torch
+
+    from vitedge.drift import compare, topk_accuracy
+
+    student.eval()
+    with torch.inference_mode():
+        tensor = torch.from_numpy(images)
+        reference = torch.cat([teacher(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
+        pruned = torch.cat([student(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
+    drift = compare(reference, pruned)
+    result = {"samples": len(images), "top1_agreement": drift.top1_agreement, "kl": drift.kl}
     if labels is not None:
-        result["top1_before"] = topk_accuracy(before, labels)
-        result["top1_after"] = topk_accuracy(after, labels)
+        result["top1_original"] = topk_accuracy(reference, labels)
+        result["top1_pruned"] = topk_accuracy(pruned, labels)
     return result
+
+
+def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[int, int],
+                   round_to: int, say: Callable[[str], None]) -> PruneRatios:
+    """The smallest equal heads/MLP ratio whose pruned model keeps at most `target` of the MACs."""
+    from vitedge.structure import count_macs
+    from vitedge.structured import prune_model
+
+    low, high, best = 0.0, 0.95, None
+    for _ in range(8):
+        middle = (low + high) / 2
+        trial = copy.deepcopy(teacher)
+        prune_model(trial, PruneRatios(heads=middle, mlp=middle), importance="l2", round_to=round_to)
+        share = count_macs(trial, size) / macs_before
+        if share <= target:
+            best, high = middle, middle
+        else:
+            low = middle
+    if best is None:
+        raise InputError(f"--target-macs {target} cannot be reached by pruning heads and MLP units",
+                         "raise --target-macs, or add --embed / --tome")
+    say(f"--target-macs {target}: heads and MLP ratio {best:.2f}")
+    return PruneRatios(heads=best, mlp=best)
+
+
+def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured: bool, tome: int) -> ModelCard:
+    from vitedge.structured import structure_of
+
+    card = ModelCard.from_dict(loaded.card.to_dict())
+    card.format = "torch"
+    card.files = {}
+    card.macs = metrics["macs_after"]
+    card.params = metrics["params_after"]
+    card.metrics = {"prune": metrics}
+    source = {k: v for k, v in loaded.card.source.items() if k not in ("onnx", "quantization", "bundle")}
+    source["weights"] = "model.safetensors"
+    if structured:
+        shapes = metrics["structure"]["after"]
+        source["pruned"] = shapes
+        card.structure = type(card.structure).from_dict({
+            **card.structure.to_dict(), "embed_dim": shapes["embed_dim"],
+            "num_heads": max(shapes["num_heads"]), "mlp_hidden": max(shapes["mlp_hidden"])})
+    if tome:
+        source["tome"] = {"r": tome}
+    card.source = source
+    card.lineage = [*loaded.card.lineage, {
+        "step": "prune",
+        "parent": {"artifact_hash": artifact_hash(loaded.card)} if loaded.card.files else loaded.card.source,
+        "params": {k: metrics[k] for k in ("ratios", "importance", "round_to") if k in metrics}
+        | ({"tome": tome} if tome else {}),
+        "metrics": {k: v for k, v in metrics.items() if k not in ("structure",)},
+        "tools": tool_versions("torch", "timm", "torch-pruning"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }]
+    return card

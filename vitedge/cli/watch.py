@@ -198,32 +198,69 @@ def capture(
 
 @app.command()
 def prune(
-    source: Annotated[str, typer.Argument(help="A timm ViT source or artifact with a class token.")],
+    source: Annotated[str, typer.Argument(help="A timm ViT (timm:NAME -w CKPT, builtin:digits-vit, or its artifact).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
-    tome: Annotated[int, typer.Option(help="Token merging: tokens merged per block (ToMe, no training).")],
-    data: Annotated[Optional[str], typer.Option(help="Images to measure agreement with the original on.")] = None,
-    samples: Annotated[int, typer.Option(help="Images from --data (seeded subset).")] = 200,
+    heads: Annotated[float, typer.Option(help="Share of attention heads to remove per block.")] = 0.0,
+    mlp: Annotated[float, typer.Option(help="Share of MLP hidden units to remove.")] = 0.0,
+    embed: Annotated[float, typer.Option(help="Share of the embedding width to remove.")] = 0.0,
+    target_macs: Annotated[Optional[float], typer.Option(
+        help="Instead of ratios: keep this share of MACs (heads and MLP pruned equally).")] = None,
+    importance: Annotated[Optional[str], typer.Option(
+        help="taylor (needs --data) | l2 (default without --data).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
+    distill_steps: Annotated[int, typer.Option(help="Distillation steps from the original after pruning.")] = 0,
+    tome: Annotated[int, typer.Option(help="Token merging: tokens merged per block (training-free).")] = 0,
+    round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of this.")] = 8,
+    samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Distillation batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Distillation peak learning rate.")] = 5e-4,
     weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: sources.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Make a ViT do less work: token merging now (structured pruning is not built yet).
+    """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
 
-    Example: vitedge prune builtin:digits-vit --tome 8 --data calibration/digits/heldout -o demo-out/digits-tome
+    Example: vitedge prune builtin:digits-vit --heads 0.5 --mlp 0.5 --data calibration/digits/train
+    --distill-steps 600 -o demo-out/digits-pruned
     """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     from vitedge.models import load
     from vitedge.prune import prune as run_prune
+    from vitedge.structured import PruneRatios
 
-    with user_errors(verbose):
+    say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    with user_errors(verbose), Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.description}"),
+                                        TimeRemainingColumn(), console=err_console, disable=quiet,
+                                        transient=True) as bar:
+        task = bar.add_task("", total=max(distill_steps, 1))
+
+        def tick(step: int, total: int, agreement: float | None) -> None:
+            bar.update(task, completed=step, description=f"agreement {100 * (agreement or 0):.1f}%")
+
+        ratios = PruneRatios(heads=heads, mlp=mlp, embed=embed)
+        ratios.check()
         loaded = load(source, weights=weights)
-        metrics = run_prune(loaded, out, tome=tome, data=data, samples=samples, overwrite=overwrite)
-    info = metrics["tome"]
-    line = (f"tokens {info['tokens_in']} -> {info['tokens_out']} (schedule {info['schedule']}); "
-            f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
-            f"({100 * metrics['mac_share']:.0f}%)")
-    if "agreement" in metrics:
-        agreement = metrics["agreement"]
-        line += f"; agreement with the original {100 * agreement['top1_agreement']:.2f}% on {agreement['samples']}"
-        if "top1_after" in agreement:
-            line += f", top-1 {100 * agreement['top1_before']:.2f}% -> {100 * agreement['top1_after']:.2f}%"
-    console.print(line + f"\nwrote {out}", highlight=False)
+        metrics = run_prune(loaded, out, ratios=ratios, target_macs=target_macs, importance=importance,
+                            data=data, distill_steps=distill_steps, tome=tome, round_to=round_to,
+                            samples=samples, batch_size=batch_size, lr=lr, overwrite=overwrite,
+                            progress=say, tick=tick)
+    lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
+             f"({100 * metrics['mac_share']:.0f}%), parameters {metrics['params_before'] / 1e6:.2f} M -> "
+             f"{metrics['params_after'] / 1e6:.2f} M"]
+    if "structure" in metrics:
+        after = metrics["structure"]["after"]
+        lines.append(f"kept: embed {after['embed_dim']}, heads per block {after['num_heads']}, "
+                     f"MLP widths {after['mlp_hidden']}")
+    for key, title in (("before_distill", "after pruning"), ("after_distill", "after distillation"),
+                       ("final", "with token merging")):
+        if key in metrics:
+            m = metrics[key]
+            lines.append(f"{title}: agreement {100 * m['top1_agreement']:.2f}% on {m['samples']} held-out"
+                         + (f", top-1 {100 * m['top1_original']:.2f}% -> {100 * m['top1_pruned']:.2f}%"
+                            if "top1_pruned" in m else ""))
+    if "tome" in metrics:
+        info = metrics["tome"]
+        lines.append(f"token merging: {info['tokens_in']} -> {info['tokens_out']} tokens ({info['schedule']})")
+    console.print("\n".join(lines) + f"\nwrote {out}", highlight=False)

@@ -1,0 +1,127 @@
+"""Knowledge distillation: train a pruned model to match the original's logits on unlabeled images.
+
+Label-free (KL between the teacher's and student's softened outputs on the same augmented
+batch), with a held-out slice of the images for early stopping on top-1 agreement, and a
+checkpoint written at every evaluation so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    temperature: float = 2.0
+    eval_every: int = 50
+    patience: int = 4  # evaluations without a better agreement before stopping
+    augment: bool = True
+    seed: int = 0
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shift (reflect-padded crop), horizontal flip and a little noise, on model inputs."""
+    n, _, h, w = batch.shape
+    pad = max(1, h // 8)
+    padded = nn.functional.pad(batch, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out + 0.05 * torch.randn(out.shape, generator=generator)
+
+
+def agreement(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor) -> float:
+    student.eval()
+    with torch.inference_mode():
+        predicted = torch.cat([student(images[i:i + 64]) for i in range(0, len(images), 64)])
+    return float((predicted.argmax(1) == teacher_logits.argmax(1)).float().mean())
+
+
+def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: np.ndarray,
+            config: DistillConfig, *, checkpoint: Path | None = None, identity: dict[str, Any] | None = None,
+            tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
+    """Train `student` in place; return the history. `identity` ties a checkpoint to its run."""
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    teacher.eval()
+    images = torch.from_numpy(train)
+    held = torch.from_numpy(holdout)
+    with torch.inference_mode():
+        held_targets = torch.cat([teacher(held[i:i + 64]) for i in range(0, len(held), 64)])
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                   pct_start=0.1)
+    key = hashlib.sha256(json.dumps({"config": asdict(config), **(identity or {})},
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    start = 0
+    best = agreement(student, held_targets, held)
+    history: dict[str, Any] = {"agreement_before": best, "evaluations": [], "resumed_from": None}
+    best_state = {k: v.clone() for k, v in student.state_dict().items()}
+    stale = 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") == key:
+            student.load_state_dict(saved["student"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            generator.set_state(saved["generator"])
+            start, best, best_state, stale = saved["step"], saved["best"], saved["best_state"], saved["stale"]
+            history = saved["history"]
+            history["resumed_from"] = start
+    temperature = config.temperature
+    step = start
+    for step in range(start, config.steps):
+        student.train()
+        index = torch.randint(0, len(images), (min(config.batch_size, len(images)),), generator=generator)
+        batch = images[index]
+        if config.augment:
+            batch = augment(batch, generator)
+        with torch.no_grad():
+            target = nn.functional.log_softmax(teacher(batch) / temperature, dim=1)
+        output = nn.functional.log_softmax(student(batch) / temperature, dim=1)
+        loss = nn.functional.kl_div(output, target, log_target=True, reduction="batchmean") * temperature ** 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            current = agreement(student, held_targets, held)
+            history["evaluations"].append({"step": done, "loss": float(loss.detach()), "agreement": current})
+            if current > best:
+                best, stale = current, 0
+                best_state = {k: v.clone() for k, v in student.state_dict().items()}
+            else:
+                stale += 1
+            if checkpoint is not None:
+                partial = checkpoint.with_name(checkpoint.name + ".partial")
+                torch.save({"key": key, "step": done, "student": student.state_dict(),
+                            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                            "generator": generator.get_state(), "best": best, "best_state": best_state,
+                            "stale": stale, "history": history}, partial)
+                os.replace(partial, checkpoint)
+            if tick is not None:
+                tick(done, config.steps, current)
+            if stale >= config.patience:
+                history["early_stop_at"] = done
+                break
+    student.load_state_dict(best_state)
+    student.eval()
+    history.update({"agreement_after": best, "steps_run": step + 1 - start + (start or 0),
+                    "holdout_samples": len(holdout), "train_samples": len(train)})
+    return history
