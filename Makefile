@@ -6,7 +6,7 @@ VITEDGE := $(VENV)/bin/vitedge
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT := demo-out
 
-.PHONY: install browser test demo clean
+.PHONY: install browser test demo demo-prune clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,17 @@ demo: install
 	@echo "== 10/10 the drift report"
 	$(VITEDGE) report $(DEMO_OUT)/run -o $(DEMO_OUT)/report.html
 	@echo "done: open $(DEMO_OUT)/report.html (quantization report: $(DEMO_OUT)/digits-int8/quant_report.md)"
+
+# A second demo: structured pruning + distillation of the shipped model, then the usual path.
+demo-prune: install
+	@echo "== 1/4 prune half the heads and half the MLP units (Taylor), distill from the original"
+	$(VITEDGE) prune builtin:digits-vit --heads 0.5 --mlp 0.5 --data calibration/digits/train --distill-steps 1500 -o $(DEMO_OUT)/digits-pruned --overwrite
+	@echo "== 2/4 export the pruned model (parity-checked)"
+	$(VITEDGE) export $(DEMO_OUT)/digits-pruned -o $(DEMO_OUT)/digits-pruned-onnx --data calibration/digits/heldout --overwrite
+	@echo "== 3/4 INT8 on top of pruning (vit-safe)"
+	$(VITEDGE) quantize $(DEMO_OUT)/digits-pruned-onnx --calib calibration/digits/train --eval calibration/digits/heldout -o $(DEMO_OUT)/digits-pruned-int8 --overwrite
+	@echo "== 4/4 bench original vs pruned vs pruned INT8 on the held-out digits"
+	$(VITEDGE) bench builtin:digits-vit $(DEMO_OUT)/digits-pruned $(DEMO_OUT)/digits-pruned-onnx $(DEMO_OUT)/digits-pruned-int8 --batch 1,16 --data calibration/digits/heldout --runs 30
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
