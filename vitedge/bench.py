@@ -94,11 +94,12 @@ def model_size_mib(source: str | Path, session: Session) -> float | None:
             if session.backend == "onnxruntime" and bundle["runtime"] == "tensorrt":
                 names = ["model.onnx"]
         files = [path / n for n in names if (path / n).is_file()]
-        return sum(f.stat().st_size for f in files) / 2**20 if files else None
+        if files:
+            return sum(f.stat().st_size for f in files) / 2**20
     module = getattr(session, "module", None)
     if module is not None:
         return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
-    return path.stat().st_size / 2**20 if path.is_file() else None
+    return path.stat().st_size / 2**20 if path.is_file() else None  # e.g. a .onnx file
 
 
 def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
