@@ -13,13 +13,11 @@ Also prints the time to open each bundle (offline optimization pays off there).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,14 +75,7 @@ def main() -> None:
             print("\nskipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))
             return
         deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
-        items = sorted(realdata.labels_by_path().items())
-        order = np.random.default_rng(0).permutation(len(items))  # same split as quantize_vit.py
-        for split, indices in {"calib": order[:300], "eval": order[300:]}.items():
-            for index in indices:
-                path, label = items[index]
-                folder = tmp / split / deit.card.labels[label].replace("/", "_")
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, folder / path.name)
+        realdata.split_image_folders(tmp, deit.card.labels)
         deit_sources = pipeline(tmp, "deit", deit, str(tmp / "calib"), str(tmp / "eval"),
                                 realdata.IMAGES)
         # The PyTorch model needs --weights, which bench's sources cannot carry, so the FP32 ONNX

@@ -15,7 +15,6 @@ Token merging on DeiT-Tiny is in benchmarks/tome_deit.py.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -91,14 +90,7 @@ def main() -> None:
             print("\nskipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))
             return
         deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
-        items = sorted(realdata.labels_by_path().items())
-        order = np.random.default_rng(0).permutation(len(items))  # the split quantize_vit.py uses
-        for split, indices in {"calib": order[:300], "eval": order[300:]}.items():
-            for index in indices:
-                path, label = items[index]
-                folder = tmp / split / deit.card.labels[label].replace("/", "_")
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, folder / path.name)
+        realdata.split_image_folders(tmp, deit.card.labels)
         start = time.perf_counter()
         metrics = prune(deit, tmp / "deit-pruned", ratios=PruneRatios(heads=0.25, mlp=0.25),
                         data=tmp / "calib", distill_steps=args.deit_steps, batch_size=16, lr=1e-4)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,16 +143,8 @@ def main() -> None:
             return
         deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
         export_onnx(deit, tmp / "deit", parity_data=realdata.IMAGES, parity_samples=8)
-        items = sorted(realdata.labels_by_path().items())
-        order = np.random.default_rng(0).permutation(len(items))
-        splits = {"calib": order[:300], "eval": order[300:]}
-        # ImageFolders named after the model's labels, so vitedge reads labels like a user's data
-        for split, indices in splits.items():
-            for index in indices:
-                path, label = items[index]
-                folder = tmp / split / deit.card.labels[label].replace("/", "_")
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, folder / path.name)
+        realdata.split_image_folders(tmp, deit.card.labels)
+        splits = ("calib", "eval")
         card = load(tmp / "deit").card
         label_lookup = {name.replace("/", "_"): i for i, name in enumerate(card.labels)}
         arrays = {}

@@ -28,3 +28,25 @@ def labels_by_path() -> dict[Path, int]:
     index = {entry["synset"]: entry["index"] for entry in json.loads(CLASSES.read_text())}
     return {path: index[path.name.split("_")[0]] for path in sorted(IMAGES.iterdir())
             if path.name.split("_")[0] in index}
+
+
+def split_image_folders(root: Path, labels: list[str], calibration: int = 300) -> tuple[Path, Path]:
+    """Copy the images into root/calib and root/eval ImageFolders named after the model's labels.
+
+    The split is seeded (the same in every benchmark): `calibration` images to calibrate, prune
+    or distill on, the rest to evaluate. Folder names are the labels ('/' replaced by '_'), so
+    vitedge reads the labels as it would from a user's data.
+    """
+    import shutil
+
+    import numpy as np
+
+    items = sorted(labels_by_path().items())
+    order = np.random.default_rng(0).permutation(len(items))
+    for split, indices in {"calib": order[:calibration], "eval": order[calibration:]}.items():
+        for index in indices:
+            path, label = items[index]
+            folder = root / split / labels[label].replace("/", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
+    return root / "calib", root / "eval"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, REPO
+from conftest import HELDOUT
 from streams import MjpegServer, video_frames
 from vitedge.camera import FrameSource
 from vitedge.cli import app

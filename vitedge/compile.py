@@ -24,7 +24,7 @@ from vitedge.artifact import (artifact_hash, atomic_write_text, read_card, sha25
 from vitedge.card import ModelCard
 from vitedge.errors import ExportError, InputError, MissingDependencyError
 from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
-from vitedge.passport import PASSPORT_NAME, machine_arch, machine_facts, make_passport
+from vitedge.passport import PASSPORT_NAME, machine_facts, make_passport
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import Precision, Runtime, Scheme, Target
 from vitedge.versions import tool_versions

@@ -178,8 +178,6 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
 
 
 def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured: bool, tome: int) -> ModelCard:
-    from vitedge.structured import structure_of
-
     card = ModelCard.from_dict(loaded.card.to_dict())
     card.format = "torch"
     card.files = {}
