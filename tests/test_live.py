@@ -126,7 +126,7 @@ class SlowReference(Session):
         self.inner, self.card = inner, inner.card
 
     def _infer(self, batch):
-        time.sleep(0.05)
+        time.sleep(0.15)
         return self.inner.infer(batch)
 
 
@@ -180,10 +180,10 @@ def test_sigint_stops_gracefully_with_summary_and_report(bundle, video, tmp_path
     process = subprocess.Popen([str(VITEDGE), "run", str(bundle), "--source", str(video), "--loop",
                                 "-o", str(out), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "frames.jsonl").is_file():
+    deadline = time.time() + 90  # until it has looped (frames.jsonl is flushed every second)
+    while time.time() < deadline and not (
+            (out / "frames.jsonl").is_file() and len((out / "frames.jsonl").read_text().splitlines()) > 100):
         time.sleep(0.2)
-    time.sleep(2.0)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
@@ -204,10 +204,14 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
 
     port = free_port()
     done: dict = {}
+    stop = threading.Event()
+    source = FrameSource.open(str(video), loop=True)
+    read = source.read
+    source.read = lambda: None if stop.is_set() else read()  # ends the run when the test is done
     worker = threading.Thread(target=lambda: done.setdefault("summary", run(
-        load_session(bundle), FrameSource.open(str(video), loop=True), tmp_path / "run",
+        load_session(bundle), source, tmp_path / "run",
         reference=load_session(bundle.parent / "digits-onnx"),
-        options=RunOptions(shadow_every=2, serve=f"127.0.0.1:{port}", duration=10))))
+        options=RunOptions(shadow_every=2, serve=f"127.0.0.1:{port}", duration=120))))
     worker.start()
     time.sleep(2)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:
@@ -215,7 +219,8 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
     assert b"Content-Type: image/jpeg" in head and b"\xff\xd8" in head  # a JPEG frame arrived
     dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                           "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{port}/"],
-                         capture_output=True, text=True, timeout=60).stdout
+                         capture_output=True, text=True, timeout=90).stdout
+    stop.set()
     worker.join(timeout=60)
     assert 'id="stream"' in dom and 'src="/stream.mjpg"' in dom
     frames = int(dom.split('id="frames">')[1].split("<")[0])
