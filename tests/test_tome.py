@@ -35,8 +35,8 @@ def test_merge_is_a_size_weighted_average():
     x = torch.tensor([[[9.0, 0], [1, 0], [0, 1], [1, 0.1], [0, 2]]])  # a = 0,2,4  b = 1,3
     metric = x.clone()
     size = torch.tensor([[[1.0], [1], [1], [3], [1]]])
-    indices = bipartite_merge(metric, 1, protected=1)
-    merged, new_size = merge_weighted(x, size, indices)
+    indices = bipartite_merge(metric[:, 1:], 1)
+    merged, new_size = merge_weighted(x, size, indices, protected=1)
     assert merged.shape == (1, 4, 2) and new_size.sum() == size.sum()
     assert torch.equal(merged[0, 0], x[0, 0])  # the class token is never merged, stays first
     # token 2 ([0,1]) merged into token 3 ([1,0.1], size 3) or token 4 merged into 3: check totals
@@ -76,7 +76,7 @@ def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):
     assert export.parity.within_tolerance and export.parity.top1_agreement == 1.0
     graph = onnx.load(tmp_path / "onnx" / "model.onnx")
     ops = Counter(n.op_type for n in graph.graph.node)
-    assert ops["ScatterElements"] == 4 and ops["TopK"] >= 4  # one merge per block (tokens + sizes together)
+    assert ops["ScatterND"] == 4 and ops["TopK"] >= 4  # one scatter-add per block (tokens + sizes together)
     inferred = onnx.shape_inference.infer_shapes(graph)
     token_dims = {tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:])
                   for v in inferred.graph.value_info if len(v.type.tensor_type.shape.dim) == 3}

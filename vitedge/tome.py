@@ -23,42 +23,43 @@ from torch import nn
 from vitedge.errors import InputError
 
 
-def bipartite_merge(metric: torch.Tensor, r: int, protected: int) -> tuple[torch.Tensor, ...]:
-    """Indices for merging r tokens: (unmerged src, merged src, their dst) over the a/b split.
+def bipartite_merge(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
+    """Indices for merging r tokens: (unmerged a, merged a, their b destinations), per image.
 
-    Tokens alternate into sets a (even positions) and b (odd); each a token proposes its most
-    similar b token and the r best proposals are merged. With a class token (protected=1) at
-    position 0, it is a[0]: it is never a source, and it stays first among the kept tokens.
+    `metric` holds the mergeable tokens only (the class token is kept aside). They alternate into
+    sets a and b exactly as in ToMe, where the class token is a's first member: patch tokens at
+    odd positions here (even overall) form a, the others b. Each a token proposes its most similar
+    b token and the r best proposals are merged.
     """
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    a, b = metric[:, ::2, :], metric[:, 1::2, :]
-    scores = a @ b.transpose(-1, -2)
-    if protected:
-        guard = torch.arange(scores.shape[1], device=scores.device) == 0
-        scores = scores.masked_fill(guard[None, :, None], float("-inf"))
+    scores = metric[:, 1::2, :] @ metric[:, ::2, :].transpose(-1, -2)
     node_max, node_idx = scores.max(dim=-1)
-    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-    unmerged = edge_idx[:, r:, :]
-    merged = edge_idx[:, :r, :]
-    destination = node_idx[..., None].gather(dim=1, index=merged)
-    return unmerged.sort(dim=1)[0], merged, destination
+    order = node_max.argsort(dim=-1, descending=True)
+    merged = order[:, :r]
+    return order[:, r:].sort(dim=1)[0], merged, node_idx.gather(dim=1, index=merged)
 
 
-def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Tensor, ...]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Tensor, ...],
+                   protected: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average of merged tokens; returns the new tokens and their sizes.
 
-    Tokens (times their size) and sizes travel as one tensor, so each block does one gather
-    pair and one scatter instead of two: on a CPU these small ops are what merging costs.
+    Tokens (times their size) and sizes travel as one tensor, and the batch is flattened so the
+    gathers and the scatter index one axis (ONNX Gather/ScatterND, no per-element index tensors):
+    on a CPU these small ops are what merging costs.
     """
     unmerged, merged, destination = indices
     values = torch.cat([x * size, size], dim=-1)
-    src, dst = values[:, ::2, :], values[:, 1::2, :]
-    n, _, c = src.shape
-    keep = src.gather(dim=1, index=unmerged.expand(n, unmerged.shape[1], c))
-    moved = src.gather(dim=1, index=merged.expand(n, merged.shape[1], c))
-    dst = dst.scatter_add(1, destination.expand(n, destination.shape[1], c), moved)
-    total = torch.cat([keep, dst], dim=1)
+    head, rest = values[:, :protected], values[:, protected:]
+    src, dst = rest[:, 1::2, :], rest[:, ::2, :]  # a, b as in bipartite_merge
+    batch, count_a, channels = src.shape
+    count_b = dst.shape[1]
+    offset_a = (torch.arange(batch, device=x.device) * count_a)[:, None]
+    offset_b = (torch.arange(batch, device=x.device) * count_b)[:, None]
+    flat_src = src.reshape(batch * count_a, channels)
+    keep = flat_src[(unmerged + offset_a).reshape(-1)].reshape(batch, -1, channels)
+    moved = flat_src[(merged + offset_a).reshape(-1)]
+    dst = dst.reshape(batch * count_b, channels).index_add(0, (destination + offset_b).reshape(-1), moved)
+    total = torch.cat([head, keep, dst.reshape(batch, count_b, channels)], dim=1)
     size = total[..., -1:]
     return total[..., :-1] / size, size
 
@@ -78,7 +79,8 @@ class ToMeBlocks(nn.Module):
             attended, metric = self._attention(block, block.norm1(x), size)
             x = x + block.drop_path1(block.ls1(attended))
             if r > 0:
-                x, size = merge_weighted(x, size, bipartite_merge(metric, r, self.protected))
+                indices = bipartite_merge(metric[:, self.protected:], r)
+                x, size = merge_weighted(x, size, indices, self.protected)
             x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
         return x
 
