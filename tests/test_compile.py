@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from conftest import HELDOUT, REPO, TRAIN
 from vitedge.calibration import open_data
 from vitedge.cli import app
-from vitedge.compile import CompilePrecision, compile_bundle, read_bundle
+from vitedge.bundle import read_bundle
+from vitedge.compile import CompilePrecision, compile_bundle
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.models import load
 from vitedge.quantize import Recipe, quantize, run_onnx

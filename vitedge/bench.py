@@ -83,7 +83,7 @@ def model_size_mib(source: str | Path, session: Session) -> float | None:
     """Bytes of what the runtime loads: the engine or ONNX (with external data), or torch weights."""
     path = Path(str(source))
     if path.is_dir():
-        from vitedge.compile import is_bundle
+        from vitedge.bundle import is_bundle
 
         names = ["model.onnx", "model.onnx.data"]
         if is_bundle(path):

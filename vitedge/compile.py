@@ -14,13 +14,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.artifact import (artifact_hash, atomic_write_text, read_card, sha256_file,
-                              verify_files, write_card, writing_artifact)
+from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file, writing_artifact
+from vitedge.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
 from vitedge.card import ModelCard
 from vitedge.errors import ExportError, InputError, MissingDependencyError
 from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
@@ -34,9 +33,6 @@ if TYPE_CHECKING:
 
     from vitedge.models import LoadedModel
 
-BUNDLE_NAME = "bundle.json"
-MODEL = "model.onnx"
-SOURCE = "source.onnx"
 FP16_MODEL = "model.fp16.onnx"
 TRTEXEC_SCRIPT = "trtexec.sh"
 # Nodes that stay FP32 when a TensorRT engine runs in FP16: FP16 LayerNorm/Softmax/reductions
@@ -49,21 +45,6 @@ class CompilePrecision(StrEnum):
     FP16 = "fp16"
     INT8 = "int8"
     BEST = "best"  # INT8 from a QDQ graph (FP16 for its float layers on TensorRT), else the fastest float
-
-
-@dataclass
-class Bundle:
-    """A bundle as read back from disk (what a device sees), with compile's lint findings."""
-
-    path: Path
-    card: ModelCard
-    bundle: dict[str, Any]
-    passport: dict[str, Any]
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def runtime(self) -> str:
-        return self.bundle["runtime"]
 
 
 def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
@@ -220,7 +201,7 @@ def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                              else sha256_file(source_path)),
                 input_info={**bundle["input"], "batch": bundle["batch"]}, files={},
                 runtime={"name": bundle["runtime"]}, built=built)
-            _seal(staging, card, passport)
+            seal(staging, card, passport)
     written = read_bundle(out)  # what a device will read, so callers see exactly that
     written.findings = findings
     return written
@@ -344,40 +325,7 @@ def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple
     return card
 
 
-def _seal(staging: Path, card: ModelCard, passport: dict[str, Any]) -> None:
-    """Hash the model files into the passport, write it, then the card (which hashes it too)."""
-    passport["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
-                         if p.is_file() and p.name not in (PASSPORT_NAME, "card.json")}
-    atomic_write_text(staging / PASSPORT_NAME, json.dumps(passport, indent=2) + "\n")
-    write_card(staging, card)
-
-
-# ---------------------------------------------------------------------------- reading bundles
-def is_bundle(path: Path) -> bool:
-    return path.is_dir() and (path / PASSPORT_NAME).is_file() and (path / BUNDLE_NAME).is_file()
-
-
-def read_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle: every file must match the hashes its card and passport hold."""
-    path = Path(path)
-    if not is_bundle(path):
-        raise InputError(f"{path} is not a vitedge bundle (no {PASSPORT_NAME} / {BUNDLE_NAME})",
-                         "make one with: vitedge compile SRC --target NAME -o BUNDLE")
-    card = read_card(path)
-    verify_files(path, card)
-    try:
-        passport = json.loads((path / PASSPORT_NAME).read_text())
-        bundle = json.loads((path / BUNDLE_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} has an unreadable passport or bundle.json ({exc.msg})",
-                         "re-create the bundle with vitedge compile") from None
-    for name, digest in passport.get("files", {}).items():
-        if card.files.get(name) != digest:
-            raise InputError(f"{path / name} does not match the hash in its passport",
-                             "the bundle was changed after it was made; re-create it")
-    return Bundle(path, card, bundle, passport)
-
-
+# ---------------------------------------------------------------- finishing bundles on a device
 def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = None) -> Bundle:
     """`vitedge build`: finish a TensorRT bundle's engine on this machine (atomically, in place)."""
     say = progress or (lambda _message: None)
@@ -401,7 +349,7 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
         say("building the TensorRT engine")
         built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
         atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
-        _seal(staging, current.card, {**current.passport, "built": built})
+        seal(staging, current.card, {**current.passport, "built": built})
     return read_bundle(path)
 
 
@@ -425,5 +373,5 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
         bundle = dict(current.bundle)
         bundle["session"] = {**bundle["session"], "optimization": "disabled"}
         atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
-        _seal(staging, current.card, passport)
+        seal(staging, current.card, passport)
     return read_bundle(path)

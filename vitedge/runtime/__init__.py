@@ -24,7 +24,7 @@ def load(source: str | Path, *, rebuild: bool = False, backend: str | None = Non
     (to check the graph on a machine without TensorRT; the session says so in its description).
     The session's `card` attribute holds the model card (labels, preprocessing).
     """
-    from vitedge.compile import is_bundle
+    from vitedge.bundle import is_bundle
 
     path = Path(str(source))
     if is_bundle(path):
@@ -55,7 +55,8 @@ def _with_card(session: Session, card: ModelCard) -> Session:
 
 
 def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
-    from vitedge.compile import build_bundle, read_bundle, reoptimize_bundle
+    from vitedge.bundle import read_bundle
+    from vitedge.compile import build_bundle, reoptimize_bundle
     from vitedge.passport import machine_facts, mismatches
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
 
