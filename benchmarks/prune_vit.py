@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
 
-from vitedge.bench import latency  # noqa: E402
+from vitedge.bench import interleaved_latency  # noqa: E402
 from vitedge.calibration import model_labels, open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
@@ -56,9 +56,12 @@ def report(title: str, original: Path, pruned: Path, data, labels, metrics: dict
           f"after {metrics['distill']['steps_run']} steps ({seconds:.0f} s for prune + distill)")
     print(f"- evaluation ({len(labels)} images): top-1 {100 * topk_accuracy(base, labels):.2f}% -> "
           f"{100 * topk_accuracy(small, labels):.2f}%, agreement {100 * compare(base, small).top1_agreement:.2f}%")
+    sessions = {"original": OnnxRuntimeSession(original / "model.onnx"),
+                "pruned": OnnxRuntimeSession(pruned / "model.onnx")}
     for batch in (1, 16):
-        ms = [latency(OnnxRuntimeSession(d / "model.onnx"), batch, 60, 10)["p50_ms"] for d in (original, pruned)]
-        print(f"- ONNX Runtime CPU batch {batch}: {ms[0]:.2f} ms -> {ms[1]:.2f} ms ({ms[0] / ms[1]:.2f}x)")
+        ms = interleaved_latency(sessions, batch, rounds=8, runs=20 if batch == 1 else 8)
+        print(f"- ONNX Runtime CPU batch {batch} (alternating rounds): {ms['original']:.2f} ms -> "
+              f"{ms['pruned']:.2f} ms ({ms['original'] / ms['pruned']:.2f}x)")
 
 
 def main() -> None:

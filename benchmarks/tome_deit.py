@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
 
-from vitedge.bench import latency  # noqa: E402
+from vitedge.bench import interleaved_latency  # noqa: E402
 from vitedge.calibration import open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
@@ -46,14 +46,11 @@ def sweep(title: str, make, data, labels, rs: list[int], runs: int, tmp: Path, p
         session = OnnxRuntimeSession(tmp / f"{title}-{r}" / "model.onnx")
         logits = np.concatenate([session.infer(b) for b in data.batches(16)])
         rows.append((r, info, macs, logits, session))
-    # latency: interleaved rounds, median of the per-round medians (this machine is noisy)
-    rounds: dict[int, list[float]] = {r: [] for r in rs}
-    for _ in range(6):
-        for r, *_rest, session in rows:
-            rounds[r].append(latency(session, 1, max(5, runs // 6), 3)["p50_ms"])
-    base_logits, base_top1, base_ms = rows[0][3], topk_accuracy(rows[0][3], labels), np.median(rounds[rs[0]])
+    # this machine is noisy: alternate short rounds over all models, median of the rounds
+    times = interleaved_latency({str(r): row[-1] for r, row in zip(rs, rows)}, 1, runs=max(5, runs // 6))
+    base_logits, base_top1, base_ms = rows[0][3], topk_accuracy(rows[0][3], labels), times[str(rs[0])]
     for r, info, macs, logits, _session in rows:
-        top1, ms = topk_accuracy(logits, labels), float(np.median(rounds[r]))
+        top1, ms = topk_accuracy(logits, labels), times[str(r)]
         agreement = compare(base_logits, logits).top1_agreement
         print(f"| {r} | {info['tokens_out']} | {macs / 1e6:.0f} M | {100 * top1:.2f}% | "
               f"{100 * (base_top1 - top1):+.2f} | {100 * agreement:.2f}% | {ms:.2f} | {base_ms / ms:.2f}x |",

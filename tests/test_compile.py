@@ -86,6 +86,15 @@ def test_runtime_load_matches_the_artifact(cpu_bundle, digits_onnx, heldout):
         np.testing.assert_allclose(torch_session.infer(images[:8]), reference[:8], atol=1e-4)
 
 
+def test_interleaved_latency_times_every_session(cpu_bundle, digits_onnx):
+    from vitedge.bench import interleaved_latency
+
+    sessions = {"bundle": load_session(cpu_bundle), "artifact": load_session(digits_onnx)}
+    times = interleaved_latency(sessions, 2, rounds=3, runs=4, warmup=1)
+    assert set(times) == {"bundle", "artifact"} and all(t > 0 for t in times.values())
+    assert all(s.timing.summary()["calls"] == 4 and s.timing.images == 8 for s in sessions.values())
+
+
 def test_session_refuses_bad_batches(cpu_bundle):
     with load_session(cpu_bundle) as session:
         with pytest.raises(InputError, match="expected float32"):
