@@ -64,6 +64,11 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
             raise typer.Exit(1) from None
 
 
+def progress_printer(quiet: bool) -> Any:
+    """What library functions call with progress messages: dim lines on stderr, or nothing."""
+    return (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+
+
 # Options shared by every command that loads a model.
 Source = Annotated[str, typer.Argument(
     help="Model: timm:NAME, torchvision:NAME, a Hugging Face folder, .pt2, TorchScript .pt, "
@@ -310,7 +315,7 @@ def quantize(
         if target:
             load_target(target)  # an unknown target fails before the model is loaded
         loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
-        say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+        say = progress_printer(quiet)
         with _calibration_bar(quiet) as tick:
             try:
                 result = run_quantize(loaded, calib, out, eval_data=eval_data, recipe=parsed["--recipe"],

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from vitedge.cli import (ModelKwargs, Source, TrustPickle, Verbose, Weights, _load, app, console,
-                         err_console, user_errors)
+                         err_console, progress_printer, user_errors)
 from vitedge.errors import VitedgeError
 
 Rebuild = Annotated[bool, typer.Option(
@@ -24,10 +24,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the resul
 def _print_table(table: Table) -> None:
     """Full-width tables when output is piped or logged (rich assumes 80 columns there)."""
     (console if console.is_terminal else Console(width=200)).print(table)
-
-
-def _say(quiet: bool) -> Any:
-    return (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
 
 
 @app.command("compile")
@@ -66,7 +62,7 @@ def compile_command(
         loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
         result = compile_bundle(loaded, profile, out, precision=chosen, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
-                                source_label=source, progress=_say(quiet))
+                                source_label=source, progress=progress_printer(quiet))
     for finding in result.findings:
         err_console.print(f"[yellow]{finding.severity}:[/] {finding.message} ({finding.node})",
                           highlight=False)
@@ -99,7 +95,7 @@ def build_command(
     from vitedge.compile import build_bundle
 
     with user_errors(verbose):
-        result = build_bundle(bundle, progress=_say(quiet))
+        result = build_bundle(bundle, progress=progress_printer(quiet))
     engine = result.passport["built"]["engine"]
     console.print(f"engine: {bundle}/{result.bundle['engine']}  TensorRT {engine['tensorrt']}  "
                   f"{engine['gpu']} (SM {engine['sm']})  {engine['build_seconds']} s  "

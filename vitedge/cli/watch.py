@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitedge.cli import Verbose, app, console, err_console, user_errors
+from vitedge.cli import Verbose, app, console, err_console, progress_printer, user_errors
 from vitedge.errors import VitedgeError
 
 SourceOption = Annotated[str, typer.Option(
@@ -230,7 +230,7 @@ def prune(
     from vitedge.prune import prune as run_prune
     from vitedge.structured import PruneRatios
 
-    say = (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    say = progress_printer(quiet)
     with user_errors(verbose), Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.description}"),
                                         TimeRemainingColumn(), console=err_console, disable=quiet,
                                         transient=True) as bar:
