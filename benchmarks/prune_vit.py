@@ -40,8 +40,7 @@ from vitedge.structured import PruneRatios  # noqa: E402
 
 
 def evaluate(onnx_dir: Path, data) -> np.ndarray:
-    session = OnnxRuntimeSession(onnx_dir / "model.onnx")
-    return np.concatenate([session.infer(b) for b in data.batches(32)])
+    return OnnxRuntimeSession(onnx_dir / "model.onnx").infer_all(data)
 
 
 def report(title: str, original: Path, pruned: Path, data, labels, metrics: dict, seconds: float) -> None:

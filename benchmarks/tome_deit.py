@@ -44,7 +44,7 @@ def sweep(title: str, make, data, labels, rs: list[int], runs: int, tmp: Path, p
         macs = count_macs(loaded.module, loaded.card.preprocessing.input_size)
         export_onnx(loaded, tmp / f"{title}-{r}", parity_data=parity, parity_samples=8)
         session = OnnxRuntimeSession(tmp / f"{title}-{r}" / "model.onnx")
-        logits = np.concatenate([session.infer(b) for b in data.batches(16)])
+        logits = session.infer_all(data, 16)
         rows.append((r, info, macs, logits, session))
     # this machine is noisy: alternate short rounds over all models, median of the rounds
     times = interleaved_latency({str(r): row[-1] for r, row in zip(rs, rows)}, 1, runs=max(5, runs // 6))

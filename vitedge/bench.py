@@ -146,8 +146,7 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
                                  "bench models made from the same source model")
             top1 = agreement = None
             if dataset is not None:
-                step = min(32, session.max_batch or 32)
-                logits = np.concatenate([session.infer(b) for b in dataset.batches(step)])
+                logits = session.infer_all(dataset)
                 top1 = topk_accuracy(logits, labels) if labels is not None else None
                 if reference_logits is None:
                     reference_logits = logits

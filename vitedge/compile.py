@@ -9,11 +9,12 @@ the target's, otherwise on the device with `vitedge build BUNDLE`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,19 +216,33 @@ def _fix_hint(finding: Finding, target: Target) -> str:
             f"--target {target.name} (TensorRT needs symmetric INT8: zero-points 0)")
 
 
+def _optimize_here(directory: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """Optimize directory/source.onnx into model.onnx for this machine; the passport's `built`."""
+    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
+
+    optimize_offline(directory / SOURCE, directory / MODEL)
+    return {"optimized_offline": True, "optimization_level": OFFLINE_LEVEL, "arch": facts["arch"],
+            "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
+            "parity_vs_source": _offline_parity(directory / SOURCE, directory / MODEL), "note": None}
+
+
 def _onnxruntime_bundle(staging: Path, source_path: Path, target: Target, facts: dict[str, Any],
                         say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
+    from vitedge.runtime.onnxrt import OFFLINE_LEVEL
 
     shutil.copyfile(source_path, staging / SOURCE)
     optimized = target.isa in (None, facts["arch"])
     if optimized:
         say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
-        optimize_offline(staging / SOURCE, staging / MODEL)
-        parity = _offline_parity(staging / SOURCE, staging / MODEL)
+        built = _optimize_here(staging, facts)
     else:
         shutil.copyfile(source_path, staging / MODEL)
-        parity = None
+        built = {"optimized_offline": False, "optimization_level": None, "arch": facts["arch"],
+                 "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
+                 "parity_vs_source": None,
+                 "note": f"not optimized offline: the target is {target.isa}, this machine is "
+                         f"{facts['arch']}; ONNX Runtime optimizes it when the session starts on "
+                         "the device"}
     bundle = {"runtime": "onnxruntime",
               "session": {"providers": ["CPUExecutionProvider"] if target.isa else
                           ["TensorrtExecutionProvider", "CUDAExecutionProvider",
@@ -235,12 +250,6 @@ def _onnxruntime_bundle(staging: Path, source_path: Path, target: Target, facts:
                           "intra_op_threads": target.cpu_threads,
                           "optimization": "disabled" if optimized else "all"},
               "model": MODEL, "source_model": SOURCE}
-    built = {"optimized_offline": optimized, "optimization_level": OFFLINE_LEVEL if optimized else None,
-             "arch": facts["arch"], "cpu_features": facts["cpu_features"],
-             "onnxruntime": facts["onnxruntime"], "parity_vs_source": parity,
-             "note": None if optimized else
-             f"not optimized offline: the target is {target.isa}, this machine is {facts['arch']}; "
-             "ONNX Runtime optimizes it when the session starts on the device"}
     return bundle, built
 
 
@@ -341,11 +350,7 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
         raise MissingDependencyError(f"cannot build {path} for {target.name} here: {reason}",
                                      "run vitedge build on the target device")
     settings = BuildSettings.from_dict(current.bundle["build"])
-    with writing_artifact(Path(path), overwrite=True) as staging:
-        for item in current.path.iterdir():
-            if item.is_file() and item.name not in ("model.engine", "layers.json", PASSPORT_NAME,
-                                                    "card.json"):
-                shutil.copy2(item, staging / item.name)
+    with _rewriting(current, replaced=("model.engine", "layers.json")) as staging:
         say("building the TensorRT engine")
         built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
         atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
@@ -353,22 +358,22 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
     return read_bundle(path)
 
 
+@contextlib.contextmanager
+def _rewriting(current: Bundle, replaced: tuple[str, ...]) -> Iterator[Path]:
+    """A staging copy of the bundle without `replaced` files (and passport/card), swapped in atomically."""
+    with writing_artifact(current.path, overwrite=True) as staging:
+        for item in current.path.iterdir():
+            if item.is_file() and item.name not in (*replaced, PASSPORT_NAME, "card.json"):
+                shutil.copy2(item, staging / item.name)
+        yield staging
+
+
 def reoptimize_bundle(path: str | Path) -> Bundle:
     """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
-    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
-
     current = read_bundle(path)
-    facts = machine_facts()
-    with writing_artifact(Path(path), overwrite=True) as staging:
-        for item in current.path.iterdir():
-            if item.is_file() and item.name not in (MODEL, PASSPORT_NAME, "card.json"):
-                shutil.copy2(item, staging / item.name)
-        optimize_offline(staging / SOURCE, staging / MODEL)
+    with _rewriting(current, replaced=(MODEL,)) as staging:
         passport = current.passport
-        passport["built"].update({"optimized_offline": True, "optimization_level": OFFLINE_LEVEL,
-                                  "arch": facts["arch"], "cpu_features": facts["cpu_features"],
-                                  "onnxruntime": facts["onnxruntime"], "note": None,
-                                  "parity_vs_source": _offline_parity(staging / SOURCE, staging / MODEL),
+        passport["built"].update({**_optimize_here(staging, machine_facts()),
                                   "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         bundle = dict(current.bundle)
         bundle["session"] = {**bundle["session"], "optimization": "disabled"}

@@ -46,8 +46,7 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
             elif card.preprocessing != dataset.pre or card.num_classes != results[0]["num_classes"]:
                 raise InputError(f"{source} differs from {sources[0]} in preprocessing or classes",
                                  "evaluate models made from the same source model")
-            step = min(32, session.max_batch or 32)
-            logits = np.concatenate([session.infer(b) for b in dataset.batches(step)])
+            logits = session.infer_all(dataset)
             logits_by_model.append(logits.astype(np.float32))
             row: dict[str, Any] = {"model": str(source), "backend": session.description,
                                    "precision": session.precision, "num_classes": card.num_classes,

@@ -100,6 +100,11 @@ class Session(ABC):
         self.timing.images += len(batch)
         return logits
 
+    def infer_all(self, data: Any, batch_size: int = 32) -> np.ndarray:
+        """Logits for every sample of a DataSet (anything with `.batches(n)`), in batches it takes."""
+        step = min(batch_size, self.max_batch or batch_size)
+        return np.concatenate([self.infer(batch) for batch in data.batches(step)])
+
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a checked batch; return float32 logits (batch, classes)."""
