@@ -134,7 +134,8 @@ def test_prune_bad_inputs(tmp_path):
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--data", str(empty), "-o", str(tmp_path / "c")],
          "contains no image files"),
         (["prune", "builtin:digits-vit", "-o", str(tmp_path / "d")], "nothing to prune"),
-        (["prune", "torchvision:resnet18", "--mlp", "0.5", "-o", str(tmp_path / "e")], "prunes timm ViTs"),
+        (["prune", "torchvision:resnet18", "--mlp", "0.5", "-o", str(tmp_path / "e")],
+         "structured pruning supports timm VisionTransformer, torchvision VisionTransformer and Hugging Face"),
         (["prune", "builtin:digits-vit", "--target-macs", "1.5", "-o", str(tmp_path / "f")], "outside (0, 1)"),
     ]
     for args, message in cases:

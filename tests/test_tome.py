@@ -28,6 +28,9 @@ def test_r0_is_exact_and_schedule_caps_at_available_tokens():
         torch.testing.assert_close(merged(x), reference, atol=1e-5, rtol=1e-5)
     assert token_schedule(65, 4, 16, 1) == [16, 16, 16, 8]  # 65 -> 49 -> 33 -> 17 -> 9
     assert token_schedule(197, 12, 8, 1) == [8] * 12
+    assert token_schedule(197, 12, 16, 1, start=2) == [0, 0] + [16] * 10
+    twelve = tiny_timm(depth=12)
+    assert apply_tome(twelve, 4)["schedule"][:3] == [0, 0, 4]  # default: a sixth of the blocks keep all
 
 
 def test_merge_is_a_size_weighted_average():
@@ -63,7 +66,7 @@ def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "tome" / "card.json").read_text())
     metrics = card["metrics"]["prune"]
-    assert card["source"]["tome"] == {"r": 8} and card["lineage"][-1]["step"] == "prune"
+    assert card["source"]["tome"] == {"r": 8, "start": 0} and card["lineage"][-1]["step"] == "prune"
     assert metrics["tome"]["tokens_out"] == 33 and metrics["macs_after"] < 0.9 * metrics["macs_before"]
     assert metrics["final"]["top1_agreement"] >= 0.9 and metrics["final"]["samples"] == 24  # 20% held out
     loaded = load(tmp_path / "tome")  # rebuilt merged, from the card
@@ -89,6 +92,8 @@ def test_prune_bad_inputs(tmp_path):
         (["prune", "builtin:digits-vit", "--tome", "-2", "-o", str(tmp_path / "a")], "negative"),
         (["prune", "builtin:digits-vit", "--tome", "4", "--data", str(tmp_path), "-o", str(tmp_path / "b")],
          "contains no image files"),
+        (["prune", "builtin:digits-vit", "--tome", "4", "--tome-from", "4", "-o", str(tmp_path / "c")],
+         "--tome-from 4 is not a block of this model (4 blocks"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -55,6 +55,38 @@ def _wrap(model: Any, *, encoder_only: bool) -> torch.nn.Module:
     return HFEncoder(model) if encoder_only else HFClassifier(model)
 
 
+def pruned_source(module: torch.nn.Module) -> dict[str, Any]:
+    """What a pruned artifact's card records so that loading it needs no original folder.
+
+    The config is the pruned model's own (hf structured pruning updates hidden_size, head counts,
+    head_dim and intermediate_size), so it builds the pruned shapes directly when every layer
+    keeps the same widths; `structured.rebuild` shrinks whatever still differs.
+    """
+    inner = module.inner  # type: ignore[union-attr]
+    return {"class": type(inner).__name__,
+            "config": json.loads(inner.config.to_json_string(use_diff=False))}
+
+
+def build_from_source(source: dict[str, Any]) -> torch.nn.Module:
+    """An untrained wrapped model of the class and config a card records (see `pruned_source`)."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependencyError(f"transformers is needed to rebuild {source.get('class')} ({exc})",
+                                     "pip install 'vitedge[hf]'") from None
+    name, data = str(source.get("class")), dict(source.get("config") or {})
+    model_class = getattr(transformers, name, None)
+    model_type = data.get("model_type")
+    if model_class is None or model_type not in transformers.CONFIG_MAPPING:
+        raise ModelLoadError(f"the card records Hugging Face class {name!r} / model type {model_type!r}, "
+                             f"which transformers {transformers.__version__} does not have",
+                             "install the transformers version the artifact was made with")
+    config = transformers.CONFIG_MAPPING[model_type].from_dict(data)
+    classifier = "ImageClassification" in name
+    inner = model_class(config) if classifier else model_class(config, add_pooling_layer=False)
+    return _wrap(inner.eval(), encoder_only=not classifier)
+
+
 def load_hf(directory: Path) -> LoadedModel:
     from vitedge.models import LoadedModel
 

@@ -347,11 +347,18 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    if kind == "timm" and source.get("pruned"):  # shapes no timm constructor makes: shrink, then load
+    if source.get("pruned") and kind in ("timm", "torchvision", "huggingface"):
+        # per-block shapes no constructor makes: build the family's model, shrink it, then load
         from vitedge.structured import rebuild
 
-        rebuilt = _load_timm(source["name"], None, dict(source.get("kwargs") or {}))
-        rebuild(rebuilt.module, read_state_dict(weights), source["pruned"])
+        if kind == "huggingface":  # from the config on the card: the original folder is not needed
+            from vitedge.hf import build_from_source
+
+            module = build_from_source(source)
+        else:
+            load_family = _load_timm if kind == "timm" else _load_torchvision
+            module = load_family(source["name"], None, dict(source.get("kwargs") or {})).module
+        rebuilt = LoadedModel(card, rebuild(module, read_state_dict(weights), source["pruned"]))
     elif kind == "timm":
         rebuilt = _load_timm(source["name"], weights, dict(source.get("kwargs") or {}))
     elif kind == "torchvision":
@@ -362,6 +369,6 @@ def _load_artifact(directory: Path) -> LoadedModel:
     if source.get("tome"):  # a token-merging artifact: same weights, merged as its card says
         from vitedge.tome import apply_tome
 
-        apply_tome(rebuilt.module, int(source["tome"]["r"]))
+        apply_tome(rebuilt.module, int(source["tome"]["r"]), int(source["tome"].get("start", 0)))
     return LoadedModel(card, rebuilt.module, weights_path=weights)
 

@@ -1,10 +1,11 @@
 """`vitedge prune`: make a ViT do less work — fewer heads, narrower MLPs/embedding, fewer tokens.
 
 Structured pruning (Torch-Pruning, see structured.py) removes whole heads, MLP units and
-embedding channels; a short label-free distillation from the original (distill.py) recovers
-agreement; token merging (tome.py) can be added on top, training-free. The result is a torch
-artifact whose card records the pruned shapes and the merge schedule, so loading it rebuilds
-the same model, and export, quantize, compile and run take it like any other.
+embedding channels of timm, torchvision and Hugging Face ViTs; a short label-free distillation
+from the original (distill.py) recovers agreement; token merging (tome.py, timm only) can be
+added on top, training-free. The result is a torch artifact whose card records the pruned shapes
+and the merge schedule, so loading it rebuilds the same model, and export, quantize, compile and
+run take it like any other.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from vitedge.artifact import artifact_hash, check_output, write_card, writing_ar
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.models import LoadedModel
-from vitedge.structured import PruneRatios
+from vitedge.structured import FAMILIES, PruneRatios
 from vitedge.versions import tool_versions
 
 
 def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = None,
           target_macs: float | None = None, importance: str | None = None,
-          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,
+          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0, tome_from: int | None = None,
           round_to: int = 8, samples: int | None = None, batch_size: int = 32, lr: float = 5e-4,
           overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     import torch
 
     from vitedge.structure import count_macs
-    from vitedge.structured import prune_model
+    from vitedge.structured import check_prunable, prune_model
 
     say = progress or (lambda _message: None)
     ratios = ratios or PruneRatios()
@@ -58,12 +59,19 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
                          "pass --data DIR, or --importance l2")
     check_output(Path(out), overwrite)
     source = loaded.card.source
-    if source.get("kind") != "timm" or source.get("pruned") or source.get("tome"):
-        raise InputError(f"vitedge prunes timm ViTs that are not pruned yet; {loaded.card.architecture} "
-                         f"comes from {source.get('kind')!r}" + (" and is already pruned" if source.get(
-                             "pruned") or source.get("tome") else ""),
-                         "load it as timm:NAME --weights CHECKPOINT (or builtin:digits-vit)")
+    kind = source.get("kind")
+    if kind not in FAMILIES or source.get("pruned") or source.get("tome"):
+        pruned = " and is already pruned" if source.get("pruned") or source.get("tome") else ""
+        raise InputError(f"vitedge prunes timm, torchvision and Hugging Face ViTs that are not pruned yet; "
+                         f"{loaded.card.architecture} comes from {kind!r}{pruned}",
+                         "load it as timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face folder "
+                         "or builtin:digits-vit")
+    if tome and kind != "timm":
+        raise InputError(f"--tome (token merging) supports timm ViTs; {loaded.card.architecture} comes "
+                         f"from {kind!r}", "drop --tome, or load the model with timm")
     teacher = loaded.torch_module("pruning").eval()
+    if structured:  # refuse what this family cannot do before any work
+        check_prunable(teacher, ratios)
     size = loaded.card.preprocessing.input_size
     macs_before = count_macs(teacher, size)
     train = holdout = labels = None
@@ -73,7 +81,8 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     metrics: dict[str, Any] = {"macs_before": macs_before, "params_before": _params(teacher)}
     if structured:
         if target_macs is not None:
-            ratios = _search_ratios(teacher, target_macs, macs_before, size, round_to, say)
+            ratios = _search_ratios(teacher, target_macs, macs_before, size, round_to, say,
+                                    heads=kind != "torchvision")
         say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
             f"({importance} importance)")
         batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
@@ -101,7 +110,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     if tome:
         from vitedge.tome import apply_tome
 
-        metrics["tome"] = apply_tome(student, tome)
+        metrics["tome"] = apply_tome(student, tome, tome_from)
         if holdout is not None:
             metrics["final"] = _measure(teacher, student, holdout, labels)
     metrics["macs_after"] = count_macs(student, size)
@@ -155,26 +164,31 @@ def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray 
 
 
 def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[int, int],
-                   round_to: int, say: Callable[[str], None]) -> PruneRatios:
-    """The smallest equal heads/MLP ratio whose pruned model keeps at most `target` of the MACs."""
+                   round_to: int, say: Callable[[str], None], *, heads: bool = True) -> PruneRatios:
+    """The smallest equal heads/MLP ratio whose pruned model keeps at most `target` of the MACs.
+
+    Without `heads` (torchvision, whose heads cannot be removed) only the MLP ratio is searched.
+    """
     from vitedge.structure import count_macs
     from vitedge.structured import prune_model
 
+    what = "heads and MLP" if heads else "MLP"
     low, high, best = 0.0, 0.95, None
     for _ in range(8):
         middle = (low + high) / 2
         trial = copy.deepcopy(teacher)
-        prune_model(trial, PruneRatios(heads=middle, mlp=middle), importance="l2", round_to=round_to)
+        prune_model(trial, PruneRatios(heads=middle if heads else 0.0, mlp=middle), importance="l2",
+                    round_to=round_to)
         share = count_macs(trial, size) / macs_before
         if share <= target:
             best, high = middle, middle
         else:
             low = middle
     if best is None:
-        raise InputError(f"--target-macs {target} cannot be reached by pruning heads and MLP units",
-                         "raise --target-macs, or add --embed / --tome")
-    say(f"--target-macs {target}: heads and MLP ratio {best:.2f}")
-    return PruneRatios(heads=best, mlp=best)
+        raise InputError(f"--target-macs {target} cannot be reached by pruning {what} units",
+                         "raise --target-macs, or add --embed" + (" / --tome" if heads else ""))
+    say(f"--target-macs {target}: {what} ratio {best:.2f}")
+    return PruneRatios(heads=best if heads else 0.0, mlp=best)
 
 
 def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured: bool, tome: int) -> ModelCard:
@@ -192,16 +206,22 @@ def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured
         card.structure = type(card.structure).from_dict({
             **card.structure.to_dict(), "embed_dim": shapes["embed_dim"],
             "num_heads": max(shapes["num_heads"]), "mlp_hidden": max(shapes["mlp_hidden"])})
+        if source.get("kind") == "huggingface":  # rebuilt from the card, without the original folder
+            from vitedge.hf import pruned_source
+
+            source.update(pruned_source(student))
     if tome:
-        source["tome"] = {"r": tome}
+        source["tome"] = {"r": tome, "start": metrics["tome"]["start"]}
     card.source = source
+    family_tools = {"torchvision": ("torchvision",), "huggingface": ("transformers",)}.get(
+        str(source.get("kind")), ())
     card.lineage = [*loaded.card.lineage, {
         "step": "prune",
         "parent": {"artifact_hash": artifact_hash(loaded.card)} if loaded.card.files else loaded.card.source,
         "params": {k: metrics[k] for k in ("ratios", "importance", "round_to") if k in metrics}
         | ({"tome": tome} if tome else {}),
         "metrics": {k: v for k, v in metrics.items() if k not in ("structure",)},
-        "tools": tool_versions("torch", "timm", "torch-pruning"),
+        "tools": tool_versions("torch", "timm", "torch-pruning", *family_tools),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }]
     return card

@@ -1,18 +1,32 @@
-"""Structured pruning of timm ViTs with Torch-Pruning (DepGraph), and rebuilding pruned models.
+"""Structured pruning of ViTs with Torch-Pruning (DepGraph), and rebuilding pruned models.
 
-Torch-Pruning finds which tensors move together (qkv rows of a head and the proj columns that
-read them; fc1 rows and fc2 columns; the embedding width through every block) and removes them.
-vitedge chooses per-group ratios, computes Taylor or magnitude importance, and afterwards sets
-what timm 1.0's Attention reads at run time (num_heads, head_dim, attn_dim), which
-Torch-Pruning does not know about.
+Three families: timm `VisionTransformer` (ViT, DeiT), torchvision `VisionTransformer`, and
+Hugging Face ViT/DeiT (`ViTForImageClassification`, `DeiTForImageClassification[WithTeacher]`,
+`ViTModel`/`DeiTModel`, as wrapped by hf.py). Torch-Pruning finds which tensors move together
+(q/k/v rows of a head and the output-projection columns that read them; fc1 rows and fc2
+columns; the embedding width through every block) and removes them. vitedge chooses per-group
+ratios, computes Taylor or magnitude importance, and afterwards sets what each family reads at
+run time, which Torch-Pruning does not know about:
 
-A pruned model no longer matches any timm constructor (each block keeps its own head count and
-MLP width), so the artifact stores the state dict plus the per-block structure, and `rebuild`
-shrinks a freshly built timm model to those shapes before loading the weights.
+- timm 1.0 `Attention`: `num_heads`, `head_dim`, `attn_dim`; the model's `embed_dim`.
+- Hugging Face `ViTAttention`/`DeiTAttention`: `num_attention_heads`, `head_dim`, `scaling`; the
+  config's `hidden_size`, `num_attention_heads`, `head_dim`, `intermediate_size`.
+- torchvision: `hidden_dim` (`_process_input` reshapes with it) and `mlp_dim`;
+  `nn.MultiheadAttention`'s `embed_dim`/`head_dim` are updated by Torch-Pruning itself.
+
+torchvision's `nn.MultiheadAttention` splits the full residual width into heads (num_heads x
+head_dim == hidden_dim), so whole heads cannot be removed without replacing the module: that
+family takes `--mlp` and `--embed` only, and `--embed` removes the same channels from every head.
+
+A pruned model need not match its family's constructor (each block may keep its own head count
+and MLP width), so the artifact stores the state dict plus the per-block structure, and `rebuild`
+shrinks a freshly built model of the same family to those shapes before loading the weights.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +36,9 @@ import torch
 from torch import nn
 
 from vitedge.errors import InputError
+
+FAMILIES = ("timm", "torchvision", "huggingface")
+HF_TYPES = ("vit", "deit")  # Hugging Face model types whose layers this module knows
 
 
 @dataclass(frozen=True)
@@ -37,26 +54,123 @@ class PruneRatios:
                                  "give the share to remove, e.g. 0.25 removes a quarter")
 
 
-def _vit_modules(model: nn.Module) -> tuple[list[Any], list[Any]]:
-    from timm.layers import Mlp
-    from timm.models.vision_transformer import Attention, VisionTransformer
+@dataclass
+class _Layout:
+    """Where one model keeps the layers pruning touches."""
 
-    if not isinstance(model, VisionTransformer):
-        raise InputError(f"structured pruning supports timm VisionTransformer models (ViT, DeiT), "
-                         f"not {type(model).__name__}", "load the model as timm:NAME --weights ...")
+    family: str  # one of FAMILIES
+    patch: nn.Conv2d  # the patch projection: its outputs are the embedding width
+    heads: list[nn.Module]  # classifier layers: their outputs (the classes) are never pruned
+    attentions: list[nn.Module]  # one per block
+    qkv: list[list[nn.Linear]]  # per block, the Linear(s) writing queries, keys and values
+    fc1: list[nn.Linear]  # per block, the MLP's first layer (its outputs are the MLP width)
+    writers: list[nn.Module]  # what writes the residual stream; only --embed prunes their outputs
+    input_size: tuple[int, int]
+    features_out: bool = False  # no classifier: the output is embedding-width features
+
+    @property
+    def heads_attribute(self) -> str:
+        return "num_attention_heads" if self.family == "huggingface" else "num_heads"
+
+
+def _unsupported(model: nn.Module) -> InputError:
+    return InputError(f"structured pruning supports timm VisionTransformer, torchvision "
+                      f"VisionTransformer and Hugging Face ViT/DeiT models, not {type(model).__name__}",
+                      "load a ViT as timm:NAME, torchvision:vit_* or a Hugging Face ViT/DeiT folder")
+
+
+def _layout(model: nn.Module) -> _Layout:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return _timm_layout(model)
+    # The other families are recognised without importing them: a model of theirs has loaded them.
+    torchvision_vit = sys.modules.get("torchvision.models.vision_transformer")
+    if torchvision_vit is not None and isinstance(model, torchvision_vit.VisionTransformer):
+        return _torchvision_layout(model)
+    transformers = sys.modules.get("transformers")
+    inner = getattr(model, "inner", None)  # hf.py's HFClassifier / HFEncoder
+    if transformers is not None and isinstance(inner, transformers.PreTrainedModel):
+        return _hf_layout(model, inner)
+    raise _unsupported(model)
+
+
+def _timm_layout(model: nn.Module) -> _Layout:
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import Attention
+
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     mlps = [m for m in model.modules() if isinstance(m, Mlp)]
     if any(getattr(a, "gate", None) is not None for a in attentions):
         raise InputError("gated attention is not supported by structured pruning")
-    return attentions, mlps
+    return _Layout("timm", model.patch_embed.proj, [model.head], attentions,
+                   [[a.qkv] for a in attentions], [m.fc1 for m in mlps],
+                   [a.proj for a in attentions] + [m.fc2 for m in mlps] + [model.patch_embed.proj],
+                   tuple(model.patch_embed.img_size))
+
+
+def _torchvision_layout(model: nn.Module) -> _Layout:
+    layers = list(model.encoder.layers)
+    for layer in layers:
+        attention, mlp = layer.self_attention, layer.mlp
+        if not (isinstance(attention, nn.MultiheadAttention) and attention._qkv_same_embed_dim
+                and isinstance(mlp[0], nn.Linear) and isinstance(mlp[3], nn.Linear)):
+            raise InputError(f"{type(model).__name__} has blocks unlike torchvision's ViT "
+                             "(nn.MultiheadAttention with one in_proj, MLPBlock of Linears)",
+                             "prune a torchvision vit_* model as built by torchvision")
+    attentions = [layer.self_attention for layer in layers]
+    return _Layout("torchvision", model.conv_proj, [model.heads], attentions,
+                   [[] for _ in layers], [layer.mlp[0] for layer in layers],
+                   attentions + [layer.mlp[3] for layer in layers] + [model.conv_proj],
+                   (model.image_size, model.image_size))
+
+
+def _hf_layout(model: nn.Module, inner: Any) -> _Layout:
+    model_type = getattr(inner.config, "model_type", "?")
+    if model_type not in HF_TYPES:
+        raise InputError(f"structured pruning supports Hugging Face {' and '.join(HF_TYPES)} models, "
+                         f"not {model_type!r}", "load a ViT/DeiT folder, or the model with timm")
+    base = inner.base_model
+    layers = list(getattr(base, "layers", None) or [])
+    if not layers or not all(hasattr(layer.attention, name) for layer in layers for name in
+                             ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "num_attention_heads")):
+        raise InputError(f"this transformers version lays out {type(inner).__name__} differently from "
+                         "what vitedge prunes (layers[i].attention.q_proj/k_proj/v_proj/o_proj, "
+                         "layers[i].mlp.fc1/fc2)", "use transformers 5, or load the model with timm")
+    if getattr(base, "pooler", None) is not None:
+        raise InputError(f"{type(inner).__name__} has a pooler, which its vitedge wrapper never runs",
+                         "load the folder with vitedge (it builds the model without a pooler)")
+    attentions = [layer.attention for layer in layers]
+    heads = [] if base is inner else [child for child in inner.children() if child is not base
+                                      and any(isinstance(m, nn.Linear) for m in child.modules())]
+    projection = base.embeddings.patch_embeddings.projection
+    return _Layout("huggingface", projection, heads, attentions,
+                   [[a.q_proj, a.k_proj, a.v_proj] for a in attentions],
+                   [layer.mlp.fc1 for layer in layers],
+                   [a.o_proj for a in attentions] + [layer.mlp.fc2 for layer in layers] + [projection],
+                   tuple(base.embeddings.patch_embeddings.image_size), features_out=not heads)
+
+
+def check_prunable(model: nn.Module, ratios: PruneRatios) -> str:
+    """The model's family, after refusing what structured pruning cannot do to it."""
+    layout = _layout(model)
+    if layout.family == "torchvision" and ratios.heads > 0:
+        raise InputError("--heads cannot prune a torchvision ViT: its nn.MultiheadAttention ties the "
+                         "head width to the embedding width, so whole heads cannot be removed",
+                         "use --mlp / --embed, or prune a timm or Hugging Face ViT")
+    if layout.features_out and ratios.embed > 0:
+        raise InputError(f"--embed cannot prune {type(model.inner).__name__}: without a classifier it "
+                         "outputs embedding-width features, and --embed would change their width",
+                         "use --heads / --mlp, or prune a model with a classification head")
+    return layout.family
 
 
 def structure_of(model: nn.Module) -> dict[str, Any]:
-    attentions, mlps = _vit_modules(model)
-    return {"embed_dim": int(model.patch_embed.proj.out_channels),
-            "num_heads": [int(a.num_heads) for a in attentions],
-            "head_dim": [int(a.head_dim) for a in attentions],
-            "mlp_hidden": [int(m.fc1.out_features) for m in mlps]}
+    layout = _layout(model)
+    return {"embed_dim": int(layout.patch.out_channels),
+            "num_heads": [int(getattr(a, layout.heads_attribute)) for a in layout.attentions],
+            "head_dim": [int(a.head_dim) for a in layout.attentions],
+            "mlp_hidden": [int(fc1.out_features) for fc1 in layout.fc1]}
 
 
 def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "taylor",
@@ -66,18 +180,26 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
     import torch_pruning as tp
 
     ratios.check()
-    attentions, mlps = _vit_modules(model)
+    check_prunable(model, ratios)
+    layout = _layout(model)
     before = structure_of(model)
-    example = torch.zeros(1, 3, *model.patch_embed.img_size)
-    ignored: list[nn.Module] = [model.head]
+    example = torch.zeros(1, 3, *layout.input_size)
+    ignored: list[nn.Module] = list(layout.heads)
     ratio_dict: dict[nn.Module, float] = {}
-    for attention in attentions:
-        ratio_dict[attention.qkv] = ratios.heads
-    for mlp in mlps:
-        ratio_dict[mlp.fc1] = ratios.mlp
+    num_heads: dict[nn.Module, int] = {}
+    for attention, qkv in zip(layout.attentions, layout.qkv):
+        for layer in qkv:
+            ratio_dict[layer] = ratios.heads
+            num_heads[layer] = int(getattr(attention, layout.heads_attribute))
+    for fc1 in layout.fc1:
+        ratio_dict[fc1] = ratios.mlp
     if ratios.embed == 0:
-        # proj, fc2 and the patch embedding write the embedding width: only --embed prunes it
-        ignored += [a.proj for a in attentions] + [m.fc2 for m in mlps] + [model.patch_embed.proj]
+        # the attention output, fc2 and the patch embedding write the embedding width: only --embed prunes it
+        ignored += layout.writers
+    embed_ratio, rounding, groups = ratios.embed, round_to, {}
+    if layout.family == "torchvision":
+        embed_ratio, groups = _torchvision_ratios(layout, ratios, round_to, ratio_dict)
+        rounding = None
     if importance == "taylor":
         criterion = tp.importance.GroupTaylorImportance()
     elif importance == "l2":
@@ -85,27 +207,105 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
     else:
         raise InputError(f"--importance {importance!r} is not one of taylor, l2")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "unwrapped parameters": cls_token/pos_embed, pruned on their last dim as wanted
+        # "unwrapped parameters": class/position tokens, pruned on their last dim as wanted
+        warnings.simplefilter("ignore")
         pruner = tp.pruner.BasePruner(
-            model, example, importance=criterion, pruning_ratio=ratios.embed,
+            model, example, importance=criterion, pruning_ratio=embed_ratio,
             pruning_ratio_dict=ratio_dict, ignored_layers=ignored,
-            num_heads={a.qkv: a.num_heads for a in attentions}, prune_num_heads=ratios.heads > 0,
-            prune_head_dims=False, head_pruning_ratio=ratios.heads, round_to=round_to)
+            num_heads=num_heads, prune_num_heads=ratios.heads > 0,
+            prune_head_dims=False, head_pruning_ratio=ratios.heads, round_to=rounding,
+            in_channel_groups=groups, out_channel_groups=dict(groups))
         if importance == "taylor":
             _accumulate_taylor(model, teacher, batches)
         pruner.step()
     model.zero_grad(set_to_none=True)
-    for attention in attentions:
-        heads = int(pruner.num_heads[attention.qkv])
-        if heads < 1:
-            raise InputError("--heads would remove every head of a block", "use a smaller --heads")
-        attention.num_heads = heads
-        attention.head_dim = attention.qkv.out_features // 3 // heads
-        attention.attn_dim = heads * attention.head_dim
-    if any(m.fc1.out_features < 1 for m in mlps):
+    heads = [int(pruner.num_heads[qkv[0]]) if qkv else int(getattr(attention, layout.heads_attribute))
+             for attention, qkv in zip(layout.attentions, layout.qkv)]
+    if min(heads) < 1:
+        raise InputError("--heads would remove every head of a block", "use a smaller --heads")
+    if any(fc1.out_features < 1 for fc1 in layout.fc1):
         raise InputError("--mlp would remove every MLP unit of a block", "use a smaller --mlp")
-    model.embed_dim = model.num_features = model.head_hidden_size = model.patch_embed.proj.out_channels
+    head_dims = [_attention_width(layout, a) // h for a, h in zip(layout.attentions, heads)]
+    _set_attributes(model, layout, heads, head_dims, int(layout.patch.out_channels))
     return {"before": before, "after": structure_of(model)}
+
+
+def _torchvision_ratios(layout: _Layout, ratios: PruneRatios, round_to: int,
+                        ratio_dict: dict[nn.Module, float]) -> tuple[float, dict[nn.Module, int]]:
+    """Exact ratios for torchvision, whose widths are rounded here rather than by Torch-Pruning.
+
+    --embed prunes nn.MultiheadAttention's q/k/v channels with the residual channels of the same
+    index. Grouping those channels per head (Torch-Pruning's channel groups) removes the same
+    offsets from every head, so the heads keep their boundaries instead of being re-split across
+    each other. Torch-Pruning's round_to rounds each group's share against the layer's whole width
+    (4 heads of 16 channels, --embed 0.25, round_to 8: it removes 8 per head, not 4), so kept
+    widths are computed here, rounded as it would, and passed on as ratios with round_to off.
+    """
+    for fc1 in layout.fc1:
+        kept = _kept(fc1.out_features, ratios.mlp, round_to)
+        if kept < 1:
+            raise InputError(f"--mlp {ratios.mlp} would remove every MLP unit of a block "
+                             f"({fc1.out_features}, kept in multiples of --round-to {round_to})",
+                             "use a smaller --mlp or --round-to")
+        ratio_dict[fc1] = _exact_ratio(fc1.out_features, kept)
+    if ratios.embed == 0:
+        return 0.0, {}
+    width, heads = int(layout.patch.out_channels), int(layout.attentions[0].num_heads)
+    step = math.lcm(round_to, heads)
+    kept = _kept(width, ratios.embed, step)
+    if kept < 1:
+        raise InputError(f"--embed {ratios.embed} would remove the whole embedding width ({width}, kept in "
+                         f"multiples of {step}: the least common multiple of --round-to and the head count)",
+                         "use a smaller --embed or --round-to")
+    return _exact_ratio(width // heads, kept // heads), {a: int(a.num_heads) for a in layout.attentions}
+
+
+def _kept(width: int, ratio: float, step: int) -> int:
+    """Channels Torch-Pruning keeps of `width` at `ratio` with round_to=`step`."""
+    if ratio == 0:
+        return width  # Torch-Pruning rounds only what it prunes
+    kept = int(width * (1 - ratio))
+    return kept - kept % step
+
+
+def _exact_ratio(width: int, kept: int) -> float:
+    # Torch-Pruning keeps int(width * (1 - ratio)); the half channel lands the floor on `kept`
+    # whatever the float rounding.
+    return 0.0 if kept >= width else 1.0 - (kept + 0.5) / width
+
+
+def _attention_width(layout: _Layout, attention: nn.Module) -> int:
+    """Channels of all heads together (queries only)."""
+    if layout.family == "timm":
+        return attention.qkv.out_features // 3
+    if layout.family == "huggingface":
+        return attention.q_proj.out_features
+    return attention.in_proj_weight.shape[0] // 3
+
+
+def _set_attributes(model: nn.Module, layout: _Layout, heads: list[int], head_dims: list[int],
+                    embed_dim: int) -> None:
+    """Set what the family reads at run time (and describes itself with) to the pruned shapes."""
+    mlp_widths = [int(fc1.out_features) for fc1 in layout.fc1]
+    for attention, count, dim in zip(layout.attentions, heads, head_dims):
+        if layout.family == "timm":
+            attention.num_heads, attention.head_dim, attention.attn_dim = count, dim, count * dim
+        elif layout.family == "huggingface":
+            attention.num_attention_heads, attention.head_dim = count, dim
+            attention.scaling = dim ** -0.5
+        else:  # nn.MultiheadAttention: one width for queries, keys, values and the residual
+            attention.num_heads, attention.head_dim = count, dim
+            attention.embed_dim = attention.kdim = attention.vdim = count * dim
+    if layout.family == "timm":
+        model.embed_dim = model.num_features = model.head_hidden_size = embed_dim
+    elif layout.family == "huggingface":
+        # One config for every layer: it describes the model exactly when all blocks keep the
+        # same widths (always so with vitedge's per-block ratios); the card's structure is exact.
+        config = model.inner.config
+        config.hidden_size, config.intermediate_size = embed_dim, max(mlp_widths)
+        config.num_attention_heads, config.head_dim = max(heads), max(head_dims)
+    else:
+        model.hidden_dim, model.mlp_dim = embed_dim, max(mlp_widths)
 
 
 def _accumulate_taylor(model: nn.Module, teacher: nn.Module | None, batches: Iterable[torch.Tensor]) -> None:
@@ -128,7 +328,7 @@ def _accumulate_taylor(model: nn.Module, teacher: nn.Module | None, batches: Ite
 
 
 def rebuild(model: nn.Module, state_dict: dict[str, torch.Tensor], structure: dict[str, Any]) -> nn.Module:
-    """Shrink a freshly built timm ViT to a pruned state dict's shapes, then load it."""
+    """Shrink a freshly built model (any family above) to a pruned state dict's shapes, then load it."""
     modules = dict(model.named_modules())
     for name, module in list(modules.items()):
         weight = state_dict.get(f"{name}.weight")
@@ -136,7 +336,10 @@ def rebuild(model: nn.Module, state_dict: dict[str, torch.Tensor], structure: di
             continue
         bias = f"{name}.bias" in state_dict
         if isinstance(module, nn.Linear):
-            replacement: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+            # nn.MultiheadAttention's out_proj keeps its own (same-signature) Linear subclass
+            linear = type(module) if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear) \
+                else nn.Linear
+            replacement: nn.Module = linear(weight.shape[1], weight.shape[0], bias=bias)
         elif isinstance(module, nn.LayerNorm):
             replacement = nn.LayerNorm(weight.shape[0], eps=module.eps, bias=bias)
         elif isinstance(module, nn.Conv2d):
@@ -146,12 +349,17 @@ def rebuild(model: nn.Module, state_dict: dict[str, torch.Tensor], structure: di
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, replacement)
-    for name in ("cls_token", "pos_embed", "reg_token", "dist_token"):
-        if name in state_dict and getattr(model, name, None) is not None:
-            setattr(model, name, nn.Parameter(torch.empty_like(state_dict[name])))
-    attentions, _ = _vit_modules(model)
-    for attention, heads, head_dim in zip(attentions, structure["num_heads"], structure["head_dim"]):
-        attention.num_heads, attention.head_dim, attention.attn_dim = heads, head_dim, heads * head_dim
-    model.embed_dim = model.num_features = model.head_hidden_size = structure["embed_dim"]
+    # Parameters held directly by a module: class/position/distillation tokens,
+    # nn.MultiheadAttention's in_proj_weight and in_proj_bias.
+    modules = dict(model.named_modules())
+    for key, tensor in state_dict.items():
+        owner_name, _, attribute = key.rpartition(".")
+        owner = modules.get(owner_name)
+        current = owner._parameters.get(attribute) if owner is not None else None
+        if current is not None and current.shape != tensor.shape:
+            setattr(owner, attribute, nn.Parameter(torch.empty_like(tensor)))
+    layout = _layout(model)
+    _set_attributes(model, layout, list(structure["num_heads"]), list(structure["head_dim"]),
+                    int(structure["embed_dim"]))
     model.load_state_dict(state_dict)
     return model

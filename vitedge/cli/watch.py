@@ -198,7 +198,7 @@ def capture(
 
 @app.command()
 def prune(
-    source: Annotated[str, typer.Argument(help="A timm ViT (timm:NAME -w CKPT, builtin:digits-vit, or its artifact).")],
+    source: Annotated[str, typer.Argument(help="A ViT: timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face ViT/DeiT folder, builtin:digits-vit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
     heads: Annotated[float, typer.Option(help="Share of attention heads to remove per block.")] = 0.0,
     mlp: Annotated[float, typer.Option(help="Share of MLP hidden units to remove.")] = 0.0,
@@ -210,18 +210,20 @@ def prune(
     data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
     distill_steps: Annotated[int, typer.Option(help="Distillation steps from the original after pruning.")] = 0,
     tome: Annotated[int, typer.Option(help="Token merging: tokens merged per block (training-free).")] = 0,
+    tome_from: Annotated[Optional[int], typer.Option(
+        help="First block that merges (from 0; default: a sixth of the depth, 2 of 12).")] = None,
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of this.")] = 8,
     samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
     batch_size: Annotated[int, typer.Option(help="Distillation batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Distillation peak learning rate.")] = 5e-4,
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: sources.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: and torchvision: sources.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
 
-    Example: vitedge prune builtin:digits-vit --heads 0.5 --mlp 0.5 --data calibration/digits/train
+    Example: vitedge prune builtin:digits-vit --heads 0.5 --mlp 0.75 --data calibration/digits/train
     --distill-steps 600 -o demo-out/digits-pruned
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -243,7 +245,8 @@ def prune(
         ratios.check()
         loaded = load(source, weights=weights)
         metrics = run_prune(loaded, out, ratios=ratios, target_macs=target_macs, importance=importance,
-                            data=data, distill_steps=distill_steps, tome=tome, round_to=round_to,
+                            data=data, distill_steps=distill_steps, tome=tome, tome_from=tome_from,
+                            round_to=round_to,
                             samples=samples, batch_size=batch_size, lr=lr, overwrite=overwrite,
                             progress=say, tick=tick)
     lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
