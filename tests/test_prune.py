@@ -70,6 +70,27 @@ def test_rebuild_reproduces_the_pruned_model_exactly():
     assert structure_of(rebuilt) == info["after"]
 
 
+def test_global_allocation_ranks_heads_and_units_across_blocks(tmp_path):
+    import timm
+
+    from conftest import TINY
+
+    model = tiny_timm(embed_dim=64, num_heads=4, depth=4)
+    info = prune_model(model, PruneRatios(heads=0.5, mlp=0.5), importance="l2", allocation="global")
+    after = info["after"]
+    assert sum(after["num_heads"]) == 8 and min(after["num_heads"]) >= 1  # half of 16, not 2 per block
+    assert len(set(after["num_heads"])) > 1 and len(set(after["mlp_hidden"])) > 1
+    assert abs(sum(after["mlp_hidden"]) - 512) <= 4 * 8 and all(w % 8 == 0 for w in after["mlp_hidden"])
+    fresh = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, "embed_dim": 64,
+                                                                           "num_heads": 4, "depth": 4})
+    rebuilt = rebuild(fresh, model.state_dict(), after).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model.eval()(x))
+    with pytest.raises(InputError, match="--allocation 'layer' is not one of uniform, global"):
+        prune_model(tiny_timm(), PruneRatios(mlp=0.5), importance="l2", allocation="layer")
+
+
 def test_distillation_recovers_agreement_and_resumes(tmp_path):
     from vitedge.calibration import open_data
     from vitedge.distill import DistillConfig, distill

@@ -243,6 +243,8 @@ def test_family_refusals_are_one_line_and_write_nothing(tmp_path):
         ({"ratios": PruneRatios(heads=0.5)}, ("--heads cannot prune a torchvision ViT: its nn.MultiheadAttention "
                                              "ties the head width to the embedding width")),
         ({"ratios": PruneRatios(mlp=0.5), "tome": 4}, "--tome (token merging) supports timm ViTs"),
+        ({"ratios": PruneRatios(mlp=0.5), "allocation": "global"},
+         "--allocation global needs timm models (per-block widths); this is a torchvision model"),
     ]:
         with pytest.raises(InputError) as error:
             prune(_tv(), out, **kwargs)

@@ -28,8 +28,10 @@ from vitedge.versions import tool_versions
 
 def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = None,
           target_macs: float | None = None, importance: str | None = None,
-          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0, tome_from: int | None = None,
-          round_to: int = 8, samples: int | None = None, batch_size: int = 32, lr: float = 5e-4,
+          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,
+          tome_from: int | None = None,
+          round_to: int = 8, allocation: str = "uniform", samples: int | None = None,
+          batch_size: int = 32, lr: float = 5e-4,
           overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
     """Prune, distill and/or merge tokens; write the artifact at `out`; return its metrics."""
@@ -88,9 +90,10 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
         batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
             if train is not None else []
         shapes = prune_model(student, ratios, importance=importance, batches=batches, teacher=teacher,
-                             round_to=round_to)
+                             round_to=round_to, allocation=allocation)
         metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
-                        "importance": importance, "round_to": round_to, "structure": shapes})
+                        "importance": importance, "round_to": round_to, "allocation": allocation,
+                        "structure": shapes})
         if holdout is not None:
             metrics["before_distill"] = _measure(teacher, student, holdout, labels)
         if distill_steps:
@@ -218,7 +221,7 @@ def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured
     card.lineage = [*loaded.card.lineage, {
         "step": "prune",
         "parent": {"artifact_hash": artifact_hash(loaded.card)} if loaded.card.files else loaded.card.source,
-        "params": {k: metrics[k] for k in ("ratios", "importance", "round_to") if k in metrics}
+        "params": {k: metrics[k] for k in ("ratios", "importance", "round_to", "allocation") if k in metrics}
         | ({"tome": tome} if tome else {}),
         "metrics": {k: v for k, v in metrics.items() if k not in ("structure",)},
         "tools": tool_versions("torch", "timm", "torch-pruning", *family_tools),

@@ -175,12 +175,22 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
 
 def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "taylor",
                 batches: Iterable[torch.Tensor] = (), teacher: nn.Module | None = None,
-                round_to: int = 8) -> dict[str, Any]:
-    """Prune `model` in place; return its structure before and after."""
+                round_to: int = 8, allocation: str = "uniform") -> dict[str, Any]:
+    """Prune `model` in place; return its structure before and after.
+
+    allocation "uniform": every block loses the same share of heads and of MLP units; "global":
+    heads and MLP units are ranked across all blocks (Torch-Pruning's global scope), so blocks
+    that matter less lose more — timm only, whose rebuild takes any per-block widths.
+    """
     import torch_pruning as tp
 
     ratios.check()
-    check_prunable(model, ratios)
+    family = check_prunable(model, ratios)
+    if allocation not in ("uniform", "global"):
+        raise InputError(f"--allocation {allocation!r} is not one of uniform, global")
+    if allocation == "global" and family != "timm":
+        raise InputError(f"--allocation global needs timm models (per-block widths); this is a {family} model",
+                         "use --allocation uniform, or load the model with timm")
     layout = _layout(model)
     before = structure_of(model)
     example = torch.zeros(1, 3, *layout.input_size)
@@ -191,8 +201,11 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
         for layer in qkv:
             ratio_dict[layer] = ratios.heads
             num_heads[layer] = int(getattr(attention, layout.heads_attribute))
-    for fc1 in layout.fc1:
-        ratio_dict[fc1] = ratios.mlp
+    if allocation == "global":  # one ranking scope for the MLP units of every block
+        ratio_dict[tuple(layout.fc1)] = ratios.mlp  # type: ignore[index]
+    else:
+        for fc1 in layout.fc1:
+            ratio_dict[fc1] = ratios.mlp
     if ratios.embed == 0:
         # the attention output, fc2 and the patch embedding write the embedding width: only --embed prunes it
         ignored += layout.writers
@@ -212,7 +225,7 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
         pruner = tp.pruner.BasePruner(
             model, example, importance=criterion, pruning_ratio=embed_ratio,
             pruning_ratio_dict=ratio_dict, ignored_layers=ignored,
-            num_heads=num_heads, prune_num_heads=ratios.heads > 0,
+            num_heads=num_heads, prune_num_heads=ratios.heads > 0, global_pruning=allocation == "global",
             prune_head_dims=False, head_pruning_ratio=ratios.heads, round_to=rounding,
             in_channel_groups=groups, out_channel_groups=dict(groups))
         if importance == "taylor":

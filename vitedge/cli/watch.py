@@ -213,6 +213,8 @@ def prune(
     tome_from: Annotated[Optional[int], typer.Option(
         help="First block that merges (from 0; default: a sixth of the depth, 2 of 12).")] = None,
     round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of this.")] = 8,
+    allocation: Annotated[str, typer.Option(
+        help="uniform: every block loses the same share; global: heads and MLP units ranked across blocks (timm).")] = "uniform",
     samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
     batch_size: Annotated[int, typer.Option(help="Distillation batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Distillation peak learning rate.")] = 5e-4,
@@ -246,7 +248,7 @@ def prune(
         loaded = load(source, weights=weights)
         metrics = run_prune(loaded, out, ratios=ratios, target_macs=target_macs, importance=importance,
                             data=data, distill_steps=distill_steps, tome=tome, tome_from=tome_from,
-                            round_to=round_to,
+                            round_to=round_to, allocation=allocation,
                             samples=samples, batch_size=batch_size, lr=lr, overwrite=overwrite,
                             progress=say, tick=tick)
     lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
