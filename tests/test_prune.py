@@ -132,6 +132,14 @@ def test_prune_cli_distill_export_and_quantize(tmp_path):
     assert metrics["mac_share"] < 0.6 and metrics["importance"] == "taylor"
     assert metrics["after_distill"]["top1_agreement"] > metrics["before_distill"]["top1_agreement"]
     assert not (tmp_path / "pruned.distill.pt").exists()  # finished runs leave no checkpoint
+    result = runner.invoke(app, ["report", str(tmp_path / "pruned"), "-o", str(tmp_path / "r" / "prune.html")])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "r" / "prune.md").read_text()
+    assert "| 0 | 4 → 2 | 16 → 16 | 256 → 128 |" in markdown and "| 3 | 4 → 2 |" in markdown
+    before, after = metrics["before_distill"], metrics["after_distill"]
+    assert f"| after pruning | {100 * before['top1_agreement']:.2f}% |" in markdown
+    assert f"| after distillation | {100 * after['top1_agreement']:.2f}% |" in markdown
+    assert (tmp_path / "r" / "prune.html").read_text().count("data:image/png") == 2  # widths + distillation
     loaded = load(tmp_path / "pruned")
     assert loaded.module.blocks[0].attn.num_heads == 2 and loaded.card.structure.num_heads == 2
     export = export_onnx(loaded, tmp_path / "onnx", parity_data=HELDOUT, parity_samples=16)

@@ -1,7 +1,8 @@
 """`vitedge report`: one self-contained HTML file (plots embedded), plus Markdown and JSON.
 
-Reads a RUN_DIR (`vitedge run`: summary.json, frames.jsonl, events.jsonl, disagreements/) or an
-EVAL_DIR (`vitedge eval`: eval.json, logits.npz). Plots are drawn with matplotlib (Agg, no
+Reads a RUN_DIR (`vitedge run`: summary.json, frames.jsonl, events.jsonl, disagreements/), an
+EVAL_DIR (`vitedge eval`: eval.json, logits.npz) or a `vitedge prune` artifact (card.json: what was
+removed per block, MACs, agreement after pruning / distillation / merging, distillation curve). Plots are drawn with matplotlib (Agg, no
 display) and embedded as PNG data URIs, so the file can be mailed or attached to a ticket.
 """
 
@@ -125,9 +126,12 @@ def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
         title, headline, tables, plots, gallery, data = _run_sections(directory)
     elif (directory / "eval.json").is_file():
         title, headline, tables, plots, gallery, data = _eval_sections(directory)
+    elif _prune_metrics(directory) is not None:
+        title, headline, tables, plots, gallery, data = _prune_sections(directory)
     else:
-        raise InputError(f"{directory} is neither a run directory (summary.json) nor an eval "
-                         "directory (eval.json)", "pass what vitedge run --out or vitedge eval -o wrote")
+        raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
+                         "(eval.json) nor a pruned artifact (card.json from vitedge prune)",
+                         "pass what vitedge run --out, vitedge eval -o or vitedge prune -o wrote")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, _html(title, headline, tables, plots, gallery))
     atomic_write_text(out.with_suffix(".md"), _markdown(title, headline, tables))
@@ -269,3 +273,85 @@ def _eval_sections(directory: Path) -> tuple:
     ax.legend(fontsize=7)
     plots.insert(0, ("Confidence", _png(fig)))
     return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {"kind": "eval", **report}
+
+
+def _prune_metrics(directory: Path) -> dict[str, Any] | None:
+    card = directory / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        return json.loads(card.read_text()).get("metrics", {}).get("prune")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _prune_sections(directory: Path) -> tuple:
+    plt = _figure()
+    card = json.loads((directory / "card.json").read_text())
+    metrics = card["metrics"]["prune"]
+    step = next((s for s in reversed(card.get("lineage", [])) if s.get("step") == "prune"), {})
+    headline = [("model", card["architecture"]),
+                ("MACs", f"{metrics['macs_before'] / 1e6:.1f} M → {metrics['macs_after'] / 1e6:.1f} M "
+                         f"({100 * metrics['mac_share']:.0f} % kept)"),
+                ("parameters", f"{metrics['params_before'] / 1e6:.3f} M → {metrics['params_after'] / 1e6:.3f} M")]
+    params = step.get("params", {})
+    if "ratios" in params:
+        ratios = params["ratios"]
+        headline.append(("removed", f"heads {100 * ratios['heads']:.0f} %, MLP {100 * ratios['mlp']:.0f} %, "
+                                    f"embedding {100 * ratios['embed']:.0f} % ({params.get('importance')} "
+                                    f"importance, {params.get('allocation', 'uniform')} allocation, "
+                                    f"widths rounded to {params.get('round_to')})"))
+    tables, plots = [], []
+    structure = metrics.get("structure")
+    if structure:
+        before, after = structure["before"], structure["after"]
+        rows = [[str(i), f"{b} → {a}", f"{bd} → {ad}", f"{bm} → {am}"]
+                for i, (b, a, bd, ad, bm, am) in enumerate(zip(
+                    before["num_heads"], after["num_heads"], before["head_dim"], after["head_dim"],
+                    before["mlp_hidden"], after["mlp_hidden"]))]
+        tables.append((f"Kept per block (embedding width {before['embed_dim']} → {after['embed_dim']})",
+                       ["block", "heads", "head width", "MLP width"], rows))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+        blocks = np.arange(len(before["num_heads"]))
+        for ax, key, label in ((axes[0], "num_heads", "heads"), (axes[1], "mlp_hidden", "MLP width")):
+            ax.bar(blocks - 0.2, before[key], width=0.4, label="before", color="#bbb")
+            ax.bar(blocks + 0.2, after[key], width=0.4, label="after", color="#2a6")
+            ax.set_xlabel("block")
+            ax.set_ylabel(label)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        plots.append(("Kept heads and MLP width per block", _png(fig)))
+    stages = [(title, metrics[key]) for key, title in (
+        ("before_distill", "after pruning"), ("after_distill", "after distillation"),
+        ("final", "with token merging")) if key in metrics]
+    if stages:
+        labeled = all("top1_pruned" in m for _, m in stages)
+        tables.append((f"Agreement with the original on {stages[0][1]['samples']} held-out images",
+                       ["stage", "top-1 agreement", "KL"] + (["top-1 original", "top-1 now"] if labeled else []),
+                       [[title, _pct(m["top1_agreement"]), _num(m.get("kl"))]
+                        + ([_pct(m["top1_original"]), _pct(m["top1_pruned"])] if labeled else [])
+                        for title, m in stages]))
+    history = metrics.get("distill")
+    if history and history.get("evaluations"):
+        evaluations = history["evaluations"]
+        headline.append(("distillation", f"{history['steps_run']} steps on {history.get('train_samples')} images"
+                         + (f", stopped early at {history['early_stop_at']}" if history.get("early_stop_at") else "")
+                         + (f", resumed from {history['resumed_from']}" if history.get("resumed_from") else "")))
+        fig, ax = plt.subplots(figsize=(7, 3))
+        steps = [e["step"] for e in evaluations]
+        ax.plot(steps, [100 * e["agreement"] for e in evaluations], marker="o", label="held-out agreement %")
+        ax.set_xlabel("step")
+        ax.set_ylabel("agreement %")
+        other = ax.twinx()
+        other.plot(steps, [e["loss"] for e in evaluations], color="#c63", label="loss")
+        other.set_ylabel("loss")
+        fig.tight_layout()
+        plots.append(("Distillation", _png(fig)))
+    if "tome" in metrics:
+        tome = metrics["tome"]
+        headline.append(("token merging", f"r = {tome['r']} from block {tome.get('start', 0)}: "
+                                          f"{tome['tokens_in']} → {tome['tokens_out']} tokens"))
+        tables.append(("Tokens merged per block", ["block", "merged"],
+                       [[str(i), str(r)] for i, r in enumerate(tome["schedule"])]))
+    return (f"vitedge prune — {directory.name}", headline, tables, plots, [],
+            {"kind": "prune", "card": str(directory / "card.json"), **metrics})

@@ -148,7 +148,8 @@ def eval_command(
 
 @app.command("report")
 def report_command(
-    directory: Annotated[Path, typer.Argument(help="A run directory (vitedge run) or eval directory (vitedge eval).")],
+    directory: Annotated[Path, typer.Argument(
+        help="A run directory (vitedge run), eval directory (vitedge eval) or pruned artifact (vitedge prune).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html).")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -160,7 +161,7 @@ def report_command(
 
     with user_errors(verbose):
         if not directory.is_dir():
-            raise VitedgeError(f"{directory} is not a directory", "pass a run or eval directory")
+            raise VitedgeError(f"{directory} is not a directory", "pass a run or eval directory, or a pruned artifact")
         target = out or directory / "report.html"
         data = build_report(directory, target)
     if data["kind"] == "run":
