@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--deit-steps", type=int, default=150)
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--digits", default="0.5,0.75,0", help="digits heads,mlp,embed ratios")
+    parser.add_argument("--features", type=float, default=0.0, help="--distill-features weight")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -77,7 +78,7 @@ def main() -> None:
         start = time.perf_counter()
         heads, mlp, embed = (float(v) for v in args.digits.split(","))
         metrics = prune(digits, tmp / "digits-pruned", ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed),
-                        data=train, distill_steps=args.steps)
+                        data=train, distill_steps=args.steps, distill_features=args.features)
         seconds = time.perf_counter() - start
         export_onnx(digits, tmp / "digits-onnx", parity_data=held, parity_samples=8)
         export_onnx(load(tmp / "digits-pruned"), tmp / "pruned-onnx", parity_data=held, parity_samples=8)
@@ -98,7 +99,8 @@ def main() -> None:
         realdata.split_image_folders(tmp, deit.card.labels)
         start = time.perf_counter()
         metrics = prune(deit, tmp / "deit-pruned", ratios=PruneRatios(heads=0.25, mlp=0.25),
-                        data=tmp / "calib", distill_steps=args.deit_steps, batch_size=16, lr=1e-4)
+                        data=tmp / "calib", distill_steps=args.deit_steps, batch_size=16, lr=1e-4,
+                        distill_features=args.features)
         seconds = time.perf_counter() - start
         export_onnx(deit, tmp / "deit-onnx", parity_data=tmp / "eval", parity_samples=8)
         export_onnx(load(tmp / "deit-pruned"), tmp / "deit-pruned-onnx", parity_data=tmp / "eval",

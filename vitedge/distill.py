@@ -1,7 +1,9 @@
 """Knowledge distillation: train a pruned model to match the original's logits on unlabeled images.
 
 Label-free (KL between the teacher's and student's softened outputs on the same augmented
-batch), with a held-out slice of the images for early stopping on top-1 agreement, and a
+batch; optionally plus a token-feature term: mean squared error between the two models' final
+normalized tokens, through a learned linear map when pruning narrowed the embedding), with a
+held-out slice of the images for early stopping on top-1 agreement, and a
 checkpoint written at every evaluation so an interrupted run resumes where it stopped.
 """
 
@@ -31,6 +33,7 @@ class DistillConfig:
     patience: int = 4  # evaluations without a better agreement before stopping
     augment: bool = True
     seed: int = 0
+    features: float = 0.0  # weight of the token-feature MSE next to the logit KL (0: logits only)
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -52,10 +55,25 @@ def agreement(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Te
     return float((predicted.argmax(1) == teacher_logits.argmax(1)).float().mean())
 
 
+class _Tokens:
+    """The output of a model's final norm (its tokens, B x N x C), caught by a forward hook."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self.value = output
+
+
 def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: np.ndarray,
             config: DistillConfig, *, checkpoint: Path | None = None, identity: dict[str, Any] | None = None,
-            tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
-    """Train `student` in place; return the history. `identity` ties a checkpoint to its run."""
+            tick: Callable[[int, int, float | None], None] | None = None,
+            feature_norms: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any]:
+    """Train `student` in place; return the history. `identity` ties a checkpoint to its run.
+
+    `feature_norms` (student's, teacher's final norm) are needed when `config.features` > 0.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     teacher.eval()
@@ -63,7 +81,17 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
     held = torch.from_numpy(holdout)
     with torch.inference_mode():
         held_targets = torch.cat([teacher(held[i:i + 64]) for i in range(0, len(held), 64)])
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    hooks: tuple[_Tokens, _Tokens] | None = None
+    projection: nn.Module = nn.Identity()
+    if config.features > 0:
+        if feature_norms is None:
+            raise ValueError("config.features > 0 needs feature_norms (student, teacher)")
+        hooks = (_Tokens(feature_norms[0]), _Tokens(feature_norms[1]))
+        widths = [int(norm.weight.shape[0]) for norm in feature_norms]
+        if widths[0] != widths[1]:  # --embed narrowed the student: learn a map to the teacher's width
+            projection = nn.Linear(widths[0], widths[1], bias=False)
+    trained = list(student.parameters()) + list(projection.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
                                                    pct_start=0.1)
     key = hashlib.sha256(json.dumps({"config": asdict(config), **(identity or {})},
@@ -77,6 +105,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
         saved = torch.load(checkpoint, weights_only=False)
         if saved.get("key") == key:
             student.load_state_dict(saved["student"])
+            projection.load_state_dict(saved["projection"])
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
             generator.set_state(saved["generator"])
@@ -95,6 +124,10 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
             target = nn.functional.log_softmax(teacher(batch) / temperature, dim=1)
         output = nn.functional.log_softmax(student(batch) / temperature, dim=1)
         loss = nn.functional.kl_div(output, target, log_target=True, reduction="batchmean") * temperature ** 2
+        if hooks is not None:
+            student_tokens, teacher_tokens = hooks[0].value, hooks[1].value
+            assert student_tokens is not None and teacher_tokens is not None
+            loss = loss + config.features * nn.functional.mse_loss(projection(student_tokens), teacher_tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,6 +144,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
             if checkpoint is not None:
                 partial = checkpoint.with_name(checkpoint.name + ".partial")
                 torch.save({"key": key, "step": done, "student": student.state_dict(),
+                            "projection": projection.state_dict(),
                             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                             "generator": generator.get_state(), "best": best, "best_state": best_state,
                             "stale": stale, "history": history}, partial)
@@ -120,6 +154,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
             if stale >= config.patience:
                 history["early_stop_at"] = done
                 break
+    if hooks is not None:
+        for hook in hooks:
+            hook.handle.remove()
     student.load_state_dict(best_state)
     student.eval()
     history.update({"agreement_after": best, "steps_run": step + 1 - start + (start or 0),

@@ -31,7 +31,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
           data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,
           tome_from: int | None = None,
           round_to: int = 8, allocation: str = "uniform", samples: int | None = None,
-          batch_size: int = 32, lr: float = 5e-4,
+          batch_size: int = 32, lr: float = 5e-4, distill_features: float = 0.0,
           overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
     """Prune, distill and/or merge tokens; write the artifact at `out`; return its metrics."""
@@ -55,6 +55,9 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
                          "the original on unlabeled images", "pass --data with a folder of images")
     if distill_steps < 0 or round_to < 1:
         raise InputError("--distill-steps must be >= 0 and --round-to >= 1")
+    if distill_features < 0 or (distill_features and not distill_steps):
+        raise InputError(f"--distill-features {distill_features} needs to be >= 0 and comes with --distill-steps",
+                         "e.g. --distill-steps 1000 --distill-features 1.0")
     importance = importance or ("taylor" if data is not None else "l2")
     if importance == "taylor" and data is None and structured:
         raise InputError("--importance taylor needs --data (gradients on images)",
@@ -98,12 +101,15 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
             metrics["before_distill"] = _measure(teacher, student, holdout, labels)
         if distill_steps:
             from vitedge.distill import DistillConfig, distill
+            from vitedge.structured import final_norm
 
             say(f"distilling {distill_steps} steps on {len(train)} images "
                 f"({len(holdout)} held out for early stopping)")
             checkpoint = Path(str(out) + ".distill.pt")
             history = distill(student, teacher, train, holdout,
-                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr),
+                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
+                                            features=distill_features),
+                              feature_norms=(final_norm(student), final_norm(teacher)) if distill_features else None,
                               checkpoint=checkpoint, tick=tick,
                               identity={"structure": shapes["after"], "data": str(data),
                                         "parent": artifact_hash(loaded.card) if loaded.card.files else source})

@@ -151,6 +151,16 @@ def _hf_layout(model: nn.Module, inner: Any) -> _Layout:
                    tuple(base.embeddings.patch_embeddings.image_size), features_out=not heads)
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm whose output is the model's final tokens (what feature distillation matches)."""
+    layout = _layout(model)
+    if layout.family == "timm":
+        return model.norm
+    if layout.family == "torchvision":
+        return model.encoder.ln
+    return model.inner.base_model.layernorm
+
+
 def check_prunable(model: nn.Module, ratios: PruneRatios) -> str:
     """The model's family, after refusing what structured pruning cannot do to it."""
     layout = _layout(model)

@@ -219,6 +219,8 @@ def prune(
     samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
     batch_size: Annotated[int, typer.Option(help="Distillation batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Distillation peak learning rate.")] = 5e-4,
+    distill_features: Annotated[float, typer.Option(
+        help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
     weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: and torchvision: sources.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
@@ -250,7 +252,8 @@ def prune(
         metrics = run_prune(loaded, out, ratios=ratios, target_macs=target_macs, importance=importance,
                             data=data, distill_steps=distill_steps, tome=tome, tome_from=tome_from,
                             round_to=round_to, allocation=allocation,
-                            samples=samples, batch_size=batch_size, lr=lr, overwrite=overwrite,
+                            samples=samples, batch_size=batch_size, lr=lr, distill_features=distill_features,
+                            overwrite=overwrite,
                             progress=say, tick=tick)
     lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
              f"({100 * metrics['mac_share']:.0f}%), parameters {metrics['params_before'] / 1e6:.2f} M -> "
