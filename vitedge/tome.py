@@ -35,23 +35,23 @@ def default_start(depth: int) -> int:
     return depth // 6
 
 
-def bipartite_merge(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
+def bipartite_merge(metric: torch.Tensor, r: int, protected: int = 0) -> tuple[torch.Tensor, ...]:
     """Indices for merging r tokens: (unmerged a, merged a, their b destinations), per image.
 
-    `metric` holds the mergeable tokens only (the class token is kept aside). They alternate into
+    The first `protected` tokens of `metric` (the class token) are kept aside. The others alternate into
     sets a and b exactly as in ToMe, where the class token is a's first member: patch tokens at
     odd positions here (even overall) form a, the others b. Each a token proposes its most similar
     b token and the r best proposals are merged.
     """
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    scores = metric[:, 1::2, :] @ metric[:, ::2, :].transpose(-1, -2)
+    scores = metric[:, protected + 1::2, :] @ metric[:, protected::2, :].transpose(-1, -2)
     node_max, node_idx = scores.max(dim=-1)
     order = node_max.argsort(dim=-1, descending=True)
-    merged = order[:, :r]
+    merged, unmerged = order.split([r, order.shape[1] - r], dim=1)  # one ONNX Split, not two Slices
     # Unmerged tokens go back to their positions: left in similarity order, a near-tie that
     # float noise flips (ONNX Runtime vs PyTorch, INT8) would reassign sets a/b in the next block
     # and merge other tokens (0.2 logit differences between export and PyTorch on DeiT-Tiny).
-    return order[:, r:].sort(dim=1)[0], merged, node_idx.gather(dim=1, index=merged)
+    return unmerged.sort(dim=1)[0], merged, node_idx.gather(dim=1, index=merged)
 
 
 def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Tensor, ...],
@@ -64,19 +64,20 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Ten
     """
     unmerged, merged, destination = indices
     values = torch.cat([x * size, size], dim=-1)
-    head, rest = values[:, :protected], values[:, protected:]
-    src, dst = rest[:, 1::2, :], rest[:, ::2, :]  # a, b as in bipartite_merge
+    head = values[:, :protected]
+    src, dst = values[:, protected + 1::2, :], values[:, protected::2, :]  # a, b as in bipartite_merge
     batch, count_a, channels = src.shape
     count_b = dst.shape[1]
     offset_a = (torch.arange(batch, device=x.device) * count_a)[:, None]
     offset_b = (torch.arange(batch, device=x.device) * count_b)[:, None]
     flat_src = src.reshape(batch * count_a, channels)
-    keep = flat_src[(unmerged + offset_a).reshape(-1)].reshape(batch, -1, channels)
-    moved = flat_src[(merged + offset_a).reshape(-1)]
+    # index_select exports as one Gather; x[idx] would be Unsqueeze + GatherND
+    keep = flat_src.index_select(0, (unmerged + offset_a).reshape(-1)).reshape(batch, -1, channels)
+    moved = flat_src.index_select(0, (merged + offset_a).reshape(-1))
     dst = dst.reshape(batch * count_b, channels).index_add(0, (destination + offset_b).reshape(-1), moved)
     total = torch.cat([head, keep, dst.reshape(batch, count_b, channels)], dim=1)
-    size = total[..., -1:]
-    return total[..., :-1] / size, size
+    weighted, size = total.split([channels - 1, 1], dim=-1)
+    return weighted / size, size
 
 
 class ToMeBlocks(nn.Module):
@@ -97,7 +98,7 @@ class ToMeBlocks(nn.Module):
             attended, metric = self._attention(block, block.norm1(x), bias)
             x = x + block.drop_path1(block.ls1(attended))
             if r > 0:
-                indices = bipartite_merge(metric[:, self.protected:], r)
+                indices = bipartite_merge(metric, r, self.protected)
                 x, size = merge_weighted(x, torch.ones_like(x[..., :1]) if size is None else size,
                                          indices, self.protected)
                 bias = size.log()[:, None, None, :, 0]  # proportional attention, until the next merge
