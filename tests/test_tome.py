@@ -86,6 +86,23 @@ def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):
     assert {(65, 64), (57, 64), (49, 64), (41, 64)} <= token_dims  # tokens fall 8 per block, statically
 
 
+def test_structured_pruning_and_merging_together(tmp_path):
+    from vitedge.export import export_onnx
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["prune", "builtin:digits-vit", "--heads", "0.5", "--mlp", "0.5", "--tome", "6",
+                                 "--tome-from", "1", "-o", str(tmp_path / "both"), "-q"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "both" / "card.json").read_text())
+    assert card["source"]["tome"] == {"r": 6, "start": 1} and card["source"]["pruned"]["num_heads"] == [2, 2, 2, 2]
+    loaded = load(tmp_path / "both")  # shrunk to the pruned shapes, then merged from block 1
+    assert loaded.module.blocks.r == [0, 6, 6, 6] and loaded.module.blocks.blocks[0].attn.num_heads == 2
+    export = export_onnx(loaded, tmp_path / "onnx", parity_data=HELDOUT, parity_samples=16)
+    assert export.parity.within_tolerance
+    metrics = card["metrics"]["prune"]
+    assert metrics["tome"]["tokens_out"] == 65 - 18 and metrics["mac_share"] < 0.5
+
+
 def test_prune_bad_inputs(tmp_path):
     runner = CliRunner()
     cases = [
