@@ -347,10 +347,10 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    if source.get("pruned") and kind in ("timm", "torchvision", "huggingface"):
-        # per-block shapes no constructor makes: build the family's model, shrink it, then load
-        from vitedge.structured import rebuild
+    from vitedge.structured import FAMILIES, rebuild
 
+    if source.get("pruned") and kind in FAMILIES:
+        # per-block shapes no constructor makes: build the family's model, shrink it, then load
         if kind == "huggingface":  # from the config on the card: the original folder is not needed
             from vitedge.hf import build_from_source
 

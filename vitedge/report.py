@@ -1,9 +1,10 @@
 """`vitedge report`: one self-contained HTML file (plots embedded), plus Markdown and JSON.
 
 Reads a RUN_DIR (`vitedge run`: summary.json, frames.jsonl, events.jsonl, disagreements/), an
-EVAL_DIR (`vitedge eval`: eval.json, logits.npz) or a `vitedge prune` artifact (card.json: what was
-removed per block, MACs, agreement after pruning / distillation / merging, distillation curve). Plots are drawn with matplotlib (Agg, no
-display) and embedded as PNG data URIs, so the file can be mailed or attached to a ticket.
+EVAL_DIR (`vitedge eval`: eval.json, logits.npz) or a `vitedge prune` artifact (card.json: what
+was removed per block, MACs, agreement after pruning / distillation / merging, distillation
+curve). Plots are drawn with matplotlib (Agg, no display) and embedded as PNG data URIs, so the
+file can be mailed or attached to a ticket.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import atomic_write_text
+from vitedge.artifact import CARD_NAME, atomic_write_text, is_artifact, read_card
+from vitedge.card import ModelCard
 from vitedge.errors import InputError
 
 
@@ -126,8 +128,8 @@ def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
         title, headline, tables, plots, gallery, data = _run_sections(directory)
     elif (directory / "eval.json").is_file():
         title, headline, tables, plots, gallery, data = _eval_sections(directory)
-    elif _prune_metrics(directory) is not None:
-        title, headline, tables, plots, gallery, data = _prune_sections(directory)
+    elif (card := _pruned_card(directory)) is not None:
+        title, headline, tables, plots, gallery, data = _prune_sections(directory, card)
     else:
         raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
                          "(eval.json) nor a pruned artifact (card.json from vitedge prune)",
@@ -275,32 +277,32 @@ def _eval_sections(directory: Path) -> tuple:
     return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {"kind": "eval", **report}
 
 
-def _prune_metrics(directory: Path) -> dict[str, Any] | None:
-    card = directory / "card.json"
-    if not card.is_file():
-        return None
-    try:
-        return json.loads(card.read_text()).get("metrics", {}).get("prune")
-    except (json.JSONDecodeError, AttributeError):
-        return None
+# What the prune metrics on a card hold at each stage, and how the CLI and the report name it.
+PRUNE_STAGES = (("before_distill", "after pruning"), ("after_distill", "after distillation"),
+                ("final", "with token merging"))
 
 
-def _prune_sections(directory: Path) -> tuple:
+def _pruned_card(directory: Path) -> ModelCard | None:
+    """The card of a `vitedge prune` artifact, or None when the directory is not one."""
+    if not is_artifact(directory):
+        return None
+    card = read_card(directory)
+    return card if "prune" in card.metrics else None
+
+
+def _prune_sections(directory: Path, card: ModelCard) -> tuple:
     plt = _figure()
-    card = json.loads((directory / "card.json").read_text())
-    metrics = card["metrics"]["prune"]
-    step = next((s for s in reversed(card.get("lineage", [])) if s.get("step") == "prune"), {})
-    headline = [("model", card["architecture"]),
+    metrics = card.metrics["prune"]
+    headline = [("model", card.architecture),
                 ("MACs", f"{metrics['macs_before'] / 1e6:.1f} M → {metrics['macs_after'] / 1e6:.1f} M "
                          f"({100 * metrics['mac_share']:.0f} % kept)"),
                 ("parameters", f"{metrics['params_before'] / 1e6:.3f} M → {metrics['params_after'] / 1e6:.3f} M")]
-    params = step.get("params", {})
-    if "ratios" in params:
-        ratios = params["ratios"]
+    if "ratios" in metrics:
+        ratios = metrics["ratios"]
         headline.append(("removed", f"heads {100 * ratios['heads']:.0f} %, MLP {100 * ratios['mlp']:.0f} %, "
-                                    f"embedding {100 * ratios['embed']:.0f} % ({params.get('importance')} "
-                                    f"importance, {params.get('allocation', 'uniform')} allocation, "
-                                    f"widths rounded to {params.get('round_to')})"))
+                                    f"embedding {100 * ratios['embed']:.0f} % ({metrics.get('importance')} "
+                                    f"importance, {metrics.get('allocation', 'uniform')} allocation, "
+                                    f"widths rounded to {metrics.get('round_to')})"))
     tables, plots = [], []
     structure = metrics.get("structure")
     if structure:
@@ -321,9 +323,7 @@ def _prune_sections(directory: Path) -> tuple:
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         plots.append(("Kept heads and MLP width per block", _png(fig)))
-    stages = [(title, metrics[key]) for key, title in (
-        ("before_distill", "after pruning"), ("after_distill", "after distillation"),
-        ("final", "with token merging")) if key in metrics]
+    stages = [(title, metrics[key]) for key, title in PRUNE_STAGES if key in metrics]
     if stages:
         labeled = all("top1_pruned" in m for _, m in stages)
         tables.append((f"Agreement with the original on {stages[0][1]['samples']} held-out images",
@@ -354,4 +354,4 @@ def _prune_sections(directory: Path) -> tuple:
         tables.append(("Tokens merged per block", ["block", "merged"],
                        [[str(i), str(r)] for i, r in enumerate(tome["schedule"])]))
     return (f"vitedge prune — {directory.name}", headline, tables, plots, [],
-            {"kind": "prune", "card": str(directory / "card.json"), **metrics})
+            {"kind": "prune", "card": str(directory / CARD_NAME), **metrics})

@@ -163,6 +163,10 @@ def final_norm(model: nn.Module) -> nn.Module:
 
 def check_prunable(model: nn.Module, ratios: PruneRatios) -> str:
     """The model's family, after refusing what structured pruning cannot do to it."""
+    return _checked_layout(model, ratios).family
+
+
+def _checked_layout(model: nn.Module, ratios: PruneRatios) -> _Layout:
     layout = _layout(model)
     if layout.family == "torchvision" and ratios.heads > 0:
         raise InputError("--heads cannot prune a torchvision ViT: its nn.MultiheadAttention ties the "
@@ -172,7 +176,7 @@ def check_prunable(model: nn.Module, ratios: PruneRatios) -> str:
         raise InputError(f"--embed cannot prune {type(model.inner).__name__}: without a classifier it "
                          "outputs embedding-width features, and --embed would change their width",
                          "use --heads / --mlp, or prune a model with a classification head")
-    return layout.family
+    return layout
 
 
 def structure_of(model: nn.Module) -> dict[str, Any]:
@@ -195,13 +199,12 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
     import torch_pruning as tp
 
     ratios.check()
-    family = check_prunable(model, ratios)
+    layout = _checked_layout(model, ratios)
     if allocation not in ("uniform", "global"):
         raise InputError(f"--allocation {allocation!r} is not one of uniform, global")
-    if allocation == "global" and family != "timm":
-        raise InputError(f"--allocation global needs timm models (per-block widths); this is a {family} model",
+    if allocation == "global" and layout.family != "timm":
+        raise InputError(f"--allocation global needs timm models (per-block widths); this is a {layout.family} model",
                          "use --allocation uniform, or load the model with timm")
-    layout = _layout(model)
     before = structure_of(model)
     example = torch.zeros(1, 3, *layout.input_size)
     ignored: list[nn.Module] = list(layout.heads)

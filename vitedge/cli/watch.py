@@ -235,6 +235,7 @@ def prune(
 
     from vitedge.models import load
     from vitedge.prune import prune as run_prune
+    from vitedge.report import PRUNE_STAGES
     from vitedge.structured import PruneRatios
 
     say = progress_printer(quiet)
@@ -262,8 +263,7 @@ def prune(
         after = metrics["structure"]["after"]
         lines.append(f"kept: embed {after['embed_dim']}, heads per block {after['num_heads']}, "
                      f"MLP widths {after['mlp_hidden']}")
-    for key, title in (("before_distill", "after pruning"), ("after_distill", "after distillation"),
-                       ("final", "with token merging")):
+    for key, title in PRUNE_STAGES:
         if key in metrics:
             m = metrics[key]
             lines.append(f"{title}: agreement {100 * m['top1_agreement']:.2f}% on {m['samples']} held-out"
