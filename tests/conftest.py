@@ -16,6 +16,13 @@ REALDATA = REPO.parent / "shared" / "realdata"
 TRAIN = REPO / "calibration" / "digits" / "train"
 
 
+def native_cpu_target() -> str:
+    """The CPU profile of this machine's ISA: only there is a bundle optimized offline."""
+    from vitedge.passport import machine_arch
+
+    return "arm64-cpu" if machine_arch() == "arm64" else "x86-cpu"
+
+
 def tiny_timm(name: str = "vit_tiny_patch16_224", **overrides) -> torch.nn.Module:
     import timm
 

