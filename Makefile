@@ -47,7 +47,7 @@ demo: install
 	@echo "== 8/10 a camera-like video from the held-out digits (moving, noisy, changing light)"
 	$(PY) -m vitedge.synthetic $(DEMO_OUT)/digits-camera.mp4 --frames 600
 	@echo "== 9/10 run the INT8 bundle on it, shadowed by the FP32 model every 5th frame"
-	$(VITEDGE) run $(DEMO_OUT)/digits-x86 --source $(DEMO_OUT)/digits-camera.mp4 --record $(DEMO_OUT)/digits-annotated.mp4 -o $(DEMO_OUT)/run --overwrite -q
+	$(VITEDGE) run $(DEMO_OUT)/digits-x86 --source $(DEMO_OUT)/digits-camera.mp4 --record $(DEMO_OUT)/run/annotated.mp4 -o $(DEMO_OUT)/run --overwrite -q
 	@echo "== 10/10 the drift report"
 	$(VITEDGE) report $(DEMO_OUT)/run -o $(DEMO_OUT)/report.html
 	@echo "done: open $(DEMO_OUT)/report.html (quantization report: $(DEMO_OUT)/digits-int8/quant_report.md)"

@@ -29,7 +29,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitedge.artifact import write_card, writing_artifact  # noqa: E402
+from vitedge.artifact import write_card  # noqa: E402
+from vitedge.outputs import OutputKind, writing  # noqa: E402
 from vitedge.card import Interpolation, Preprocessing, ResizeMode  # noqa: E402
 from vitedge.data import iter_batches, open_images  # noqa: E402
 from vitedge.models import load  # noqa: E402
@@ -156,7 +157,7 @@ def main() -> None:
                                     "data": "sklearn.datasets.load_digits, 70/30 stratified"},
                          "metrics": dict(card.metrics),
                          "tools": tool_versions("torch", "timm", "scikit-learn")}]
-        with writing_artifact(ASSET, overwrite=True) as staging:
+        with writing(ASSET, OutputKind.ARTIFACT, overwrite=True) as staging:
             shutil.copy(weights, staging / "model.safetensors")
             write_card(staging, card)
     if SAMPLES.exists():

@@ -190,7 +190,7 @@ def test_prune_bad_inputs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
-        (["prune", "builtin:digits-vit", "--heads", "1.2", "-o", str(tmp_path / "a")], "--heads 1.2 is outside [0, 1)"),
+        (["prune", "builtin:digits-vit", "--heads", "1.2", "-o", str(tmp_path / "a")], "Invalid value for '--heads': 1.2 is outside [0, 1)"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--distill-steps", "10", "-o", str(tmp_path / "b")],
          "--distill-steps needs --data"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--data", str(empty), "-o", str(tmp_path / "c")],
@@ -198,7 +198,7 @@ def test_prune_bad_inputs(tmp_path):
         (["prune", "builtin:digits-vit", "-o", str(tmp_path / "d")], "nothing to prune"),
         (["prune", "torchvision:resnet18", "--mlp", "0.5", "-o", str(tmp_path / "e")],
          "structured pruning supports timm VisionTransformer, torchvision VisionTransformer and Hugging Face"),
-        (["prune", "builtin:digits-vit", "--target-macs", "1.5", "-o", str(tmp_path / "f")], "outside (0, 1)"),
+        (["prune", "builtin:digits-vit", "--target-macs", "1.5", "-o", str(tmp_path / "f")], "1.5 is outside (0, 1)"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--distill-features", "1", "-o", str(tmp_path / "g")],
          "--distill-features 1.0 needs to be >= 0 and comes with --distill-steps"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--allocation", "even", "-o", str(tmp_path / "h")],

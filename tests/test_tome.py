@@ -105,10 +105,14 @@ def test_structured_pruning_and_merging_together(tmp_path):
 
 def test_prune_bad_inputs(tmp_path):
     runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = [
-        (["prune", "builtin:digits-vit", "--tome", "-2", "-o", str(tmp_path / "a")], "negative"),
-        (["prune", "builtin:digits-vit", "--tome", "4", "--data", str(tmp_path), "-o", str(tmp_path / "b")],
+        (["prune", "builtin:digits-vit", "--tome", "-2", "-o", str(tmp_path / "a")], "Invalid value for '--tome'"),
+        (["prune", "builtin:digits-vit", "--tome", "4", "--data", str(empty), "-o", str(tmp_path / "b")],
          "contains no image files"),
+        (["prune", "builtin:digits-vit", "--tome", "4", "--data", str(tmp_path), "-o", str(tmp_path / "b")],
+         "lies inside the input"),
         (["prune", "builtin:digits-vit", "--tome", "4", "--tome-from", "4", "-o", str(tmp_path / "c")],
          "--tome-from 4 is not a block of this model (4 blocks"),
     ]
@@ -116,4 +120,4 @@ def test_prune_bad_inputs(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert message in " ".join(result.output.split())
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

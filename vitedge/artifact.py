@@ -1,32 +1,25 @@
-"""Artifact directories: model file(s) + `card.json`, written atomically.
+"""Artifact folders: model file(s) + a sealed `card.json`; the one reader and the one writer.
 
-Every step reads an artifact and writes a new one. A step builds its output in a temporary
-sibling directory and renames it into place only when everything is written, so a crash or
-a failed parity check never leaves a half-written artifact that a later step would trust.
+Every step reads an artifact and writes a new one (through `vitedge.outputs.writing`, so a crash
+or a failed check never leaves a half-written artifact). `write_card` hashes every file in the
+folder into the card and seals it; `read_card` refuses a card that was edited (seal), malformed
+(schema) or that names a path outside its folder; `verify_files` refuses an artifact whose files
+do not match their hashes or that lacks a file its kind must have (removing a file from the
+card's list does not switch verification off).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from vitedge.card import ModelCard
+from vitedge.documents import confined, read_document, write_document
 from vitedge.errors import InputError
+from vitedge.outputs import OWNER, atomic_write_text  # noqa: F401  (re-exported for the steps)
 
 CARD_NAME = "card.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+RECREATE = "re-create the artifact with the vitedge step that made it"
 
 
 def sha256_file(path: Path) -> str:
@@ -42,16 +35,27 @@ def is_artifact(path: Path) -> bool:
 
 
 def read_card(directory: Path) -> ModelCard:
-    card_path = directory / CARD_NAME
-    try:
-        data = json.loads(card_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{directory} has no {CARD_NAME}",
-                         "point at a directory written by a vitedge step") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{card_path} is not valid JSON ({exc.msg} at line {exc.lineno})",
-                         "re-create the artifact") from None
+    """The artifact's card, sealed and valid (its files are checked by `verify_files`)."""
+    from vitedge.schemas import CardDoc
+
+    directory = Path(directory)
+    if not (directory / CARD_NAME).exists():
+        raise InputError(f"{directory} has no {CARD_NAME}", "point at a folder written by a vitedge step")
+    data = read_document(directory / CARD_NAME, CardDoc, hint=RECREATE)
     return ModelCard.from_dict(data)
+
+
+def required_files(card: ModelCard) -> set[str]:
+    """The files an artifact of this format must have, whatever its card lists."""
+    if card.format == "onnx":
+        return {"model.onnx"}
+    if card.format == "bundle":
+        runtime = (card.source.get("bundle") or {}).get("runtime")
+        extra = {"onnxruntime": {"source.onnx"}, "tensorrt": {"trtexec.sh"}}.get(runtime)
+        if extra is None:
+            raise InputError(f"the card of this bundle records runtime {runtime!r}", RECREATE)
+        return {"model.onnx", "bundle.json", "passport.json", *extra}
+    return {"model.safetensors"}
 
 
 def artifact_hash(card: ModelCard) -> str:
@@ -63,78 +67,93 @@ def artifact_hash(card: ModelCard) -> str:
 
 
 def verify_files(directory: Path, card: ModelCard) -> None:
-    """Refuse an artifact whose files do not match the hashes its card recorded."""
+    """Refuse an artifact whose files are missing, outside it, or not what its card hashed."""
+    missing = sorted(required_files(card) - set(card.files))
+    if missing:
+        raise InputError(f"{directory}/{CARD_NAME} does not list {', '.join(missing)}, which a "
+                         f"{card.format} artifact must have", RECREATE)
     for name, expected in card.files.items():
-        path = directory / name
-        if not path.is_file():
+        path = confined(directory, name, what=f"{directory}/{CARD_NAME}")
+        if path.is_symlink() or not path.is_file():
             raise InputError(f"{directory} is missing {name}, which its card lists",
-                             "the artifact is incomplete; re-create it")
+                             "the artifact is incomplete; " + RECREATE)
         actual = sha256_file(path)
         if actual != expected:
             raise InputError(
                 f"{path} does not match the hash in card.json (sha256 {actual[:12]}…, "
                 f"expected {expected[:12]}…)",
-                "the file was changed after the artifact was written; re-create the artifact")
+                "the file was changed after the artifact was written; " + RECREATE)
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless overwriting an artifact directory was asked for."""
-    if out.exists() and not overwrite:
-        raise InputError(f"output {out} already exists",
-                         "choose another -o path or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is a file, not an artifact directory",
-                         "choose a directory path for -o")
+def onnx_file(directory: Path, card: ModelCard, name: str = "model.onnx") -> Path:
+    """An ONNX graph of a verified artifact, refused when its external data lies elsewhere."""
+    import onnx
 
-
-@contextlib.contextmanager
-def writing_artifact(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory to fill; move it to `out` only if the block succeeds."""
-    out = Path(out)
-    check_output(out, overwrite)
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; artifacts are shared
+    path = confined(directory, name, what=f"{directory}/{CARD_NAME}")
+    if name not in card.files:
+        raise InputError(f"{directory}/{CARD_NAME} does not list {name}", RECREATE)
     try:
-        yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(f"no space left on the device while writing {out}; nothing was written",
-                             "free some space or choose another -o path") from None
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common base
+        raise InputError(f"{path} is not a readable ONNX graph ({type(exc).__name__})", RECREATE) from None
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location")
+        confined(directory, location, what=f"{path} (external data of {tensor.name})")
+        if location not in card.files:
+            raise InputError(f"{path} keeps {tensor.name} in {location!r}, which the card does not hash",
+                             RECREATE)
+    return path
 
 
 def write_card(directory: Path, card: ModelCard) -> None:
-    """Record the hashes of every model file in the directory, then write card.json."""
+    """Record the hashes of every file in the folder, then write card.json, sealed."""
+    directory = Path(directory)
     card.files = {
         path.relative_to(directory).as_posix(): sha256_file(path)
         for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != CARD_NAME
+        if path.is_file() and path.name not in (CARD_NAME, OWNER)
     }
-    atomic_write_text(directory / CARD_NAME, card.to_json())
+    write_document(directory / CARD_NAME, card.to_dict())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def relabel(source: str | Path, labels: list[str], out: str | Path, *, overwrite: bool = False,
+            labels_file: str | None = None) -> ModelCard:
+    """A new artifact (or bundle) with other class names: the same files, a new sealed card.
+
+    The only sanctioned way to change a card: the new one records the old one as its parent.
+    """
+    import shutil
+    import time
+
+    from vitedge.outputs import OutputKind, check_output, input_paths, writing
+    from vitedge.versions import tool_versions
+
+    source = Path(source)
+    if not is_artifact(source):
+        raise InputError(f"{source} is not a vitedge artifact or bundle (no {CARD_NAME})",
+                         "relabel what vitedge export / quantize / prune / compile wrote")
+    card = read_card(source)
+    verify_files(source, card)
+    if card.num_classes is None:
+        raise InputError(f"{source} outputs features, not classes: it has no labels to change")
+    if len(labels) != card.num_classes:
+        raise InputError(f"{len(labels)} labels given for a model with {card.num_classes} outputs",
+                         "give one label per output class, in output order")
+    kind = OutputKind.BUNDLE if card.format == "bundle" else OutputKind.ARTIFACT
+    inputs = input_paths(source, labels_file)
+    check_output(out, kind, overwrite=overwrite, inputs=inputs)
+    new = ModelCard.from_dict(card.to_dict())
+    new.labels, new.class_ids = list(labels), None
+    new.lineage = [*card.lineage, {
+        "step": "relabel", "parent": {"artifact_hash": artifact_hash(card)},
+        "params": {"labels": labels_file, "changed": sum(a != b for a, b in zip(card.labels or [], labels))
+                   if card.labels else len(labels)},
+        "metrics": {}, "tools": tool_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    with writing(out, kind, overwrite=overwrite, inputs=inputs) as staging:
+        for name in card.files:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, staging / name)
+        write_card(staging, new)
+    return new

@@ -79,23 +79,40 @@ class BenchResult:
                 "rows": [row.to_dict() for row in self.rows]}
 
 
+BENCH_GENERATOR = "vitedge bench"
+
+
+def _owned_bench(target: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(target.read_text()).get("generator") == BENCH_GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_json(result: BenchResult, path: str | Path) -> None:
+    """`bench --json FILE`: the table as JSON, with the CPU it ran on; replaces only an earlier
+    bench table."""
+    import json
+
+    from vitedge.documents import json_safe
+    from vitedge.outputs import write_files
+    from vitedge.versions import cpu_features
+
+    data = json_safe({"generator": BENCH_GENERATOR, **result.to_dict(),
+                      "cpu_features": sorted(k for k, v in cpu_features().items() if v)})
+    write_files({Path(path): (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()},
+                owned=_owned_bench, what="bench table")
+
+
 def model_size_mib(source: str | Path, session: Session) -> float | None:
     """Bytes of what the runtime loads: the engine or ONNX (with external data), or torch weights."""
     path = Path(str(source))
-    if path.is_dir():
-        from vitedge.bundle import is_bundle
-
-        names = ["model.onnx", "model.onnx.data"]
-        if is_bundle(path):
-            import json
-
-            bundle = json.loads((path / "bundle.json").read_text())
-            names = [bundle.get("engine") or bundle.get("model") or "model.onnx"]
-            if session.backend == "onnxruntime" and bundle["runtime"] == "tensorrt":
-                names = ["model.onnx"]
-        files = [path / n for n in names if (path / n).is_file()]
-        if files:
-            return sum(f.stat().st_size for f in files) / 2**20
+    model = session.model_path
+    if model is not None and model.is_file():  # the verified file the session runs
+        data = model.with_name(model.name + ".data")
+        return (model.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20
     module = getattr(session, "module", None)
     if module is not None:
         return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
@@ -121,15 +138,21 @@ def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
 
 def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Path | None = None,
           samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
-          backend: str | None = None) -> BenchResult:
-    """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first."""
+          backend: str | None = None, json_out: str | Path | None = None) -> BenchResult:
+    """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first.
+
+    `json_out`: also write the table there (checked before anything runs).
+    """
     from vitedge.calibration import model_labels, open_data
+    from vitedge.outputs import check_files, input_paths
     from vitedge.runtime import load
 
+    if json_out is not None:
+        check_files([json_out], owned=_owned_bench, what="bench table", inputs=input_paths(*sources, data))
     if not sources:
         raise InputError("bench needs at least one bundle, artifact or model source")
-    if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
-        raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch >= 1")
+    if runs < 1 or warmup < 0 or any(not 1 <= b <= 4096 for b in batches):
+        raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch 1..4096")
     result = BenchResult(data=str(data) if data else None, reference=sources[0])
     reference_logits: np.ndarray | None = None
     dataset = labels = None
@@ -161,6 +184,8 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
                     for key, value in latency(session, batch, runs, warmup).items():
                         setattr(row, key, value)
                 result.rows.append(row)
+    if json_out is not None:
+        write_json(result, json_out)
     return result
 
 

@@ -170,6 +170,9 @@ def _open_video(path: Path, pre: Preprocessing, samples: int | None) -> DataSet:
             raise InputError(f"video {path} cannot be opened by OpenCV",
                              "check the file plays, or extract frames to a folder first")
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        from vitedge.camera import check_frame_size
+
+        check_frame_size(capture, str(path))
     finally:
         capture.release()
     if total <= 0:

@@ -133,7 +133,13 @@ class ImageSource(FrameSource):
             self.stats.loops += 1
         path = self.paths[self._next]
         self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        from vitedge.preprocess import UnreadableImageError, image_size
+
+        try:
+            image_size(path)  # from the header: a decompression bomb is never decoded
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except UnreadableImageError:
+            image = None
         if image is not None and image.dtype == np.uint16:
             image = (image / 257).astype(np.uint8)
         if image is not None and image.ndim == 3 and image.shape[2] == 4:
@@ -160,6 +166,11 @@ class VideoFileSource(ImageSource):
                              "check that the file is a complete video (mp4, avi, mkv, ...)")
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or None
         self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        try:
+            check_frame_size(self.capture, str(path))
+        except InputError:
+            self.capture.release()
+            raise
         self._position = 0
 
     def read(self) -> Frame | None:
@@ -180,6 +191,19 @@ class VideoFileSource(ImageSource):
 
     def close(self) -> None:
         self.capture.release()
+
+
+def check_frame_size(capture: Any, uri: str) -> None:
+    """Refuse a video or stream whose frames exceed the pixel limit, before reading any."""
+    import cv2
+
+    from vitedge.preprocess import UnreadableImageError, check_image_size
+
+    width, height = (int(capture.get(p) or 0) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        check_image_size(width, height, f"frames of {uri}")
+    except UnreadableImageError as exc:
+        raise InputError(exc.message, exc.hint) from None
 
 
 # ------------------------------------------------------------------------------------- live
@@ -238,6 +262,11 @@ class LiveSource(FrameSource):
                              "and that the stream is up")
         import cv2
 
+        try:
+            check_frame_size(self.capture, uri)
+        except InputError:
+            self.capture.release()
+            raise
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or None
         self._thread = threading.Thread(target=self._capture_loop, name="vitedge-capture", daemon=True)
         self._thread.start()

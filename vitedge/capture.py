@@ -7,14 +7,14 @@ the Laplacian) are summarized so a dark or blurred capture is noticed before it 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import atomic_write_text, writing_artifact
+from vitedge.documents import write_document
+from vitedge.outputs import OutputKind, check_output, input_paths, writing
 from vitedge.camera import FrameSource, VideoFileSource
 from vitedge.errors import InputError
 
@@ -35,9 +35,8 @@ def capture(uri: str, count: int, out: str | Path, *, every_s: float = 0.2,
 
     if count < 1:
         raise InputError(f"-n {count} must be at least 1")
-    from vitedge.artifact import check_output
-
-    check_output(Path(out), overwrite)
+    inputs = input_paths(uri)
+    check_output(out, OutputKind.CAPTURE, overwrite=overwrite, inputs=inputs)
     source = FrameSource.open(uri, **open_options)
     total = source.frame_count if isinstance(source, VideoFileSource) else (
         len(source.paths) if not source.live and hasattr(source, "paths") else 0)
@@ -47,7 +46,7 @@ def capture(uri: str, count: int, out: str | Path, *, every_s: float = 0.2,
     duplicates = unreadable = 0
     started = time.monotonic()
     last_kept = -1e9
-    with writing_artifact(Path(out), overwrite=overwrite) as staging, source:
+    with writing(out, OutputKind.CAPTURE, overwrite=overwrite, inputs=inputs) as staging, source:
         for frame in source:
             if len(kept) >= count or time.monotonic() - started > timeout_s:
                 break
@@ -78,8 +77,8 @@ def capture(uri: str, count: int, out: str | Path, *, every_s: float = 0.2,
             return {"min": float(values.min()), "median": float(np.median(values)),
                     "max": float(values.max())}
 
-        summary = {"source": uri, "kept": len(kept), "near_duplicates_dropped": duplicates,
+        summary = {"kind": "capture", "source": uri, "kept": len(kept), "near_duplicates_dropped": duplicates,
                    "unreadable": unreadable, "brightness": spread("brightness"),
                    "sharpness": spread("sharpness"), "frames": kept}
-        atomic_write_text(staging / "capture.json", json.dumps(summary, indent=2) + "\n")
+        write_document(staging / "capture.json", summary)
     return summary

@@ -15,7 +15,7 @@ from typing import Any
 
 from vitedge.errors import InputError
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: sealed (see vitedge.documents)
 
 
 class Interpolation(StrEnum):

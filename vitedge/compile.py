@@ -10,20 +10,20 @@ the target's, otherwise on the device with `vitedge build BUNDLE`.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file, writing_artifact
+from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file
 from vitedge.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
+from vitedge.documents import write_document
 from vitedge.card import ModelCard
 from vitedge.errors import ExportError, InputError, MissingDependencyError
 from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
+from vitedge.outputs import OutputKind, check_output, temporary_directory, writing
 from vitedge.passport import PASSPORT_NAME, machine_facts, make_passport
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import Precision, Runtime, Scheme, Target
@@ -162,10 +162,9 @@ def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                          f"({target.dla_cores} DLA core(s))",
                          "leave --dla-core out to run on the GPU" if not target.dla_cores else
                          f"pick 0..{target.dla_cores - 1}")
-    from vitedge.artifact import check_output
-
-    check_output(Path(out), overwrite)
-    with tempfile.TemporaryDirectory(prefix="vitedge-compile-") as tmp:
+    inputs = loaded.origin
+    check_output(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs)
+    with temporary_directory("compile") as tmp:
         from vitedge.export import ensure_onnx
 
         source_path = ensure_onnx(loaded, Path(tmp), say)
@@ -185,7 +184,7 @@ def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                                                         if len(errors) > 1 else "") + ")",
                              _fix_hint(errors[0], target))
         facts = machine_facts()
-        with writing_artifact(Path(out), overwrite=overwrite) as staging:
+        with writing(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs) as staging:
             if target.runtime is Runtime.ONNXRUNTIME:
                 bundle, built = _onnxruntime_bundle(staging, source_path, target, facts, say)
             else:
@@ -194,7 +193,7 @@ def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
             bundle.update({"target": target.name, "precision": resolved,
                            "input": {"name": input_name, "shape": list(input_shape)},
                            "batch": list(batch_profile)})
-            atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+            write_document(staging / BUNDLE_NAME, bundle)
             card = _bundle_card(loaded.card, target, resolved, batch_profile, bundle, source_path)
             passport = make_passport(
                 target={k: v for k, v in target.to_dict().items() if k != "path"}, precision=resolved,
@@ -353,7 +352,7 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
     with _rewriting(current, replaced=("model.engine", "layers.json")) as staging:
         say("building the TensorRT engine")
         built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
-        atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+        write_document(staging / BUNDLE_NAME, bundle)
         seal(staging, current.card, {**current.passport, "built": built})
     return read_bundle(path)
 
@@ -361,10 +360,10 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
 @contextlib.contextmanager
 def _rewriting(current: Bundle, replaced: tuple[str, ...]) -> Iterator[Path]:
     """A staging copy of the bundle without `replaced` files (and passport/card), swapped in atomically."""
-    with writing_artifact(current.path, overwrite=True) as staging:
-        for item in current.path.iterdir():
-            if item.is_file() and item.name not in (*replaced, PASSPORT_NAME, "card.json"):
-                shutil.copy2(item, staging / item.name)
+    with writing(current.path, OutputKind.BUNDLE, overwrite=True) as staging:
+        for name in current.card.files:  # what the bundle is made of, nothing else in its folder
+            if name not in (*replaced, PASSPORT_NAME):
+                shutil.copy2(current.path / name, staging / name)
         yield staging
 
 
@@ -377,6 +376,6 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
                                   "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         bundle = dict(current.bundle)
         bundle["session"] = {**bundle["session"], "optimization": "disabled"}
-        atomic_write_text(staging / BUNDLE_NAME, json.dumps(bundle, indent=2) + "\n")
+        write_document(staging / BUNDLE_NAME, bundle)
         seal(staging, current.card, passport)
     return read_bundle(path)

@@ -66,6 +66,36 @@ class _Tokens:
         self.value = output
 
 
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A resume state written by `distill`, loaded as plain data (weights_only: no code runs).
+
+    None when there is none; a file that is not one is refused, never run and never replaced.
+    """
+    import pickle
+    import zipfile
+
+    from vitedge.errors import InputError
+
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise InputError(f"{path} is in the way of the distillation checkpoint (not a plain file)",
+                         "move it away, or choose another -o")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path} is not a vitedge distillation checkpoint (it does not load as plain "
+                         f"tensors: {reason})", "vitedge never runs code from it; move it away, or "
+                         "choose another -o") from None
+    required = {"key", "step", "student", "projection", "optimizer", "schedule", "generator", "best",
+                "best_state", "stale", "history"}
+    if not isinstance(saved, dict) or not required <= set(saved):
+        raise InputError(f"{path} is not a vitedge distillation checkpoint (unexpected content)",
+                         "move it away, or choose another -o")
+    return saved
+
+
 def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: np.ndarray,
             config: DistillConfig, *, checkpoint: Path | None = None, identity: dict[str, Any] | None = None,
             tick: Callable[[int, int, float | None], None] | None = None,
@@ -101,8 +131,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
     history: dict[str, Any] = {"agreement_before": best, "evaluations": [], "resumed_from": None}
     best_state = {k: v.clone() for k, v in student.state_dict().items()}
     stale = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+    saved = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
         if saved.get("key") == key:
             student.load_state_dict(saved["student"])
             projection.load_state_dict(saved["projection"])

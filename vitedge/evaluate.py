@@ -7,13 +7,13 @@ Any mix of sources works (torch, ONNX, quantized, pruned, compiled bundles): eac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import atomic_write_text, writing_artifact
+from vitedge.artifact import sha256_file
+from vitedge.documents import write_document
 from vitedge.drift import compare, per_sample, softmax, topk_accuracy
 from vitedge.errors import InputError
 
@@ -25,13 +25,14 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
              seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False
              ) -> dict[str, Any]:
     """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
-    from vitedge.artifact import check_output
     from vitedge.calibration import model_labels, open_data
+    from vitedge.outputs import OutputKind, check_output, input_paths, writing
     from vitedge.runtime import load
 
     if not sources:
         raise InputError("eval needs at least one model")
-    check_output(Path(out), overwrite)
+    inputs = input_paths(*sources, data)
+    check_output(out, OutputKind.EVAL, overwrite=overwrite, inputs=inputs)
     results: list[dict[str, Any]] = []
     logits_by_model: list[np.ndarray] = []
     dataset = labels = None
@@ -70,14 +71,43 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
                         for i in order if metrics["kl"][i] > 0]
         if labels is not None:
             row["per_class_delta"] = _per_class_delta(reference, logits, labels, class_names)
-    report = {"data": str(data), "samples": int(len(reference)), "labeled": labels is not None,
-              "skipped": list(dataset.skipped), "class_names": class_names, "models": results}
-    with writing_artifact(Path(out), overwrite=overwrite) as staging:
+    report = {"kind": "eval", "data": str(data), "samples": int(len(reference)),
+              "labeled": labels is not None, "skipped": list(dataset.skipped),
+              "class_names": class_names, "models": results}
+    with writing(out, OutputKind.EVAL, overwrite=overwrite, inputs=inputs) as staging:
         np.savez_compressed(staging / LOGITS_NAME, labels=labels if labels is not None else np.array([]),
                             **{f"model{i}": lg for i, lg in enumerate(logits_by_model)},
                             confidence=np.stack([softmax(lg).max(1) for lg in logits_by_model]))
-        atomic_write_text(staging / EVAL_NAME, json.dumps(report, indent=2) + "\n")
+        _keep_thumbnails(staging, results)
+        report["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
+                           for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+        report = write_document(staging / EVAL_NAME, report)
     return report
+
+
+def _keep_thumbnails(folder: Path, rows: list[dict[str, Any]], side: int = 160) -> None:
+    """Copy small JPEGs of the most-disagreeing images into the eval folder (worst/NNN.jpg), so
+    the report embeds files of the eval itself and never reads outside it."""
+    from vitedge.preprocess import UnreadableImageError, load_image
+
+    done: dict[str, str] = {}
+    for row in rows:
+        for worst in row.get("worst", []):
+            path = worst.get("path")
+            worst["image"] = None
+            if not path:
+                continue
+            if path not in done:
+                try:
+                    image = load_image(path)
+                except UnreadableImageError:
+                    continue
+                image.thumbnail((side, side))
+                (folder / "worst").mkdir(exist_ok=True)
+                name = f"worst/{len(done):03d}.jpg"
+                image.save(folder / name, format="JPEG", quality=85)
+                done[path] = name
+            worst["image"] = done[path]
 
 
 def _per_class_delta(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray,

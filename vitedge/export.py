@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, write_card, writing_artifact
+from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images
 from vitedge.errors import ExportError, InputError
@@ -76,16 +76,23 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAUL
     Raises ExportError (and writes nothing) when ONNX Runtime's logits differ from PyTorch's
     beyond `atol + rtol * |reference|` on any element.
     """
-    if opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is below {MIN_OPSET}",
-                         "opset 17 is the first with a single LayerNormalization node; use >= 17")
+    import onnx
+
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise InputError(f"opset {opset} is outside {MIN_OPSET}..{onnx.defs.onnx_opset_version()} "
+                         f"(onnx {onnx.__version__})",
+                         "opset 17 is the first with a single LayerNormalization node; 18 is the default")
     if parity_samples < 1:
         raise InputError(f"--parity-samples {parity_samples} must be at least 1")
+    from vitedge.outputs import OutputKind, check_output, input_paths, writing
+
+    inputs = [*loaded.origin, *input_paths(parity_data)]
+    check_output(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     module = loaded.torch_module("export")
     images = _parity_images(parity_data, parity_samples)
     started = time.perf_counter()
     pre = loaded.card.preprocessing
-    with writing_artifact(Path(out_dir), overwrite=overwrite) as staging:
+    with writing(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
         onnx_path = staging / "model.onnx"
         model, exporter, batch_dynamic = _export(module, pre.input_size, opset, dynamic_batch)
         if simplify:

@@ -13,8 +13,8 @@ end — also after Ctrl-C / SIGTERM — `summary.json`.
 from __future__ import annotations
 
 import json
+import os
 import queue
-import shutil
 import signal
 import threading
 import time
@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.artifact import sha256_file
 from vitedge.camera import Frame, FrameSource
+from vitedge.documents import write_document
 from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.errors import InputError
+from vitedge.outputs import OutputKind, check_output, input_paths, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
@@ -137,38 +140,73 @@ class _Stopper:
 def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
         reference: Session | None = None, options: RunOptions | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the live loop until the source ends, a limit is hit or a signal arrives."""
+    """Run the live loop until the source ends, a limit is hit or a signal arrives.
+
+    The run directory is written as the run goes (frames.jsonl is readable during the run and
+    survives a crash); summary.json says "running" until the end, then holds the figures and the
+    hashes of every file the run wrote.
+    """
     options = options or RunOptions()
-    out = Path(out_dir)
-    if options.shadow_every < 0 or options.top_k < 1 or options.window < 1:
-        raise InputError("--shadow-every must be >= 0, --top-k and --window >= 1")
+    if options.shadow_every < 0 or options.top_k < 1 or not 1 <= options.window <= MAX_WINDOW:
+        raise InputError(f"--shadow-every must be >= 0, --top-k >= 1 and --window 1..{MAX_WINDOW}")
     if reference is not None:
         check_reference(deployed, reference)
-    if out.exists() and not options.overwrite:
-        raise InputError(f"run directory {out} already exists", "choose another --out or pass --overwrite")
+    inputs = input_paths(getattr(deployed, "origin", ()), getattr(reference, "origin", ()), source.uri)
+    out = check_output(out_dir, OutputKind.RUN, overwrite=options.overwrite, inputs=inputs)
+    record = _record_path(options.record, out)
     server = None
     if options.serve:
         from vitedge.serve import LiveServer
 
         server = LiveServer(options.serve, f"{deployed.card.architecture} — {source.uri}")
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "disagreements").mkdir(parents=True)
-    state = _Loop(deployed, source, out, reference, options, server, on_frame)
     try:
-        with _Stopper() as stopper:
-            state.loop(stopper)
+        with writing(out, OutputKind.RUN, overwrite=options.overwrite, inputs=inputs, live=True) as folder:
+            (folder / "disagreements").mkdir()
+            write_document(folder / "summary.json", {"kind": "run", "state": "running",
+                                                     "source": source.uri, "pid": os.getpid(),
+                                                     "started": time.time()})
+            state = _Loop(deployed, source, folder, reference, options, server, on_frame, record)
+            try:
+                with _Stopper() as stopper:
+                    state.loop(stopper)
+            finally:
+                summary = state.finish()
     finally:
-        summary = state.finish()
         if server is not None:
             server.close()
     return summary
 
 
+MAX_WINDOW = 100_000
+
+
+def _record_path(record: Path | None, out: Path) -> tuple[Path, str | None] | None:
+    """Where --record writes, and its name inside the run directory (None when outside it)."""
+    if record is None:
+        return None
+    from vitedge.outputs import absolute_path
+
+    target = absolute_path(Path(record))
+    if target.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):
+        raise InputError(f"--record {record} is not a video file name", "e.g. --record run.mp4")
+    if out == target or out in target.parents:
+        if target.parent != out:
+            raise InputError(f"--record {record} is in a sub-folder of the run directory",
+                             f"record straight into it, e.g. --record {out.name}/{target.name}")
+        return target, target.name
+    if os.path.lexists(target):
+        raise InputError(f"--record {record} already exists",
+                         "choose a new file, or record inside the run directory (-o), which "
+                         "--overwrite replaces as a whole")
+    return target, None
+
+
 class _Loop:
     def __init__(self, deployed: Session, source: FrameSource, out: Path, reference: Session | None,
-                 options: RunOptions, server: Any, on_frame: Callable[[dict[str, Any]], None] | None):
+                 options: RunOptions, server: Any, on_frame: Callable[[dict[str, Any]], None] | None,
+                 record: tuple[Path, str | None] | None = None):
         self.deployed, self.source, self.out, self.options = deployed, source, out, options
+        self.record = record
         self.server, self.on_frame = server, on_frame
         self.card = deployed.card
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
@@ -235,7 +273,7 @@ class _Loop:
                 self.shadow.offer(frame.index, batch, logits, frame):
             self.pending[frame.index] = line
         status = self.status()
-        if self.options.record or self.options.show or self.server is not None:
+        if self.record or self.options.show or self.server is not None:
             self.sinks(frame, line, status)
         line["loop_ms"] = round((time.perf_counter() - began) * 1000 - infer_ms, 3)
         self.loop_ms.append(line["loop_ms"])
@@ -258,10 +296,11 @@ class _Loop:
         lines.append(f"shadow: {status}" + (f"  agree {100 * rolling['agreement']:.0f}%"
                                             if rolling["agreement"] is not None else ""))
         annotated = overlay(frame.image, lines, status)
-        if self.options.record:
+        if self.record:
             if self.writer is None:
                 height, width = annotated.shape[:2]
-                self.writer = cv2.VideoWriter(str(self.options.record), cv2.VideoWriter_fourcc(*"mp4v"),
+                self.record[0].parent.mkdir(parents=True, exist_ok=True)
+                self.writer = cv2.VideoWriter(str(self.record[0]), cv2.VideoWriter_fourcc(*"mp4v"),
                                               self.source.fps or 30.0, (width, height))
             self.writer.write(annotated)
         if self.options.show:
@@ -376,6 +415,7 @@ class _Loop:
         timing = self.deployed.timing
         stats = self.source.stats
         summary = {
+            "kind": "run", "state": "finished", "pid": os.getpid(),
             "source": self.source.uri, "live": self.source.live, "stop_reason": self.stop_reason,
             "started": self.started_wall, "seconds": round(elapsed, 3),
             "frames": {"read": stats.read, "logged": self.frames, "dropped": stats.dropped,
@@ -399,6 +439,9 @@ class _Loop:
             "alerts": not self.window_ok,
             "labels": self.labels,
             "disagreements_saved": self.kept_disagreements,
+            "record": self.record[1] if self.record else None,
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        summary["files"] = {p.relative_to(self.out).as_posix(): sha256_file(p)
+                            for p in sorted(self.out.rglob("*"))
+                            if p.is_file() and p.name != "summary.json" and not p.name.startswith(".")}
+        return write_document(self.out / "summary.json", summary)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.artifact import is_artifact, read_card, verify_files
+from vitedge.artifact import is_artifact, onnx_file, read_card, verify_files
 from vitedge.card import (
     Interpolation,
     ModelCard,
@@ -60,6 +60,7 @@ class LoadedModel:
     module: torch.nn.Module | None = None  # None when the source is an ONNX graph
     onnx_path: Path | None = None
     weights_path: Path | None = None  # the checkpoint the module was built from, if any
+    origin: tuple[Path, ...] = ()  # the files and folders it was read from (a step never writes there)
 
     def torch_module(self, step: str) -> torch.nn.Module:
         if self.module is None:
@@ -82,7 +83,17 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
             kwargs[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key.strip()] = value
+    _check_kwargs(kwargs)
     return kwargs
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    from vitedge.schemas import FORBIDDEN_KWARGS
+
+    bad = sorted(set(kwargs) & FORBIDDEN_KWARGS)
+    if bad:
+        raise InputError(f"model kwarg(s) {', '.join(bad)} would make the builder read a file or "
+                         "the network", "give the checkpoint with --weights; vitedge never downloads")
 
 
 def load(source: str | Path, *, weights: str | Path | None = None,
@@ -100,13 +111,20 @@ def load(source: str | Path, *, weights: str | Path | None = None,
     if kwargs and not text.startswith(("timm:", "torchvision:")):
         raise InputError(f"model kwargs {sorted(kwargs)} only apply to timm: and torchvision: "
                          "sources", "drop --model-kwargs, or name the architecture")
+    _check_kwargs(kwargs)
     builtin = text.removeprefix("builtin:")
+    if text.startswith("builtin:") and builtin not in BUILTIN_MODELS:
+        raise InputError(f"unknown builtin model {text!r}",
+                         f"builtin models: {', '.join('builtin:' + n for n in BUILTIN_MODELS)}")
     if builtin in BUILTIN_MODELS and (text.startswith("builtin:") or not Path(text).exists()):
+        if weights_path is not None:
+            raise InputError(f"--weights does not apply to {text}: it ships with its own weights",
+                             "drop --weights, or name the architecture, e.g. timm:vit_tiny_patch16_224")
         loaded = _load_artifact(BUILTIN_MODELS[builtin])
     elif text.startswith("timm:"):
-        loaded = _load_timm(text[5:], weights_path, kwargs)
+        loaded = _load_timm(text[5:], weights_path, kwargs, trust_pickle=trust_pickle)
     elif text.startswith("torchvision:"):
-        loaded = _load_torchvision(text[12:], weights_path, kwargs)
+        loaded = _load_torchvision(text[12:], weights_path, kwargs, trust_pickle=trust_pickle)
     else:
         path = Path(text)
         if weights_path is not None:
@@ -133,6 +151,9 @@ def load(source: str | Path, *, weights: str | Path | None = None,
             card.macs = count_macs(loaded.module, card.preprocessing.input_size)
     if not card.structure.is_vit and not any("not a Vision Transformer" in w for w in card.warnings):
         card.warnings.append(NOT_VIT_WARNING.format(arch=card.architecture))
+    from vitedge.outputs import input_paths
+
+    loaded.origin = tuple(input_paths(text, weights_path))
     return loaded
 
 
@@ -147,7 +168,8 @@ def _override_preprocessing(pre: Preprocessing, overrides: dict[str, Any]) -> Pr
 
 
 # ---------------------------------------------------------------------------------- timm
-def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any]) -> LoadedModel:
+def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any], *,
+               trust_pickle: bool = False) -> LoadedModel:
     import timm
 
     base = name.split(".")[0]
@@ -163,7 +185,7 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any]) -> Loade
                          "check the names against the timm model's constructor") from None
     state_dict = None
     if weights is not None:
-        state_dict = read_state_dict(weights)
+        state_dict = read_state_dict(weights, trust_pickle=trust_pickle)
         if _mismatch(model, state_dict):
             state_dict = _timm_filter(model, state_dict)
         load_into(model, state_dict, what=f"timm:{name}{_kw_text(kwargs)}",
@@ -249,7 +271,8 @@ _TV_VIT = {
 }
 
 
-def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any]) -> LoadedModel:
+def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any], *,
+                      trust_pickle: bool = False) -> LoadedModel:
     try:
         import torchvision
         from torchvision.models import VisionTransformer
@@ -269,7 +292,8 @@ def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any]) -
     except TypeError as exc:
         raise InputError(f"torchvision:{name} does not accept these model kwargs ({exc})") from None
     if weights is not None:
-        load_into(model, read_state_dict(weights), what=f"torchvision:{name}{_kw_text(kwargs)}",
+        load_into(model, read_state_dict(weights, trust_pickle=trust_pickle),
+                  what=f"torchvision:{name}{_kw_text(kwargs)}",
                   hint="pick the architecture the checkpoint was trained as, or pass "
                        "--model-kwargs (num_classes=..., image_size=...) to match it")
     meta_weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -339,11 +363,10 @@ def _load_artifact(directory: Path) -> LoadedModel:
     card = read_card(directory)
     verify_files(directory, card)
     if card.format == "onnx":
-        return LoadedModel(card, None, onnx_path=directory / "model.onnx")
+        return LoadedModel(card, None, onnx_path=onnx_file(directory, card))
     if card.format == "bundle":  # its portable graph: ONNX Runtime bundles keep the unoptimized one
-        source = directory / "source.onnx"
-        return LoadedModel(card, None,
-                           onnx_path=source if source.is_file() else directory / "model.onnx")
+        portable = "source.onnx" if "source.onnx" in card.files else "model.onnx"
+        return LoadedModel(card, None, onnx_path=onnx_file(directory, card, portable))
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")

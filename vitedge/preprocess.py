@@ -11,6 +11,7 @@ OpenCV frames (BGR uint8 arrays) are accepted and converted.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,63 @@ if TYPE_CHECKING:
 
 class UnreadableImageError(InputError):
     """A file that is not a decodable image (data sources count these and move on)."""
+
+
+# Pillow's own warning threshold (~89.5 megapixels): a 20000x20000 PNG of 1 MB would decode to
+# 1.2 GB of pixels. Checked from the header, before decoding, on every path (Pillow and OpenCV).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+MAX_PIXELS_VARIABLE = "VITEDGE_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) vitedge decodes; raise it with VITEDGE_MAX_IMAGE_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE)
+    if text is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.strip().isdigit() or int(text) < 1:
+        raise InputError(f"{MAX_PIXELS_VARIABLE}={text!r} is not a positive whole number of pixels",
+                         f"e.g. {MAX_PIXELS_VARIABLE}=200000000 (200 megapixels)")
+    return int(text)
+
+
+def check_image_size(width: int, height: int, what: object) -> None:
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise UnreadableImageError(
+            f"{what} is {width}x{height} ({width * height / 1e6:.0f} MP), above the "
+            f"{limit / 1e6:.1f} MP limit", f"raise it with {MAX_PIXELS_VARIABLE} if the image is genuine")
+
+
+def _open_checked(path: str | Path) -> PILImage.Image:
+    """Open an image file lazily (header only) and refuse it when it is too large to decode."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max(max_image_pixels(), DEFAULT_MAX_IMAGE_PIXELS)  # Pillow's own guard
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            handle = Image.open(path)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImageError(f"{path} is larger than the {max_image_pixels() / 1e6:.1f} MP "
+                                   f"limit", f"raise it with {MAX_PIXELS_VARIABLE}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{path} is not a readable image ({exc})") from None
+    try:
+        check_image_size(*handle.size, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, refused above the pixel limit."""
+    with _open_checked(path) as handle:
+        return handle.size
 
 
 def _pil_resample(interpolation: Interpolation) -> int:
@@ -62,16 +120,17 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 
 
 def load_image(path: str | Path) -> PILImage.Image:
-    """Decode an image file into RGB, or raise UnreadableImageError saying why."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode an image file into RGB, or raise UnreadableImageError saying why (too large too)."""
+    from PIL import Image
 
     try:
-        with Image.open(path) as handle:
+        with _open_checked(path) as handle:
             handle.load()
             return to_rgb(handle)
-    except FileNotFoundError:
-        raise UnreadableImageError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError:
+        raise UnreadableImageError(f"{path} is larger than the pixel limit",
+                                   f"raise it with {MAX_PIXELS_VARIABLE}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{path} is not a readable image ({exc})") from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, check_output, write_card, writing_artifact
+from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.models import LoadedModel
@@ -62,7 +62,10 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     if importance == "taylor" and data is None and structured:
         raise InputError("--importance taylor needs --data (gradients on images)",
                          "pass --data DIR, or --importance l2")
-    check_output(Path(out), overwrite)
+    from vitedge.outputs import OutputKind, check_output, input_paths, writing
+
+    inputs = [*loaded.origin, *input_paths(data)]
+    out = check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     source = loaded.card.source
     kind = source.get("kind")
     if kind not in FAMILIES or source.get("pruned") or source.get("tome"):
@@ -128,7 +131,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     card = _card(loaded, student, metrics, structured, tome)
     from safetensors.torch import save_file
 
-    with writing_artifact(Path(out), overwrite=overwrite) as staging:
+    with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
         save_file(plain_state, str(staging / "model.safetensors"))
         write_card(staging, card)
     if distill_steps:
@@ -187,7 +190,7 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
         middle = (low + high) / 2
         trial = copy.deepcopy(teacher)
         prune_model(trial, PruneRatios(heads=middle if heads else 0.0, mlp=middle), importance="l2",
-                    round_to=round_to)
+                    round_to=round_to, strict=False)
         share = count_macs(trial, size) / macs_before
         if share <= target:
             best, high = middle, middle

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,13 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from vitedge.artifact import (
-    artifact_hash,
-    atomic_write_text,
-    check_output,
-    write_card,
-    writing_artifact,
-)
+from vitedge.artifact import artifact_hash, atomic_write_text, write_card
 from vitedge.calibration import DataSet, model_labels, open_data
 from vitedge.card import ModelCard
 from vitedge.drift import compare, topk_accuracy
@@ -265,7 +258,10 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             re.compile(pattern)
         except re.error as exc:
             raise InputError(f"--exclude {pattern!r} is not a valid regular expression ({exc})") from None
-    check_output(Path(out), overwrite)  # before minutes of work, not after
+    from vitedge.outputs import OutputKind, check_output, input_paths, temporary_directory, writing
+
+    inputs = [*loaded.origin, *input_paths(calib, eval_data)]
+    check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)  # before minutes of work
     card = loaded.card
     pre = card.preprocessing
     calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
@@ -280,7 +276,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                      "flatters INT8; pass held-out images with --eval"]
     labels = model_labels(card, evaluation)
 
-    with tempfile.TemporaryDirectory(prefix="vitedge-quantize-") as tmp:
+    with temporary_directory("quantize") as tmp:
         float_path = _float_onnx(loaded, Path(tmp), calib, say)
         float_model = onnx.load(str(float_path))
         nodes = compute_nodes(float_model)
@@ -334,11 +330,11 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                calibration_data, smooth_quant, bias_correction, exclude,
                                warnings_)
         new_card = _quantized_card(card, report, float_path)
-        with writing_artifact(Path(out), overwrite=overwrite) as staging:
+        with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
             onnx.save_model(best.model, str(staging / "model.onnx"))
-            write_card(staging, new_card)  # hashes the model; reports are written after
             atomic_write_text(staging / "quant_report.json", json.dumps(report, indent=2) + "\n")
             atomic_write_text(staging / "quant_report.md", markdown(report))
+            write_card(staging, new_card)  # hashes the model and the reports
     result = QuantizeResult(Path(out), new_card, report, report["budget"]["met"],
                             time.perf_counter() - started)
     if not result.within_budget:

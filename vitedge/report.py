@@ -13,14 +13,17 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import CARD_NAME, atomic_write_text, is_artifact, read_card
+from vitedge.artifact import CARD_NAME, is_artifact, read_card, sha256_file
 from vitedge.card import ModelCard
+from vitedge.documents import confined, read_document, sealed_json, validate
 from vitedge.errors import InputError
+from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
 
 
 def _figure() -> Any:
@@ -40,16 +43,24 @@ def _png(fig: Any) -> str:
 
 
 def _image_uri(path: Path, max_side: int = 160) -> str | None:
-    import cv2
+    """A small JPEG data URI of an image inside the folder being reported (None if unreadable)."""
+    from vitedge.preprocess import UnreadableImageError, load_image
 
-    image = cv2.imread(str(path))
-    if image is None:
+    try:
+        image = load_image(path)
+    except UnreadableImageError:
         return None
-    scale = max_side / max(image.shape[:2])
-    if scale < 1:
-        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def md_escape(text: object) -> str:
+    """A user string (label, path, architecture) as inert Markdown: no HTML, no table breaks."""
+    value = " ".join(str(text).split())
+    value = html.escape(value, quote=False)
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", value)
 
 
 def _flip_matrix(plt: Any, pairs: list[tuple[str, str]], title: str) -> str | None:
@@ -106,10 +117,11 @@ def _html(title: str, headline: list[tuple[str, str]], tables: list[tuple[str, l
 
 def _markdown(title: str, headline: list[tuple[str, str]],
               tables: list[tuple[str, list[str], list[list[str]]]]) -> str:
-    lines = [f"# {title}", ""] + [f"- {k}: {v}" for k, v in headline] + [""]
+    e = md_escape
+    lines = [f"# {e(title)}", ""] + [f"- {e(k)}: {e(v)}" for k, v in headline] + [""]
     for caption, header, rows in tables:
-        lines += [f"## {caption}", "", "| " + " | ".join(header) + " |",
-                  "|" + " --- |" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        lines += [f"## {e(caption)}", "", "| " + " | ".join(map(e, header)) + " |",
+                  "|" + " --- |" * len(header)] + ["| " + " | ".join(map(e, r)) + " |" for r in rows] + [""]
     return "\n".join(lines)
 
 
@@ -122,8 +134,14 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write `out` (.html) and its .md / .json siblings; return the JSON content."""
+    """Write `out` (.html) and its .md / .json siblings; return the JSON content.
+
+    The three files replace only an earlier report set (one whose .json says vitedge report
+    wrote it); anything else at those paths is refused.
+    """
     directory, out = Path(directory), Path(out)
+    if out.suffix.lower() != ".html":
+        raise InputError(f"-o {out} is not an .html file name", f"e.g. -o {out.with_suffix('.html')}")
     if (directory / "summary.json").is_file():
         title, headline, tables, plots, gallery, data = _run_sections(directory)
     elif (directory / "eval.json").is_file():
@@ -134,20 +152,94 @@ def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
         raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
                          "(eval.json) nor a pruned artifact (card.json from vitedge prune)",
                          "pass what vitedge run --out, vitedge eval -o or vitedge prune -o wrote")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, _html(title, headline, tables, plots, gallery))
-    atomic_write_text(out.with_suffix(".md"), _markdown(title, headline, tables))
-    atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
+    md, index = out.with_suffix(".md"), out.with_suffix(".json")
+    data = {"generator": REPORT_GENERATOR, "html": out.name, "md": md.name, **data}
+
+    def owned(path: Path) -> bool:  # the set's .json says vitedge report wrote the set
+        report = _json(index)
+        if path.name == index.name:
+            return is_report_document(report)
+        return is_report_document(report) and path.name in (report.get("html"), report.get("md"))
+
+    write_files({out: _html(title, headline, tables, plots, gallery).encode(),
+                 md: _markdown(title, headline, tables).encode(), index: sealed_json(data).encode()},
+                owned=owned, what="report")
     return data
 
 
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _verified(directory: Path, files: dict[str, str], what: str) -> None:
+    """Every file the folder's manifest hashed is still the one it hashed."""
+    for name, digest in files.items():
+        path = confined(directory, name, what=what)
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+            raise InputError(f"{path} was changed or removed after {what} was written",
+                             "reports are made from what vitedge recorded; re-run to get a new one")
+
+
+def _lines(path: Path, schema: Any) -> list[dict[str, Any]]:
+    """A JSONL file, each line validated."""
+    from pydantic import ValidationError
+
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            schema.model_validate_json(line)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"]) or "(line)"
+            raise InputError(f"{path} line {number}: {where}: {error['msg']}",
+                             "re-run to get a new run directory") from None
+        rows.append(json.loads(line))
+    return rows
+
+
+def _read_run(directory: Path) -> dict[str, Any]:
+    from vitedge.schemas import FinishedRunDoc, RunSummaryDoc
+
+    path = directory / "summary.json"
+    summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
+    if summary["state"] != "finished":
+        pid = summary.get("pid")
+        alive = isinstance(pid, int) and _alive(pid)
+        raise InputError(f"{directory} is a run that " + (f"is still going (pid {pid})" if alive else
+                         "did not finish (its process stopped before writing the summary)"),
+                         "its frames.jsonl is readable as it is; a report needs a finished run")
+    validate(FinishedRunDoc, summary, what=str(path), hint="re-run to get a new run directory")
+    _verified(directory, summary["files"], str(path))
+    return summary
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _run_sections(directory: Path) -> tuple:
+    from vitedge.schemas import EventLine, FrameLine
+
+    summary = _read_run(directory)
     plt = _figure()
-    summary = json.loads((directory / "summary.json").read_text())
-    frames = [json.loads(line) for line in (directory / "frames.jsonl").read_text().splitlines() if line]
-    events_path = directory / "events.jsonl"
-    events = [json.loads(line) for line in events_path.read_text().splitlines() if line] \
-        if events_path.is_file() else []
+    frames = _lines(confined(directory, "frames.jsonl", what=str(directory)), FrameLine) \
+        if "frames.jsonl" in summary["files"] else []
+    events = _lines(confined(directory, "events.jsonl", what=str(directory)), EventLine) \
+        if "events.jsonl" in summary["files"] else []
     shadowed = sorted((f for f in frames if "shadow" in f), key=lambda f: f["index"])
     drift = summary["drift"]
     counts = summary["frames"]
@@ -205,18 +297,18 @@ def _run_sections(directory: Path) -> tuple:
         ax.legend()
         plots.append(("Confidence, reference vs deployed", _png(fig)))
         plots.append(("Class flips (shadowed frames)", _flip_matrix(plt, flips, "reference → deployed")))
-    latencies = [f["latency_ms"] for f in frames if "latency_ms" in f]
+    latencies = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
     if latencies:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         ax.hist(latencies, bins=40, alpha=0.7, label="deployed inference")
-        loop = [f["loop_ms"] for f in frames if "loop_ms" in f]
+        loop = [f["loop_ms"] for f in frames if f.get("loop_ms") is not None]
         ax.hist(loop, bins=40, alpha=0.5, label="loop overhead")
         ax.set_xlabel("ms per frame")
         ax.legend()
         plots.append(("Latency", _png(fig)))
     gallery = []
     for f in shadowed:
-        if "saved" in f and (uri := _image_uri(directory / f["saved"])):
+        if f.get("saved") in summary["files"] and (uri := _image_uri(directory / f["saved"])):
             gallery.append((uri, f"frame {f['index']}: reference {f['shadow']['reference_top1']}, "
                                  f"deployed {f['top'][0][1]} (KL {f['shadow']['kl']:.3f})"))
     data = {"kind": "run", "summary": summary, "events": events,
@@ -226,9 +318,8 @@ def _run_sections(directory: Path) -> tuple:
 
 
 def _eval_sections(directory: Path) -> tuple:
+    report, arrays = _read_eval(directory)
     plt = _figure()
-    report = json.loads((directory / "eval.json").read_text())
-    arrays = np.load(directory / "logits.npz")
     models = report["models"]
     labeled = report["labeled"]
     headline = [("data", f"{report['data']} ({report['samples']} images"
@@ -264,7 +355,7 @@ def _eval_sections(directory: Path) -> tuple:
             ax.tick_params(axis="x", rotation=90, labelsize=7)
             plots.append((f"Per-class accuracy deltas: {row['model']}", _png(fig)))
         for worst in row.get("worst", []):
-            if worst["path"] and (uri := _image_uri(Path(worst["path"]))):
+            if worst.get("image") in report["files"] and (uri := _image_uri(directory / worst["image"])):
                 gallery.append((uri, f"{Path(worst['path']).name}: first {worst['first']}, "
                                      f"{Path(row['model']).name} {worst['this']} (KL {worst['kl']:.3f})"))
     confidence = arrays["confidence"]
@@ -274,7 +365,30 @@ def _eval_sections(directory: Path) -> tuple:
     ax.set_xlabel("top-1 confidence")
     ax.legend(fontsize=7)
     plots.insert(0, ("Confidence", _png(fig)))
-    return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {"kind": "eval", **report}
+    return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {**report, "kind": "eval"}
+
+
+def _read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from vitedge.schemas import EvalDoc
+
+    path = directory / "eval.json"
+    hint = "re-run vitedge eval"
+    report = read_document(path, EvalDoc, hint=hint)
+    _verified(directory, report["files"], str(path))
+    if "logits.npz" not in report["files"]:
+        raise InputError(f"{path} does not list logits.npz", hint)
+    try:
+        with np.load(directory / "logits.npz", allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{directory}/logits.npz is unreadable ({exc})", hint) from None
+    count, classes = report["samples"], len(report["class_names"])
+    expected = {f"model{i}": (count, classes) for i in range(len(report["models"]))}
+    expected["confidence"] = (len(report["models"]), count)
+    for key, shape in expected.items():
+        if key not in arrays or arrays[key].shape != shape or arrays[key].dtype.kind != "f":
+            raise InputError(f"{directory}/logits.npz: {key} is not a float array of shape {shape}", hint)
+    return report, arrays
 
 
 # What the prune metrics on a card hold at each stage, and how the CLI and the report name it.
@@ -354,4 +468,4 @@ def _prune_sections(directory: Path, card: ModelCard) -> tuple:
         tables.append(("Tokens merged per block", ["block", "merged"],
                        [[str(i), str(r)] for i, r in enumerate(tome["schedule"])]))
     return (f"vitedge prune — {directory.name}", headline, tables, plots, [],
-            {"kind": "prune", "card": str(directory / CARD_NAME), **metrics})
+            {**metrics, "kind": "prune", "card": str(directory / CARD_NAME)})

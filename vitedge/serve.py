@@ -8,6 +8,7 @@ page polls. Bound to 127.0.0.1 unless the user asks otherwise.
 from __future__ import annotations
 
 import errno
+import html
 import json
 import socket
 import threading
@@ -60,21 +61,26 @@ poll(); setInterval(poll, 500);
 """
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT', localhost) -> (host, port), refused unless the port is 0-65535."""
+    host, _, port_text = str(address).rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or not host:
+        raise InputError(f"--serve {address!r} is not HOST:PORT with a port 0-65535",
+                         "e.g. --serve 127.0.0.1:8080")
+    return host, int(port_text)
+
+
 class LiveServer:
     """Serves the newest annotated JPEG and the metrics dict the live loop publishes."""
 
     def __init__(self, address: str, title: str) -> None:
-        host, _, port_text = address.rpartition(":")
-        host = host or "127.0.0.1"
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise InputError(f"--serve {address!r} is not HOST:PORT", "e.g. --serve 127.0.0.1:8080") from None
+        host, port = parse_address(address)
         self._jpeg: bytes | None = None
         self._metrics: dict[str, Any] = {}
         self._changed = threading.Condition()
         self._closing = False
-        page = PAGE.format(title=title).encode()
+        page = PAGE.format(title=html.escape(title, quote=True)).encode()
         server = self
 
         class Handler(BaseHTTPRequestHandler):

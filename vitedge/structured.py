@@ -189,8 +189,11 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
 
 def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "taylor",
                 batches: Iterable[torch.Tensor] = (), teacher: nn.Module | None = None,
-                round_to: int = 8, allocation: str = "uniform") -> dict[str, Any]:
+                round_to: int = 8, allocation: str = "uniform", strict: bool = True) -> dict[str, Any]:
     """Prune `model` in place; return its structure before and after.
+
+    `strict`: a nonzero ratio that removes nothing (rounding) is an error; the --target-macs
+    search turns that off while it probes.
 
     allocation "uniform": every block loses the same share of heads and of MLP units; "global":
     heads and MLP units are ranked across all blocks (Torch-Pruning's global scope), so blocks
@@ -253,7 +256,20 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
         raise InputError("--mlp would remove every MLP unit of a block", "use a smaller --mlp")
     head_dims = [_attention_width(layout, a) // h for a, h in zip(layout.attentions, heads)]
     _set_attributes(model, layout, heads, head_dims, int(layout.patch.out_channels))
-    return {"before": before, "after": structure_of(model)}
+    after = structure_of(model)
+    if strict:
+        _check_removed(ratios, before, after, round_to)
+    return {"before": before, "after": after}
+
+
+def _check_removed(ratios: PruneRatios, before: dict[str, Any], after: dict[str, Any], round_to: int) -> None:
+    """An asked-for ratio that removed nothing is an error, not a silent no-op."""
+    for flag, ratio, key in (("--heads", ratios.heads, "num_heads"), ("--mlp", ratios.mlp, "mlp_hidden"),
+                             ("--embed", ratios.embed, "embed_dim")):
+        if ratio > 0 and before[key] == after[key]:
+            raise InputError(f"{flag} {ratio:g} removed nothing: with widths kept in multiples of "
+                             f"--round-to {round_to}, it would keep none or all of them",
+                             f"lower --round-to (widths: {before[key]}), or pick another {flag}")
 
 
 def _torchvision_ratios(layout: _Layout, ratios: PruneRatios, round_to: int,

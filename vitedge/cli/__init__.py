@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +17,45 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
+from typer.core import TyperGroup
 
 from vitedge import __version__
 from vitedge.card import Interpolation
 from vitedge.errors import VitedgeError
+
+# Markup off: labels, paths and architectures are user strings; "[/]" in one must print as is.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(label: str, style: str, message: str = "") -> Text:
+    """`label` in `style`, then the message as plain text."""
+    return Text.assemble((label, style), (" " + message) if message else "")
+
+
+class _OneLineErrors(TyperGroup):
+    """Bad options (a value out of range, a missing option) are one line and exit code 1, like
+    every other bad input, instead of Click's usage box and exit code 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            err_console.print(styled("error:", "bold red", "aborted"))
+            sys.exit(1)
+        except typer.exceptions.TyperException as exc:  # Click's usage errors, as Typer ships them
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "vitedge"
+            err_console.print(styled("error:", "bold red", f"{exc.format_message()} — see {where} --help"),
+                              soft_wrap=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
     name="vitedge",
@@ -27,9 +63,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def floats(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Any:
+    """A callback giving a float option its real range; nan and inf are refused (the one shared
+    validator: Click's FloatRange lets nan through and Typer has no open bounds)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        below = low is not None and (value < low or (low_open and value == low))
+        above = high is not None and (value > high or (high_open and value == high))
+        if below or above:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            raise typer.BadParameter(f"{value:g} is outside {left}{'-inf' if low is None else f'{low:g}'}, "
+                                     f"{'inf' if high is None else f'{high:g}'}{right}")
+        return value
+
+    return check
 
 
 def _version(value: bool) -> None:
@@ -46,9 +103,26 @@ def main(
     """vitedge: prune, quantize, compile and watch ViTs on edge devices."""
 
 
+class _Notes(logging.Handler):
+    """What the output writer did on its own (cleaning up after a killed run): a dim note."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(styled("note:", "yellow", record.getMessage()), soft_wrap=True)
+
+
 @contextlib.contextmanager
 def user_errors(verbose: bool = False) -> Iterator[None]:
-    """Turn VitedgeError into one line on stderr and exit code 1; quiet third-party chatter."""
+    """Turn VitedgeError into one line on stderr and exit code 1; quiet third-party chatter.
+
+    Every command runs inside this: first, what killed vitedge processes left behind (partial
+    outputs here, scratch folders in the temp directory) is cleaned up and said; at the end, the
+    locks this process holds on its outputs are given back.
+    """
+    from vitedge import outputs
+
+    notes = _Notes(logging.WARNING)
+    outputs.log.addHandler(notes)
+    outputs.log.propagate = False
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
@@ -56,17 +130,21 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
                          "torch.utils.cpp_extension", "nncf"):
                 logging.getLogger(name).setLevel(logging.ERROR)
         try:
+            outputs.clean_temporary()
+            outputs.clean_leftovers(Path.cwd())
             yield
         except VitedgeError as exc:
             hint = f" — {exc.hint}" if exc.hint else ""
-            err_console.print(f"[bold red]error:[/] {exc.message}{hint}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(styled("error:", "bold red", exc.message + hint), soft_wrap=True)
             raise typer.Exit(1) from None
+        finally:
+            outputs.release()
+            outputs.log.removeHandler(notes)
 
 
 def progress_printer(quiet: bool) -> Any:
     """What library functions call with progress messages: dim lines on stderr, or nothing."""
-    return (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    return (lambda _m: None) if quiet else (lambda m: err_console.print(Text(m, style="dim")))
 
 
 # Options shared by every command that loads a model.
@@ -81,7 +159,8 @@ TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a whole pickled nn.Module (runs code from the file).")]
 Mean = Annotated[Optional[str], typer.Option(help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
 Std = Annotated[Optional[str], typer.Option(help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
-CropPct = Annotated[Optional[float], typer.Option(help="Override crop ratio (1.0 = no crop).")]
+CropPct = Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
+                                                  help="Override crop ratio (1.0 = no crop).")]
 Interp = Annotated[Optional[Interpolation], typer.Option(help="Override resize interpolation.")]
 InputSize = Annotated[Optional[str], typer.Option(help="Override input size, e.g. 224 or 224,224.")]
 Labels = Annotated[Optional[Path], typer.Option(
@@ -105,14 +184,22 @@ def _floats(text: str | None, what: str, count: int) -> tuple[float, ...] | None
 def _read_labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VitedgeError(f"labels file {path} is not readable UTF-8 text ({type(exc).__name__})",
+                           "give one class name per line, or a JSON list") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VitedgeError(f"labels file {path} is not valid JSON ({exc.msg})") from None
-        if isinstance(data, dict):
-            data = [data[k] for k in sorted(data, key=int)]
+            if isinstance(data, dict):
+                data = [data[k] for k in sorted(data, key=int)]
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise VitedgeError(f"labels file {path} is not a JSON list or index -> name object ({exc})",
+                               'e.g. ["cat", "dog"] or {"0": "cat", "1": "dog"}') from None
+        if not isinstance(data, list) or not all(isinstance(v, (str, int, float)) for v in data):
+            raise VitedgeError(f"labels file {path} is not a JSON list of names",
+                               'e.g. ["cat", "dog"]')
         return [str(v) for v in data]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -192,7 +279,7 @@ def render_card(card: Any) -> Table:
 
 def _print_warnings(card: Any) -> None:
     for message in card.warnings:
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(styled("warning:", "yellow", message), soft_wrap=True)
 
 
 @app.command()
@@ -223,14 +310,14 @@ def export(source: Source,
            trust_pickle: TrustPickle = False, mean: Mean = None, std: Std = None,
            crop_pct: CropPct = None, interpolation: Interp = None, input_size: InputSize = None,
            labels: Labels = None,
-           opset: Annotated[int, typer.Option(help="ONNX opset (>= 17 keeps LayerNorm one node).")] = 18,
+           opset: Annotated[int, typer.Option(min=17, help="ONNX opset (>= 17 keeps LayerNorm one node).")] = 18,
            dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension.")] = True,
            simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxslim.")] = True,
            data: Annotated[Optional[str], typer.Option(
                help="Images for the parity check (folder, ImageFolder or glob); default: shipped samples.")] = None,
-           parity_samples: Annotated[int, typer.Option(help="How many images the parity check uses.")] = 16,
-           atol: Annotated[float, typer.Option(help="Parity absolute tolerance on logits.")] = 1e-3,
-           rtol: Annotated[float, typer.Option(help="Parity relative tolerance on logits.")] = 1e-3,
+           parity_samples: Annotated[int, typer.Option(min=1, max=100_000, help="How many images the parity check uses.")] = 16,
+           atol: Annotated[float, typer.Option(callback=floats(0), help="Parity absolute tolerance on logits.")] = 1e-3,
+           rtol: Annotated[float, typer.Option(callback=floats(0), help="Parity relative tolerance on logits.")] = 1e-3,
            overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
            verbose: Verbose = False) -> None:
     """Export to ONNX (opset >= 17, dynamic batch, onnxslim) and check it against PyTorch.
@@ -248,13 +335,34 @@ def export(source: Source,
     _print_warnings(result.card)
     parity = result.parity
     agreement = "n/a" if parity.top1_agreement is None else f"{100 * parity.top1_agreement:.1f}%"
-    console.print(
-        f"[green]parity passed[/] on {parity.samples} images ({parity.data}): max abs diff "
+    console.print(styled("parity passed", "green",
+        f"on {parity.samples} images ({parity.data}): max abs diff "
         f"{parity.max_abs_diff:.2e}, max rel diff {parity.max_rel_diff:.2e}, top-1 agreement "
-        f"{agreement} (atol {parity.atol:g}, rtol {parity.rtol:g})", highlight=False)
+        f"{agreement} (atol {parity.atol:g}, rtol {parity.rtol:g})"))
     batch = "dynamic" if result.card.source["onnx"]["dynamic_batch"] else "fixed"
     console.print(f"wrote {result.out_dir}/model.onnx (opset {opset}, {batch} batch, "
                   f"{result.exporter} exporter) in {result.seconds:.1f} s", highlight=False)
+
+
+@app.command()
+def relabel(source: Annotated[Path, typer.Argument(help="An artifact or bundle folder.")],
+            labels: Annotated[Path, typer.Option(exists=True, dir_okay=False,
+                                                 help="Class names: a text file (one per line) or a JSON list.")],
+            out: Annotated[Path, typer.Option("--out", "-o", help="The new artifact folder.")],
+            overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+            verbose: Verbose = False) -> None:
+    """Write a copy of an artifact or bundle with other class names (a new sealed card).
+
+    Cards are sealed, so editing labels by hand is refused; this records the change in the lineage.
+    Example: vitedge relabel artifacts/digits-onnx --labels names.txt -o artifacts/digits-named
+    """
+    from vitedge.artifact import relabel as run_relabel
+
+    with user_errors(verbose):
+        card = run_relabel(source, _read_labels(labels) or [], out, overwrite=overwrite,
+                           labels_file=str(labels))
+    shown = ", ".join(card.labels[:5]) + (" …" if len(card.labels or []) > 5 else "")
+    console.print(f"wrote {out} ({card.format}) with labels {shown}")
 
 
 @app.command()
@@ -274,17 +382,18 @@ def quantize(
     scheme: Annotated[Optional[str], typer.Option(
         help="symmetric (TensorRT: zero-points 0) | asymmetric (CPU runtimes); default: the "
              "target's, else symmetric.")] = None,
-    samples: Annotated[int, typer.Option(help="Calibration samples (seeded subset).")] = 300,
-    eval_samples: Annotated[Optional[int], typer.Option(help="Evaluation samples (default: all).")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calibration samples (seeded subset).")] = 300,
+    eval_samples: Annotated[Optional[int], typer.Option(min=1, max=10_000_000, help="Evaluation samples (default: all).")] = None,
     max_drop: Annotated[float, typer.Option(
+        callback=floats(0, 100),
         help="Budget: points of top-1 (labeled --eval) or of FP32 agreement (unlabeled).")] = 0.5,
     min_agreement: Annotated[Optional[float], typer.Option(
-        help="Also require this top-1 agreement with FP32 (0-1), e.g. 0.99.")] = None,
+        callback=floats(0, 1), help="Also require this top-1 agreement with FP32 (0-1), e.g. 0.99.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         help="Keep float: node-name regex or op type, repeatable.")] = None,
     smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
     bias_correction: Annotated[bool, typer.Option(help="NNCF fast bias correction.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed for sampling the data.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for sampling the data.")] = 0,
     weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
@@ -362,7 +471,7 @@ def _calibration_bar(quiet: bool) -> Iterator[Any]:
 
 def _print_quant_summary(report: dict[str, Any], out_dir: Path) -> None:
     for message in report["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(styled("warning:", "yellow", message), soft_wrap=True)
     drift, budget, latency = report["drift"], report["budget"], report["latency_ms"]
     accuracy = report.get("accuracy")
     if accuracy:

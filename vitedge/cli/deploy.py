@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vitedge.cli import (ModelKwargs, Source, TrustPickle, Verbose, Weights, _load, app, console,
-                         err_console, progress_printer, user_errors)
+                         err_console, progress_printer, styled, user_errors)
 from vitedge.errors import VitedgeError
 
 Rebuild = Annotated[bool, typer.Option(
@@ -23,7 +24,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the resul
 
 def _print_table(table: Table) -> None:
     """Full-width tables when output is piped or logged (rich assumes 80 columns there)."""
-    (console if console.is_terminal else Console(width=200)).print(table)
+    (console if console.is_terminal else Console(width=200, markup=False, highlight=False)).print(table)
 
 
 @app.command("compile")
@@ -35,7 +36,7 @@ def compile_command(
         help="fp32 | fp16 | int8 | best (default: int8 for a quantized model, else the target's).")] = None,
     batch: Annotated[Optional[str], typer.Option(
         help="Batch size (fixed) or min:opt:max, e.g. 1:8:16 (default: the target's profile).")] = None,
-    dla_core: Annotated[Optional[int], typer.Option(
+    dla_core: Annotated[Optional[int], typer.Option(min=0,
         help="Run on this DLA core with GPU fallback (targets with DLA).")] = None,
     build: Annotated[bool, typer.Option(
         help="Build the TensorRT engine here when this machine is the target.")] = True,
@@ -64,7 +65,7 @@ def compile_command(
                                 dla_core=dla_core, overwrite=overwrite, build=build,
                                 source_label=source, progress=progress_printer(quiet))
     for finding in result.findings:
-        err_console.print(f"[yellow]{finding.severity}:[/] {finding.message} ({finding.node})",
+        err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),
                           highlight=False)
     built = result.passport["built"]
     console.print(f"bundle: {result.path}  target {profile.name}  precision "
@@ -106,7 +107,7 @@ def build_command(
 def predict(
     model: Annotated[str, typer.Argument(help="Bundle, artifact or model source.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
     rebuild: Rebuild = False, backend: Backend = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verbose: Verbose = False,
@@ -151,9 +152,9 @@ def bench(
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated, e.g. 1,8.")] = "1",
     data: Annotated[Optional[str], typer.Option(
         help="Images for top-1 (labeled ImageFolder) and agreement with the first model.")] = None,
-    samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Use a seeded subset of --data.")] = None,
+    runs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed runs per batch size.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed runs first.")] = 5,
     rebuild: Rebuild = False, backend: Backend = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
     verbose: Verbose = False,
@@ -172,7 +173,7 @@ def bench(
             raise VitedgeError(f"--batch {batch!r} is not a comma-separated list of integers",
                                "e.g. --batch 1,8") from None
         result = run_bench(models, batches=batches, data=data, samples=samples, runs=runs,
-                           warmup=warmup, rebuild=rebuild, backend=backend)
+                           warmup=warmup, rebuild=rebuild, backend=backend, json_out=as_json)
     table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
                                            if data and result.rows else ""))
     for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",
@@ -190,10 +191,7 @@ def bench(
                       num(row.p50_ms), num(row.p95_ms), num(row.images_per_s, 0), pct(row.top1),
                       pct(row.agreement), row.status)
     _print_table(table)
-    if as_json is not None:
-        from vitedge.artifact import atomic_write_text
 
-        atomic_write_text(as_json, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 targets_app = typer.Typer(help="Device profiles (targets/*.toml): list them, or show one.",
@@ -259,7 +257,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON."
     table.add_row("vitedge", report.vitedge)
     table.add_row("python", f"{report.python} on {report.platform}")
     for name, version in report.packages.items():
-        table.add_row(name, version or "[dim]not installed[/]")
+        table.add_row(name, version or Text("not installed", style="dim"))
     table.add_row("onnxruntime providers", ", ".join(report.onnxruntime_providers))
     cuda = report.cuda
     table.add_row("CUDA", f"{cuda['device']} (SM {cuda['sm']}, {cuda['memory_gib']} GiB), "

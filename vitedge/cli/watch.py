@@ -7,13 +7,27 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from vitedge.cli import Verbose, app, console, err_console, progress_printer, user_errors
+from vitedge.cli import Verbose, app, console, err_console, floats, progress_printer, user_errors
 from vitedge.errors import VitedgeError
 
 SourceOption = Annotated[str, typer.Option(
     "--source", "-s", help="Camera index (0), /dev/videoN, video file, image folder or glob, "
                            "rtsp://, http(s):// (MJPEG) or a GStreamer pipeline.")]
+
+
+def _address(value: str | None) -> str | None:
+    """--serve HOST:PORT, checked before any model is loaded."""
+    if value is not None:
+        from vitedge.errors import InputError
+        from vitedge.serve import parse_address
+
+        try:
+            parse_address(value)
+        except InputError as exc:
+            raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
+    return value
 
 
 @app.command()
@@ -23,23 +37,23 @@ def run(
     reference: Annotated[Optional[str], typer.Option(
         help="Full-precision model to shadow with (default: the FP32 ancestor found through the "
              "card's lineage next to the bundle).")] = None,
-    shadow_every: Annotated[int, typer.Option(help="Shadow every N-th frame (0: no shadow).")] = 5,
+    shadow_every: Annotated[int, typer.Option(min=0, max=1_000_000, help="Shadow every N-th frame (0: no shadow).")] = 5,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many frames.")] = None,
+    duration: Annotated[Optional[float], typer.Option(callback=floats(0, low_open=True), help="Stop after this many seconds.")] = None,
     loop: Annotated[bool, typer.Option(help="Repeat a video file or folder.")] = False,
     show: Annotated[bool, typer.Option(help="Show the annotated stream in a window (needs a GUI).")] = False,
-    serve: Annotated[Optional[str], typer.Option(help="Serve a live page at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
+    serve: Annotated[Optional[str], typer.Option(callback=_address, help="Serve a live page at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
     record: Annotated[Optional[Path], typer.Option(help="Write the annotated stream to this .mp4.")] = None,
-    width: Annotated[Optional[int], typer.Option(help="Camera width to request.")] = None,
-    height: Annotated[Optional[int], typer.Option(help="Camera height to request.")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Camera frame rate to request.")] = None,
-    reconnect_s: Annotated[float, typer.Option(help="Keep reconnecting a lost stream this long.")] = 10.0,
-    min_agreement: Annotated[float, typer.Option(help="Alert below this rolling top-1 agreement.")] = 0.95,
-    max_kl: Annotated[Optional[float], typer.Option(help="Alert above this rolling KL.")] = None,
-    window: Annotated[int, typer.Option(help="Shadowed frames in the rolling metrics.")] = 50,
+    width: Annotated[Optional[int], typer.Option(min=1, max=16384, help="Camera width to request.")] = None,
+    height: Annotated[Optional[int], typer.Option(min=1, max=16384, help="Camera height to request.")] = None,
+    fps: Annotated[Optional[float], typer.Option(callback=floats(0, 1000, low_open=True), help="Camera frame rate to request.")] = None,
+    reconnect_s: Annotated[float, typer.Option(callback=floats(0, 86_400), help="Keep reconnecting a lost stream this long.")] = 10.0,
+    min_agreement: Annotated[float, typer.Option(callback=floats(0, 1), help="Alert below this rolling top-1 agreement.")] = 0.95,
+    max_kl: Annotated[Optional[float], typer.Option(callback=floats(0), help="Alert above this rolling KL.")] = None,
+    window: Annotated[int, typer.Option(min=1, max=100_000, help="Shadowed frames in the rolling metrics.")] = 50,
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 2 when drift was detected.")] = False,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per frame.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per frame.")] = 5,
     report: Annotated[bool, typer.Option(help="Write report.html into the run directory at the end.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Rebuild a bundle whose passport does not match.")] = False,
@@ -58,9 +72,6 @@ def run(
 
     with user_errors(verbose):
         run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if run_dir.exists() and not overwrite:
-            raise VitedgeError(f"run directory {run_dir} already exists",
-                               "choose another --out or pass --overwrite")
         deployed = load(bundle, rebuild=rebuild)
         shadow = None
         if shadow_every:
@@ -73,7 +84,7 @@ def run(
             shadow = load(reference)
             check_reference(deployed, shadow)
             if not quiet:
-                err_console.print(f"[dim]shadow reference: {reference} ({shadow.description})[/]")
+                err_console.print(Text(f"shadow reference: {reference} ({shadow.description})", style="dim"))
         frame_source = FrameSource.open(source, width=width, height=height, fps=fps, loop=loop,
                                         reconnect_s=reconnect_s)
         options = RunOptions(shadow_every=shadow_every, top_k=top_k, frames=frames, duration=duration,
@@ -88,8 +99,8 @@ def run(
                 return
             last[0] = time.monotonic()
             top = line.get("top", [[0, "?", 0]])[0]
-            err_console.print(f"[dim]frame {line['index']}: {top[1]} {100 * top[2]:.0f}%, "
-                              f"{line.get('latency_ms', 0):.1f} ms[/]", highlight=False)
+            err_console.print(Text(f"frame {line['index']}: {top[1]} {100 * top[2]:.0f}%, "
+                                   f"{line.get('latency_ms', 0):.1f} ms", style="dim"))
 
         if serve and not quiet:
             err_console.print(f"serving on http://{serve}/ (Ctrl-C stops and writes the summary)")
@@ -124,7 +135,7 @@ def eval_command(
     models: Annotated[list[str], typer.Argument(help="Artifacts, bundles or sources; the first is the reference.")],
     data: Annotated[str, typer.Option(help="Labeled ImageFolder (top-1/top-5) or unlabeled images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Eval directory to write.")],
-    samples: Annotated[Optional[int], typer.Option(help="Seeded subset of the data.")] = None,
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Seeded subset of the data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -177,8 +188,8 @@ def report_command(
 def capture(
     source: Annotated[str, typer.Argument(help="Any source vitedge run takes.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Image folder to write.")],
-    count: Annotated[int, typer.Option("-n", help="Frames to keep.")] = 300,
-    every: Annotated[float, typer.Option(help="Live sources: seconds between kept frames.")] = 0.2,
+    count: Annotated[int, typer.Option("-n", min=1, max=1_000_000, help="Frames to keep.")] = 300,
+    every: Annotated[float, typer.Option(callback=floats(0, 86_400), help="Live sources: seconds between kept frames.")] = 0.2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -201,25 +212,25 @@ def capture(
 def prune(
     source: Annotated[str, typer.Argument(help="A ViT: timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face ViT/DeiT folder, builtin:digits-vit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
-    heads: Annotated[float, typer.Option(help="Share of attention heads to remove per block.")] = 0.0,
-    mlp: Annotated[float, typer.Option(help="Share of MLP hidden units to remove.")] = 0.0,
-    embed: Annotated[float, typer.Option(help="Share of the embedding width to remove.")] = 0.0,
-    target_macs: Annotated[Optional[float], typer.Option(
+    heads: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of attention heads to remove per block.")] = 0.0,
+    mlp: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of MLP hidden units to remove.")] = 0.0,
+    embed: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of the embedding width to remove.")] = 0.0,
+    target_macs: Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True, high_open=True),
         help="Instead of ratios: keep this share of MACs (heads and MLP pruned equally).")] = None,
     importance: Annotated[Optional[str], typer.Option(
         help="taylor (needs --data) | l2 (default without --data).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
-    distill_steps: Annotated[int, typer.Option(help="Distillation steps from the original after pruning.")] = 0,
-    tome: Annotated[int, typer.Option(help="Token merging: tokens merged per block (training-free).")] = 0,
-    tome_from: Annotated[Optional[int], typer.Option(
+    distill_steps: Annotated[int, typer.Option(min=0, max=10_000_000, help="Distillation steps from the original after pruning.")] = 0,
+    tome: Annotated[int, typer.Option(min=0, help="Token merging: tokens merged per block (training-free).")] = 0,
+    tome_from: Annotated[Optional[int], typer.Option(min=0,
         help="First block that merges (from 0; default: a sixth of the depth, 2 of 12).")] = None,
-    round_to: Annotated[int, typer.Option(help="Round kept widths to a multiple of this.")] = 8,
+    round_to: Annotated[int, typer.Option(min=1, help="Round kept widths to a multiple of this.")] = 8,
     allocation: Annotated[str, typer.Option(
         help="uniform: every block loses the same share; global: heads and MLP units ranked across blocks (timm).")] = "uniform",
-    samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of --data.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Distillation batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Distillation peak learning rate.")] = 5e-4,
-    distill_features: Annotated[float, typer.Option(
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Use a seeded subset of --data.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=65_536, help="Distillation batch size.")] = 32,
+    lr: Annotated[float, typer.Option(callback=floats(0, 10, low_open=True), help="Distillation peak learning rate.")] = 5e-4,
+    distill_features: Annotated[float, typer.Option(callback=floats(0, 1e6),
         help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
     weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: and torchvision: sources.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,

@@ -28,7 +28,9 @@ def load(source: str | Path, *, rebuild: bool = False, backend: str | None = Non
 
     path = Path(str(source))
     if is_bundle(path):
-        return _load_bundle(path, rebuild=rebuild, backend=backend)
+        session = _load_bundle(path, rebuild=rebuild, backend=backend)
+        session.origin = (path.resolve(),)  # type: ignore[attr-defined]
+        return session
     if backend not in (None, "onnxruntime", "torch"):
         raise InputError(f"backend {backend!r} is not known", "use onnxruntime or torch")
     from vitedge.models import load as load_model
@@ -46,6 +48,7 @@ def load(source: str | Path, *, rebuild: bool = False, backend: str | None = Non
         from vitedge.runtime.torch import TorchSession
 
         session = TorchSession(loaded)
+    session.origin = loaded.origin  # type: ignore[attr-defined]
     return _with_card(session, loaded.card)
 
 
@@ -55,7 +58,7 @@ def _with_card(session: Session, card: ModelCard) -> Session:
 
 
 def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
-    from vitedge.bundle import read_bundle
+    from vitedge.bundle import MODEL, read_bundle
     from vitedge.compile import build_bundle, reoptimize_bundle
     from vitedge.passport import machine_facts, mismatches
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
@@ -74,13 +77,13 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
                 settings = bundle.bundle
             session_settings = settings["session"]
             session = OnnxRuntimeSession(
-                path / settings["model"], providers=available_providers(session_settings["providers"]),
+                bundle.file("model"), providers=available_providers(session_settings["providers"]),
                 threads=session_settings["intra_op_threads"],
                 optimization=session_settings["optimization"], precision=bundle.passport["precision"],
                 min_batch=low, max_batch=high)
         else:
             session = OnnxRuntimeSession(
-                path / "model.onnx", precision=bundle.passport["precision"], min_batch=low,
+                bundle.member(MODEL), precision=bundle.passport["precision"], min_batch=low,
                 max_batch=high,
                 description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
         return _with_card(session, bundle.card)
@@ -103,7 +106,7 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
                          "it was built on")
     if problems:
         bundle = build_bundle(path)
-    session = TensorRTSession(path / bundle.bundle["engine"], precision=bundle.passport["precision"])
+    session = TensorRTSession(bundle.file("engine"), precision=bundle.passport["precision"])
     return _with_card(session, bundle.card)
 
 

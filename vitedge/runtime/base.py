@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ class Session(ABC):
 
     backend: str = "?"
     card: Any = None  # the model card (labels, preprocessing), set by vitedge.runtime.load
+    model_path: Path | None = None  # the file the backend runs (ONNX graph or engine), if any
+    origin: tuple[Path, ...] = ()  # what it was loaded from, set by vitedge.runtime.load
 
     def __init__(self, *, inputs: list[TensorInfo], outputs: list[TensorInfo],
                  precision: str, max_batch: int | None = None, min_batch: int = 1,

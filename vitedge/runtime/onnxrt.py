@@ -78,6 +78,7 @@ class OnnxRuntimeSession(Session):
     def __init__(self, model: str | Path, *, providers: list[str] | None = None, threads: int = 0,
                  optimization: str = "all", precision: str = "fp32", max_batch: int | None = None,
                  min_batch: int = 1, description: str = "") -> None:
+        self.model_path = Path(model) if isinstance(model, (str, Path)) else None
         self.session = create_session(model, providers or ["CPUExecutionProvider"],
                                       threads=threads, optimization=optimization)
         self.providers = self.session.get_providers()

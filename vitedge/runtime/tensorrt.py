@@ -232,6 +232,7 @@ class TensorRTSession(Session):
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path, *, precision: str, description: str = "") -> None:
+        self.model_path = engine_path
         trt = import_tensorrt()
         import torch
 
