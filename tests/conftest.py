@@ -23,6 +23,24 @@ def native_cpu_target() -> str:
     return "arm64-cpu" if machine_arch() == "arm64" else "x86-cpu"
 
 
+def assert_user_error(result, *fragments):
+    """A CliRunner result that is one clear line: exit 1, no traceback, the fragments in it."""
+    output = result.output
+    assert result.exit_code == 1, output
+    assert "Traceback" not in output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert output.strip().startswith("error:"), output
+    assert len(output.strip().splitlines()) <= 3, output  # one message, soft-wrapped at most
+    for fragment in fragments:
+        assert fragment in " ".join(output.split()), output
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what must still be there, unchanged."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
 def tiny_timm(name: str = "vit_tiny_patch16_224", **overrides) -> torch.nn.Module:
     import timm
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import kwargs_cli, tiny_timm
+from conftest import assert_user_error, kwargs_cli, tiny_timm
 from vitedge.cli import app
 from vitedge.versions import cpu_features
 
@@ -17,17 +17,6 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    output = result.output
-    assert result.exit_code == 1, output
-    assert "Traceback" not in output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert output.strip().startswith("error:")
-    assert len(output.strip().splitlines()) <= 3  # one message, soft-wrapped at most
-    for fragment in fragments:
-        assert fragment in " ".join(output.split()), output
 
 
 def test_help_does_not_import_heavy_modules():

@@ -272,12 +272,17 @@ def test_cli_run_and_bad_inputs(bundle, video, tmp_path):
     assert (tmp_path / "r" / "report.html").is_file()
     result = runner.invoke(app, ["report", str(tmp_path / "r"), "-o", str(tmp_path / "again.html")])
     assert result.exit_code == 0 and (tmp_path / "again.json").is_file()
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("hi")
     cases = [
         (["run", str(bundle), "--source", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "x")],
          "does not exist"),
         (["run", str(bundle), "--source", str(video), "-o", str(tmp_path / "r")], "already exists"),
-        (["run", str(bundle), "--source", str(video), "--reference", str(tmp_path), "-o",
+        (["run", str(bundle), "--source", str(video), "--reference", str(not_a_model), "-o",
           str(tmp_path / "y")], "none of the supported formats"),
+        (["run", str(bundle), "--source", str(video), "--reference", str(tmp_path), "-o",
+          str(tmp_path / "y")], "lies inside the input"),
         (["report", str(tmp_path)], "neither a run directory"),
         (["capture", str(video), "-n", "0", "-o", str(tmp_path / "z")], "Invalid value for '-n'"),
     ]

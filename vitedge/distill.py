@@ -83,11 +83,13 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
                          "move it away, or choose another -o")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path} is not a vitedge distillation checkpoint (it does not load as plain "
-                         f"tensors: {reason})", "vitedge never runs code from it; move it away, or "
-                         "choose another -o") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"{path} is not a vitedge distillation checkpoint: it holds Python objects "
+                         "that would run code when loaded", "vitedge never runs code from it; move it "
+                         "away, or choose another -o") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path} is not a vitedge distillation checkpoint (unreadable: "
+                         f"{type(exc).__name__})", "move it away, or choose another -o") from None
     required = {"key", "step", "student", "projection", "optimizer", "schedule", "generator", "best",
                 "best_state", "stale", "history"}
     if not isinstance(saved, dict) or not required <= set(saved):

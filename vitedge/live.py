@@ -180,6 +180,14 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
 MAX_WINDOW = 100_000
 
 
+def check_run_output(out: str | Path, *, overwrite: bool, reads: tuple[object, ...] = (),
+                     record: Path | None = None) -> Path:
+    """Refuse a run directory (or --record file) that may not be written, before any model loads."""
+    path = check_output(out, OutputKind.RUN, overwrite=overwrite, inputs=input_paths(*reads))
+    _record_path(record, path)
+    return path
+
+
 def _record_path(record: Path | None, out: Path) -> tuple[Path, str | None] | None:
     """Where --record writes, and its name inside the run directory (None when outside it)."""
     if record is None:

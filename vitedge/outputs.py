@@ -155,6 +155,19 @@ def _claim(out: Path) -> None:
     _locks[key] = (fd, lock)
 
 
+def busy(out: str | Path) -> bool:
+    """True while another process holds the lock on `out` (is writing it)."""
+    path = absolute_path(Path(out))
+    if str(path) in _locks:
+        return False
+    try:
+        _claim(path)
+    except InputError:
+        return True
+    release(path)
+    return False
+
+
 def release(out: str | Path | None = None) -> None:
     """Give up the lock on `out` (every output this process holds when None)."""
     keys = list(_locks) if out is None else [str(absolute_path(Path(out)))]

@@ -67,9 +67,13 @@ def _open_checked(path: str | Path) -> PILImage.Image:
             handle = Image.open(path)
     except FileNotFoundError:
         raise UnreadableImageError(f"image {path} does not exist") from None
-    except Image.DecompressionBombError:
-        raise UnreadableImageError(f"{path} is larger than the {max_image_pixels() / 1e6:.1f} MP "
-                                   f"limit", f"raise it with {MAX_PIXELS_VARIABLE}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (twice our limit) said it first
+        import re
+
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)) / 1e6:.0f} MP, " if pixels else ""
+        raise UnreadableImageError(f"{path} is {size}above the {max_image_pixels() / 1e6:.1f} MP limit",
+                                   f"raise it with {MAX_PIXELS_VARIABLE} if the image is genuine") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{path} is not a readable image ({exc})") from None
     try:

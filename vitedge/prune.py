@@ -66,6 +66,11 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
 
     inputs = [*loaded.origin, *input_paths(data)]
     out = check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
+    checkpoint = Path(str(out) + ".distill.pt")
+    if distill_steps:
+        from vitedge.distill import read_checkpoint
+
+        read_checkpoint(checkpoint)  # a file in the way is refused before any work
     source = loaded.card.source
     kind = source.get("kind")
     if kind not in FAMILIES or source.get("pruned") or source.get("tome"):
@@ -108,7 +113,6 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
 
             say(f"distilling {distill_steps} steps on {len(train)} images "
                 f"({len(holdout)} held out for early stopping)")
-            checkpoint = Path(str(out) + ".distill.pt")
             history = distill(student, teacher, train, holdout,
                               DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
                                             features=distill_features),
@@ -135,7 +139,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
         save_file(plain_state, str(staging / "model.safetensors"))
         write_card(staging, card)
     if distill_steps:
-        Path(str(out) + ".distill.pt").unlink(missing_ok=True)  # finished: no resume needed
+        checkpoint.unlink(missing_ok=True)  # finished: no resume needed
     return metrics
 
 

@@ -209,26 +209,15 @@ def _read_run(directory: Path) -> dict[str, Any]:
     path = directory / "summary.json"
     summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
     if summary["state"] != "finished":
-        pid = summary.get("pid")
-        alive = isinstance(pid, int) and _alive(pid)
-        raise InputError(f"{directory} is a run that " + (f"is still going (pid {pid})" if alive else
-                         "did not finish (its process stopped before writing the summary)"),
-                         "its frames.jsonl is readable as it is; a report needs a finished run")
+        from vitedge.outputs import busy
+
+        raise InputError(f"{directory} is a run that " + (
+            f"is still going (pid {summary.get('pid')})" if busy(directory) else
+            "did not finish (its process stopped before writing the summary)"),
+            "its frames.jsonl is readable as it is; a report needs a finished run")
     validate(FinishedRunDoc, summary, what=str(path), hint="re-run to get a new run directory")
     _verified(directory, summary["files"], str(path))
     return summary
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _run_sections(directory: Path) -> tuple:

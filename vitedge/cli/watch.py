@@ -66,12 +66,13 @@ def run(
     """
     from vitedge.camera import FrameSource
     from vitedge.drift import DriftThresholds
-    from vitedge.live import RunOptions, check_reference
+    from vitedge.live import RunOptions, check_reference, check_run_output
     from vitedge.live import run as run_live
     from vitedge.runtime import find_reference, load
 
     with user_errors(verbose):
         run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        check_run_output(run_dir, overwrite=overwrite, reads=(bundle, reference, source), record=record)
         deployed = load(bundle, rebuild=rebuild)
         shadow = None
         if shadow_every:
