@@ -70,7 +70,7 @@ def test_variants_export_with_parity(tmp_path, name, kwargs):
 def test_torchscript_source_uses_fallback_exporter(tmp_path):
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.trace(tiny_timm(), torch.randn(1, 3, 32, 32)), path)
-    loaded = load(path, preprocessing={"input_size": [32, 32]})
+    loaded = load(path, preprocessing={"input_size": [32, 32]}, trust_pickle=True)
     result = export_onnx(loaded, tmp_path / "out", parity_samples=4)
     assert result.exporter == "torchscript" and result.parity
 
@@ -123,7 +123,7 @@ def test_builtin_export_parity_on_heldout(tmp_path):
 def test_fixed_batch_program_exports_static(tmp_path):
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(tiny_timm(), (torch.randn(1, 3, 32, 32),)), path)
-    result = export_onnx(load(path), tmp_path / "out", parity_samples=3)
+    result = export_onnx(load(path, trust_pickle=True), tmp_path / "out", parity_samples=3)
     model = onnx.load(tmp_path / "out" / "model.onnx")
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert result.card.source["onnx"]["dynamic_batch"] is False and result.parity

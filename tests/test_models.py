@@ -148,7 +148,9 @@ def test_torch_export_program(tmp_path):
     model = tiny_timm()
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(model, (torch.randn(1, 3, 32, 32),)), path)
-    loaded = load(path)
+    with pytest.raises(ModelLoadError, match="torch.export archive, which PyTorch loads with pickle"):
+        load(path)  # torch.export.load unpickles: a crafted .pt2 would run code
+    loaded = load(path, trust_pickle=True)
     assert loaded.card.preprocessing.input_size == (32, 32)
     assert loaded.card.structure.is_vit and loaded.card.structure.depth == 2
     assert loaded.card.num_classes == 10 and loaded.card.macs > 0
@@ -160,7 +162,9 @@ def test_torchscript(tmp_path):
     model = tiny_timm()
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 32, 32)), path)
-    loaded = load(path, preprocessing={"input_size": [32, 32]})
+    with pytest.raises(ModelLoadError, match="TorchScript archive, which PyTorch loads with pickle"):
+        load(path)
+    loaded = load(path, preprocessing={"input_size": [32, 32]}, trust_pickle=True)
     assert loaded.card.structure.is_vit and loaded.card.structure.embed_dim == 32
     assert _same_output(loaded.module, model)
 

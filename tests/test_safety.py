@@ -292,6 +292,20 @@ def test_pickled_checkpoints_need_trust_pickle(tmp_path):
     assert trusted.exit_code == 0, trusted.output
 
 
+def test_hugging_face_folders_never_run_their_code(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (folder / "configuration_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    # transformers asks on the terminal whether to run the folder's code unless told not to
+    done = subprocess.run([VITEDGE, "inspect", folder], input="y\ny\n", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "custom code" in done.stderr and "[y/N]" not in done.stdout + done.stderr
+    assert not marker.exists()
+
+
 def test_only_trust_pickle_loads_code_from_files():
     """Every torch.load in the package is weights_only, or tied to --trust-pickle in one place."""
     import re
@@ -306,6 +320,12 @@ def test_only_trust_pickle_loads_code_from_files():
     assert loads and all("weights_only=True" in args or "weights_only=not trust_pickle" in args
                          for args in loads.values()), loads
     assert sum("trust_pickle" in args for args in loads.values()) == 1
+    # torch.jit.load / torch.export.load unpickle too: only graphs.py calls them, behind _need_trust
+    callers = {p.name for p in package.rglob("*.py")
+               if re.search(r"torch\.(jit|export)\.load\(", p.read_text())}
+    assert callers == {"graphs.py"}
+    models = (package / "models.py").read_text()
+    assert models.count("_need_trust(path, trust_pickle") == 2
 
 
 # ====================================================================== 4. nothing forged

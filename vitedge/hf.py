@@ -96,7 +96,10 @@ def load_hf(directory: Path) -> LoadedModel:
         raise MissingDependencyError(f"transformers is needed to load {directory} ({exc})",
                                      "pip install 'vitedge[hf]'") from None
     try:
-        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+        # trust_remote_code=False, said explicitly: otherwise transformers asks on the terminal
+        # whether to run the folder's Python code, and a "y" would run it
+        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True,
+                                                         trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{directory}/config.json is not a readable Hugging Face config "
                              f"({str(exc).splitlines()[0][:160]})") from None
@@ -116,13 +119,13 @@ def load_hf(directory: Path) -> LoadedModel:
     try:
         if classifier:
             inner = transformers.AutoModelForImageClassification.from_pretrained(
-                directory, config=config, local_files_only=True)
+                directory, config=config, local_files_only=True, trust_remote_code=False)
         elif model_type == "vit_mae":
             inner = transformers.ViTMAEModel.from_pretrained(directory, config=config,
-                                                             local_files_only=True)
+                                                             local_files_only=True, trust_remote_code=False)
         else:
             inner = transformers.AutoModel.from_pretrained(directory, config=config,
-                                                           local_files_only=True,
+                                                           local_files_only=True, trust_remote_code=False,
                                                            add_pooling_layer=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"weights in {directory} could not be loaded "

@@ -4,8 +4,8 @@ Sources (see `load`):
   timm:NAME [--weights CKPT] [model kwargs]     timm architectures, any pretrained tag
   torchvision:NAME [--weights CKPT]             torchvision VisionTransformer builders
   DIR with config.json                          Hugging Face ViT / DeiT / ViT-MAE (save_pretrained)
-  FILE.pt2                                      torch.export programs
-  FILE.pt / .pth / .ts (TorchScript archive)    torch.jit.save output
+  FILE.pt2                                      torch.export programs (with trust_pickle=True)
+  FILE.pt / .pth / .ts (TorchScript archive)    torch.jit.save output (with trust_pickle=True)
   FILE.pt with a whole pickled nn.Module        only with trust_pickle=True
   FILE.onnx                                     inspect / export-time checks; torch steps refuse
   DIR with card.json                            a vitedge artifact
@@ -340,12 +340,14 @@ def _load_path(path: Path, *, trust_pickle: bool) -> LoadedModel:
     if suffix == ".onnx":
         return graphs.load_onnx(path)
     if suffix == ".pt2":
+        _need_trust(path, trust_pickle, "a torch.export archive")
         return graphs.load_exported_program(path)
     if suffix == ".safetensors":
         raise InputError(f"{path} holds only weights, not an architecture",
                          f"name it: vitedge inspect timm:ARCH --weights {path}")
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".ts", ".jit", ".torchscript"):
         if is_torchscript_archive(path):
+            _need_trust(path, trust_pickle, "a TorchScript archive")
             return graphs.load_torchscript(path)
         obj = load_object(path, trust_pickle=trust_pickle)
         import torch
@@ -356,6 +358,15 @@ def _load_path(path: Path, *, trust_pickle: bool) -> LoadedModel:
                          f"name it: vitedge inspect timm:ARCH --weights {path}")
     raise InputError(f"{path} has an unsupported extension {suffix!r}",
                      "expected .onnx, .pt2, .pt/.pth (TorchScript or pickled module), or a folder")
+
+
+def _need_trust(path: Path, trust_pickle: bool, what: str) -> None:
+    """torch.jit.load and torch.export.load unpickle what the file holds: PyTorch's own docs say a
+    crafted file runs arbitrary code, so they run only with --trust-pickle."""
+    if not trust_pickle:
+        from vitedge.checkpoints import TRUST_PICKLE_HINT
+
+        raise ModelLoadError(f"{path} is {what}, which PyTorch loads with pickle", TRUST_PICKLE_HINT)
 
 
 # ---------------------------------------------------------------------------- artifacts

@@ -156,7 +156,8 @@ Weights = Annotated[Optional[Path], typer.Option(
 ModelKwargs = Annotated[Optional[list[str]], typer.Option(
     "--model-kwargs", "-k", help="Architecture override key=value, repeatable (img_size=32, num_classes=10).")]
 TrustPickle = Annotated[bool, typer.Option(
-    "--trust-pickle", help="Allow loading a whole pickled nn.Module (runs code from the file).")]
+    "--trust-pickle", help="Allow what PyTorch loads with pickle: whole pickled modules, TorchScript, "
+                           "torch.export .pt2, checkpoints holding Python objects (can run code from the file).")]
 Mean = Annotated[Optional[str], typer.Option(help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
 Std = Annotated[Optional[str], typer.Option(help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
 CropPct = Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
