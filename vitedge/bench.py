@@ -83,12 +83,9 @@ BENCH_GENERATOR = "vitedge bench"
 
 
 def _owned_bench(target: Path) -> bool:
-    import json
+    from vitedge.outputs import json_object
 
-    try:
-        return json.loads(target.read_text()).get("generator") == BENCH_GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (json_object(target) or {}).get("generator") == BENCH_GENERATOR
 
 
 def write_json(result: BenchResult, path: str | Path) -> None:

@@ -99,7 +99,8 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o666) -> None:
     atomic_write_bytes(path, text.encode(), mode=mode)
 
 
-def _json_object(path: Path) -> dict[str, Any] | None:
+def json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when it is unreadable or not an object (for recognizing)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -374,13 +375,13 @@ def recognize(folder: Path) -> OutputKind | None:
     """Which kind of vitedge output `folder` is, from its manifest file (None: not one)."""
     card = folder / "card.json"
     if card.is_file():
-        data = _json_object(card)
+        data = json_object(card)
         if data is None or "card_version" not in data:
             return None
         return OutputKind.BUNDLE if data.get("format") == "bundle" else OutputKind.ARTIFACT
     for kind, manifest, legacy_key in _MANIFESTS:
         if (folder / manifest).is_file():
-            data = _json_object(folder / manifest)
+            data = json_object(folder / manifest)
             ok = data is not None and (data.get("kind") == kind or legacy_key in data)
             return kind if ok else None
     return None
@@ -394,7 +395,7 @@ def _report_files(folder: Path) -> set[str]:
     """Names of the report sets (X.html, X.md, X.json) vitedge wrote in `folder`."""
     names: set[str] = set()
     for path in folder.glob("*.json"):
-        data = _json_object(path)
+        data = json_object(path)
         if is_report_document(data):
             names |= {path.name, *(str(data.get(k)) for k in ("html", "md") if data.get(k))}  # type: ignore[union-attr]
     return names
@@ -404,10 +405,10 @@ def _foreign(folder: Path, kind: OutputKind) -> list[str]:
     """What `folder` holds that a vitedge output of `kind` does not write (relative paths)."""
     allowed: set[str] = _report_files(folder)
     if kind in (OutputKind.ARTIFACT, OutputKind.BUNDLE):
-        files = (_json_object(folder / "card.json") or {}).get("files")
+        files = (json_object(folder / "card.json") or {}).get("files")
         allowed |= set(files) if isinstance(files, dict) else set()
     if kind is OutputKind.RUN:
-        record = (_json_object(folder / "summary.json") or {}).get("record")
+        record = (json_object(folder / "summary.json") or {}).get("record")
         allowed |= {record} if isinstance(record, str) else set()
     pattern = _PATTERNS[kind]
     foreign: list[str] = []
@@ -478,28 +479,21 @@ def writing(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
     given = Path(out)
     inputs = list(inputs)
     out = check_output(given, kind, overwrite=overwrite, inputs=inputs)
+    space = _disk_space(given)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _claim(out)
-        clean_leftovers(out.parent, out.name)
-        check_output(given, kind, overwrite=overwrite, inputs=inputs)  # again, under the lock
-        if live:
-            with _live(out) as folder:
+        with space:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _claim(out)
+            clean_leftovers(out.parent, out.name)
+            check_output(given, kind, overwrite=overwrite, inputs=inputs)  # again, under the lock
+            with (_live(out) if live else _staged(out)) as folder:
                 yield folder
-        else:
-            with _staged(out, given) as folder:
-                yield folder
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(f"no space left on the device while writing {given}; nothing was written",
-                             "free some space or choose another output path") from None
-        raise
     finally:
         release(out)
 
 
 @contextlib.contextmanager
-def _staged(out: Path, given: Path) -> Iterator[Path]:
+def _staged(out: Path) -> Iterator[Path]:
     staging = _owned_dir(out.parent, f".{out.name}.partial-")
     os.chmod(staging, 0o777 & ~_umask())  # outputs are shared like any folder the user makes
     try:
@@ -573,12 +567,20 @@ def write_files(files: dict[Path, bytes], *, owned: Callable[[Path], bool], what
     first.parent.mkdir(parents=True, exist_ok=True)
     _claim(first)
     try:
-        for target, data in zip(targets, files.values()):
-            atomic_write_bytes(target, data)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(f"no space left on the device while writing {first}",
-                             "free some space or choose another path") from None
-        raise
+        with _disk_space(first):
+            for target, data in zip(targets, files.values()):
+                atomic_write_bytes(target, data)
     finally:
         release(first)
+
+
+@contextlib.contextmanager
+def _disk_space(what: Path) -> Iterator[None]:
+    """A full disk is the user's to fix: one line, and nothing was written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"no space left on the device while writing {what}; nothing was written",
+                             "free some space or choose another output path") from None
+        raise

@@ -23,7 +23,7 @@ from vitedge.artifact import CARD_NAME, is_artifact, read_card, sha256_file
 from vitedge.card import ModelCard
 from vitedge.documents import confined, read_document, sealed_json, validate
 from vitedge.errors import InputError
-from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
+from vitedge.outputs import REPORT_GENERATOR, is_report_document, json_object, write_files
 
 
 def _figure() -> Any:
@@ -156,7 +156,7 @@ def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
     data = {"generator": REPORT_GENERATOR, "html": out.name, "md": md.name, **data}
 
     def owned(path: Path) -> bool:  # the set's .json says vitedge report wrote the set
-        report = _json(index)
+        report = json_object(index)
         if path.name == index.name:
             return is_report_document(report)
         return is_report_document(report) and path.name in (report.get("html"), report.get("md"))
@@ -165,14 +165,6 @@ def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
                  md: _markdown(title, headline, tables).encode(), index: sealed_json(data).encode()},
                 owned=owned, what="report")
     return data
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _verified(directory: Path, files: dict[str, str], what: str) -> None:
