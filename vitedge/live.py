@@ -35,6 +35,7 @@ from vitedge.outputs import OutputKind, check_output, input_paths, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
+MAX_WINDOW = 100_000
 SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
 
 
@@ -151,16 +152,16 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
         raise InputError(f"--shadow-every must be >= 0, --top-k >= 1 and --window 1..{MAX_WINDOW}")
     if reference is not None:
         check_reference(deployed, reference)
-    inputs = input_paths(getattr(deployed, "origin", ()), getattr(reference, "origin", ()), source.uri)
-    out = check_output(out_dir, OutputKind.RUN, overwrite=options.overwrite, inputs=inputs)
-    record = _record_path(options.record, out)
+    reads = (deployed.origin, reference.origin if reference is not None else (), source.uri)
+    out, record = check_run_output(out_dir, overwrite=options.overwrite, reads=reads, record=options.record)
     server = None
     if options.serve:
         from vitedge.serve import LiveServer
 
         server = LiveServer(options.serve, f"{deployed.card.architecture} — {source.uri}")
     try:
-        with writing(out, OutputKind.RUN, overwrite=options.overwrite, inputs=inputs, live=True) as folder:
+        with writing(out, OutputKind.RUN, overwrite=options.overwrite, inputs=input_paths(*reads),
+                     live=True) as folder:
             (folder / "disagreements").mkdir()
             write_document(folder / "summary.json", {"kind": "run", "state": "running",
                                                      "source": source.uri, "pid": os.getpid(),
@@ -177,15 +178,14 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     return summary
 
 
-MAX_WINDOW = 100_000
-
-
 def check_run_output(out: str | Path, *, overwrite: bool, reads: tuple[object, ...] = (),
-                     record: Path | None = None) -> Path:
-    """Refuse a run directory (or --record file) that may not be written, before any model loads."""
+                     record: Path | None = None) -> tuple[Path, tuple[Path, str | None] | None]:
+    """Refuse a run directory (or --record file) that may not be written, before any model loads.
+
+    Returns the run directory and where the recording goes (with its name inside the run, if so).
+    """
     path = check_output(out, OutputKind.RUN, overwrite=overwrite, inputs=input_paths(*reads))
-    _record_path(record, path)
-    return path
+    return path, _record_path(record, path)
 
 
 def _record_path(record: Path | None, out: Path) -> tuple[Path, str | None] | None:
