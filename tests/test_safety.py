@@ -690,3 +690,19 @@ def test_sealing_is_stable_and_catches_any_edit():
     assert seal_of(json.loads(json.dumps(document))) == document["seal"]
     document["a"]["x"] = "e"
     assert seal_of(document) != document["seal"]
+
+
+def test_a_failed_library_step_gives_its_output_lock_back(made, tmp_path):
+    from vitedge import outputs
+    from vitedge.compile import CompilePrecision, compile_bundle
+    from vitedge.errors import InputError
+    from vitedge.models import load
+    from vitedge.targets import load_target
+
+    with pytest.raises(InputError, match="int8 needs a quantized"):  # found after the output check
+        compile_bundle(load(made / "onnx"), load_target("x86-cpu"), tmp_path / "b",
+                       precision=CompilePrecision.INT8)
+    assert str(outputs.absolute_path(tmp_path / "b")) not in outputs._locks
+    other = subprocess.run([sys.executable, "-c", f"from vitedge import outputs; print(outputs.busy({str(tmp_path / 'b')!r}))"],
+                           capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == "False" and list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 from vitedge.card import ModelCard
 from vitedge.documents import confined, read_document, write_document
 from vitedge.errors import InputError
-from vitedge.outputs import OWNER, atomic_write_text  # noqa: F401  (re-exported for the steps)
+from vitedge.outputs import OWNER, atomic_write_text, releasing  # noqa: F401  (atomic_write_text: for the steps)
 
 CARD_NAME = "card.json"
 RECREATE = "re-create the artifact with the vitedge step that made it"
@@ -118,6 +118,7 @@ def write_card(directory: Path, card: ModelCard) -> None:
     write_document(directory / CARD_NAME, card.to_dict())
 
 
+@releasing
 def relabel(source: str | Path, labels: list[str], out: str | Path, *, overwrite: bool = False,
             labels_file: str | None = None) -> ModelCard:
     """A new artifact (or bundle) with other class names: the same files, a new sealed card.

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.documents import write_document
-from vitedge.outputs import OutputKind, check_output, input_paths, writing
 from vitedge.camera import FrameSource, VideoFileSource
+from vitedge.documents import write_document
 from vitedge.errors import InputError
+from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
 
 
 def dhash(gray: np.ndarray) -> int:
@@ -27,6 +27,7 @@ def dhash(gray: np.ndarray) -> int:
     return int(sum(1 << i for i, bit in enumerate(bits) if bit))
 
 
+@releasing
 def capture(uri: str, count: int, out: str | Path, *, every_s: float = 0.2,
             duplicate_bits: int = 3, overwrite: bool = False, timeout_s: float = 600.0,
             **open_options: Any) -> dict[str, Any]:

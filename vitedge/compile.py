@@ -19,11 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file
 from vitedge.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
-from vitedge.documents import write_document
 from vitedge.card import ModelCard
+from vitedge.documents import write_document
 from vitedge.errors import ExportError, InputError, MissingDependencyError
 from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
-from vitedge.outputs import OutputKind, check_output, temporary_directory, writing
+from vitedge.outputs import (
+    OutputKind,
+    check_output,
+    releasing,
+    temporary_directory,
+    writing,
+)
 from vitedge.passport import PASSPORT_NAME, machine_facts, make_passport
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import Precision, Runtime, Scheme, Target
@@ -147,6 +153,7 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS))
 
 
+@releasing
 def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
                    precision: CompilePrecision | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,

@@ -16,11 +16,13 @@ from vitedge.artifact import sha256_file
 from vitedge.documents import write_document
 from vitedge.drift import compare, per_sample, softmax, topk_accuracy
 from vitedge.errors import InputError
+from vitedge.outputs import releasing
 
 EVAL_NAME = "eval.json"
 LOGITS_NAME = "logits.npz"
 
 
+@releasing
 def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: int | None = None,
              seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False
              ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images
 from vitedge.errors import ExportError, InputError
 from vitedge.models import ASSETS, LoadedModel
+from vitedge.outputs import releasing
 from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class ExportResult:
     seconds: float
 
 
+@releasing
 def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, simplify: bool = True,
                 parity_data: str | Path | None = None, parity_samples: int = 16,

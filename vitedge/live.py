@@ -31,7 +31,7 @@ from vitedge.camera import Frame, FrameSource
 from vitedge.documents import write_document
 from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.errors import InputError
-from vitedge.outputs import OutputKind, check_output, input_paths, writing
+from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
@@ -138,6 +138,7 @@ class _Stopper:
             signal.signal(sig, handler)
 
 
+@releasing
 def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
         reference: Session | None = None, options: RunOptions | None = None,
         on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import functools
 import glob as globlib
 import hashlib
 import json
@@ -183,6 +184,22 @@ def release(out: str | Path | None = None) -> None:
 
 
 atexit.register(release)
+
+
+def releasing(step: Callable[..., Any]) -> Callable[..., Any]:
+    """For a library step that writes: the locks it took are given back when it returns or fails
+    (a failed step in a long-lived process must not keep its output locked until exit)."""
+
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = set(_locks)
+        try:
+            return step(*args, **kwargs)
+        finally:
+            for key in set(_locks) - before:
+                release(key)
+
+    return wrapper
 
 
 def _owned_dir(parent: Path, prefix: str) -> Path:

@@ -22,10 +22,12 @@ from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.models import LoadedModel
+from vitedge.outputs import releasing
 from vitedge.structured import FAMILIES, PruneRatios
 from vitedge.versions import tool_versions
 
 
+@releasing
 def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = None,
           target_macs: float | None = None, importance: str | None = None,
           data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,

@@ -38,6 +38,7 @@ from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
 from vitedge.lint import lint_qdq
 from vitedge.models import LoadedModel
+from vitedge.outputs import releasing
 from vitedge.qdq import (
     ComputeNode,
     compute_nodes,
@@ -219,6 +220,7 @@ def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> floa
     return 100.0 * (1.0 - _agreement(fp32, int8))
 
 
+@releasing
 def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
              calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX,
@@ -258,7 +260,13 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             re.compile(pattern)
         except re.error as exc:
             raise InputError(f"--exclude {pattern!r} is not a valid regular expression ({exc})") from None
-    from vitedge.outputs import OutputKind, check_output, input_paths, temporary_directory, writing
+    from vitedge.outputs import (
+        OutputKind,
+        check_output,
+        input_paths,
+        temporary_directory,
+        writing,
+    )
 
     inputs = [*loaded.origin, *input_paths(calib, eval_data)]
     check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)  # before minutes of work

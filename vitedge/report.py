@@ -23,7 +23,12 @@ from vitedge.artifact import CARD_NAME, is_artifact, read_card, sha256_file
 from vitedge.card import ModelCard
 from vitedge.documents import confined, read_document, sealed_json, validate
 from vitedge.errors import InputError
-from vitedge.outputs import REPORT_GENERATOR, is_report_document, json_object, write_files
+from vitedge.outputs import (
+    REPORT_GENERATOR,
+    is_report_document,
+    json_object,
+    write_files,
+)
 
 
 def _figure() -> Any:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from vitedge import __version__

@@ -11,8 +11,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from vitedge.cli import (ModelKwargs, Source, TrustPickle, Verbose, Weights, _load, app, console,
-                         err_console, progress_printer, styled, user_errors)
+from vitedge.cli import (
+    ModelKwargs,
+    Source,
+    TrustPickle,
+    Verbose,
+    Weights,
+    _load,
+    app,
+    console,
+    err_console,
+    progress_printer,
+    styled,
+    user_errors,
+)
 from vitedge.errors import VitedgeError
 
 Rebuild = Annotated[bool, typer.Option(

@@ -9,7 +9,15 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from vitedge.cli import Verbose, app, console, err_console, floats, progress_printer, user_errors
+from vitedge.cli import (
+    Verbose,
+    app,
+    console,
+    err_console,
+    floats,
+    progress_printer,
+    user_errors,
+)
 from vitedge.errors import VitedgeError
 
 SourceOption = Annotated[str, typer.Option(

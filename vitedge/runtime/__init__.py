@@ -37,10 +37,10 @@ def load(source: str | Path, *, rebuild: bool = False, backend: str | None = Non
 
     loaded = load_model(source, **load_options)  # type: ignore[arg-type]
     if loaded.onnx_path is not None and backend != "torch":
+        import onnx
+
         from vitedge.qdq import quantized_node_names
         from vitedge.runtime.onnxrt import OnnxRuntimeSession
-
-        import onnx
 
         int8 = bool(quantized_node_names(onnx.load(str(loaded.onnx_path), load_external_data=False)))
         session: Session = OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32")
