@@ -231,3 +231,20 @@ def test_builtin_model_accuracy_on_heldout():
         total += len(records)
     assert total == 540
     assert correct / total >= 0.97
+
+
+def test_mac_counting_never_takes_a_load_down(monkeypatch):
+    import torch.utils.flop_counter as flop_counter
+
+    class Broken(flop_counter.FlopCounterMode):
+        def __enter__(self):
+            raise AssertionError("Expected gradient function to be set")
+
+    monkeypatch.setattr(flop_counter, "FlopCounterMode", Broken)
+    loaded = load("timm:vit_tiny_patch16_224", model_kwargs=TINY)
+    assert loaded.card.macs is None and any("MACs could not be counted" in w for w in loaded.card.warnings)
+
+
+def test_siglip_attention_pool_counts_its_macs():
+    loaded = load("timm:vit_base_patch16_siglip_224", model_kwargs={**TINY, "patch_size": 8})
+    assert loaded.card.macs and loaded.card.macs > 0 and loaded.card.structure.global_pool == "map"

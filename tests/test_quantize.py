@@ -271,3 +271,53 @@ def test_library_call_prints_nothing_and_reports_progress(digits_onnx, tmp_path,
     captured = capfd.readouterr()
     assert "Statistics collection" not in captured.out + captured.err  # NNCF's own bars
     assert ticks[:2] == [(0, 20), (1, 20)] and ticks.count((19, 20)) >= 1
+
+
+def test_unsigned_activation_quantizers_become_signed_int8():
+    """NNCF's symmetric preset leaves UINT8 after ReLU/MaxPool; TensorRT needs signed INT8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vitedge.qdq import to_signed_int8
+
+    weight = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z"), numpy_helper.from_array(weight, "w")]
+    nodes = [helper.make_node("Relu", ["input"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("MatMul", ["dq", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 4])], inits,
+                              value_info=[helper.make_tensor_value_info("q", TensorProto.UINT8, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.abs(np.random.default_rng(1).standard_normal((2, 8))).astype(np.float32)
+    before = run_onnx(model, x)
+    assert not lint_qdq(model, symmetric=True)
+    assert to_signed_int8(model) == 1
+    assert lint_qdq(model, symmetric=True)
+    assert {t.data_type for t in model.graph.initializer if "zero_point" in t.name} == {TensorProto.INT8}
+    after = run_onnx(model, x)
+    # half the steps for the same range: within one signed step of the unsigned result
+    assert np.abs(after - before).max() <= 2 * 0.02 * 255 / 127 * np.abs(weight).sum(0).max()
+
+
+def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp_path, monkeypatch):
+    import vitedge.quantize as quantize_module
+
+    real = quantize_module.lint_qdq
+    calls = []
+
+    def second_fails(model, **kwargs):
+        calls.append(1)
+        result = real(model, **kwargs)
+        if len(calls) == 2:  # the attention-MatMul candidate
+            from vitedge.lint import Finding, LintResult
+
+            return LintResult([Finding("int8-type", "error", "node_x", "UINT8 quantization (test)")])
+        return result
+
+    monkeypatch.setattr(quantize_module, "lint_qdq", second_fails)
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "q", eval_data=HELDOUT, **FAST)
+    assert result.report["chosen"] == "linear-only"
+    assert any("candidate 'linear + attention MatMuls' was dropped: UINT8 quantization (test)" in w
+               for w in result.report["warnings"])

@@ -149,6 +149,9 @@ def load(source: str | Path, *, weights: str | Path | None = None,
             card.params = count_params(loaded.module)
         if card.macs is None and compute_macs:
             card.macs = count_macs(loaded.module, card.preprocessing.input_size)
+            if card.macs is None:
+                card.warnings.append("MACs could not be counted (PyTorch's FLOP counter failed on "
+                                     "this model); they show as unknown")
     if not card.structure.is_vit and not any("not a Vision Transformer" in w for w in card.warnings):
         card.warnings.append(NOT_VIT_WARNING.format(arch=card.architecture))
     from vitedge.outputs import input_paths

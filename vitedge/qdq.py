@@ -158,3 +158,50 @@ def int8_mac_share(model: onnx.ModelProto, linear: list[ComputeNode]) -> float:
     total = sum(n.macs or 0 for n in linear if n.kind == "linear")
     done = sum(n.macs or 0 for n in linear if n.kind == "linear" and n.name in quantized)
     return done / total if total else 0.0
+
+
+def to_signed_int8(model: onnx.ModelProto) -> int:
+    """Turn symmetric UINT8 activation quantizers (zero-point 0) into signed INT8, in place.
+
+    A non-negative tensor quantized to [0, 255] * s is requantized to [-128, 127] * s' with
+    s' = s * 255 / 127: the same largest value, half the steps (what any signed-only runtime,
+    TensorRT among them, does with such a tensor). Each QuantizeLinear and the DequantizeLinear
+    nodes reading its output get their own new scale and zero-point. Returns how many changed.
+    """
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            readers.setdefault(node.input[0], []).append(node)
+    changed = 0
+    for node in list(model.graph.node):
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        zero = inits[node.input[2]]
+        if zero.data_type != TensorProto.UINT8 or np.any(numpy_helper.to_array(zero)) \
+                or node.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * np.float32(255 / 127)
+        scale_name, zero_name = f"{node.output[0]}_scale_s8", f"{node.output[0]}_zero_point_s8"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(scale.astype(np.float32), scale_name),
+            numpy_helper.from_array(np.zeros(numpy_helper.to_array(zero).shape, np.int8), zero_name)])
+        for target in (node, *readers.get(node.output[0], [])):
+            target.input[1], target.input[2] = scale_name, zero_name
+        for info in model.graph.value_info:  # the quantized tensor's declared type follows
+            if info.name == node.output[0] and info.type.tensor_type.elem_type == TensorProto.UINT8:
+                info.type.tensor_type.elem_type = TensorProto.INT8
+        changed += 1
+    if changed:
+        remove_unused_initializers(model)
+    return changed
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

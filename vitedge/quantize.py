@@ -45,6 +45,7 @@ from vitedge.qdq import (
     int8_mac_share,
     quantized_node_names,
     revert_to_float,
+    to_signed_int8,
 )
 from vitedge.quant_report import build_report, markdown
 from vitedge.runtime.onnxrt import cpu_session
@@ -193,12 +194,18 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
     dataset = nncf.Dataset(_Samples(calibration, input_name, tick))
     with _quiet_nncf():
         try:
-            return nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration),
-                                 model_type=model_type, ignored_scope=ignored,
-                                 advanced_parameters=advanced)
+            quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration),
+                                      model_type=model_type, ignored_scope=ignored,
+                                      advanced_parameters=advanced)
         except nncf.ValidationError as exc:
             raise InputError(f"NNCF rejected the settings: {str(exc).strip().splitlines()[-1]}",
                              "check --exclude patterns and the recipe") from None
+    if scheme is Scheme.SYMMETRIC:
+        # NNCF's symmetric preset still quantizes non-negative activations (after ReLU/MaxPool,
+        # softmax probabilities) as UINT8 with zero-point 0; TensorRT takes signed INT8 only.
+        # (Forcing signedness in NNCF conflicts with its hardware configs on CNN stems.)
+        to_signed_int8(quantized)
+    return quantized
 
 
 def _candidate(label: str, model: onnx.ModelProto, evaluation: DataSet, fp32: np.ndarray,
@@ -298,24 +305,37 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not class logits",
                              "quantization is checked against FP32 logits; export a classifier")
 
-        def attempt(label: str, with_attention: bool) -> Candidate:
+        def attempt(label: str, with_attention: bool) -> Candidate | None:
+            """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
             say(f"quantizing ({label})")
             model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=calibration,
                                    ignored=_ignored_scope(recipe, nodes, exclude, op_types,
                                                           with_attention),
                                    smooth_quant=smooth_quant, bias_correction=bias_correction,
                                    full=recipe is Recipe.FULL, tick=calibration_tick)
+            rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
+            if recipe is not Recipe.FULL and not rules:
+                dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
+                               f"{rules.errors[0].node}")
+                return None
             return _candidate(label, model, evaluation, fp32, labels, nodes)
 
         tried: list[Candidate] = []
+        dropped: list[str] = []
         sensitivity: list[dict[str, Any]] = []
         if recipe is Recipe.FULL:
-            tried.append(attempt("full", True))
+            tried.append(attempt("full", True))  # type: ignore[arg-type]  (full is never dropped)
         else:
-            tried.append(attempt("linear-only", False))
-            if recipe is Recipe.VIT_SAFE and meets(tried[0]) and any(
+            first = attempt("linear-only", False)
+            tried += [first] if first else []
+            if recipe is Recipe.VIT_SAFE and first and meets(first) and any(
                     n.kind == "attention" for n in nodes):
-                tried.append(attempt("linear + attention MatMuls", True))
+                second = attempt("linear + attention MatMuls", True)
+                tried += [second] if second else []
+        warnings_ += dropped
+        if not tried:
+            raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
+                               "please report this with the model")
         within = [c for c in tried if meets(c)]
         if within:
             best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))

@@ -123,10 +123,22 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> int | Non
 
     sample = torch.zeros(1, 3, *input_size)
     counter = FlopCounterMode(display=False)
-    # The math backend decomposes fused attention into matmuls the counter sees; the fused
-    # CPU kernel has no FLOP formula and its attention products would go uncounted.
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(sample)
+    # The counter's module tracker hooks every tensor that requires grad; a parameter passed
+    # straight into a submodule (timm's attention-pool latent query) trips it even under
+    # no_grad, so parameters stop requiring grad while counting.
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        # The math backend decomposes fused attention into matmuls the counter sees; the fused
+        # CPU kernel has no FLOP formula and its attention products would go uncounted.
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+            model(sample)
+    except Exception:  # noqa: BLE001 - counting is a report, never a reason to refuse a model
+        return None
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
     total = counter.get_total_flops()
     return int(total // 2) if total else None
 
