@@ -94,3 +94,41 @@ def test_imagefolder_glob_and_sampling(tmp_path):
         open_images(str(tmp_path / "*.nothing"))
     with pytest.raises(InputError, match="does not exist"):
         open_images(tmp_path / "missing")
+
+
+def _photos():
+    """Real photos that scikit-learn ships, cut to different aspect ratios (landscape, portrait, odd sizes)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    china, flower = (Image.fromarray(a) for a in load_sample_images().images)  # 640x427 JPEGs
+    return [china, flower.crop((0, 0, 300, 427)), china.crop((100, 50, 600, 425)),
+            flower.resize((333, 500)).crop((0, 0, 333, 499))]
+
+
+@pytest.mark.parametrize("model_type", ["vit", "deit", "dinov2", "vit_mae", "vit_msn"])
+def test_hugging_face_processors_are_read_exactly(tmp_path, model_type):
+    import transformers
+
+    from vitedge.hf import _preprocessing
+
+    # each model type's own processor with the settings its hub checkpoints use
+    processor = {
+        "vit": transformers.ViTImageProcessor(size={"height": 224, "width": 224}),
+        "deit": transformers.DeiTImageProcessor(),  # 256x256 (aspect ignored), then crop 224
+        "dinov2": transformers.BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                                                 resample=3, image_mean=[0.485, 0.456, 0.406],
+                                                 image_std=[0.229, 0.224, 0.225]),
+        "vit_mae": transformers.ViTImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        "vit_msn": transformers.ViTImageProcessor(resample=3),
+    }[model_type]
+    processor.save_pretrained(tmp_path)
+    pre, _ = _preprocessing(tmp_path, transformers.ViTConfig())
+    pil = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    default = transformers.AutoImageProcessor.from_pretrained(tmp_path)  # torchvision backend in v5
+    for photo in _photos():
+        ours = preprocess(photo, pre)
+        assert np.abs(ours - pil(images=photo, return_tensors="np")["pixel_values"][0]).max() < 1e-5
+        # the torchvision backend resamples a little differently from Pillow itself (both HF's)
+        theirs = default(images=photo, return_tensors="np")["pixel_values"][0]
+        assert np.abs(ours - theirs).max() < 0.035 and np.abs(ours - theirs).mean() < 0.002

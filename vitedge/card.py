@@ -28,12 +28,23 @@ class Interpolation(StrEnum):
 class ResizeMode(StrEnum):
     """How an image reaches the model's input size.
 
-    `shorter-crop` is timm/torchvision eval: resize the shorter side to size / crop_pct, then
+    `shorter-crop` is timm/torchvision eval (and Hugging Face `shortest_edge` processors): resize
+    the shorter side to `resize_size` (default size / crop_pct), keeping the aspect, then
     centre-crop. `squash` is Hugging Face ViT: resize straight to the input size, aspect ignored.
+    `squash-crop` is Hugging Face DeiT: resize to `resize_size` (height, width), aspect ignored,
+    then centre-crop to the input size.
     """
 
     SHORTER_CROP = "shorter-crop"
     SQUASH = "squash"
+    SQUASH_CROP = "squash-crop"
+
+
+class CropRounding(StrEnum):
+    """Where an odd centre crop puts its extra pixel: torchvision rounds, Hugging Face floors."""
+
+    ROUND = "round"
+    FLOOR = "floor"
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class Preprocessing:
     resize_mode: ResizeMode = ResizeMode.SHORTER_CROP
     channel_order: str = "RGB"  # order of the model's input channels
     scale: float = 1.0 / 255.0  # pixel value -> [0, 1] before mean/std
+    resize_size: tuple[int, int] | None = None  # before the crop: (shorter side, same) or (h, w)
+    crop_rounding: CropRounding = CropRounding.ROUND
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
@@ -59,6 +72,8 @@ class Preprocessing:
                              "give per-channel values in [0, 1] units, e.g. 0.5,0.5,0.5")
         if self.channel_order not in ("RGB", "BGR"):
             raise InputError(f"channel order {self.channel_order!r} is not RGB or BGR")
+        if self.resize_size is not None and (len(self.resize_size) != 2 or min(self.resize_size) <= 0):
+            raise InputError(f"resize size {self.resize_size} is not two sizes > 0")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -67,6 +82,8 @@ class Preprocessing:
         out["std"] = list(self.std)
         out["interpolation"] = str(self.interpolation)
         out["resize_mode"] = str(self.resize_mode)
+        out["resize_size"] = list(self.resize_size) if self.resize_size else None
+        out["crop_rounding"] = str(self.crop_rounding)
         return out
 
     @classmethod
@@ -80,6 +97,8 @@ class Preprocessing:
             resize_mode=ResizeMode(data.get("resize_mode", "shorter-crop")),
             channel_order=data.get("channel_order", "RGB"),
             scale=float(data.get("scale", 1.0 / 255.0)),
+            resize_size=tuple(int(v) for v in data["resize_size"]) if data.get("resize_size") else None,  # type: ignore[arg-type]
+            crop_rounding=CropRounding(data.get("crop_rounding", "round")),
         )
 
 

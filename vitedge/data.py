@@ -113,3 +113,32 @@ def iter_batches(images: ImageSet | Sequence[ImageRecord], pre: Preprocessing, b
             arrays, kept = [], []
     if arrays:
         yield np.stack(arrays), kept
+
+
+SAMPLE_PHOTO = "grace_hopper.jpg"  # in matplotlib's sample_data (a runtime dependency of vitedge)
+
+
+def sample_photos(folder: Path, count: int, seed: int = 0) -> ImageSet:
+    """`count` natural images for checks that need some (export parity): crops of matplotlib's
+    sample photo at varied position, size and aspect, every second one mirrored, as PNGs in
+    `folder`. The card's preprocessing brings them to the model's resolution like any photo."""
+    import matplotlib
+    from PIL import Image
+
+    from vitedge.preprocess import load_image
+
+    photo = load_image(Path(matplotlib.get_data_path()) / "sample_data" / SAMPLE_PHOTO)
+    width, height = photo.size
+    rng = np.random.default_rng(seed)
+    records = []
+    for index in range(count):
+        w = int(rng.integers(width // 3, width + 1))
+        h = min(height, max(8, int(w * rng.uniform(0.75, 1.33))))
+        x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        crop = photo.crop((x, y, x + w, y + h))
+        if index % 2:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = Path(folder) / f"{Path(SAMPLE_PHOTO).stem}-crop{index:02d}.png"
+        crop.save(path)
+        records.append(ImageRecord(path))
+    return ImageSet(records, None, f"{count} crops of matplotlib's sample photo {SAMPLE_PHOTO}")

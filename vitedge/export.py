@@ -11,8 +11,9 @@ new Python/onnx releases), is maintained, and keeps LayerNormalization intact.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,9 @@ import numpy as np
 
 from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
-from vitedge.data import ImageSet, iter_batches, open_images
+from vitedge.data import ImageSet, iter_batches, open_images, sample_photos
 from vitedge.errors import ExportError, InputError
-from vitedge.models import ASSETS, LoadedModel
+from vitedge.models import LoadedModel
 from vitedge.outputs import releasing
 from vitedge.versions import tool_versions
 
@@ -36,7 +37,6 @@ MIN_OPSET = 17  # first opset with LayerNormalization
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a single file at 2 GiB
-SAMPLE_IMAGES = ASSETS / "samples"
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAUL
     inputs = [*loaded.origin, *input_paths(parity_data)]
     check_output(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     module = loaded.torch_module("export")
-    images = _parity_images(parity_data, parity_samples)
     started = time.perf_counter()
     pre = loaded.card.preprocessing
-    with writing(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
+    with _parity_images(parity_data, parity_samples) as images, \
+            writing(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
         onnx_path = staging / "model.onnx"
         model, exporter, batch_dynamic = _export(module, pre.input_size, opset, dynamic_batch)
         if simplify:
@@ -118,10 +118,16 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _parity_images(parity_data: str | Path | None, count: int) -> ImageSet:
+@contextlib.contextmanager
+def _parity_images(parity_data: str | Path | None, count: int) -> Iterator[ImageSet]:
+    """The user's images, or natural ones (crops of a photo a dependency ships, not upscaled digits)."""
     if parity_data is not None:
-        return open_images(parity_data).sample(count, seed=0)
-    return open_images(SAMPLE_IMAGES).sample(count, seed=0)
+        yield open_images(parity_data).sample(count, seed=0)
+        return
+    from vitedge.outputs import temporary_directory
+
+    with temporary_directory("parity") as folder:
+        yield sample_photos(folder, count)
 
 
 def _export(module: torch.nn.Module, input_size: tuple[int, int], opset: int,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.card import Interpolation, ModelCard, Preprocessing, ResizeMode
+from vitedge.card import CropRounding, Interpolation, ModelCard, Preprocessing, ResizeMode
 from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
 from vitedge.structure import hf_structure
 
@@ -95,6 +95,7 @@ def load_hf(directory: Path) -> LoadedModel:
     except ImportError as exc:
         raise MissingDependencyError(f"transformers is needed to load {directory} ({exc})",
                                      "pip install 'vitedge[hf]'") from None
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights: 100%|..." on every load
     try:
         # trust_remote_code=False, said explicitly: otherwise transformers asks on the terminal
         # whether to run the folder's Python code, and a "y" would run it
@@ -123,16 +124,16 @@ def load_hf(directory: Path) -> LoadedModel:
         elif model_type == "vit_mae":
             inner = transformers.ViTMAEModel.from_pretrained(directory, config=config,
                                                              local_files_only=True, trust_remote_code=False)
-        else:
-            inner = transformers.AutoModel.from_pretrained(directory, config=config,
-                                                           local_files_only=True, trust_remote_code=False,
-                                                           add_pooling_layer=False)
-    except (OSError, ValueError, RuntimeError) as exc:
+        else:  # ViTModel/DeiTModel have a pooler vitedge does not use; Dinov2Model has none
+            extra = {"add_pooling_layer": False} if model_type in ("vit", "deit") else {}
+            inner = transformers.AutoModel.from_pretrained(directory, config=config, local_files_only=True,
+                                                           trust_remote_code=False, **extra)
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"weights in {directory} could not be loaded "
                              f"({str(exc).splitlines()[0][:200]})",
                              "check that config.json matches the weights") from None
     module = _wrap(inner.eval(), encoder_only=not classifier)
-    pre = _preprocessing(directory, config)
+    pre, notes = _preprocessing(directory, config)
     id2label = getattr(config, "id2label", None) or {}
     num_classes = len(id2label) if classifier else None
     labels = [str(id2label[i]) for i in range(num_classes)] if classifier and num_classes else None
@@ -142,39 +143,70 @@ def load_hf(directory: Path) -> LoadedModel:
         preprocessing=pre, structure=hf_structure(config, distillation_token=distilled),
         num_classes=num_classes, labels=labels,
     )
+    card.warnings += notes
     if not classifier:
         card.warnings.append("encoder without a classifier head: outputs class-token features, "
                              "so accuracy and top-1 agreement do not apply")
     return LoadedModel(card, module)
 
 
-def _preprocessing(directory: Path, config: Any) -> Preprocessing:
+def _preprocessing(directory: Path, config: Any) -> tuple[Preprocessing, list[str]]:
+    """The folder's image processor, read exactly (resize mode and size, crop, rescale, mean/std,
+    resample), from the processor transformers itself builds, so its class defaults apply too."""
+    import transformers
+
     size = int(getattr(config, "image_size", 224))
-    path = directory / "preprocessor_config.json"
-    if not path.is_file():
+    if not (directory / "preprocessor_config.json").is_file():
         return Preprocessing(input_size=(size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                              interpolation=Interpolation.BILINEAR, crop_pct=1.0,
-                             resize_mode=ResizeMode.SQUASH)
-    data = json.loads(path.read_text())
-    target = data.get("size", size)
-    if isinstance(target, dict):
-        height = int(target.get("height", target.get("shortest_edge", size)))
-        width = int(target.get("width", target.get("shortest_edge", size)))
+                             resize_mode=ResizeMode.SQUASH, crop_rounding=CropRounding.FLOOR), [
+            "no preprocessor_config.json: assuming ViTImageProcessor's defaults (resize to "
+            f"{size}x{size}, bilinear, mean/std 0.5); override with --mean/--std/--interpolation"]
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(directory, local_files_only=True,
+                                                                    trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{directory}/preprocessor_config.json is not a readable image processor "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+    warnings: list[str] = []
+
+    def pair(value: Any, what: str) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        if isinstance(value, int):
+            return value, value
+        value = dict(value)
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if "shortest_edge" in value and "longest_edge" not in value:
+            return None  # handled by the caller: shorter-side resize
+        raise InputError(f"{directory}: {what} {value} is not a size vitedge can reproduce",
+                         "expected {height, width} or {shortest_edge}")
+
+    settings = processor.to_dict()  # resolved: the folder's values over the class defaults
+    resize = settings.get("size") if isinstance(settings.get("size"), dict) else \
+        {"height": settings.get("size") or size, "width": settings.get("size") or size}
+    resize = {k: v for k, v in resize.items() if v is not None}
+    crop = pair(settings.get("crop_size"), "crop_size") if settings.get("do_center_crop") else None
+    if not settings.get("do_resize", True):
+        warnings.append("the image processor does not resize: vitedge resizes to the model's size")
+        mode, input_size, resize_size = ResizeMode.SQUASH, (size, size), None
+    elif "shortest_edge" in resize:
+        edge = int(resize["shortest_edge"])
+        mode, resize_size = ResizeMode.SHORTER_CROP, (edge, edge)
+        input_size = crop or (edge, edge)
     else:
-        height = width = int(target)
-    crop = data.get("crop_size")
-    if data.get("do_center_crop") and crop:
-        crop_h = int(crop["height"]) if isinstance(crop, dict) else int(crop)
-        crop_pct = crop_h / height
-        input_size = (crop_h, crop_h)
-        mode = ResizeMode.SHORTER_CROP
-    else:
-        crop_pct, input_size, mode = 1.0, (height, width), ResizeMode.SQUASH
+        fixed = pair(resize, "size")
+        assert fixed is not None
+        mode = ResizeMode.SQUASH_CROP if crop else ResizeMode.SQUASH
+        input_size, resize_size = (crop, fixed) if crop else (fixed, None)
+    normalize = settings.get("do_normalize", True)
+    resample = settings.get("resample")
     return Preprocessing(
-        input_size=input_size,
-        mean=tuple(data.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        std=tuple(data.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        interpolation=_RESAMPLE.get(int(data.get("resample", 2)), Interpolation.BILINEAR),
-        crop_pct=min(1.0, crop_pct), resize_mode=mode,
-        scale=float(data.get("rescale_factor", 1 / 255)),
-    )
+        input_size=input_size, resize_mode=mode, resize_size=resize_size,
+        mean=tuple(float(v) for v in settings.get("image_mean") or (0.5,) * 3) if normalize else (0.0,) * 3,  # type: ignore[arg-type]
+        std=tuple(float(v) for v in settings.get("image_std") or (0.5,) * 3) if normalize else (1.0,) * 3,  # type: ignore[arg-type]
+        interpolation=_RESAMPLE.get(int(resample if resample is not None else 2), Interpolation.BILINEAR),
+        crop_pct=1.0, crop_rounding=CropRounding.FLOOR,
+        scale=float(settings.get("rescale_factor") or 1 / 255) if settings.get("do_rescale", True) else 1.0,
+    ), warnings

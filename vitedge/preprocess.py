@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitedge.card import Interpolation, Preprocessing, ResizeMode
+from vitedge.card import CropRounding, Interpolation, Preprocessing, ResizeMode
 from vitedge.errors import InputError
 
 if TYPE_CHECKING:
@@ -166,15 +166,18 @@ def _as_pil(image: Any, channel_order: str) -> PILImage.Image:
 
 
 def resize_and_crop(image: PILImage.Image, pre: Preprocessing) -> PILImage.Image:
-    """Geometry only, exactly as timm/torchvision eval transforms do it."""
+    """Geometry only, exactly as timm/torchvision eval transforms (or the Hugging Face image
+    processor the card was read from) do it."""
     height, width = pre.input_size
     resample = _pil_resample(pre.interpolation)
     if pre.resize_mode is ResizeMode.SQUASH:
         return image.resize((width, height), resample=resample)
-    # timm: scale_size = floor(size / crop_pct); torchvision Resize(int) scales the shorter side
-    # to it and the longer side to int(scale * long / short).
-    if height == width:
-        scale = math.floor(height / pre.crop_pct)
+    if pre.resize_mode is ResizeMode.SQUASH_CROP:
+        new_h, new_w = pre.resize_size or (math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct))
+    elif height == width or pre.resize_size is not None:
+        # timm: scale_size = floor(size / crop_pct); torchvision Resize(int) and Hugging Face
+        # `shortest_edge` scale the shorter side to it and the longer to int(scale * long / short).
+        scale = pre.resize_size[0] if pre.resize_size else math.floor(height / pre.crop_pct)
         src_w, src_h = image.size
         if src_w <= src_h:
             new_w, new_h = scale, int(scale * src_h / src_w)
@@ -184,8 +187,10 @@ def resize_and_crop(image: PILImage.Image, pre: Preprocessing) -> PILImage.Image
         new_h, new_w = math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)
     if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), resample=resample)
-    left = int(round((new_w - width) / 2.0))
-    top = int(round((new_h - height) / 2.0))
+    if pre.crop_rounding is CropRounding.FLOOR:
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+    else:
+        left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
     return image.crop((left, top, left + width, top + height))
 
 

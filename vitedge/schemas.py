@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from vitedge.card import Interpolation, ResizeMode
+from vitedge.card import CropRounding, Interpolation, ResizeMode
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0)]
@@ -60,6 +60,8 @@ class PreprocessingDoc(_Doc):
     resize_mode: ResizeMode = ResizeMode.SHORTER_CROP
     channel_order: Literal["RGB", "BGR"] = "RGB"
     scale: Annotated[float, Field(gt=0.0)] = 1.0 / 255.0
+    resize_size: tuple[Positive, Positive] | None = None
+    crop_rounding: CropRounding = CropRounding.ROUND
 
 
 class StructureDoc(_Doc):
