@@ -1,6 +1,7 @@
 """The command line: outputs, exit codes, and one clear line for every bad input."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from vitedge.cli import app
 from vitedge.versions import cpu_features
 
 runner = CliRunner()
+REPO_SAMPLES = Path(__file__).resolve().parents[1] / "vitedge" / "assets" / "samples"
 
 
 def run(*args):
@@ -156,3 +158,23 @@ def test_bad_option_values(tmp_path):
     assert_user_error(run("export", "builtin:digits-vit", "-o", tmp_path / "o", "--data",
                           tmp_path / "nothing"), "does not exist")
     assert not (tmp_path / "o").exists()
+
+
+def test_every_command_that_takes_a_model_takes_the_same_source_options(tiny_ckpt, tmp_path):
+    """A checkpoint built with size overrides works everywhere (prune had no -k)."""
+    from conftest import HELDOUT
+
+    source = ["timm:vit_tiny_patch16_224", "-w", tiny_ckpt, *kwargs_cli()]
+    samples = REPO_SAMPLES
+    for args in (["inspect", *source], ["predict", *source, samples, "--json", "--top-k", "1"],
+                 ["prune", *source, "--heads", "0.5", "-q", "-o", tmp_path / "pruned"],
+                 ["bench", *source, "--runs", "1", "--warmup", "0"],
+                 ["eval", source[0], source[0], *source[1:], "--data", HELDOUT, "--samples", "12",
+                  "-o", tmp_path / "eval"]):
+        result = run(*args)
+        assert result.exit_code == 0, (args[0], result.output)
+    assert json.loads((tmp_path / "pruned" / "card.json").read_text())["source"]["kwargs"]["embed_dim"] == 32
+    compiled = run("compile", *source, "--target", "x86-cpu", "-o", tmp_path / "b", "-q")
+    assert compiled.exit_code == 0, compiled.output
+    assert_user_error(run("predict", tmp_path / "b", samples, "-w", tiny_ckpt),
+                      "weights cannot apply to the bundle")

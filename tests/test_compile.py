@@ -355,7 +355,7 @@ def test_tensorrt_engine_matches_onnxruntime(digits_onnx, digits_int8, tmp_path,
 # ------------------------------------------------------------------------------------- CLI
 def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["predict", str(cpu_bundle), str(SAMPLES), "--json", "-k", "2"])
+    result = runner.invoke(app, ["predict", str(cpu_bundle), str(SAMPLES), "--json", "--top-k", "2"])
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.output)["predictions"]
     assert len(predictions) == 10

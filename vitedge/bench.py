@@ -135,12 +135,14 @@ def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
 
 def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Path | None = None,
           samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
-          backend: str | None = None, json_out: str | Path | None = None) -> BenchResult:
+          backend: str | None = None, json_out: str | Path | None = None,
+          load_options: dict[str, Any] | None = None) -> BenchResult:
     """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first.
 
     `json_out`: also write the table there (checked before anything runs).
     """
     from vitedge.calibration import model_labels, open_data
+    from vitedge.models import options_for
     from vitedge.outputs import check_files, input_paths
     from vitedge.runtime import load
 
@@ -154,7 +156,7 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
     reference_logits: np.ndarray | None = None
     dataset = labels = None
     for source in sources:
-        session = load(source, rebuild=rebuild, backend=backend)
+        session = load(source, rebuild=rebuild, backend=backend, **options_for(source, load_options or {}))
         name = Path(str(source)).name or str(source)
         with session:
             if data is not None and dataset is None:

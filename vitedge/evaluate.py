@@ -24,10 +24,11 @@ LOGITS_NAME = "logits.npz"
 
 @releasing
 def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: int | None = None,
-             seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False
-             ) -> dict[str, Any]:
+             seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False,
+             load_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
     from vitedge.calibration import model_labels, open_data
+    from vitedge.models import options_for
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
     from vitedge.runtime import load
 
@@ -40,7 +41,7 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
     dataset = labels = None
     class_names: list[str] = []
     for source in sources:
-        with load(source, rebuild=rebuild) as session:
+        with load(source, rebuild=rebuild, **options_for(source, load_options or {})) as session:
             card = session.card
             if dataset is None:
                 dataset = open_data(data, card.preprocessing, samples=samples, seed=seed, role="eval")

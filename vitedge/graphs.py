@@ -11,8 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.card import ModelCard, Preprocessing, VitStructure
 from vitedge.errors import ModelLoadError
-from vitedge.structure import (onnx_summary, out_features, state_dict_structure, timm_structure,
-                               torchvision_structure)
+from vitedge.structure import (
+    onnx_summary,
+    out_features,
+    state_dict_structure,
+    timm_structure,
+    torchvision_structure,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.card import CropRounding, Interpolation, ModelCard, Preprocessing, ResizeMode
+from vitedge.card import (
+    CropRounding,
+    Interpolation,
+    ModelCard,
+    Preprocessing,
+    ResizeMode,
+)
 from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
 from vitedge.structure import hf_structure
 

@@ -96,6 +96,14 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
                          "the network", "give the checkpoint with --weights; vitedge never downloads")
 
 
+def options_for(source: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """For steps that take several models: --weights and --model-kwargs apply to the ones named
+    by architecture (timm:NAME, torchvision:NAME); the others take the remaining options."""
+    if str(source).startswith(("timm:", "torchvision:")):
+        return options
+    return {**options, "weights": None, "model_kwargs": {}}
+
+
 def load(source: str | Path, *, weights: str | Path | None = None,
          model_kwargs: dict[str, Any] | None = None, trust_pickle: bool = False,
          preprocessing: dict[str, Any] | None = None, labels: list[str] | None = None,

@@ -205,10 +205,14 @@ def _read_labels(path: Path | None) -> list[str] | None:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _load(source: str, weights: Path | None, model_kwargs: list[str] | None, trust_pickle: bool,
-          mean: str | None, std: str | None, crop_pct: float | None,
-          interpolation: Interpolation | None, input_size: str | None, labels: Path | None) -> Any:
-    from vitedge.models import load, parse_model_kwargs
+def source_options(weights: Path | None = None, model_kwargs: list[str] | None = None,
+                   trust_pickle: bool = False, mean: str | None = None, std: str | None = None,
+                   crop_pct: float | None = None, interpolation: Interpolation | None = None,
+                   input_size: str | None = None, labels: Path | None = None) -> dict[str, Any]:
+    """What the shared source options (-w, -k, --trust-pickle, the preprocessing overrides and
+    --labels) mean, as keyword arguments of `vitedge.models.load`: one definition for every
+    command that takes a model source."""
+    from vitedge.models import parse_model_kwargs
 
     overrides: dict[str, Any] = {"mean": _floats(mean, "mean", 3), "std": _floats(std, "std", 3),
                                  "crop_pct": crop_pct,
@@ -217,9 +221,18 @@ def _load(source: str, weights: Path | None, model_kwargs: list[str] | None, tru
         size = _floats(input_size, "input-size", 2 if "," in input_size else 1)
         overrides["input_size"] = [int(v) for v in (size * 2 if len(size) == 1 else size)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return load(source, weights=weights, model_kwargs=parse_model_kwargs(model_kwargs),
-                trust_pickle=trust_pickle, preprocessing=overrides or None,
-                labels=_read_labels(labels))
+    return {"weights": weights, "model_kwargs": parse_model_kwargs(model_kwargs),
+            "trust_pickle": trust_pickle, "preprocessing": overrides or None,
+            "labels": _read_labels(labels)}
+
+
+def _load(source: str, weights: Path | None, model_kwargs: list[str] | None, trust_pickle: bool,
+          mean: str | None, std: str | None, crop_pct: float | None,
+          interpolation: Interpolation | None, input_size: str | None, labels: Path | None) -> Any:
+    from vitedge.models import load
+
+    return load(source, **source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                                         interpolation, input_size, labels))
 
 
 def _fmt_count(value: int | None, unit: str = "") -> str:
@@ -396,6 +409,8 @@ def quantize(
     bias_correction: Annotated[bool, typer.Option(help="NNCF fast bias correction.")] = True,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for sampling the data.")] = 0,
     weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
+    input_size: InputSize = None, labels: Labels = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
     verbose: Verbose = False,
@@ -424,7 +439,8 @@ def quantize(
                                    f"{', '.join(e.value for e in enum)}") from None
         if target:
             load_target(target)  # an unknown target fails before the model is loaded
-        loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
+        loaded = _load(source, weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                       interpolation, input_size, labels)
         say = progress_printer(quiet)
         with _calibration_bar(quiet) as tick:
             try:

@@ -12,8 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from vitedge.cli import (
+    CropPct,
+    InputSize,
+    Interp,
+    Labels,
+    Mean,
     ModelKwargs,
     Source,
+    Std,
     TrustPickle,
     Verbose,
     Weights,
@@ -22,6 +28,7 @@ from vitedge.cli import (
     console,
     err_console,
     progress_printer,
+    source_options,
     styled,
     user_errors,
 )
@@ -53,6 +60,8 @@ def compile_command(
     build: Annotated[bool, typer.Option(
         help="Build the TensorRT engine here when this machine is the target.")] = True,
     weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
+    input_size: InputSize = None, labels: Labels = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     quiet: Quiet = False, verbose: Verbose = False,
 ) -> None:
@@ -72,7 +81,8 @@ def compile_command(
                 raise VitedgeError(f"--precision {precision!r} is not one of "
                                    f"{', '.join(p.value for p in CompilePrecision)}") from None
         profile = load_target(target)  # an unknown target fails before the model is loaded
-        loaded = _load(source, weights, model_kwargs, trust_pickle, None, None, None, None, None, None)
+        loaded = _load(source, weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                       interpolation, input_size, labels)
         result = compile_bundle(loaded, profile, out, precision=chosen, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
                                 source_label=source, progress=progress_printer(quiet))
@@ -119,9 +129,12 @@ def build_command(
 def predict(
     model: Annotated[str, typer.Argument(help="Bundle, artifact or model source.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 5,
     rebuild: Rebuild = False, backend: Backend = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
+    input_size: InputSize = None, labels: Labels = None,
     verbose: Verbose = False,
 ) -> None:
     """Top-k labels and confidences per image, with per-image latency.
@@ -132,7 +145,9 @@ def predict(
     from vitedge.runtime import load
 
     with user_errors(verbose):
-        session = load(model, rebuild=rebuild, backend=backend)
+        session = load(model, rebuild=rebuild, backend=backend,
+                       **source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                                        interpolation, input_size, labels))
         with session:
             predictions, skipped = run_predict(session, images, top_k)
     if as_json:
@@ -169,6 +184,7 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed runs first.")] = 5,
     rebuild: Rebuild = False, backend: Backend = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
 ) -> None:
     """Latency p50/p95, throughput, size, top-1 and agreement across formats, side by side.
@@ -185,7 +201,8 @@ def bench(
             raise VitedgeError(f"--batch {batch!r} is not a comma-separated list of integers",
                                "e.g. --batch 1,8") from None
         result = run_bench(models, batches=batches, data=data, samples=samples, runs=runs,
-                           warmup=warmup, rebuild=rebuild, backend=backend, json_out=as_json)
+                           warmup=warmup, rebuild=rebuild, backend=backend, json_out=as_json,
+                           load_options=source_options(weights, model_kwargs, trust_pickle))
     table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
                                            if data and result.rows else ""))
     for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",

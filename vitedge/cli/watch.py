@@ -10,12 +10,23 @@ import typer
 from rich.text import Text
 
 from vitedge.cli import (
+    CropPct,
+    InputSize,
+    Interp,
+    Labels,
+    Mean,
+    ModelKwargs,
+    Std,
+    TrustPickle,
     Verbose,
+    Weights,
+    _load,
     app,
     console,
     err_console,
     floats,
     progress_printer,
+    source_options,
     user_errors,
 )
 from vitedge.errors import VitedgeError
@@ -61,11 +72,12 @@ def run(
     max_kl: Annotated[Optional[float], typer.Option(callback=floats(0), help="Alert above this rolling KL.")] = None,
     window: Annotated[int, typer.Option(min=1, max=100_000, help="Shadowed frames in the rolling metrics.")] = 50,
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 2 when drift was detected.")] = False,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per frame.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per frame.")] = 5,
     report: Annotated[bool, typer.Option(help="Write report.html into the run directory at the end.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Rebuild a bundle whose passport does not match.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the summary.")] = False,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
 ) -> None:
     """Live inference with a full-precision shadow that measures drift as it runs.
@@ -76,12 +88,14 @@ def run(
     from vitedge.drift import DriftThresholds
     from vitedge.live import RunOptions, check_reference, check_run_output
     from vitedge.live import run as run_live
+    from vitedge.models import options_for
     from vitedge.runtime import find_reference, load
 
     with user_errors(verbose):
         run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         check_run_output(run_dir, overwrite=overwrite, reads=(bundle, reference, source), record=record)
-        deployed = load(bundle, rebuild=rebuild)
+        loading = source_options(weights, model_kwargs, trust_pickle)
+        deployed = load(bundle, rebuild=rebuild, **options_for(bundle, loading))
         shadow = None
         if shadow_every:
             if reference is None and Path(bundle).is_dir():
@@ -90,7 +104,7 @@ def run(
             if reference is None:
                 raise VitedgeError(f"no full-precision reference found for {bundle}",
                                    "pass --reference ARTIFACT (the FP32 model), or --shadow-every 0")
-            shadow = load(reference)
+            shadow = load(reference, **options_for(reference, loading))
             check_reference(deployed, shadow)
             if not quiet:
                 err_console.print(Text(f"shadow reference: {reference} ({shadow.description})", style="dim"))
@@ -146,6 +160,7 @@ def eval_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Eval directory to write.")],
     samples: Annotated[Optional[int], typer.Option(min=1, help="Seeded subset of the data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
 ) -> None:
     """Top-1/top-5 per model and agreement, KL, cosine, per-class deltas against the first.
@@ -155,7 +170,8 @@ def eval_command(
     from vitedge.evaluate import evaluate
 
     with user_errors(verbose):
-        result = evaluate(models, data, out, samples=samples, overwrite=overwrite)
+        result = evaluate(models, data, out, samples=samples, overwrite=overwrite,
+                          load_options=source_options(weights, model_kwargs, trust_pickle))
     for row in result["models"]:
         vs = row.get("vs_first")
         console.print(f"{row['model']}: " + (f"top-1 {100 * row['top1']:.2f}%, top-5 {100 * row['top5']:.2f}%"
@@ -241,7 +257,9 @@ def prune(
     lr: Annotated[float, typer.Option(callback=floats(0, 10, low_open=True), help="Distillation peak learning rate.")] = 5e-4,
     distill_features: Annotated[float, typer.Option(callback=floats(0, 1e6),
         help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint for timm: and torchvision: sources.")] = None,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
+    input_size: InputSize = None, labels: Labels = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")] = False,
     verbose: Verbose = False,
@@ -253,7 +271,6 @@ def prune(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from vitedge.models import load
     from vitedge.prune import prune as run_prune
     from vitedge.report import PRUNE_STAGES
     from vitedge.structured import PruneRatios
@@ -269,7 +286,8 @@ def prune(
 
         ratios = PruneRatios(heads=heads, mlp=mlp, embed=embed)
         ratios.check()
-        loaded = load(source, weights=weights)
+        loaded = _load(source, weights, model_kwargs, trust_pickle, mean, std, crop_pct, interpolation,
+                       input_size, labels)
         metrics = run_prune(loaded, out, ratios=ratios, target_macs=target_macs, importance=importance,
                             data=data, distill_steps=distill_steps, tome=tome, tome_from=tome_from,
                             round_to=round_to, allocation=allocation,

@@ -28,6 +28,10 @@ def load(source: str | Path, *, rebuild: bool = False, backend: str | None = Non
 
     path = Path(str(source))
     if is_bundle(path):
+        given = sorted(k for k in ("weights", "model_kwargs", "preprocessing", "labels") if load_options.get(k))
+        if given:
+            raise InputError(f"{', '.join(given)} cannot apply to the bundle {path}: it holds its model "
+                             "and card", "drop them, or vitedge relabel the bundle to change its labels")
         session = _load_bundle(path, rebuild=rebuild, backend=backend)
         session.origin = (path.resolve(),)  # type: ignore[attr-defined]
         return session
