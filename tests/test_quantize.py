@@ -142,7 +142,7 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
     assert start.drop > 2.0
     best, ranking = _budget_search(start, float_model, nodes, evaluation, fp32, None,
                                    meets=lambda c: c.drop <= 1.0, say=lambda _m: None)
-    assert ranking[0]["node"] == victim.name and ranking[0]["kl_gain"] > 0
+    assert ranking[0]["node"] == victim.name and ranking[0]["error_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
     assert best.int8_share < 1.0 and best.int8_share > 0.8
 

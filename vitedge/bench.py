@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 @dataclass
 class Prediction:
     path: str
-    top: list[dict[str, Any]]  # {"index", "label", "probability"}, best first
+    top: list[dict[str, Any]]  # {"index", "label", "probability"}, best first; [] for features
     latency_ms: float
+    embedding: dict[str, Any] | None = None  # feature extractors: size, norm, mean, std, first values
 
 
 def predict(session: Session, sources: list[str | Path], top_k: int = 5
@@ -35,8 +36,16 @@ def predict(session: Session, sources: list[str | Path], top_k: int = 5
     labels = card.labels if card is not None else None
     stats = BatchStats()
     predictions = []
+    features = card.num_classes is None  # no classifier head: a vector, never softmax "confidences"
     for batch, kept in iter_batches(records, card.preprocessing, batch_size=1, stats=stats):
-        probabilities = softmax(session.infer(batch))[0]
+        output = session.infer(batch)[0]
+        if features:
+            vector = np.asarray(output, dtype=np.float64).ravel()
+            predictions.append(Prediction(str(kept[0].path), [], session.timing.calls_ms[-1], {
+                "size": int(vector.size), "norm": float(np.linalg.norm(vector)), "mean": float(vector.mean()),
+                "std": float(vector.std()), "first": [float(v) for v in vector[:4]]}))
+            continue
+        probabilities = softmax(output[None])[0]
         order = np.argsort(-probabilities)[:top_k]
         predictions.append(Prediction(str(kept[0].path), [
             {"index": int(i), "label": labels[i] if labels and i < len(labels) else str(int(i)),
@@ -60,6 +69,7 @@ class BenchRow:
     images_per_s: float | None = None
     top1: float | None = None
     agreement: float | None = None  # top-1 agreement with the first model's predictions
+    cosine: float | None = None  # mean output cosine to the first model (feature extractors too)
     samples: int = 0
     status: str = "ok"
 
@@ -166,17 +176,19 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
             elif dataset is not None and session.card.preprocessing != dataset.pre:
                 raise InputError(f"{source} preprocesses images differently from {sources[0]}",
                                  "bench models made from the same source model")
-            top1 = agreement = None
+            top1 = agreement = cosine = None
+            features = session.card.num_classes is None
             if dataset is not None:
                 logits = session.infer_all(dataset)
-                top1 = topk_accuracy(logits, labels) if labels is not None else None
+                top1 = topk_accuracy(logits, labels) if labels is not None and not features else None
                 if reference_logits is None:
                     reference_logits = logits
-                agreement = compare(reference_logits, logits).top1_agreement
+                drift = compare(reference_logits, logits, features=features)
+                agreement, cosine = drift.top1_agreement, drift.cosine
             for batch in batches:
                 row = BenchRow(name, session.backend, session.precision,
                                model_size_mib(source, session), batch, top1=top1,
-                               agreement=agreement, samples=len(dataset) if dataset else 0)
+                               agreement=agreement, cosine=cosine, samples=len(dataset) if dataset else 0)
                 if session.max_batch is not None and not session.min_batch <= batch <= session.max_batch:
                     row.status = f"batch {batch} outside {session.min_batch}..{session.max_batch}"
                 else:

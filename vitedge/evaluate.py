@@ -44,8 +44,9 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
         with load(source, rebuild=rebuild, **options_for(source, load_options or {})) as session:
             card = session.card
             if dataset is None:
+                features = card.num_classes is None  # no classifier head: compare feature vectors
                 dataset = open_data(data, card.preprocessing, samples=samples, seed=seed, role="eval")
-                labels = model_labels(card, dataset)
+                labels = None if features else model_labels(card, dataset)
                 class_names = card.labels or [str(i) for i in range(card.num_classes or 0)]
             elif card.preprocessing != dataset.pre or card.num_classes != results[0]["num_classes"]:
                 raise InputError(f"{source} differs from {sources[0]} in preprocessing or classes",
@@ -63,8 +64,14 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
     paths = dataset.paths()
     reference = logits_by_model[0]
     for row, logits in zip(results[1:], logits_by_model[1:]):
-        drift = compare(reference, logits)
-        row["vs_first"] = drift.to_dict()
+        row["vs_first"] = compare(reference, logits, features=features).to_dict()
+        if features:
+            vectors = per_sample(reference, logits, features=True)
+            order = np.argsort(-vectors["rel_error"])[:worst]
+            row["worst"] = [{"path": str(paths[i]) if paths[i] else None,
+                             "rel_error": float(vectors["rel_error"][i]), "cosine": float(vectors["cosine"][i])}
+                            for i in order if vectors["rel_error"][i] > 0]
+            continue
         metrics = per_sample(reference, logits)
         order = np.argsort(-metrics["kl"])[:worst]
         row["worst"] = [{"path": str(paths[i]) if paths[i] else None, "kl": float(metrics["kl"][i]),
@@ -74,13 +81,13 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
                         for i in order if metrics["kl"][i] > 0]
         if labels is not None:
             row["per_class_delta"] = _per_class_delta(reference, logits, labels, class_names)
-    report = {"kind": "eval", "data": str(data), "samples": int(len(reference)),
+    report = {"kind": "eval", "data": str(data), "samples": int(len(reference)), "features": features,
               "labeled": labels is not None, "skipped": list(dataset.skipped),
               "class_names": class_names, "models": results}
     with writing(out, OutputKind.EVAL, overwrite=overwrite, inputs=inputs) as staging:
+        extra = {} if features else {"confidence": np.stack([softmax(lg).max(1) for lg in logits_by_model])}
         np.savez_compressed(staging / LOGITS_NAME, labels=labels if labels is not None else np.array([]),
-                            **{f"model{i}": lg for i, lg in enumerate(logits_by_model)},
-                            confidence=np.stack([softmax(lg).max(1) for lg in logits_by_model]))
+                            **{f"model{i}": lg for i, lg in enumerate(logits_by_model)}, **extra)
         _keep_thumbnails(staging, results)
         report["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
                            for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}

@@ -179,6 +179,21 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     return summary
 
 
+def thresholds_for(card: Any, *, min_agreement: float | None = None, max_kl: float | None = None,
+                   min_cosine: float | None = None, window: int = 50) -> DriftThresholds:
+    """The alert thresholds for this model's outputs; ones that cannot apply are refused."""
+    features = card.num_classes is None
+    if features and (min_agreement is not None or max_kl is not None):
+        raise InputError("this model outputs features (no classifier head): --min-agreement and "
+                         "--max-kl watch class predictions", "alert on --min-cosine instead, e.g. 0.98")
+    if not features and min_cosine is not None:
+        raise InputError("--min-cosine watches feature extractors; this model classifies",
+                         "use --min-agreement / --max-kl")
+    return DriftThresholds(min_agreement=0.95 if min_agreement is None else min_agreement, max_kl=max_kl,
+                           min_cosine=0.99 if min_cosine is None else min_cosine,
+                           min_samples=min(20, window))
+
+
 def check_run_output(out: str | Path, *, overwrite: bool, reads: tuple[object, ...] = (),
                      record: Path | None = None) -> tuple[Path, tuple[Path, str | None] | None]:
     """Refuse a run directory (or --record file) that may not be written, before any model loads.
@@ -218,6 +233,7 @@ class _Loop:
         self.record = record
         self.server, self.on_frame = server, on_frame
         self.card = deployed.card
+        self.features = self.card.num_classes is None  # no classifier head: compare vectors
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
         self.shadow = _Shadow(reference) if reference is not None and options.shadow_every else None
         self.frames_log = open(out / "frames.jsonl", "w")
@@ -274,9 +290,12 @@ class _Loop:
         batch = preprocess(frame.image, self.card.preprocessing, frame_channel_order="BGR")[None]
         logits = self.deployed.infer(batch)
         infer_ms = self.deployed.timing.calls_ms[-1]
-        probabilities = softmax(logits)[0]
-        order = np.argsort(-probabilities)[:self.options.top_k]
-        line["top"] = [[int(i), self._label(i), round(float(probabilities[i]), 5)] for i in order]
+        if self.features:  # a feature vector has no classes to rank
+            line["norm"] = round(float(np.linalg.norm(logits[0])), 5)
+        else:
+            probabilities = softmax(logits)[0]
+            order = np.argsort(-probabilities)[:self.options.top_k]
+            line["top"] = [[int(i), self._label(i), round(float(probabilities[i]), 5)] for i in order]
         line["latency_ms"] = round(infer_ms, 3)
         if self.shadow is not None and frame.index % self.options.shadow_every == 0 and \
                 self.shadow.offer(frame.index, batch, logits, frame):
@@ -300,10 +319,12 @@ class _Loop:
         timing = self.deployed.timing
         fps = self.frames / max(time.monotonic() - self.started, 1e-6)
         rolling = self.rolling_metrics()
-        lines = [f"{label} {100 * p:.1f}%" for _i, label, p in line["top"][:3]]
+        lines = [f"features, norm {line['norm']:.2f}"] if self.features else [
+            f"{label} {100 * p:.1f}%" for _i, label, p in line["top"][:3]]
         lines.append(f"{fps:.1f} FPS  {line['latency_ms']:.1f} ms")
-        lines.append(f"shadow: {status}" + (f"  agree {100 * rolling['agreement']:.0f}%"
-                                            if rolling["agreement"] is not None else ""))
+        closeness = (f"  cosine {rolling['cosine']:.3f}" if self.features else
+                     f"  agree {100 * rolling['agreement']:.0f}%") if rolling["samples"] else ""
+        lines.append(f"shadow: {status}{closeness}")
         annotated = overlay(frame.image, lines, status)
         if self.record:
             if self.writer is None:
@@ -325,6 +346,7 @@ class _Loop:
                 "frames": self.frames, "fps": fps, "latency_p50_ms": timing.percentile(50),
                 "latency_p95_ms": timing.percentile(95), "shadowed": len(self.reference_logits),
                 "rolling_agreement": rolling["agreement"], "rolling_kl": rolling["kl"],
+                "rolling_cosine": rolling["cosine"],
                 "status": status, "top1": lines[0]})
 
     # --------------------------------------------------------------------------- shadow side
@@ -338,15 +360,18 @@ class _Loop:
                 return
             line = self.pending.pop(index, {"index": index})
             if np.all(np.isfinite(ref)):
-                metrics = per_sample(ref, dep)
-                shadow = {k: round(float(metrics[k][0]), 6) for k in SHADOW_KEYS}
-                shadow["reference_top1"] = self._label(int(metrics["ref_top1"][0]))
+                metrics = per_sample(ref, dep, features=self.features)
+                keys = ("cosine", "rel_error") if self.features else SHADOW_KEYS
+                shadow: dict[str, Any] = {k: round(float(metrics[k][0]), 6) for k in keys}
+                if not self.features:
+                    shadow["reference_top1"] = self._label(int(metrics["ref_top1"][0]))
                 shadow["reference_ms"] = round(ref_ms, 3)
                 line["shadow"] = shadow
                 self.reference_logits.append(ref[0])
                 self.deployed_logits.append(dep[0])
                 self.rolling.append(shadow)
-                if not shadow["agree"] and self.kept_disagreements < self.options.keep_disagreements:
+                off = shadow["cosine"] < self.options.thresholds.min_cosine if self.features else not shadow["agree"]
+                if off and self.kept_disagreements < self.options.keep_disagreements:
                     self.keep_disagreement(frame, line, shadow)
                 self.check_alert()
             self._write(line)
@@ -361,9 +386,14 @@ class _Loop:
 
     def rolling_metrics(self) -> dict[str, float | None]:
         if not self.rolling:
-            return {"agreement": None, "kl": None, "samples": 0}
-        return {"agreement": float(np.mean([r["agree"] for r in self.rolling])),
-                "kl": float(np.mean([r["kl"] for r in self.rolling])), "samples": len(self.rolling)}
+            return {"agreement": None, "kl": None, "cosine": None, "rel_error": None, "samples": 0}
+
+        def mean(key: str) -> float | None:
+            return None if self.features and key in ("agree", "kl") or not self.features and key == "rel_error" \
+                else float(np.mean([r[key] for r in self.rolling]))
+
+        return {"agreement": mean("agree"), "kl": mean("kl"), "cosine": mean("cosine"),
+                "rel_error": mean("rel_error"), "samples": len(self.rolling)}
 
     def status(self) -> str:
         rolling = self.rolling_metrics()
@@ -378,14 +408,22 @@ class _Loop:
         t = self.options.thresholds
         if rolling["samples"] < t.min_samples:
             return
-        bad = rolling["agreement"] < t.min_agreement or (t.max_kl is not None and rolling["kl"] > t.max_kl)
+        if self.features:
+            bad = rolling["cosine"] < t.min_cosine or (
+                t.max_rel_error is not None and rolling["rel_error"] > t.max_rel_error)
+        else:
+            bad = rolling["agreement"] < t.min_agreement or (t.max_kl is not None and rolling["kl"] > t.max_kl)
         if bad and not self.alerting:
             self.alerting = True
             self.window_ok = False
-            self.event("drift alert", {k: rolling[k] for k in ("agreement", "kl", "samples")})
+            self.event("drift alert", self._evidence(rolling))
         elif not bad and self.alerting:
             self.alerting = False
-            self.event("drift cleared", {k: rolling[k] for k in ("agreement", "kl", "samples")})
+            self.event("drift cleared", self._evidence(rolling))
+
+    def _evidence(self, rolling: dict[str, Any]) -> dict[str, Any]:
+        keys = ("cosine", "rel_error", "samples") if self.features else ("agreement", "kl", "samples")
+        return {k: rolling[k] for k in keys}
 
     # ----------------------------------------------------------------------------- logging
     def event(self, kind: str, details: dict[str, Any]) -> None:
@@ -419,8 +457,8 @@ class _Loop:
         elapsed = self.loop_ended - self.started
         drift = compare(np.array(self.reference_logits).reshape(len(self.reference_logits), -1),
                         np.array(self.deployed_logits).reshape(len(self.deployed_logits), -1),
-                        self.options.thresholds) if self.reference_logits else \
-            compare(np.zeros((0, 1)), np.zeros((0, 1)), self.options.thresholds)
+                        self.options.thresholds, features=self.features) if self.reference_logits else \
+            compare(np.zeros((0, 1)), np.zeros((0, 1)), self.options.thresholds, features=self.features)
         timing = self.deployed.timing
         stats = self.source.stats
         summary = {

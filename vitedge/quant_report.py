@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vitedge.card import ModelCard
     from vitedge.lint import LintResult
     from vitedge.qdq import ComputeNode
-    from vitedge.quantize import CalibrationMethod, Candidate, Recipe
+    from vitedge.quantize import Budget, CalibrationMethod, Candidate, Recipe
     from vitedge.targets import Scheme, Target
 
 
@@ -78,12 +78,13 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
 def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                   float_model: onnx.ModelProto, nodes: list[ComputeNode], evaluation: DataSet,
                   fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
-                  sensitivity: list[dict[str, Any]], max_drop: float,
-                  min_agreement: float | None, met: bool, recipe: Recipe,
+                  sensitivity: list[dict[str, Any]], budget: Budget, met: bool, recipe: Recipe,
                   scheme: Scheme, target: Target | None, calibration: CalibrationMethod, calibration_data: DataSet,
                   smooth_quant: bool, bias_correction: bool, exclude: list[str],
                   warnings_: list[str]) -> dict[str, Any]:
-    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=min_agreement or 0.99))
+    drift = compare(fp32, best.logits, DriftThresholds(min_agreement=budget.min_agreement or 0.99,
+                                                       min_cosine=budget.min_cosine),
+                    features=budget.features)
     quantized = quantized_node_names(best.model)
     float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
     float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
@@ -109,15 +110,20 @@ def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                      "eval_data": evaluation.origin, "labeled": labels is not None,
                      "smooth_quant": smooth_quant, "bias_correction": bias_correction,
                      "exclude": exclude, "engine": tool_versions("nncf", "onnxruntime", "onnx")},
-        "budget": {"max_drop": max_drop, "drop": best.drop, "met": met,
-                   "min_agreement": min_agreement, "agreement": best.agreement,
-                   "metric": "top-1 points" if labels is not None else "FP32-agreement points"},
+        "budget": {"features": budget.features, "wanted": budget.describe(), "met": met,
+                   "max_drop": None if budget.features else budget.max_drop, "drop": best.drop,
+                   "min_agreement": budget.min_agreement, "agreement": None if budget.features else best.agreement,
+                   "min_cosine": budget.min_cosine if budget.features else None, "cosine": best.cosine,
+                   "rel_error": best.rel_error,
+                   "metric": "cosine to FP32 features" if budget.features else
+                   "top-1 points" if labels is not None else "FP32-agreement points"},
         "accuracy": accuracy,
         "drift": drift.to_dict(),
         "int8_linear_mac_share": best.int8_share,
         "float_nodes": {"linear": float_linear, "attention": float_attention},
         "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
-                      "top1_agreement": c.agreement} for c in tried],
+                      "top1_agreement": None if budget.features else c.agreement, "cosine": c.cosine,
+                      "rel_error": c.rel_error} for c in tried],
         "chosen": best.label,
         "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
                   "dq_consumers": dict(dq_consumers(best.model))},
@@ -149,8 +155,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Recipe **{s['recipe']}**, {s['scheme']} activations, {s['calibration']} calibration on "
         f"{s['calibration_samples']} samples ({s['calibration_data']}); evaluated on "
         f"{s['eval_samples']} samples ({s['eval_data']}).", "",
-        f"Budget: drop ≤ {b['max_drop']:g} {b['metric']} — measured {b['drop']:.2f}: "
-        f"**{'met' if b['met'] else 'MISSED'}**. Chosen: {report['chosen']}.", "",
+        (f"Budget: cosine to the FP32 features ≥ {b['min_cosine']:g} — measured {b['cosine']:.4f} "
+         f"(relative error {b['rel_error']:.4f})" if b["features"] else
+         f"Budget: drop ≤ {b['max_drop']:g} {b['metric']} — measured {b['drop']:.2f}")
+        + f": **{'met' if b['met'] else 'MISSED'}**. Chosen: {report['chosen']}.", "",
         "| metric | FP32 | INT8 |", "| --- | --- | --- |",
     ]
     accuracy = report.get("accuracy")
@@ -163,17 +171,22 @@ def markdown(report: dict[str, Any]) -> str:
         f"| ONNX Runtime CPU latency p50, batch {latency['batch']} | {latency['fp32']['p50']:.2f} ms "
         f"| {latency['int8']['p50']:.2f} ms |",
         f"| model size | {size['fp32'] / 2**20:.2f} MiB | {size['int8'] / 2**20:.2f} MiB |", "",
-        f"Against FP32 on {d['samples']} samples: top-1 agreement **{_pct(d['top1_agreement'])}**, "
-        f"top-5 overlap {_pct(d['top5_overlap'])}, KL {_num(d['kl'])}, logit cosine "
-        f"{_num(d['cosine'], 5)} ({d['verdict']} at ≥ {100 * d['thresholds']['min_agreement']:.0f}% "
-        "agreement).", "",
+        (f"Against FP32 on {d['samples']} samples: feature cosine **{_num(d['cosine'], 5)}** (worst "
+         f"sample {_num(d['min_cosine'], 5)}), relative error {_num(d['rel_error'])} ({d['verdict']} at "
+         f"cosine ≥ {d['thresholds']['min_cosine']:g})." if d["features"] else
+         f"Against FP32 on {d['samples']} samples: top-1 agreement **{_pct(d['top1_agreement'])}**, "
+         f"top-5 overlap {_pct(d['top5_overlap'])}, KL {_num(d['kl'])}, logit cosine "
+         f"{_num(d['cosine'], 5)} ({d['verdict']} at ≥ {100 * d['thresholds']['min_agreement']:.0f}% "
+         "agreement)."), "",
         f"Linear-layer MACs in INT8: **{_pct(report['int8_linear_mac_share'])}**. Latency is "
         "reported as measured: on CPUs without VNNI/AMX, INT8 is often no faster than FP32.", "",
-        "## Attempts", "", "| candidate | drop | INT8 Linear MACs | agreement |", "| --- | --- | --- | --- |",
+        "## Attempts", "", "| candidate | drop | INT8 Linear MACs | agreement | cosine |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for attempt in report["attempts"]:
         lines.append(f"| {attempt['label']} | {attempt['drop']:.2f} | "
-                     f"{_pct(attempt['int8_linear_mac_share'])} | {_pct(attempt['top1_agreement'])} |")
+                     f"{_pct(attempt['int8_linear_mac_share'])} | {_pct(attempt['top1_agreement'])} | "
+                     f"{_num(attempt.get('cosine'), 5)} |")
     floats = report["float_nodes"]
     lines += ["", "## Kept in float", "",
               f"Linear nodes: {', '.join(floats['linear']) or 'none'}.",
@@ -187,10 +200,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {layer['node']} | {layer['op_type']} | {layer['kind']} | "
                      f"{layer['macs'] or '?'} | {layer['sqnr_db']:.1f} |")
     if report["sensitivity"]:
-        lines += ["", "## Sensitivity ranking (KL vs FP32 when the node alone is float)", "",
-                  "| node | KL if float | KL gain |", "| --- | --- | --- |"]
+        error = "relative error" if b["features"] else "KL"
+        lines += ["", f"## Sensitivity ranking ({error} vs FP32 when the node alone is float)", "",
+                  f"| node | {error} if float | gain |", "| --- | --- | --- |"]
         for row in report["sensitivity"][:20]:
-            lines.append(f"| {row['node']} | {row['kl_if_float']:.5f} | {row['kl_gain']:.5f} |")
+            lines.append(f"| {row['node']} | {row['error_if_float']:.5f} | {row['error_gain']:.5f} |")
     lint = report["lint"]
     lines += ["", "## TensorRT-rules lint", "",
               f"{'passed' if lint['passed'] else 'FAILED'}: {lint['quantize_nodes']} QuantizeLinear, "

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -83,10 +84,52 @@ class Candidate:
     label: str
     model: onnx.ModelProto
     logits: np.ndarray
-    drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled)
+    drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled); features: of cosine
     int8_share: float
-    agreement: float = 0.0  # top-1 agreement with FP32
+    agreement: float = 0.0  # top-1 agreement with FP32 (features: the mean cosine)
     float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
+    cosine: float = 0.0  # mean cosine to the FP32 outputs
+    rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What INT8 must keep: top-1 or agreement for classifiers, cosine for feature extractors."""
+
+    features: bool = False
+    max_drop: float = 0.5  # classifiers: points of top-1 (labeled) or of FP32 agreement
+    min_agreement: float | None = None
+    min_cosine: float = 0.99  # feature extractors: mean cosine to FP32
+
+    @classmethod
+    def of(cls, features: bool, max_drop: float | None, min_agreement: float | None,
+           min_cosine: float | None) -> Budget:
+        """The budget the options ask for, refusing the ones that do not apply to the outputs."""
+        if features and (max_drop is not None or min_agreement is not None):
+            raise InputError("this model outputs features (no classifier head): --max-drop and "
+                             "--min-agreement are top-1 budgets", "budget on --min-cosine, e.g. 0.995")
+        if not features and min_cosine is not None:
+            raise InputError("--min-cosine budgets feature extractors; this model classifies",
+                             "use --max-drop (points of top-1) and --min-agreement")
+        for flag, value, low in (("--max-drop", max_drop, 0.0), ("--min-agreement", min_agreement, 0.0),
+                                 ("--min-cosine", min_cosine, -1.0)):
+            if value is not None and not low <= value <= (100.0 if flag == "--max-drop" else 1.0):
+                raise InputError(f"{flag} {value} is out of range",
+                                 "--max-drop 0-100 points, --min-agreement 0-1, --min-cosine -1-1")
+        return cls(features, 0.5 if max_drop is None else max_drop, min_agreement,
+                   0.99 if min_cosine is None else min_cosine)
+
+    def meets(self, candidate: Candidate) -> bool:
+        if self.features:
+            return candidate.cosine >= self.min_cosine
+        return candidate.drop <= self.max_drop and (
+            self.min_agreement is None or candidate.agreement >= self.min_agreement)
+
+    def describe(self) -> str:
+        if self.features:
+            return f"--min-cosine {self.min_cosine:g}"
+        return f"--max-drop {self.max_drop:g}" + (
+            f" with --min-agreement {self.min_agreement:g}" if self.min_agreement is not None else "")
 
 
 @dataclass
@@ -210,11 +253,33 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
 
 def _candidate(label: str, model: onnx.ModelProto, evaluation: DataSet, fp32: np.ndarray,
                labels: np.ndarray | None, nodes: list[ComputeNode],
-               float_nodes: list[str] | None = None) -> Candidate:
-    """Evaluate a quantized graph against the FP32 logits."""
+               float_nodes: list[str] | None = None, *, features: bool = False) -> Candidate:
+    """Evaluate a quantized graph against the FP32 outputs."""
     logits = run_onnx(model, evaluation)
+    vectors = compare(fp32, logits, features=True)
+    cosine, rel_error = float(vectors.cosine or 0.0), float(vectors.rel_error or 0.0)
+    if features:
+        return Candidate(label, model, logits, 100.0 * (1.0 - cosine), int8_mac_share(model, nodes),
+                         cosine, list(float_nodes or []), cosine, rel_error)
     return Candidate(label, model, logits, _drop(fp32, logits, labels), int8_mac_share(model, nodes),
-                     _agreement(fp32, logits), list(float_nodes or []))
+                     _agreement(fp32, logits), list(float_nodes or []), cosine, rel_error)
+
+
+def _resolution_warnings(budget: Budget, samples: int) -> list[str]:
+    """A top-1 budget finer than one evaluation sample cannot be told from noise."""
+    if budget.features or samples == 0:
+        return []
+    step = 100.0 / samples
+    warnings: list[str] = []
+    if 0 < budget.max_drop < step:
+        warnings.append(f"--max-drop {budget.max_drop:g} is finer than one of the {samples} evaluation "
+                        f"samples ({step:.2f} points each): a single flip misses it; it needs at least "
+                        f"{math.ceil(100.0 / budget.max_drop)} samples (--eval-samples)")
+    if budget.min_agreement is not None and 0 < 1 - budget.min_agreement < 1 / samples:
+        warnings.append(f"--min-agreement {budget.min_agreement:g} is finer than one of the {samples} "
+                        f"evaluation samples: it needs at least "
+                        f"{math.ceil(1 / (1 - budget.min_agreement))} samples")
+    return warnings
 
 
 def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
@@ -233,13 +298,16 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX,
              scheme: Scheme | None = None, target: Target | None = None,
              samples: int = 300, eval_samples: int | None = None,
-             max_drop: float = 0.5, min_agreement: float | None = None,
+             max_drop: float | None = None, min_agreement: float | None = None,
+             min_cosine: float | None = None,
              exclude: list[str] | None = None, smooth_quant: bool = False,
              bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None,
              calibration_tick: Callable[[int, int], None] | None = None) -> QuantizeResult:
-    """Quantize `loaded` to a QDQ INT8 artifact at `out` within `max_drop` points.
+    """Quantize `loaded` to a QDQ INT8 artifact at `out` within its budget.
 
+    Classifiers: `max_drop` points of top-1 (default 0.5) and optionally `min_agreement` with FP32;
+    feature extractors (no classifier head): `min_cosine` to the FP32 features (default 0.99).
     The activation scheme is `scheme` if given, else the target's INT8 scheme, else symmetric
     (what TensorRT needs). Raises BudgetMissed (after writing the best model found) when no
     candidate meets the budget.
@@ -249,17 +317,11 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     scheme = scheme or (target.int8_scheme if target else Scheme.SYMMETRIC)
-    if max_drop < 0:
-        raise InputError(f"--max-drop {max_drop} is negative", "give points of top-1, e.g. 0.5")
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise InputError(f"--min-agreement {min_agreement} is outside [0, 1]",
-                         "give a share, e.g. 0.99 for 99% agreement with FP32 top-1")
-
-    def meets(candidate: Candidate) -> bool:
-        return candidate.drop <= max_drop and (
-            min_agreement is None or candidate.agreement >= min_agreement)
+    features = loaded.card.num_classes is None
+    budget = Budget.of(features, max_drop, min_agreement, min_cosine)
+    meets = budget.meets
 
     exclude = list(exclude or [])
     for pattern in exclude:
@@ -289,7 +351,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
         evaluation = calibration_data
         warnings_ = ["no --eval data: metrics are measured on the calibration samples, which "
                      "flatters INT8; pass held-out images with --eval"]
-    labels = model_labels(card, evaluation)
+    labels = None if features else model_labels(card, evaluation)
+    warnings_ += _resolution_warnings(budget, len(evaluation))
 
     with temporary_directory("quantize") as tmp:
         float_path = _float_onnx(loaded, Path(tmp), calib, say)
@@ -302,8 +365,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
         op_types = {n.op_type for n in float_model.graph.node}
         fp32 = run_onnx(float_model, evaluation)
         if fp32.ndim != 2:
-            raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not class logits",
-                             "quantization is checked against FP32 logits; export a classifier")
+            raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not one vector "
+                             "per image", "vitedge compares class logits or pooled features with FP32")
 
         def attempt(label: str, with_attention: bool) -> Candidate | None:
             """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
@@ -318,7 +381,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                 dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
                                f"{rules.errors[0].node}")
                 return None
-            return _candidate(label, model, evaluation, fp32, labels, nodes)
+            return _candidate(label, model, evaluation, fp32, labels, nodes, features=features)
 
         tried: list[Candidate] = []
         dropped: list[str] = []
@@ -344,7 +407,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             if recipe is Recipe.VIT_SAFE:
                 say("over budget: ranking layers by sensitivity")
                 best, sensitivity = _budget_search(best, float_model, nodes, evaluation, fp32,
-                                                   labels, meets, say)
+                                                   labels, meets, say, features=features)
         lint = lint_qdq(best.model, symmetric=scheme is Scheme.SYMMETRIC,
                         vit_safe=recipe is not Recipe.FULL)
         if recipe is not Recipe.FULL and not lint:
@@ -353,7 +416,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
                                "please report this with the model")
         say("measuring per-layer error and latency")
         report = build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
-                               lint, sensitivity, max_drop, min_agreement, meets(best), recipe,
+                               lint, sensitivity, budget, meets(best), recipe,
                                scheme, target, calibration,
                                calibration_data, smooth_quant, bias_correction, exclude,
                                warnings_)
@@ -371,20 +434,24 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
 
 
 class BudgetMissed(VitedgeError):
-    """No candidate met --max-drop; the best one found was still written."""
+    """No candidate met the budget; the best one found was still written."""
 
     def __init__(self, result: QuantizeResult) -> None:
         budget = result.report["budget"]
-        wanted = f"--max-drop {budget['max_drop']:g}" + (
-            f" with --min-agreement {budget['min_agreement']:g}" if budget["min_agreement"] else "")
-        super().__init__(
-            f"{wanted} cannot be met: the best model found drops {budget['drop']:.2f} points "
-            f"({max(0.0, budget['drop'] - budget['max_drop']):.2f} over), agrees with FP32 on "
-            f"{100 * budget['agreement']:.2f}% of samples, with "
-            f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs in INT8; it was "
-            f"written to {result.out_dir}",
-            "raise --max-drop or lower --min-agreement, calibrate on data closer to the "
-            "deployment, or try --scheme asymmetric on CPU targets")
+        share = f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs in INT8"
+        if budget["features"]:
+            message = (f"--min-cosine {budget['min_cosine']:g} cannot be met: the best model found has "
+                       f"cosine {budget['cosine']:.4f} to the FP32 features (relative error "
+                       f"{budget['rel_error']:.4f}), with {share}; it was written to {result.out_dir}")
+            hint = "lower --min-cosine, or calibrate on data closer to the deployment"
+        else:
+            message = (f"{budget['wanted']} cannot be met: the best model found drops {budget['drop']:.2f} "
+                       f"points ({max(0.0, budget['drop'] - budget['max_drop']):.2f} over), agrees with "
+                       f"FP32 on {100 * budget['agreement']:.2f}% of samples, with {share}; it was "
+                       f"written to {result.out_dir}")
+            hint = ("raise --max-drop or lower --min-agreement, calibrate on data closer to the "
+                    "deployment, or try --scheme asymmetric on CPU targets")
+        super().__init__(message, hint)
         self.result = result
 
 
@@ -398,31 +465,35 @@ def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable
 
 def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
                    evaluation: DataSet, fp32: np.ndarray, labels: np.ndarray | None,
-                   meets: Callable[[Candidate], bool],
-                   say: Callable[[str], None]) -> tuple[Candidate, list[dict[str, Any]]]:
-    """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds."""
+                   meets: Callable[[Candidate], bool], say: Callable[[str], None], *,
+                   features: bool = False) -> tuple[Candidate, list[dict[str, Any]]]:
+    """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
+
+    Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
+    or the relative error of feature vectors.
+    """
     subset = evaluation.head(RANKING_SAMPLES)
     reference = fp32[:RANKING_SAMPLES]
-    base_kl = compare(reference, run_onnx(start.model, subset)).kl or 0.0
+    base = compare(reference, run_onnx(start.model, subset), features=features).error
     quantized = quantized_node_names(start.model)
     ranking = []
     for node in nodes:
         if node.name not in quantized:
             continue
         reverted = revert_to_float(start.model, float_model, {node.name})
-        kl = compare(reference, run_onnx(reverted, subset)).kl or 0.0
+        error = compare(reference, run_onnx(reverted, subset), features=features).error
         ranking.append({"node": node.name, "op_type": node.op_type, "kind": node.kind,
-                        "macs": node.macs, "kl_if_float": kl, "kl_gain": base_kl - kl})
-    ranking.sort(key=lambda row: row["kl_gain"], reverse=True)
+                        "macs": node.macs, "error_if_float": error, "error_gain": base - error})
+    ranking.sort(key=lambda row: row["error_gain"], reverse=True)
     best = start
     reverted_names: list[str] = []
     for row in ranking:
-        if row["kl_gain"] <= 0:
+        if row["error_gain"] <= 0:
             break
         reverted_names.append(row["node"])
         model = revert_to_float(start.model, float_model, set(reverted_names))
         candidate = _candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
-                               model, evaluation, fp32, labels, nodes, reverted_names)
+                               model, evaluation, fp32, labels, nodes, reverted_names, features=features)
         say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
             f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
         if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
@@ -439,7 +510,8 @@ def _quantized_card(parent: ModelCard, report: dict[str, Any], float_path: Path)
     card.format = "onnx"
     card.files = {}
     summary = {key: report[key] for key in ("budget", "accuracy", "int8_linear_mac_share", "float_nodes")}
-    summary["drift"] = {k: report["drift"][k] for k in ("samples", "top1_agreement", "kl", "cosine")}
+    summary["drift"] = {k: report["drift"][k] for k in ("samples", "features", "top1_agreement", "kl",
+                                                       "cosine", "rel_error")}
     card.metrics = {"quantization": summary}
     card.warnings = [*parent.warnings, *report["warnings"]]
     card.source = {**parent.source, "quantization": report["settings"]}

@@ -226,8 +226,10 @@ def _run_sections(directory: Path) -> tuple:
         if "frames.jsonl" in summary["files"] else []
     events = _lines(confined(directory, "events.jsonl", what=str(directory)), EventLine) \
         if "events.jsonl" in summary["files"] else []
-    shadowed = sorted((f for f in frames if "shadow" in f), key=lambda f: f["index"])
     drift = summary["drift"]
+    features = bool(drift.get("features"))  # a feature extractor: compared by cosine, no classes
+    shadowed = sorted((f for f in frames if f.get("shadow")
+                       and (f["shadow"].get("rel_error") is not None) == features), key=lambda f: f["index"])
     counts = summary["frames"]
     latency = summary["deployed"]["latency_ms"]
     headline = [("source", summary["source"]), ("stopped", summary["stop_reason"]),
@@ -237,9 +239,11 @@ def _run_sections(directory: Path) -> tuple:
                           f"p95 {_num(latency['p95_ms'], 2)} ms; loop overhead p50 "
                           f"{_num(summary['loop_overhead_ms']['p50'], 2)} ms"),
                 ("deployed", f"{summary['deployed']['backend']} ({summary['deployed']['precision']})"),
-                ("drift verdict", f"{drift['verdict']} on {drift['samples']} shadowed frames: agreement "
-                                  f"{_pct(drift['top1_agreement'])}, KL {_num(drift['kl'])}, JS "
-                                  f"{_num(drift['js'])}, cosine {_num(drift['cosine'])}")]
+                ("drift verdict", f"{drift['verdict']} on {drift['samples']} shadowed frames: " + (
+                    f"feature cosine {_num(drift['cosine'])} (worst {_num(drift.get('min_cosine'))}), "
+                    f"relative error {_num(drift.get('rel_error'))}" if features else
+                    f"agreement {_pct(drift['top1_agreement'])}, KL {_num(drift['kl'])}, JS "
+                    f"{_num(drift['js'])}, cosine {_num(drift['cosine'])}"))]
     if summary.get("shadow"):
         headline.append(("shadow", f"every {summary['shadow']['every']} frames via "
                                    f"{summary['shadow']['reference']}; "
@@ -248,6 +252,8 @@ def _run_sections(directory: Path) -> tuple:
                [[str(e.get("frame", "")), e["event"],
                  ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("frame", "event", "time"))]
                 for e in events])] if events else []
+    if features:
+        return _feature_run_sections(directory, summary, frames, shadowed, events, headline, tables, plt)
     flips = [(f["shadow"]["reference_top1"], f["top"][0][1]) for f in shadowed]
     per_class: dict[str, list[float]] = {}
     for f in shadowed:
@@ -283,15 +289,7 @@ def _run_sections(directory: Path) -> tuple:
         ax.legend()
         plots.append(("Confidence, reference vs deployed", _png(fig)))
         plots.append(("Class flips (shadowed frames)", _flip_matrix(plt, flips, "reference → deployed")))
-    latencies = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
-    if latencies:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.hist(latencies, bins=40, alpha=0.7, label="deployed inference")
-        loop = [f["loop_ms"] for f in frames if f.get("loop_ms") is not None]
-        ax.hist(loop, bins=40, alpha=0.5, label="loop overhead")
-        ax.set_xlabel("ms per frame")
-        ax.legend()
-        plots.append(("Latency", _png(fig)))
+    plots += _latency_plot(plt, frames)
     gallery = []
     for f in shadowed:
         if f.get("saved") in summary["files"] and (uri := _image_uri(directory / f["saved"])):
@@ -303,6 +301,48 @@ def _run_sections(directory: Path) -> tuple:
     return f"vitedge run — {summary['source']}", headline, tables, plots, gallery, data
 
 
+def _latency_plot(plt: Any, frames: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    latencies = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
+    if not latencies:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(latencies, bins=40, alpha=0.7, label="deployed inference")
+    loop = [f["loop_ms"] for f in frames if f.get("loop_ms") is not None]
+    ax.hist(loop, bins=40, alpha=0.5, label="loop overhead")
+    ax.set_xlabel("ms per frame")
+    ax.legend()
+    return [("Latency", _png(fig))]
+
+
+def _feature_run_sections(directory: Path, summary: dict[str, Any], frames: list[dict[str, Any]],
+                          shadowed: list[dict[str, Any]], events: list[dict[str, Any]],
+                          headline: list[tuple[str, str]], tables: list, plt: Any) -> tuple:
+    """A feature extractor's run: cosine and relative error to the reference over time."""
+    plots: list[tuple[str, str | None]] = []
+    if shadowed:
+        window = summary.get("rolling_window", 50)
+        cosine = np.array([f["shadow"]["cosine"] for f in shadowed])
+        error = np.array([f["shadow"]["rel_error"] for f in shadowed])
+        rolling = np.convolve(cosine, np.ones(window), "full")[:len(cosine)] / np.minimum(
+            np.arange(1, len(cosine) + 1), window)
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        x = [f["index"] for f in shadowed]
+        ax.plot(x, rolling, label=f"rolling cosine ({window} shadowed frames)")
+        ax.set_xlabel("frame")
+        ax.set_ylabel("cosine to the reference")
+        twin = ax.twinx()
+        twin.plot(x, error, color="tab:orange", alpha=0.5, lw=0.8, label="relative error per frame")
+        twin.set_ylabel("relative error")
+        fig.legend(loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.1), frameon=False)
+        plots.append(("Feature cosine over time", _png(fig)))
+    plots += _latency_plot(plt, frames)
+    gallery = [(uri, f"frame {f['index']}: cosine {f['shadow']['cosine']:.4f}, relative error "
+                     f"{f['shadow']['rel_error']:.4f}") for f in shadowed
+               if f.get("saved") in summary["files"] and (uri := _image_uri(directory / f["saved"]))]
+    data = {"kind": "run", "summary": summary, "events": events}
+    return f"vitedge run — {summary['source']}", headline, tables, plots, gallery, data
+
+
 def _eval_sections(directory: Path) -> tuple:
     report, arrays = _read_eval(directory)
     plt = _figure()
@@ -311,6 +351,8 @@ def _eval_sections(directory: Path) -> tuple:
     headline = [("data", f"{report['data']} ({report['samples']} images"
                          + (f", {len(report['skipped'])} unreadable skipped" if report["skipped"] else "") + ")"),
                 ("reference", models[0]["model"])]
+    if report.get("features"):
+        return _feature_eval_sections(directory, report, arrays, headline, plt)
     header = ["model", "backend", "precision"] + (["top-1", "top-5"] if labeled else []) + [
         "agreement with first", "KL", "cosine", "verdict", "p50 ms"]
     rows = []
@@ -354,6 +396,40 @@ def _eval_sections(directory: Path) -> tuple:
     return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {**report, "kind": "eval"}
 
 
+def _feature_eval_sections(directory: Path, report: dict[str, Any], arrays: dict[str, np.ndarray],
+                           headline: list[tuple[str, str]], plt: Any) -> tuple:
+    """Feature extractors: cosine and relative error to the first model, per model and per image."""
+    from vitedge.drift import feature_metrics
+
+    models = report["models"]
+    rows = []
+    for row in models:
+        vs = row.get("vs_first") or {}
+        rows.append([row["model"], row["backend"], row["precision"],
+                     _num(vs.get("cosine", 1.0 if row is models[0] else None)), _num(vs.get("min_cosine")),
+                     _num(vs.get("rel_error")), vs.get("verdict", "reference"),
+                     _num(row["latency_ms"]["p50_ms"], 2)])
+    tables = [("Models (feature outputs: compared as vectors)",
+               ["model", "backend", "precision", "cosine to first", "worst cosine", "relative error",
+                "verdict", "p50 ms"], rows)]
+    plots: list[tuple[str, str | None]] = []
+    gallery = []
+    if len(models) > 1:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for i, row in enumerate(models[1:], start=1):
+            errors = feature_metrics(arrays["model0"], arrays[f"model{i}"])["rel_error"]
+            ax.hist(errors, bins=30, alpha=0.5, label=Path(row["model"]).name)
+        ax.set_xlabel("relative error to the first model, per image")
+        ax.legend(fontsize=7)
+        plots.append(("Relative error", _png(fig)))
+    for row in models[1:]:
+        for worst in row.get("worst", []):
+            if worst.get("image") in report["files"] and (uri := _image_uri(directory / worst["image"])):
+                gallery.append((uri, f"{Path(worst['path']).name}: relative error {worst['rel_error']:.4f}, "
+                                     f"cosine {worst['cosine']:.4f}"))
+    return f"vitedge eval — {report['data']}", headline, tables, plots, gallery, {**report, "kind": "eval"}
+
+
 def _read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from vitedge.schemas import EvalDoc
 
@@ -368,9 +444,12 @@ def _read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as exc:
         raise InputError(f"{directory}/logits.npz is unreadable ({exc})", hint) from None
-    count, classes = report["samples"], len(report["class_names"])
-    expected = {f"model{i}": (count, classes) for i in range(len(report["models"]))}
-    expected["confidence"] = (len(report["models"]), count)
+    count = report["samples"]
+    width = arrays["model0"].shape[1] if report.get("features") and "model0" in arrays \
+        and arrays["model0"].ndim == 2 else len(report["class_names"])
+    expected = {f"model{i}": (count, width) for i in range(len(report["models"]))}
+    if not report.get("features"):
+        expected["confidence"] = (len(report["models"]), count)
     for key, shape in expected.items():
         if key not in arrays or arrays[key].shape != shape or arrays[key].dtype.kind != "f":
             raise InputError(f"{directory}/logits.npz: {key} is not a float array of shape {shape}", hint)

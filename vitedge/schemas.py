@@ -377,9 +377,12 @@ class LatencyDoc(_Doc):
 class DriftDoc(_Doc):
     samples: Count
     verdict: Literal["pass", "drift", "insufficient data"]
+    features: bool = False
     top1_agreement: Share | None
     top5_overlap: float | None = None
     kl: float | None
+    rel_error: float | None = None
+    min_cosine: float | None = None
     js: float | None = None
     cosine: float | None = None
     confidence_shift: float | None = None
@@ -433,20 +436,22 @@ class FinishedRunDoc(RunSummaryDoc):
 
 
 class ShadowLine(_Doc):
-    agree: float
-    topk_overlap: float
-    kl: float
-    js: float
     cosine: float
-    confidence_shift: float
-    reference_top1: str
     reference_ms: float
+    agree: float | None = None  # classifiers
+    topk_overlap: float | None = None
+    kl: float | None = None
+    js: float | None = None
+    confidence_shift: float | None = None
+    reference_top1: str | None = None
+    rel_error: float | None = None  # feature extractors
 
 
 class FrameLine(_Doc):
     index: Count
     name: str = ""
     top: list[tuple[Count, str, float]] | None = None
+    norm: float | None = None  # feature extractors: the output vector's L2 norm
     latency_ms: float | None = None
     loop_ms: float | None = None
     corrupt: bool = False
@@ -455,8 +460,9 @@ class FrameLine(_Doc):
 
     @model_validator(mode="after")
     def _ranked(self) -> FrameLine:
-        if self.shadow is not None and not self.top:
-            raise ValueError("a shadowed frame needs its top classes")
+        if self.shadow is not None and self.shadow.rel_error is None and (
+                not self.top or self.shadow.agree is None or self.shadow.reference_top1 is None):
+            raise ValueError("a shadowed classifier frame needs its top classes and agreement")
         return self
 
 
@@ -470,10 +476,12 @@ class EventLine(_Doc):
 class WorstDoc(_Doc):
     image: Annotated[str, StringConstraints(pattern=r"^worst/\d+\.jpg$")] | None = None
     path: str | None = None
-    kl: float
-    first: str
-    this: str
+    kl: float | None = None  # classifiers
+    first: str | None = None
+    this: str | None = None
     label: str | None = None
+    rel_error: float | None = None  # feature extractors
+    cosine: float | None = None
 
 
 class ClassDelta(_Doc):
@@ -501,6 +509,7 @@ class EvalDoc(_Doc):
     kind: Literal["eval"]
     data: str
     samples: Positive
+    features: bool = False
     labeled: bool
     skipped: list[str]
     class_names: list[str]

@@ -37,6 +37,7 @@ td.v {{ text-align: right; font-variant-numeric: tabular-nums; }}
 <tr><td>shadowed frames</td><td class="v" id="shadowed">–</td></tr>
 <tr><td>rolling agreement</td><td class="v" id="agreement">–</td></tr>
 <tr><td>rolling KL</td><td class="v" id="kl">–</td></tr>
+<tr><td>rolling cosine</td><td class="v" id="cosine">–</td></tr>
 <tr><td>status</td><td class="v" id="status">–</td></tr>
 <tr><td>top-1</td><td class="v" id="top1">–</td></tr>
 </table></main>
@@ -51,6 +52,7 @@ async function poll() {{
     document.getElementById("shadowed").textContent = m.shadowed;
     document.getElementById("agreement").textContent = m.rolling_agreement === null ? "–" : fmt(100 * m.rolling_agreement, 1) + "%";
     document.getElementById("kl").textContent = fmt(m.rolling_kl, 4);
+    document.getElementById("cosine").textContent = fmt(m.rolling_cosine, 4);
     const s = document.getElementById("status"); s.textContent = m.status; s.className = "v " + m.status;
     document.getElementById("top1").textContent = m.top1 || "–";
     document.body.dataset.updated = String(m.frames);

@@ -282,10 +282,12 @@ def render_card(card: Any) -> Table:
     if "quantization" in metrics:
         quant = metrics["quantization"]
         drift = quant["drift"]
+        closeness = (f"feature cosine to FP32 {drift['cosine']:.4f}" if drift.get("features") else
+                     f"agreement with FP32 {100 * drift['top1_agreement']:.2f}%")
         rows.append(("INT8", f"{100 * quant['int8_linear_mac_share']:.0f}% of Linear MACs; "
-                             f"agreement with FP32 {100 * drift['top1_agreement']:.2f}% on "
-                             f"{drift['samples']} samples, KL {drift['kl']:.4f}; budget "
-                             f"{'met' if quant['budget']['met'] else 'MISSED'}"))
+                             f"{closeness} on {drift['samples']} samples"
+                             + ("" if drift.get("features") else f", KL {drift['kl']:.4f}")
+                             + f"; budget {'met' if quant['budget']['met'] else 'MISSED'}"))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -398,11 +400,14 @@ def quantize(
              "target's, else symmetric.")] = None,
     samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calibration samples (seeded subset).")] = 300,
     eval_samples: Annotated[Optional[int], typer.Option(min=1, max=10_000_000, help="Evaluation samples (default: all).")] = None,
-    max_drop: Annotated[float, typer.Option(
+    max_drop: Annotated[Optional[float], typer.Option(
         callback=floats(0, 100),
-        help="Budget: points of top-1 (labeled --eval) or of FP32 agreement (unlabeled).")] = 0.5,
+        help="Budget: points of top-1 (labeled --eval) or of FP32 agreement (unlabeled); default 0.5.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(
         callback=floats(0, 1), help="Also require this top-1 agreement with FP32 (0-1), e.g. 0.99.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(
+        callback=floats(-1, 1), help="Feature extractors (no classifier head): budget on the mean "
+                                     "cosine to the FP32 features; default 0.99.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         help="Keep float: node-name regex or op type, repeatable.")] = None,
     smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
@@ -448,7 +453,7 @@ def quantize(
                                   calibration=parsed["--calibration"], scheme=parsed["--scheme"],
                                   target=load_target(target) if target else None,
                                   samples=samples, eval_samples=eval_samples, max_drop=max_drop,
-                                  min_agreement=min_agreement,
+                                  min_agreement=min_agreement, min_cosine=min_cosine,
                                   exclude=exclude, smooth_quant=smooth_quant,
                                   bias_correction=bias_correction, seed=seed, overwrite=overwrite,
                                   progress=say, calibration_tick=tick)
@@ -495,10 +500,14 @@ def _print_quant_summary(report: dict[str, Any], out_dir: Path) -> None:
         console.print(f"top-1 FP32 {100 * accuracy['fp32_top1']:.2f}% → INT8 "
                       f"{100 * accuracy['int8_top1']:.2f}% (drop {budget['drop']:.2f} points, "
                       f"budget {budget['max_drop']:g})", highlight=False)
-    console.print(f"agreement with FP32 {100 * drift['top1_agreement']:.2f}% on {drift['samples']} "
-                  f"samples, KL {drift['kl']:.4f}, cosine {drift['cosine']:.4f}; "
-                  f"{100 * report['int8_linear_mac_share']:.1f}% of Linear MACs in INT8 "
-                  f"({report['chosen']})", highlight=False)
+    closeness = (f"feature cosine to FP32 {drift['cosine']:.4f} (worst {drift['min_cosine']:.4f}, "
+                 f"relative error {drift['rel_error']:.4f}, budget {budget['min_cosine']:g})"
+                 if drift["features"] else
+                 f"agreement with FP32 {100 * drift['top1_agreement']:.2f}%")
+    console.print(f"{closeness} on {drift['samples']} samples"
+                  + ("" if drift["features"] else f", KL {drift['kl']:.4f}, cosine {drift['cosine']:.4f}")
+                  + f"; {100 * report['int8_linear_mac_share']:.1f}% of Linear MACs in INT8 "
+                  f"({report['chosen']})")
     console.print(f"ONNX Runtime CPU p50 batch {latency['batch']}: FP32 {latency['fp32']['p50']:.2f} ms, "
                   f"INT8 {latency['int8']['p50']:.2f} ms; lint "
                   f"{'passed' if report['lint']['passed'] else 'FAILED'}", highlight=False)

@@ -156,15 +156,23 @@ def predict(
                                        "predictions": [p.__dict__ for p in predictions]}))
         return
     table = Table(title=f"{model} — {session.description}, {session.precision}")
-    for column in ("image", "top-1", "confidence", f"top-{top_k}" if top_k > 1 else "", "ms"):
-        if column:
-            table.add_column(column, justify="right" if column in ("confidence", "ms") else "left")
-    for p in predictions:
-        best = p.top[0]
-        row = [Path(p.path).name, best["label"], f"{100 * best['probability']:.1f}%"]
-        if top_k > 1:
-            row.append(", ".join(f"{t['label']} {100 * t['probability']:.0f}%" for t in p.top[1:]))
-        table.add_row(*row, f"{p.latency_ms:.2f}")
+    if predictions and predictions[0].embedding is not None:  # a feature extractor: no labels
+        for column in ("image", "features", "norm", "mean", "std", "first values", "ms"):
+            table.add_column(column, justify="left" if column in ("image", "first values") else "right")
+        for p in predictions:
+            e = p.embedding or {}
+            table.add_row(Path(p.path).name, str(e["size"]), f"{e['norm']:.3f}", f"{e['mean']:.4f}",
+                          f"{e['std']:.4f}", ", ".join(f"{v:.3f}" for v in e["first"]), f"{p.latency_ms:.2f}")
+    else:
+        for column in ("image", "top-1", "confidence", f"top-{top_k}" if top_k > 1 else "", "ms"):
+            if column:
+                table.add_column(column, justify="right" if column in ("confidence", "ms") else "left")
+        for p in predictions:
+            best = p.top[0]
+            row = [Path(p.path).name, best["label"], f"{100 * best['probability']:.1f}%"]
+            if top_k > 1:
+                row.append(", ".join(f"{t['label']} {100 * t['probability']:.0f}%" for t in p.top[1:]))
+            table.add_row(*row, f"{p.latency_ms:.2f}")
     _print_table(table)
     summary = session.timing.summary()
     console.print(f"{len(predictions)} image(s), latency p50 {summary['p50_ms']:.2f} ms, p95 "
@@ -206,7 +214,7 @@ def bench(
     table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
                                            if data and result.rows else ""))
     for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",
-                   "img/s", "top-1", "agreement", "status"):
+                   "img/s", "top-1", "agreement", "cosine", "status"):
         table.add_column(column, justify="left" if column in ("model", "backend", "status") else "right")
 
     def pct(value: float | None) -> str:
@@ -218,7 +226,7 @@ def bench(
     for row in result.rows:
         table.add_row(row.name, row.backend, row.precision, num(row.size_mib), str(row.batch),
                       num(row.p50_ms), num(row.p95_ms), num(row.images_per_s, 0), pct(row.top1),
-                      pct(row.agreement), row.status)
+                      pct(row.agreement), num(row.cosine, 4), row.status)
     _print_table(table)
 
 

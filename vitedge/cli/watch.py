@@ -68,8 +68,11 @@ def run(
     height: Annotated[Optional[int], typer.Option(min=1, max=16384, help="Camera height to request.")] = None,
     fps: Annotated[Optional[float], typer.Option(callback=floats(0, 1000, low_open=True), help="Camera frame rate to request.")] = None,
     reconnect_s: Annotated[float, typer.Option(callback=floats(0, 86_400), help="Keep reconnecting a lost stream this long.")] = 10.0,
-    min_agreement: Annotated[float, typer.Option(callback=floats(0, 1), help="Alert below this rolling top-1 agreement.")] = 0.95,
-    max_kl: Annotated[Optional[float], typer.Option(callback=floats(0), help="Alert above this rolling KL.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(
+        callback=floats(0, 1), help="Classifiers: alert below this rolling top-1 agreement (default 0.95).")] = None,
+    max_kl: Annotated[Optional[float], typer.Option(callback=floats(0), help="Classifiers: alert above this rolling KL.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(
+        callback=floats(-1, 1), help="Feature extractors: alert below this rolling cosine (default 0.99).")] = None,
     window: Annotated[int, typer.Option(min=1, max=100_000, help="Shadowed frames in the rolling metrics.")] = 50,
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 2 when drift was detected.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per frame.")] = 5,
@@ -85,8 +88,7 @@ def run(
     Example: vitedge run demo-out/digits-x86 --source demo-out/digits-camera.mp4 --serve 127.0.0.1:8080
     """
     from vitedge.camera import FrameSource
-    from vitedge.drift import DriftThresholds
-    from vitedge.live import RunOptions, check_reference, check_run_output
+    from vitedge.live import RunOptions, check_reference, check_run_output, thresholds_for
     from vitedge.live import run as run_live
     from vitedge.models import options_for
     from vitedge.runtime import find_reference, load
@@ -96,6 +98,8 @@ def run(
         check_run_output(run_dir, overwrite=overwrite, reads=(bundle, reference, source), record=record)
         loading = source_options(weights, model_kwargs, trust_pickle)
         deployed = load(bundle, rebuild=rebuild, **options_for(bundle, loading))
+        thresholds = thresholds_for(deployed.card, min_agreement=min_agreement, max_kl=max_kl,
+                                    min_cosine=min_cosine, window=window)
         shadow = None
         if shadow_every:
             if reference is None and Path(bundle).is_dir():
@@ -112,9 +116,7 @@ def run(
                                         reconnect_s=reconnect_s)
         options = RunOptions(shadow_every=shadow_every, top_k=top_k, frames=frames, duration=duration,
                              show=show, serve=serve, record=record, window=window,
-                             thresholds=DriftThresholds(min_agreement=min_agreement, max_kl=max_kl,
-                                                        min_samples=min(20, window)),
-                             overwrite=overwrite)
+                             thresholds=thresholds, overwrite=overwrite)
         last = [time.monotonic()]
 
         def progress(line: dict) -> None:
@@ -122,8 +124,9 @@ def run(
                 return
             last[0] = time.monotonic()
             top = line.get("top", [[0, "?", 0]])[0]
-            err_console.print(Text(f"frame {line['index']}: {top[1]} {100 * top[2]:.0f}%, "
-                                   f"{line.get('latency_ms', 0):.1f} ms", style="dim"))
+            shown = f"feature norm {line['norm']:.2f}" if "norm" in line else f"{top[1]} {100 * top[2]:.0f}%"
+            err_console.print(Text(f"frame {line['index']}: {shown}, {line.get('latency_ms', 0):.1f} ms",
+                                   style="dim"))
 
         if serve and not quiet:
             err_console.print(f"serving on http://{serve}/ (Ctrl-C stops and writes the summary)")
@@ -142,9 +145,11 @@ def run(
                   f"{summary['loop_overhead_ms']['p50'] or 0:.2f} ms", highlight=False)
     if summary["shadow"]:
         agreement = drift["top1_agreement"]
-        console.print(f"drift: {drift['verdict']} — {drift['samples']} shadowed frames, agreement "
-                      + (f"{100 * agreement:.2f}%" if agreement is not None else "—")
-                      + (f", KL {drift['kl']:.4f}" if drift["kl"] is not None else "")
+        closeness = ((f"cosine {drift['cosine']:.4f}, relative error {drift['rel_error']:.4f}"
+                      if drift["cosine"] is not None else "cosine —") if drift["features"] else
+                     "agreement " + (f"{100 * agreement:.2f}%" if agreement is not None else "—")
+                     + (f", KL {drift['kl']:.4f}" if drift["kl"] is not None else ""))
+        console.print(f"drift: {drift['verdict']} — {drift['samples']} shadowed frames, {closeness}"
                       + f"; {summary['shadow']['skipped_reference_behind']} skipped (reference behind)",
                       highlight=False)
     console.print(f"run: {run_dir}" + (f"  report: {run_dir / 'report.html'}" if report else ""),
@@ -172,12 +177,19 @@ def eval_command(
     with user_errors(verbose):
         result = evaluate(models, data, out, samples=samples, overwrite=overwrite,
                           load_options=source_options(weights, model_kwargs, trust_pickle))
+    features = result.get("features")
     for row in result["models"]:
         vs = row.get("vs_first")
-        console.print(f"{row['model']}: " + (f"top-1 {100 * row['top1']:.2f}%, top-5 {100 * row['top5']:.2f}%"
-                                             if "top1" in row else "unlabeled")
-                      + (f"; vs first: agreement {100 * vs['top1_agreement']:.2f}%, KL {vs['kl']:.4f} "
-                         f"({vs['verdict']})" if vs else " (reference)"), highlight=False)
+        what = ("features" if features else f"top-1 {100 * row['top1']:.2f}%, top-5 {100 * row['top5']:.2f}%"
+                if "top1" in row else "unlabeled")
+        if not vs:
+            versus = " (reference)"
+        elif features:
+            versus = (f"; vs first: cosine {vs['cosine']:.4f} (worst {vs['min_cosine']:.4f}), relative error "
+                      f"{vs['rel_error']:.4f} ({vs['verdict']})")
+        else:
+            versus = f"; vs first: agreement {100 * vs['top1_agreement']:.2f}%, KL {vs['kl']:.4f} ({vs['verdict']})"
+        console.print(f"{row['model']}: {what}{versus}")
     console.print(f"eval: {out} ({result['samples']} images); vitedge report {out} -o report.html",
                   highlight=False)
 
