@@ -248,3 +248,34 @@ def test_mac_counting_never_takes_a_load_down(monkeypatch):
 def test_siglip_attention_pool_counts_its_macs():
     loaded = load("timm:vit_base_patch16_siglip_224", model_kwargs={**TINY, "patch_size": 8})
     assert loaded.card.macs and loaded.card.macs > 0 and loaded.card.structure.global_pool == "map"
+
+
+@pytest.mark.parametrize("name, kwargs, expect", [
+    ("eva02_tiny_patch14_224", {"img_size": 28, "patch_size": 14},
+     {"family": "eva", "patch_size": 14, "mlp_hidden": 85, "num_prefix_tokens": 1, "global_pool": "avg"}),
+    ("beit_base_patch16_224", {"patch_size": 8}, {"family": "beit", "patch_size": 8, "mlp_hidden": 128}),
+    ("vit_small_patch14_reg4_dinov2", {"img_size": 28, "patch_size": 14, "num_classes": 0},
+     {"register_tokens": 4, "num_prefix_tokens": 5, "class_token": True}),
+    ("swin_tiny_patch4_window7_224", {"patch_size": 4, "window_size": 4, "depths": [1, 1],
+                                      "num_heads": [1, 2], "depth": None},
+     {"family": "swin", "hierarchical": True, "depth": 2, "num_heads": 1, "embed_dim": 32}),
+])
+def test_every_family_is_recognized(name, kwargs, expect):
+    overrides = {**TINY, **kwargs}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    loaded = load(f"timm:{name}", model_kwargs=overrides)
+    s = loaded.card.structure
+    assert s.is_vit and s.depth and s.embed_dim == 32
+    for key, value in expect.items():
+        assert getattr(s, key) == value, key
+    assert not any("not a Vision Transformer" in w for w in loaded.card.warnings)
+
+
+def test_hugging_face_dinov2_structure(tmp_path):
+    import transformers
+
+    transformers.Dinov2Model(transformers.Dinov2Config(image_size=28, patch_size=14, hidden_size=32,
+                                                       num_hidden_layers=2, num_attention_heads=2)
+                             ).save_pretrained(tmp_path)
+    s = load(tmp_path).card.structure
+    assert (s.patch_size, s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) == (14, 32, 2, 2, 128)

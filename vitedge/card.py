@@ -118,8 +118,11 @@ class VitStructure:
     num_prefix_tokens: int | None = None  # class + distillation + register tokens
     class_token: bool | None = None
     distillation_token: bool = False
-    global_pool: str | None = None  # "token", "avg", ...
+    global_pool: str | None = None  # "token", "avg", "map" (attention pool), ...
     hybrid_stem: bool = False  # CNN backbone before the transformer (e.g. vit_*_r50_*)
+    register_tokens: int = 0  # extra learned tokens (DINOv2 with registers), part of the prefix
+    family: str | None = None  # "vit", "eva", "beit", "swin" (hierarchical), ...
+    hierarchical: bool = False  # stages of shrinking resolution (Swin): widths are the first stage's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

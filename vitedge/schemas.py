@@ -76,6 +76,9 @@ class StructureDoc(_Doc):
     distillation_token: bool = False
     global_pool: str | None = None
     hybrid_stem: bool = False
+    register_tokens: Count = 0
+    family: str | None = None
+    hierarchical: bool = False
 
 
 class PrunedShapes(_Doc):

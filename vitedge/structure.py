@@ -21,11 +21,36 @@ def _pair_first(value: Any) -> int | None:
     return int(value)
 
 
+def _mlp_hidden(mlp: Any) -> int | None:
+    """The hidden width of a transformer MLP: Mlp's fc1, a gated MLP's half of fc1 (GluMlp) or its
+    gate (SwiGLU)."""
+    for name in ("fc1_g", "w1"):
+        if hasattr(mlp, name):
+            return int(getattr(mlp, name).out_features)
+    if hasattr(mlp, "fc2") and hasattr(mlp.fc2, "in_features"):
+        return int(mlp.fc2.in_features)
+    return int(mlp.fc1.out_features) if hasattr(mlp, "fc1") else None
+
+
 def timm_structure(model: torch.nn.Module) -> VitStructure | None:
-    """timm VisionTransformer and subclasses (DeiT distilled, hybrid stems, GAP, MAE)."""
+    """timm ViTs: VisionTransformer and its subclasses (DeiT distilled, hybrid stems, GAP, MAE,
+    registers, attention pool), EVA / EVA-02 (RoPE, SwiGLU), BEiT (relative position bias), and
+    Swin (hierarchical: its widths are the first stage's, depth the blocks of all stages)."""
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
+    from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(model, VisionTransformer):
+    if isinstance(model, SwinTransformer):
+        blocks = [block for stage in model.layers for block in stage.blocks]
+        return VitStructure(
+            is_vit=True, patch_size=_pair_first(getattr(model.patch_embed, "patch_size", None)),
+            embed_dim=int(model.embed_dim), depth=len(blocks),
+            num_heads=int(blocks[0].attn.num_heads) if blocks else None,
+            mlp_hidden=_mlp_hidden(blocks[0].mlp) if blocks else None, num_prefix_tokens=0,
+            class_token=False, global_pool=str(model.global_pool) or None, family="swin",
+            hierarchical=True)
+    if not isinstance(model, (VisionTransformer, Eva, Beit)):
         return None
     patch_embed = model.patch_embed
     hybrid = hasattr(patch_embed, "backbone")
@@ -35,18 +60,22 @@ def timm_structure(model: torch.nn.Module) -> VitStructure | None:
     if hybrid and grid and img:  # effective patch = backbone stride x projection patch
         patch = int(img[0]) // int(grid[0])
     first = model.blocks[0] if len(model.blocks) else None
+    registers = int(getattr(model, "num_reg_tokens", 0) or 0)
     return VitStructure(
         is_vit=True,
         patch_size=patch,
         embed_dim=int(model.embed_dim),
         depth=len(model.blocks),
         num_heads=int(first.attn.num_heads) if first is not None else None,
-        mlp_hidden=int(first.mlp.fc1.out_features) if first is not None and hasattr(first.mlp, "fc1") else None,
+        mlp_hidden=_mlp_hidden(first.mlp) if first is not None else None,
         num_prefix_tokens=int(model.num_prefix_tokens),
-        class_token=model.cls_token is not None,
+        class_token=getattr(model, "cls_token", None) is not None,
         distillation_token=getattr(model, "dist_token", None) is not None,
         global_pool=str(model.global_pool) or None,
         hybrid_stem=hybrid,
+        register_tokens=registers,
+        family={Eva: "eva", Beit: "beit"}.get(type(model), "vit") if not isinstance(model, VisionTransformer)
+        else "vit",
     )
 
 
@@ -65,14 +94,18 @@ def torchvision_structure(model: torch.nn.Module) -> VitStructure | None:
 
 
 def hf_structure(config: Any, *, distillation_token: bool) -> VitStructure:
+    hidden = getattr(config, "hidden_size", None)
+    mlp = getattr(config, "intermediate_size", None)
+    if mlp is None and hidden and getattr(config, "mlp_ratio", None):  # Dinov2: a ratio, not a width
+        mlp = int(hidden * config.mlp_ratio)
+    registers = int(getattr(config, "num_register_tokens", 0) or 0)
     return VitStructure(
         is_vit=True, patch_size=_pair_first(getattr(config, "patch_size", None)),
-        embed_dim=getattr(config, "hidden_size", None),
-        depth=getattr(config, "num_hidden_layers", None),
-        num_heads=getattr(config, "num_attention_heads", None),
-        mlp_hidden=getattr(config, "intermediate_size", None),
-        num_prefix_tokens=2 if distillation_token else 1, class_token=True,
+        embed_dim=hidden, depth=getattr(config, "num_hidden_layers", None),
+        num_heads=getattr(config, "num_attention_heads", None), mlp_hidden=mlp,
+        num_prefix_tokens=1 + int(distillation_token) + registers, class_token=True,
         distillation_token=distillation_token, global_pool="token", hybrid_stem=False,
+        register_tokens=registers, family=getattr(config, "model_type", None),
     )
 
 

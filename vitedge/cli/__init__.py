@@ -252,7 +252,8 @@ def render_card(card: Any) -> Table:
     rows = [
         ("architecture", card.architecture),
         ("format", card.format),
-        ("ViT", "yes" if s.is_vit else "no"),
+        ("ViT", ("yes" + (f" ({s.family}" + (", hierarchical: widths of the first stage" if s.hierarchical
+                                               else "") + ")" if s.family else "")) if s.is_vit else "no"),
         ("params", _fmt_count(card.params)),
         ("MACs", _fmt_count(card.macs, "MAC") + f" at {p.input_size[0]}x{p.input_size[1]}"),
         ("patch / embed / depth / heads",
@@ -260,7 +261,8 @@ def render_card(card: Any) -> Table:
                     (s.patch_size, s.embed_dim, s.depth, s.num_heads))),
         ("MLP hidden", str(s.mlp_hidden) if s.mlp_hidden else "?"),
         ("prefix tokens", f"{s.num_prefix_tokens if s.num_prefix_tokens is not None else '?'}"
-                          f" (class token: {s.class_token}, distillation token: {s.distillation_token})"),
+                          f" (class token: {s.class_token}, distillation token: {s.distillation_token}, "
+                          f"registers: {s.register_tokens})"),
         ("pooling", str(s.global_pool)),
         ("hybrid CNN stem", "yes" if s.hybrid_stem else "no"),
         ("classes", str(card.num_classes) if card.num_classes else "none (features)"),
