@@ -47,14 +47,43 @@ def test_merge_is_a_size_weighted_average():
 
 
 def test_refuses_models_it_cannot_merge():
-    with pytest.raises(InputError, match="prefix token"):
-        apply_tome(tiny_timm("deit_tiny_distilled_patch16_224"), 4)
-    with pytest.raises(InputError, match="global_pool='avg'"):
-        apply_tome(tiny_timm(class_token=False, global_pool="avg"), 4)
+    with pytest.raises(InputError, match="global_pool='map'"):  # SigLIP's attention pool
+        apply_tome(tiny_timm("vit_base_patch16_siglip_224", patch_size=8), 4)
+    with pytest.raises(InputError, match="rotary position embeddings"):
+        apply_tome(tiny_timm("eva02_tiny_patch14_224", img_size=28, patch_size=14), 2)
+    with pytest.raises(InputError, match="relative position bias"):
+        apply_tome(tiny_timm("beit_base_patch16_224", patch_size=8), 2)
+    with pytest.raises(InputError, match="normalizes its tokens before pooling"):
+        apply_tome(tiny_timm(class_token=False, global_pool="avg", fc_norm=False), 4)
     with pytest.raises(InputError, match="negative"):
         apply_tome(tiny_timm(), -1)
-    with pytest.raises(InputError, match="timm VisionTransformer"):
+    with pytest.raises(InputError, match="timm ViTs, not Linear"):
         apply_tome(torch.nn.Linear(2, 2), 2)
+
+
+@pytest.mark.parametrize("name, overrides, protected", [
+    ("deit_tiny_distilled_patch16_224", {}, 2),  # class + distillation token
+    ("vit_small_patch14_reg4_dinov2", {"img_size": 28, "patch_size": 7}, 5),  # class + 4 registers
+    ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}, 0),  # average pool
+    ("deit3_small_patch16_224", {}, 1),  # layer scale
+])
+def test_merging_keeps_every_prefix_token_and_weights_average_pools(name, overrides, protected):
+    model = tiny_timm(name, **overrides)
+    size = overrides.get("img_size", 32)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        info = apply_tome(model, 0)
+        assert torch.equal(model(x), reference) and info["protected"] == protected  # exact at r = 0
+        model.blocks.r = [2] * len(model.blocks.r)
+        captured = {}
+        model.blocks.register_forward_hook(lambda _m, _i, out: captured.setdefault("x", out))
+        merged = model(x)
+    tokens = captured["x"]
+    assert tokens.shape[1] == info["tokens_in"] - 2 * len(model.blocks.r)
+    assert merged.shape == reference.shape and torch.isfinite(merged).all()
+    cosine = torch.nn.functional.cosine_similarity(merged, reference, dim=1)
+    assert cosine.min() > 0.5  # two tokens per block merged away: the output moves, but not far
 
 
 def test_prune_artifact_exports_with_static_shapes_and_parity(tmp_path):

@@ -67,6 +67,7 @@ class _Layout:
     writers: list[nn.Module]  # what writes the residual stream; only --embed prunes their outputs
     input_size: tuple[int, int]
     features_out: bool = False  # no classifier: the output is embedding-width features
+    kind: str = "vit"  # within a family: "vit", or "beit" (MLP width only)
 
     @property
     def heads_attribute(self) -> str:
@@ -80,10 +81,13 @@ def _unsupported(model: nn.Module) -> InputError:
 
 
 def _layout(model: nn.Module) -> _Layout:
+    from timm.models.beit import Beit
     from timm.models.vision_transformer import VisionTransformer
 
     if isinstance(model, VisionTransformer):
         return _timm_layout(model)
+    if isinstance(model, Beit):
+        return _beit_layout(model)
     # The other families are recognised without importing them: a model of theirs has loaded them.
     torchvision_vit = sys.modules.get("torchvision.models.vision_transformer")
     if torchvision_vit is not None and isinstance(model, torchvision_vit.VisionTransformer):
@@ -107,6 +111,19 @@ def _timm_layout(model: nn.Module) -> _Layout:
                    [[a.qkv] for a in attentions], [m.fc1 for m in mlps],
                    [a.proj for a in attentions] + [m.fc2 for m in mlps] + [model.patch_embed.proj],
                    tuple(model.patch_embed.img_size))
+
+
+def _beit_layout(model: nn.Module) -> _Layout:
+    """timm BEiT: its MLPs prune like a ViT's. Heads and the embedding width are refused in
+    `_checked_layout`: the relative position bias table holds one column per head and the q/v
+    biases are separate parameters, which Torch-Pruning's head grouping does not follow."""
+    from timm.models.beit import Attention
+
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    return _Layout("timm", model.patch_embed.proj, [model.head], attentions, [[] for _ in attentions],
+                   [block.mlp.fc1 for block in model.blocks],
+                   [a.proj for a in attentions] + [block.mlp.fc2 for block in model.blocks]
+                   + [model.patch_embed.proj], tuple(model.patch_embed.img_size), kind="beit")
 
 
 def _torchvision_layout(model: nn.Module) -> _Layout:
@@ -168,6 +185,10 @@ def check_prunable(model: nn.Module, ratios: PruneRatios) -> str:
 
 def _checked_layout(model: nn.Module, ratios: PruneRatios) -> _Layout:
     layout = _layout(model)
+    if layout.kind == "beit" and (ratios.heads > 0 or ratios.embed > 0):
+        raise InputError("--heads and --embed cannot prune a BEiT: its relative position bias table "
+                         "holds one column per head and its q/v biases are separate parameters, which "
+                         "whole-head removal would have to cut in step", "use --mlp on BEiT")
     if layout.family == "torchvision" and ratios.heads > 0:
         raise InputError("--heads cannot prune a torchvision ViT: its nn.MultiheadAttention ties the "
                          "head width to the embedding width, so whole heads cannot be removed",
@@ -183,7 +204,8 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
     layout = _layout(model)
     return {"embed_dim": int(layout.patch.out_channels),
             "num_heads": [int(getattr(a, layout.heads_attribute)) for a in layout.attentions],
-            "head_dim": [int(a.head_dim) for a in layout.attentions],
+            "head_dim": [int(getattr(a, "head_dim", None) or _attention_width(layout, a)
+                             // int(getattr(a, layout.heads_attribute))) for a in layout.attentions],
             "mlp_hidden": [int(fc1.out_features) for fc1 in layout.fc1]}
 
 

@@ -3,7 +3,8 @@
 After each block's attention, the r most similar token pairs (bipartite soft matching on the
 attention keys, averaged over heads) are merged by a size-weighted average; later attention is
 proportional (log token size added to the logits), so a merged token counts as many as it holds.
-The class/distillation tokens are never merged. Token counts per block are fixed by r, so the
+The prefix tokens (class, distillation, registers) are never merged; average-pooled models get
+their tokens weighted by size before the head averages them. Token counts per block are fixed by r, so the
 model exports to ONNX with static shapes.
 
 Written here rather than imported: the reference implementation (facebookresearch/ToMe) patches
@@ -83,11 +84,15 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, indices: tuple[torch.Ten
 class ToMeBlocks(nn.Module):
     """The transformer blocks of a timm ViT, merging `r[i]` tokens after block i's attention."""
 
-    def __init__(self, blocks: nn.Sequential, r: list[int], protected: int) -> None:
+    def __init__(self, blocks: nn.Sequential, r: list[int], protected: int, weighted_pool: bool = False) -> None:
         super().__init__()
         self.blocks = blocks
         self.r = list(r)
         self.protected = protected
+        # Average-pooled models (no class token): the head averages the tokens, so a merged token
+        # must count as many as it holds. Scaling each token by size * count / total makes the
+        # head's plain mean the size-weighted mean (exact for the unmerged model: all sizes 1).
+        self.weighted_pool = weighted_pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = bias = None  # token sizes and their log (attention bias) once something is merged
@@ -103,6 +108,9 @@ class ToMeBlocks(nn.Module):
                                          indices, self.protected)
                 bias = size.log()[:, None, None, :, 0]  # proportional attention, until the next merge
             x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        if self.weighted_pool and size is not None:
+            head, tokens, sizes = x[:, :self.protected], x[:, self.protected:], size[:, self.protected:]
+            x = torch.cat([head, tokens * sizes * (tokens.shape[1] / sizes.sum(dim=1, keepdim=True))], dim=1)
         return x
 
     @staticmethod
@@ -137,24 +145,37 @@ def apply_tome(model: nn.Module, r: int, start: int | None = None) -> dict[str, 
     if r < 0:
         raise InputError(f"--tome {r} is negative", "give tokens to merge per block, e.g. 8")
     if not isinstance(model, VisionTransformer) or isinstance(model.blocks, ToMeBlocks):
-        raise InputError(f"token merging supports timm VisionTransformer models, not "
-                         f"{type(model).__name__}", "use a timm ViT/DeiT (timm:NAME or its artifact)")
+        raise InputError(f"token merging supports timm ViTs, not {type(model).__name__}: "
+                         + _why_not(model), "use a timm ViT/DeiT (timm:NAME or its artifact)")
     if any(getattr(block.attn, "gate", None) is not None for block in model.blocks):
         raise InputError("gated attention blocks are not supported by token merging")
-    if model.num_prefix_tokens != 1 or model.global_pool != "token":
-        # merged tokens would move a distillation/register token, and average pooling would
-        # need size weights; neither is handled, so refuse rather than drift silently
-        raise InputError(f"token merging needs one class token read by the head; this model has "
-                         f"{model.num_prefix_tokens} prefix token(s) and global_pool="
-                         f"{model.global_pool!r}", "use a ViT/DeiT with a class token")
+    pool = model.global_pool
+    if pool not in ("token", "avg") or (pool == "token" and model.cls_token is None):
+        raise InputError(f"token merging cannot serve global_pool={pool!r}: an attention-pool head would "
+                         "need the merged tokens' sizes in its own attention", "merge ViTs that read a "
+                         "class token or average their tokens")
+    if pool == "avg" and not isinstance(model.norm, nn.Identity):
+        raise InputError("token merging cannot weight an average taken after the final norm "
+                         "(this model normalizes its tokens before pooling)",
+                         "merge ViTs built with fc_norm (timm's default for global_pool='avg')")
     grid = model.patch_embed.grid_size
-    protected = 1
+    protected = int(model.num_prefix_tokens)  # class, distillation and register tokens: never merged
     tokens = grid[0] * grid[1] + protected
     start = default_start(len(model.blocks)) if start is None else start
     if start < 0 or (start >= len(model.blocks) and r):
         raise InputError(f"--tome-from {start} is not a block of this model ({len(model.blocks)} blocks, "
                          "counted from 0)", f"give 0 to {len(model.blocks) - 1}")
     schedule = token_schedule(tokens, len(model.blocks), r, protected, start)
-    model.blocks = ToMeBlocks(model.blocks, schedule, protected)
+    model.blocks = ToMeBlocks(model.blocks, schedule, protected, weighted_pool=pool == "avg")
     return {"r": r, "start": start, "schedule": schedule, "tokens_in": tokens, "tokens_out": tokens - sum(schedule),
             "protected": protected}
+
+
+def _why_not(model: nn.Module) -> str:
+    """Why a timm family that is not a plain ViT cannot merge tokens."""
+    name = type(model).__name__
+    reasons = {"Eva": "its rotary position embeddings are computed per token position, which merged "
+                      "tokens no longer have",
+               "Beit": "its relative position bias is indexed by token pairs, which merging reorders",
+               "SwinTransformer": "its attention runs in fixed windows of the token grid"}
+    return reasons.get(name, "it is not a transformer with a flat token sequence")
