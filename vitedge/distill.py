@@ -34,6 +34,7 @@ class DistillConfig:
     augment: bool = True
     seed: int = 0
     features: float = 0.0  # weight of the token-feature MSE next to the logit KL (0: logits only)
+    vectors: bool = False  # the model outputs features (no classifier head): match them, not logits
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -48,10 +49,14 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out + 0.05 * torch.randn(out.shape, generator=generator)
 
 
-def agreement(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor) -> float:
+def agreement(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor,
+              vectors: bool = False) -> float:
+    """Top-1 agreement with the teacher; for feature outputs, their mean cosine similarity."""
     student.eval()
     with torch.inference_mode():
         predicted = torch.cat([student(images[i:i + 64]) for i in range(0, len(images), 64)])
+    if vectors:
+        return float(nn.functional.cosine_similarity(predicted, teacher_logits, dim=1).mean())
     return float((predicted.argmax(1) == teacher_logits.argmax(1)).float().mean())
 
 
@@ -129,7 +134,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
     key = hashlib.sha256(json.dumps({"config": asdict(config), **(identity or {})},
                                     sort_keys=True, default=str).encode()).hexdigest()
     start = 0
-    best = agreement(student, held_targets, held)
+    best = agreement(student, held_targets, held, config.vectors)
     history: dict[str, Any] = {"agreement_before": best, "evaluations": [], "resumed_from": None}
     best_state = {k: v.clone() for k, v in student.state_dict().items()}
     stale = 0
@@ -153,9 +158,14 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
         if config.augment:
             batch = augment(batch, generator)
         with torch.no_grad():
-            target = nn.functional.log_softmax(teacher(batch) / temperature, dim=1)
-        output = nn.functional.log_softmax(student(batch) / temperature, dim=1)
-        loss = nn.functional.kl_div(output, target, log_target=True, reduction="batchmean") * temperature ** 2
+            reference = teacher(batch)
+        predicted = student(batch)
+        if config.vectors:  # features: squared error relative to their spread, never a softmax
+            loss = nn.functional.mse_loss(predicted, reference) / (reference.var() + 1e-8)
+        else:
+            loss = nn.functional.kl_div(nn.functional.log_softmax(predicted / temperature, dim=1),
+                                        nn.functional.log_softmax(reference / temperature, dim=1),
+                                        log_target=True, reduction="batchmean") * temperature ** 2
         if hooks is not None:
             student_tokens, teacher_tokens = hooks[0].value, hooks[1].value
             assert student_tokens is not None and teacher_tokens is not None
@@ -166,7 +176,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
         schedule.step()
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
-            current = agreement(student, held_targets, held)
+            current = agreement(student, held_targets, held, config.vectors)
             history["evaluations"].append({"step": done, "loss": float(loss.detach()), "agreement": current})
             if current > best:
                 best, stale = current, 0

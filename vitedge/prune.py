@@ -90,8 +90,10 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     size = loaded.card.preprocessing.input_size
     macs_before = count_macs(teacher, size)
     train = holdout = labels = None
+    features = loaded.card.num_classes is None  # no classifier head: outputs compared as vectors
     if data is not None:
         train, holdout, labels = _split(loaded, data, samples)
+        labels = None if features else labels
     student = copy.deepcopy(teacher)
     metrics: dict[str, Any] = {"macs_before": macs_before, "params_before": _params(teacher)}
     if structured:
@@ -108,7 +110,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
                         "importance": importance, "round_to": round_to, "allocation": allocation,
                         "structure": shapes})
         if holdout is not None:
-            metrics["before_distill"] = _measure(teacher, student, holdout, labels)
+            metrics["before_distill"] = _measure(teacher, student, holdout, labels, features)
         if distill_steps:
             from vitedge.distill import DistillConfig, distill
             from vitedge.structured import final_norm
@@ -116,21 +118,21 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
             say(f"distilling {distill_steps} steps on {len(train)} images "
                 f"({len(holdout)} held out for early stopping)")
             history = distill(student, teacher, train, holdout,
-                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
+                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr, vectors=features,
                                             features=distill_features),
                               feature_norms=(final_norm(student), final_norm(teacher)) if distill_features else None,
                               checkpoint=checkpoint, tick=tick,
                               identity={"structure": shapes["after"], "data": str(data),
                                         "parent": artifact_hash(loaded.card) if loaded.card.files else source})
             metrics["distill"] = history
-            metrics["after_distill"] = _measure(teacher, student, holdout, labels)
+            metrics["after_distill"] = _measure(teacher, student, holdout, labels, features)
     plain_state = {k: v.contiguous() for k, v in student.state_dict().items()}
     if tome:
         from vitedge.tome import apply_tome
 
         metrics["tome"] = apply_tome(student, tome, tome_from)
         if holdout is not None:
-            metrics["final"] = _measure(teacher, student, holdout, labels)
+            metrics["final"] = _measure(teacher, student, holdout, labels, features)
     metrics["macs_after"] = count_macs(student, size)
     metrics["params_after"] = _params(student)
     metrics["mac_share"] = metrics["macs_after"] / macs_before if macs_before else None
@@ -163,7 +165,9 @@ def _split(loaded: LoadedModel, data: str | Path, samples: int | None
             labels[order[:held]] if labels is not None else None)
 
 
-def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray | None,
+             features: bool = False) -> dict[str, Any]:
+    """Agreement (and top-1) with the original; for feature outputs, cosine and relative error."""
     import torch
 
     from vitedge.drift import compare, topk_accuracy
@@ -173,8 +177,9 @@ def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray 
         tensor = torch.from_numpy(images)
         reference = torch.cat([teacher(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
         pruned = torch.cat([student(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
-    drift = compare(reference, pruned)
-    result = {"samples": len(images), "top1_agreement": drift.top1_agreement, "kl": drift.kl}
+    drift = compare(reference, pruned, features=features)
+    result = {"samples": len(images), "top1_agreement": drift.top1_agreement, "kl": drift.kl,
+              "cosine": drift.cosine, "rel_error": drift.rel_error, "features": features}
     if labels is not None:
         result["top1_original"] = topk_accuracy(reference, labels)
         result["top1_pruned"] = topk_accuracy(pruned, labels)

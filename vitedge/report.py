@@ -505,6 +505,12 @@ def _prune_sections(directory: Path, card: ModelCard) -> tuple:
     stages = [(title, metrics[key]) for key, title in PRUNE_STAGES if key in metrics]
     if stages:
         labeled = all("top1_pruned" in m for _, m in stages)
+        if all(m.get("features") for _, m in stages):
+            tables.append((f"Closeness to the original's features on {stages[0][1]['samples']} held-out images",
+                           ["stage", "cosine", "relative error"],
+                           [[title, _num(m.get("cosine")), _num(m.get("rel_error"))] for title, m in stages]))
+            stages = []
+    if stages:
         tables.append((f"Agreement with the original on {stages[0][1]['samples']} held-out images",
                        ["stage", "top-1 agreement", "KL"] + (["top-1 original", "top-1 now"] if labeled else []),
                        [[title, _pct(m["top1_agreement"]), _num(m.get("kl"))]

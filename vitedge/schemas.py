@@ -89,8 +89,9 @@ class PrunedShapes(_Doc):
 
     @model_validator(mode="after")
     def _same_depth(self) -> PrunedShapes:
-        if not len(self.num_heads) == len(self.head_dim) == len(self.mlp_hidden) >= 1:
-            raise ValueError("num_heads, head_dim and mlp_hidden need one entry per block")
+        # an attention-pool head (SigLIP) adds an MLP of its own: mlp_hidden may be one longer
+        if not len(self.num_heads) == len(self.head_dim) >= 1 or not self.mlp_hidden:
+            raise ValueError("num_heads and head_dim need one entry per block, mlp_hidden one per MLP")
         return self
 
 
@@ -176,6 +177,9 @@ class StageDoc(_Doc):
     samples: Count
     top1_agreement: Share | None
     kl: float | None = None
+    features: bool = False
+    cosine: float | None = None
+    rel_error: float | None = None
     top1_original: Share | None = None
     top1_pruned: Share | None = None
 

@@ -74,10 +74,17 @@ class _Layout:
         return "num_attention_heads" if self.family == "huggingface" else "num_heads"
 
 
+_WHY_NOT = {  # what makes a family's structure one vitedge does not prune (yet)
+    "Eva": "its attention applies rotary embeddings per head dimension and its MLP is gated (SwiGLU)",
+    "SwinTransformer": "it is hierarchical: windowed attention and patch merging between stages",
+}
+
+
 def _unsupported(model: nn.Module) -> InputError:
-    return InputError(f"structured pruning supports timm VisionTransformer, torchvision "
-                      f"VisionTransformer and Hugging Face ViT/DeiT models, not {type(model).__name__}",
-                      "load a ViT as timm:NAME, torchvision:vit_* or a Hugging Face ViT/DeiT folder")
+    name = type(model).__name__
+    why = _WHY_NOT.get(name, "it is not a transformer vitedge knows the layers of")
+    return InputError(f"structured pruning cannot prune {name}: {why}",
+                      "prune a timm ViT/DeiT/BEiT, a torchvision vit_* or a Hugging Face ViT/DeiT folder")
 
 
 def _layout(model: nn.Module) -> _Layout:
@@ -146,7 +153,8 @@ def _hf_layout(model: nn.Module, inner: Any) -> _Layout:
     model_type = getattr(inner.config, "model_type", "?")
     if model_type not in HF_TYPES:
         raise InputError(f"structured pruning supports Hugging Face {' and '.join(HF_TYPES)} models, "
-                         f"not {model_type!r}", "load a ViT/DeiT folder, or the model with timm")
+                         f"not {model_type!r}: vitedge knows the layers of those two layouts only",
+                         "load a ViT/DeiT folder, or the same model with timm (e.g. timm's DINOv2 or MAE)")
     base = inner.base_model
     layers = list(getattr(base, "layers", None) or [])
     if not layers or not all(hasattr(layer.attention, name) for layer in layers for name in

@@ -316,7 +316,9 @@ def prune(
     for key, title in PRUNE_STAGES:
         if key in metrics:
             m = metrics[key]
-            lines.append(f"{title}: agreement {100 * m['top1_agreement']:.2f}% on {m['samples']} held-out"
+            closeness = (f"feature cosine {m['cosine']:.4f}, relative error {m['rel_error']:.4f}"
+                         if m.get("features") else f"agreement {100 * m['top1_agreement']:.2f}%")
+            lines.append(f"{title}: {closeness} on {m['samples']} held-out"
                          + (f", top-1 {100 * m['top1_original']:.2f}% -> {100 * m['top1_pruned']:.2f}%"
                             if "top1_pruned" in m else ""))
     if "tome" in metrics:

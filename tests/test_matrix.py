@@ -1,0 +1,133 @@
+"""The model-support matrix: every family × every step, ✔ with numbers against FP32, or refused.
+
+Rows and the designed refusals live in tests/support_matrix.py, which also renders the README's
+support table; `test_readme_table_matches_the_matrix` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, TRAIN, assert_user_error
+from support_matrix import COLUMNS, ROWS, markdown, source
+from vitedge.cli import app
+
+SAMPLE = REPO / "vitedge" / "assets" / "samples" / "3.png"
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Unlabeled natural images (crops of matplotlib's sample photo) for calibration checks and eval."""
+    from vitedge.data import sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    sample_photos(folder, 40, seed=3)
+    return folder
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+class Cells:
+    """Runs one row's cells; a refused cell must fail with its designed one-line message."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.row, self.ran = key, ROWS[key], set()
+
+    def __call__(self, column: str, *args) -> bool:
+        assert column in COLUMNS
+        self.ran.add(column)
+        result = cli(*args)
+        refusal = self.row.refused.get(column)
+        if refusal:
+            assert_user_error(result, refusal[0])
+            return False
+        assert result.exit_code == 0, (self.key, column, result.output)
+        assert "Traceback" not in result.output
+        return True
+
+
+def _close_to_fp32(drift: dict, features: bool) -> None:
+    if features:
+        assert drift["cosine"] > 0.98 and drift["top1_agreement"] is None, drift
+    else:
+        assert drift["top1_agreement"] >= 0.8, drift  # INT8 kernels differ by CPU: a bound
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", list(ROWS))
+def test_every_step(key, tmp_path, photos):
+    row, run = ROWS[key], Cells(key)
+    src = source(key, tmp_path / "src")
+    out = tmp_path / "out"
+    budget = [] if row.features else ["--max-drop", "10"]  # 40 random-weight samples: a loose budget
+
+    run("inspect", "inspect", *src, "--json")
+    card = json.loads(cli("inspect", *src, "--json").output)
+    assert card["structure"]["is_vit"] == (key != "resnet") and card["macs"] > 0
+    assert (card["num_classes"] is None) == row.features
+    assert not any("could not be counted" in w for w in card["warnings"])
+
+    run("export", "export", *src, "-o", out / "onnx", "--parity-samples", "4")
+    parity = _json(out / "onnx" / "card.json")["metrics"]["parity"]
+    assert parity["passed"] and parity["max_abs_diff"] < 1e-3
+    assert parity["top1_agreement"] == (None if row.features else 1.0)
+
+    for column, name, extra in (("quantize", "int8", []), ("quantize x86-cpu", "int8x86", ["--target", "x86-cpu"])):
+        run(column, "quantize", out / "onnx", "--calib", TRAIN, "--samples", "24", "--eval", photos,
+            "--eval-samples", "40", *budget, *extra, "-q", "-o", out / name)
+        report = _json(out / name / "quant_report.json")
+        assert report["budget"]["met"] and report["lint"]["passed"] and report["int8_linear_mac_share"] > 0
+        _close_to_fp32(report["drift"], row.features)
+
+    run("compile x86-cpu", "compile", out / "int8x86", "--target", "x86-cpu", "-o", out / "x86", "-q")
+    assert _json(out / "x86" / "passport.json")["precision"] == "int8"
+    run("compile jetson-orin-nano", "compile", out / "int8", "--target", "jetson-orin-nano", "-o", out / "nano", "-q")
+    assert "--int8" in _json(out / "nano" / "bundle.json")["trtexec"]
+
+    run("predict / eval", "eval", out / "onnx", out / "x86", "--data", photos, "--samples", "30", "-o", out / "eval")
+    _close_to_fp32(_json(out / "eval" / "eval.json")["models"][1]["vs_first"], row.features)
+    prediction = json.loads(cli("predict", out / "x86", SAMPLE, "--json").output)["predictions"][0]
+    assert (prediction["embedding"] is not None) == row.features and (not prediction["top"]) == row.features
+
+    for column, flag in (("prune --heads", ["--heads", "0.5"]), ("prune --mlp", ["--mlp", "0.5"])):
+        name = column.split("--")[1]
+        if run(column, "prune", *src, *flag, "--data", photos, "--samples", "20", "-q", "-o", out / name):
+            metrics = _json(out / name / "card.json")["metrics"]["prune"]
+            before, after = metrics["structure"]["before"], metrics["structure"]["after"]
+            key_ = "num_heads" if name == "heads" else "mlp_hidden"
+            assert sum(after[key_]) < sum(before[key_]) and metrics["mac_share"] < 1.0
+            stage = metrics["before_distill"]
+            assert 0.0 <= (stage["cosine"] if row.features else stage["top1_agreement"]) <= 1.0 + 1e-6
+            assert cli("inspect", out / name, "--json").exit_code == 0  # the artifact rebuilds
+    if run("prune --tome", "prune", *src, "--tome", "2", "--data", photos, "--samples", "20", "-q", "-o", out / "tome"):
+        metrics = _json(out / "tome" / "card.json")["metrics"]["prune"]
+        assert metrics["tome"]["tokens_out"] < metrics["tome"]["tokens_in"]
+        final = metrics["final"]
+        assert final["cosine"] > 0.9 if row.features else final["top1_agreement"] >= 0.6
+        exported = cli("export", out / "tome", "-o", out / "tome-onnx", "--parity-samples", "4")
+        assert exported.exit_code == 0, exported.output  # rebuilt with its merge schedule, parity-checked
+    assert run.ran == set(COLUMNS)
+
+
+def test_readme_table_matches_the_matrix():
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- support-matrix: generated by `python tests/support_matrix.py` -->", "<!-- /support-matrix -->"
+    assert start in readme and end in readme, "the README lost its support-matrix markers"
+    table = readme.split(start)[1].split(end)[0].strip()
+    assert table == markdown(), "README support table differs from tests/support_matrix.py: paste its output"
+
+
+def test_every_refusal_names_a_column():
+    for row in ROWS.values():
+        assert set(row.refused) <= set(COLUMNS)
