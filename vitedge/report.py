@@ -263,22 +263,9 @@ def _run_sections(directory: Path) -> tuple:
                     for c, v in sorted(per_class.items(), key=lambda kv: np.mean(kv[1]))]))
     plots: list[tuple[str, str | None]] = []
     if shadowed:
-        window = summary.get("rolling_window", 50)
-        agree = np.array([f["shadow"]["agree"] for f in shadowed])
-        kl = np.array([f["shadow"]["kl"] for f in shadowed])
-        rolling = np.convolve(agree, np.ones(window), "full")[:len(agree)] / np.minimum(
-            np.arange(1, len(agree) + 1), window)
-        fig, ax = plt.subplots(figsize=(9, 3.2))
-        x = [f["index"] for f in shadowed]
-        ax.plot(x, rolling, label=f"rolling agreement ({window} shadowed frames)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("frame")
-        ax.set_ylabel("top-1 agreement")
-        twin = ax.twinx()
-        twin.plot(x, kl, color="tab:orange", alpha=0.5, lw=0.8, label="KL per frame")
-        twin.set_ylabel("KL")
-        fig.legend(loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.1), frameon=False)
-        plots.append(("Agreement over time", _png(fig)))
+        plots.append(("Agreement over time", _over_time(plt, shadowed, summary.get("rolling_window", 50),
+                                                        ("agree", "agreement", "top-1 agreement"),
+                                                        ("kl", "KL"), (-0.02, 1.02))))
         deployed_conf = np.array([f["top"][0][2] for f in shadowed])
         reference_conf = deployed_conf - np.array([f["shadow"]["confidence_shift"] for f in shadowed])
         fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -301,6 +288,28 @@ def _run_sections(directory: Path) -> tuple:
     return f"vitedge run — {summary['source']}", headline, tables, plots, gallery, data
 
 
+def _over_time(plt: Any, shadowed: list[dict[str, Any]], window: int, rolled: tuple[str, str, str],
+               per_frame: tuple[str, str], limits: tuple[float, float] | None = None) -> str:
+    """The rolling mean of one shadow metric and another metric per frame, against the frame index."""
+    key, name, axis = rolled
+    values = np.array([f["shadow"][key] for f in shadowed])
+    rolling = np.convolve(values, np.ones(window), "full")[:len(values)] / np.minimum(
+        np.arange(1, len(values) + 1), window)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = [f["index"] for f in shadowed]
+    ax.plot(x, rolling, label=f"rolling {name} ({window} shadowed frames)")
+    if limits:
+        ax.set_ylim(*limits)
+    ax.set_xlabel("frame")
+    ax.set_ylabel(axis)
+    twin = ax.twinx()
+    twin.plot(x, [f["shadow"][per_frame[0]] for f in shadowed], color="tab:orange", alpha=0.5, lw=0.8,
+              label=f"{per_frame[1]} per frame")
+    twin.set_ylabel(per_frame[1])
+    fig.legend(loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.1), frameon=False)
+    return _png(fig)
+
+
 def _latency_plot(plt: Any, frames: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     latencies = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
     if not latencies:
@@ -320,21 +329,9 @@ def _feature_run_sections(directory: Path, summary: dict[str, Any], frames: list
     """A feature extractor's run: cosine and relative error to the reference over time."""
     plots: list[tuple[str, str | None]] = []
     if shadowed:
-        window = summary.get("rolling_window", 50)
-        cosine = np.array([f["shadow"]["cosine"] for f in shadowed])
-        error = np.array([f["shadow"]["rel_error"] for f in shadowed])
-        rolling = np.convolve(cosine, np.ones(window), "full")[:len(cosine)] / np.minimum(
-            np.arange(1, len(cosine) + 1), window)
-        fig, ax = plt.subplots(figsize=(9, 3.2))
-        x = [f["index"] for f in shadowed]
-        ax.plot(x, rolling, label=f"rolling cosine ({window} shadowed frames)")
-        ax.set_xlabel("frame")
-        ax.set_ylabel("cosine to the reference")
-        twin = ax.twinx()
-        twin.plot(x, error, color="tab:orange", alpha=0.5, lw=0.8, label="relative error per frame")
-        twin.set_ylabel("relative error")
-        fig.legend(loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.1), frameon=False)
-        plots.append(("Feature cosine over time", _png(fig)))
+        plots.append(("Feature cosine over time", _over_time(plt, shadowed, summary.get("rolling_window", 50),
+                                                             ("cosine", "cosine", "cosine to the reference"),
+                                                             ("rel_error", "relative error"))))
     plots += _latency_plot(plt, frames)
     gallery = [(uri, f"frame {f['index']}: cosine {f['shadow']['cosine']:.4f}, relative error "
                      f"{f['shadow']['rel_error']:.4f}") for f in shadowed
