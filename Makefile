@@ -45,7 +45,7 @@ demo: install
 	@echo "== 7/10 bench: PyTorch FP32 vs ONNX FP32 vs the INT8 CPU bundle, on the held-out digits"
 	$(VITEDGE) bench builtin:digits-vit $(DEMO_OUT)/digits-onnx $(DEMO_OUT)/digits-x86 --batch 1,16 --data calibration/digits/heldout --runs 30
 	@echo "== 8/10 a camera-like video from the held-out digits (moving, noisy, changing light)"
-	$(PY) -m vitedge.synthetic $(DEMO_OUT)/digits-camera.mp4 --frames 600
+	$(PY) scripts/make_digits_video.py $(DEMO_OUT)/digits-camera.mp4 --frames 600
 	@echo "== 9/10 run the INT8 bundle on it, shadowed by the FP32 model every 5th frame"
 	$(VITEDGE) run $(DEMO_OUT)/digits-x86 --source $(DEMO_OUT)/digits-camera.mp4 --record $(DEMO_OUT)/run/annotated.mp4 -o $(DEMO_OUT)/run --overwrite -q
 	@echo "== 10/10 the drift report"

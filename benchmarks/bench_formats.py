@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import realdata  # noqa: E402
 
 from vitedge.bench import bench  # noqa: E402
-from vitedge.compile import compile_bundle  # noqa: E402
+from vitedge.compile.prepare import compile_bundle  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
-from vitedge.models import load  # noqa: E402
-from vitedge.quantize import quantize  # noqa: E402
-from vitedge.runtime import load as load_session  # noqa: E402
+from vitedge.models.load import load  # noqa: E402
+from vitedge.quantize.ptq import quantize  # noqa: E402
+from vitedge.sessions import load as load_session  # noqa: E402
 from vitedge.targets import Scheme, load_target  # noqa: E402
 
 

@@ -26,7 +26,7 @@ import realdata  # noqa: E402
 
 from vitedge.data import ImageRecord, ImageSet, iter_batches, open_images  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
-from vitedge.models import load  # noqa: E402
+from vitedge.models.load import load  # noqa: E402
 
 
 def help_time(runs: int = 7) -> float:

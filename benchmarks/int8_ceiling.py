@@ -29,7 +29,7 @@ import realdata  # noqa: E402
 
 from vitedge.data import ImageRecord, ImageSet, iter_batches  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
-from vitedge.models import load  # noqa: E402
+from vitedge.models.load import load  # noqa: E402
 
 
 def fake_quantize(model, calibration, granularity):

@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import realdata  # noqa: E402
 
 from vitedge.bench import interleaved_latency  # noqa: E402
-from vitedge.calibration import model_labels, open_data  # noqa: E402
+from vitedge.data import model_labels, open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
-from vitedge.models import load  # noqa: E402
-from vitedge.prune import prune  # noqa: E402
-from vitedge.quantize import quantize  # noqa: E402
+from vitedge.models.load import load  # noqa: E402
+from vitedge.prune.pipeline import prune  # noqa: E402
+from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
-from vitedge.structured import PruneRatios  # noqa: E402
+from vitedge.prune.structured import PruneRatios  # noqa: E402
 
 
 def evaluate(onnx_dir: Path, data) -> np.ndarray:

@@ -16,9 +16,22 @@ REALDATA = REPO.parent / "shared" / "realdata"
 TRAIN = REPO / "calibration" / "digits" / "train"
 
 
+def _script(name: str):
+    """A module of scripts/ (demo tools, not library code), imported by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_digits_video = _script("make_digits_video").make_digits_video
+
+
 def native_cpu_target() -> str:
     """The CPU profile of this machine's ISA: only there is a bundle optimized offline."""
-    from vitedge.passport import machine_arch
+    from vitedge.compile.passport import machine_arch
 
     return "arm64-cpu" if machine_arch() == "arm64" else "x86-cpu"
 
@@ -67,7 +80,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_artifact(tmp_path_factory, tiny_ckpt) -> Path:
     from vitedge.export import export_onnx
-    from vitedge.models import load
+    from vitedge.models.load import load
 
     out = tmp_path_factory.mktemp("art") / "tiny-onnx"
     export_onnx(load("timm:vit_tiny_patch16_224", weights=tiny_ckpt, model_kwargs=TINY), out)
@@ -78,7 +91,7 @@ def tiny_onnx_artifact(tmp_path_factory, tiny_ckpt) -> Path:
 def digits_onnx(tmp_path_factory) -> Path:
     """The shipped digits ViT exported to an ONNX artifact (shared by quantize and compile tests)."""
     from vitedge.export import export_onnx
-    from vitedge.models import load
+    from vitedge.models.load import load
 
     out = tmp_path_factory.mktemp("digits") / "digits-onnx"
     export_onnx(load("builtin:digits-vit"), out, parity_samples=4)

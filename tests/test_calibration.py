@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import HELDOUT
-from vitedge.calibration import open_data
+from vitedge.data import open_data
 from vitedge.card import Preprocessing
 from vitedge.errors import InputError
 from vitedge.preprocess import preprocess

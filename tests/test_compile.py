@@ -18,14 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, REPO, TRAIN, native_cpu_target
-from vitedge.calibration import open_data
+from vitedge.data import open_data
 from vitedge.cli import app
-from vitedge.bundle import read_bundle
-from vitedge.compile import CompilePrecision, compile_bundle
+from vitedge.compile.bundle import read_bundle
+from vitedge.compile.prepare import CompilePrecision, compile_bundle
 from vitedge.errors import InputError, MissingDependencyError
-from vitedge.models import load
-from vitedge.quantize import Recipe, quantize, run_onnx
-from vitedge.runtime import load as load_session
+from vitedge.models.load import load
+from vitedge.quantize.ptq import Recipe, quantize, run_onnx
+from vitedge.sessions import load as load_session
 from vitedge.targets import Scheme, load_target, parse_target
 
 SAMPLES = REPO / "vitedge" / "assets" / "samples"
@@ -156,7 +156,7 @@ def test_tampered_bundle_is_refused(cpu_bundle, tmp_path):
 
 
 def test_bundle_from_another_runtime_is_refused_or_rebuilt(digits_onnx, tmp_path, monkeypatch):
-    import vitedge.compile as compile_module
+    import vitedge.compile.prepare as compile_module
 
     real = compile_module.machine_facts
     monkeypatch.setattr(compile_module, "machine_facts",
@@ -180,7 +180,7 @@ def test_cross_isa_bundle_is_left_for_the_device(digits_onnx, tmp_path):
 
 
 def test_disk_full_leaves_nothing(digits_onnx, tmp_path, monkeypatch):
-    import vitedge.compile as compile_module
+    import vitedge.compile.prepare as compile_module
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -216,7 +216,7 @@ def test_tensorrt_bundle_without_tensorrt(digits_onnx, tmp_path):
         with pytest.raises(InputError, match=r"no TensorRT engine yet .* vitedge build"):
             load_session(out)
         with pytest.raises(MissingDependencyError, match="cannot build"):
-            from vitedge.compile import build_bundle
+            from vitedge.compile.rebuild import build_bundle
 
             build_bundle(out)
     with load_session(out, backend="onnxruntime") as session:
@@ -246,7 +246,7 @@ def test_tensorrt_rules_refuse_asymmetric_int8(digits_onnx, tmp_path):
 
 
 def test_tensorrt_op_support_by_version(digits_onnx, tmp_path):
-    from vitedge.lint import check_tensorrt_ops, tensorrt_op_table
+    from vitedge.quantize.lint import check_tensorrt_ops, tensorrt_op_table
 
     model = onnx.load(digits_onnx / "model.onnx")
     assert check_tensorrt_ops(model, "10.3") == []
@@ -311,7 +311,7 @@ def test_build_settings_round_trip_and_layer_info():
 
 
 def test_passport_mismatch_rules():
-    from vitedge.passport import l4t_release, mismatches
+    from vitedge.compile.passport import l4t_release, mismatches
 
     passport = {"runtime": {"name": "tensorrt"}, "built": {"engine": {
         "tensorrt": "10.3.0", "sm": "8.7", "gpu": "Orin", "l4t": "36.4"}}}

@@ -12,7 +12,7 @@ from conftest import HELDOUT, TINY, tiny_timm
 from vitedge.data import open_images
 from vitedge.errors import ExportError, InputError
 from vitedge.export import check_parity, export_onnx
-from vitedge.models import load
+from vitedge.models.load import load
 
 
 def test_export_graph_and_parity(tiny_onnx_artifact, tiny_ckpt):

@@ -25,7 +25,7 @@ def cli(*args):
 def mae(tmp_path_factory) -> Path:
     """A tiny MAE-style encoder (num_classes=0) exported to ONNX, with a bundle."""
     from vitedge.export import export_onnx
-    from vitedge.models import load
+    from vitedge.models.load import load
 
     root = tmp_path_factory.mktemp("features")
     export_onnx(load("timm:vit_base_patch16_224.mae", model_kwargs={**TINY, "num_classes": 0}),

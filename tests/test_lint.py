@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.lint import lint_qdq
+from vitedge.quantize.lint import lint_qdq
 
 
 def _graph(*, zero=0, weight_axis=1, act_scale=(0.1,), residual_qdq=False):

@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 
 from conftest import HELDOUT
 from streams import MjpegServer, video_frames
-from vitedge.camera import FrameSource
+from vitedge.live.camera import FrameSource
 from vitedge.cli import app
 from vitedge.errors import InputError
-from vitedge.live import RunOptions, run
-from vitedge.runtime import load as load_session
+from vitedge.live.loop import RunOptions, run
+from vitedge.sessions import load as load_session
 from vitedge.runtime.base import Session
-from vitedge.synthetic import make_digits_video
+from conftest import make_digits_video
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 
@@ -36,9 +36,9 @@ def video(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(digits_onnx, tmp_path_factory) -> Path:
-    from vitedge.compile import compile_bundle
-    from vitedge.models import load
-    from vitedge.quantize import Recipe, quantize
+    from vitedge.compile.prepare import compile_bundle
+    from vitedge.models.load import load
+    from vitedge.quantize.ptq import Recipe, quantize
     from vitedge.targets import load_target
 
     root = tmp_path_factory.mktemp("deploy")
@@ -161,7 +161,7 @@ def test_reference_port_and_output_refusals(bundle, video, tmp_path):
         "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 7})
     with pytest.raises(InputError, match="labels|classes"):
         run(deployed, FrameSource.open(str(video)), tmp_path / "a", reference=other)
-    from vitedge.serve import LiveServer
+    from vitedge.live.serve import LiveServer
 
     busy = LiveServer("127.0.0.1:0", "x")
     port = busy.address.rsplit(":", 1)[1].strip("/")
@@ -200,7 +200,7 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
 def test_live_page_in_headless_chromium(bundle, video, tmp_path):
-    from vitedge.serve import free_port
+    from vitedge.live.serve import free_port
 
     port = free_port()
     done: dict = {}
@@ -248,7 +248,7 @@ def test_eval_and_report(bundle, tmp_path):
 
 
 def test_capture_keeps_spaced_frames_and_drops_duplicates(video, tmp_path):
-    from vitedge.capture import capture
+    from vitedge.live.capture import capture
 
     summary = capture(str(video), 12, tmp_path / "cap")
     assert summary["kept"] + summary["near_duplicates_dropped"] <= 12 and summary["kept"] >= 6

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY, tiny_timm
 from vitedge.errors import InputError, ModelLoadError
-from vitedge.models import load
+from vitedge.models.load import load
 
 
 def _same_output(module_a, module_b, size=32, batch=2):

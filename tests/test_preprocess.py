@@ -110,7 +110,7 @@ def _photos():
 def test_hugging_face_processors_are_read_exactly(tmp_path, model_type):
     import transformers
 
-    from vitedge.hf import _preprocessing
+    from vitedge.models.hf import _preprocessing
 
     # each model type's own processor with the settings its hub checkpoints use
     processor = {

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from conftest import HELDOUT, TRAIN, tiny_timm
 from vitedge.cli import app
 from vitedge.errors import InputError
-from vitedge.models import load
-from vitedge.structure import count_macs
-from vitedge.structured import PruneRatios, prune_model, rebuild, structure_of
+from vitedge.models.load import load
+from vitedge.models.structure import count_macs
+from vitedge.prune.structured import PruneRatios, prune_model, rebuild, structure_of
 
 
 def _pruned(ratios: PruneRatios, **kwargs):
@@ -92,8 +92,8 @@ def test_global_allocation_ranks_heads_and_units_across_blocks(tmp_path):
 
 
 def test_distillation_recovers_agreement_and_resumes(tmp_path):
-    from vitedge.calibration import open_data
-    from vitedge.distill import DistillConfig, distill
+    from vitedge.data import open_data
+    from vitedge.prune.distill import DistillConfig, distill
 
     loaded = load("builtin:digits-vit")
     teacher = loaded.module.eval()
@@ -117,9 +117,9 @@ def test_distillation_recovers_agreement_and_resumes(tmp_path):
 
 
 def test_feature_distillation_pulls_the_final_tokens_together():
-    from vitedge.calibration import open_data
-    from vitedge.distill import DistillConfig, distill
-    from vitedge.structured import final_norm
+    from vitedge.data import open_data
+    from vitedge.prune.distill import DistillConfig, distill
+    from vitedge.prune.structured import final_norm
 
     loaded = load("builtin:digits-vit")
     teacher = loaded.module.eval()
@@ -152,7 +152,7 @@ def test_feature_distillation_pulls_the_final_tokens_together():
 @pytest.mark.slow
 def test_prune_cli_distill_export_and_quantize(tmp_path):
     from vitedge.export import export_onnx
-    from vitedge.quantize import Recipe, quantize
+    from vitedge.quantize.ptq import Recipe, quantize
 
     runner = CliRunner()
     result = runner.invoke(app, ["prune", "builtin:digits-vit", "--heads", "0.5", "--mlp", "0.5",
@@ -212,7 +212,7 @@ def test_prune_bad_inputs(tmp_path):
 
 
 def test_target_macs_search(tmp_path):
-    from vitedge.prune import prune
+    from vitedge.prune.pipeline import prune
 
     metrics = prune(load("builtin:digits-vit"), tmp_path / "p", target_macs=0.6)
     assert metrics["mac_share"] <= 0.6 and metrics["ratios"]["heads"] == metrics["ratios"]["mlp"] > 0

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from vitedge.cli import app
 from vitedge.errors import InputError
-from vitedge.models import load
-from vitedge.structure import count_macs, onnx_summary
-from vitedge.structured import PruneRatios, prune_model, structure_of
+from vitedge.models.load import load
+from vitedge.models.structure import count_macs, onnx_summary
+from vitedge.prune.structured import PruneRatios, prune_model, structure_of
 
 TV_KWARGS = {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 4, "hidden_dim": 64,
              "mlp_dim": 128, "num_classes": 10}
@@ -109,7 +109,7 @@ def test_hf_artifact_rebuilds_exactly_without_the_folder_and_exports(tmp_path, k
     import transformers
 
     from vitedge.export import export_onnx
-    from vitedge.prune import prune
+    from vitedge.prune.pipeline import prune
 
     folder = _hf_folder(tmp_path / "hf", kind)
     ratios = PruneRatios(heads=0.5, mlp=0.5, embed=0.25)
@@ -192,7 +192,7 @@ def test_torchvision_artifact_rebuilds_exactly_and_exports(tmp_path):
     from torchvision.models import VisionTransformer
 
     from vitedge.export import export_onnx
-    from vitedge.prune import prune
+    from vitedge.prune.pipeline import prune
 
     ratios = PruneRatios(mlp=0.5, embed=0.25)
     expected = _tv().module
@@ -215,7 +215,7 @@ def test_torchvision_artifact_rebuilds_exactly_and_exports(tmp_path):
 
 
 def test_torchvision_target_macs_searches_the_mlp_only(tmp_path):
-    from vitedge.prune import prune
+    from vitedge.prune.pipeline import prune
 
     metrics = prune(_tv(), tmp_path / "p", target_macs=0.8)
     assert metrics["mac_share"] <= 0.8
@@ -236,7 +236,7 @@ def test_taylor_importance_prunes_each_family(tmp_path, family):
 
 # ---------------------------------------------------------------------------------- refusals
 def test_family_refusals_are_one_line_and_write_nothing(tmp_path):
-    from vitedge.prune import prune
+    from vitedge.prune.pipeline import prune
 
     out = tmp_path / "out"
     for kwargs, message in [

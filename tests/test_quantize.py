@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from conftest import HELDOUT, REPO
 from vitedge.cli import app
 from vitedge.errors import InputError
-from vitedge.lint import lint_qdq
-from vitedge.models import load
-from vitedge.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
-from vitedge.quantize import Recipe, quantize, run_onnx
+from vitedge.quantize.lint import lint_qdq
+from vitedge.models.load import load
+from vitedge.quantize.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
+from vitedge.quantize.ptq import Recipe, quantize, run_onnx
 from vitedge.targets import Scheme, load_target
 
 TRAIN = REPO / "calibration" / "digits" / "train"
@@ -120,9 +120,9 @@ def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
 
 
 def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit_safe):
-    from vitedge.calibration import open_data
-    from vitedge.quantize import Candidate, _budget_search, _drop
-    from vitedge.qdq import int8_mac_share
+    from vitedge.data import open_data
+    from vitedge.quantize.ptq import Candidate, _budget_search, _drop
+    from vitedge.quantize.qdq import int8_mac_share
 
     float_model = onnx.load(digits_onnx / "model.onnx")
     nodes = compute_nodes(float_model)
@@ -206,7 +206,7 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
 
 def _corrupt_head(monkeypatch):
     """Every NNCF result gets its classifier head's INT8 weights negated (argmax turns argmin)."""
-    import vitedge.quantize as quantize_module
+    import vitedge.quantize.ptq as quantize_module
 
     real = quantize_module._nncf_quantize
 
@@ -237,7 +237,7 @@ def test_model_without_linear_layers(tmp_path):
 
 
 def test_eval_folders_named_by_label_or_class_id():
-    from vitedge.calibration import DataSet, model_labels
+    from vitedge.data import DataSet, model_labels
     from vitedge.card import ModelCard, Preprocessing, VitStructure
 
     card = ModelCard("x", {}, Preprocessing(input_size=(8, 8)), VitStructure(is_vit=True),
@@ -277,7 +277,7 @@ def test_unsigned_activation_quantizers_become_signed_int8():
     """NNCF's symmetric preset leaves UINT8 after ReLU/MaxPool; TensorRT needs signed INT8."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from vitedge.qdq import to_signed_int8
+    from vitedge.quantize.qdq import to_signed_int8
 
     weight = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
@@ -302,7 +302,7 @@ def test_unsigned_activation_quantizers_become_signed_int8():
 
 
 def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp_path, monkeypatch):
-    import vitedge.quantize as quantize_module
+    import vitedge.quantize.ptq as quantize_module
 
     real = quantize_module.lint_qdq
     calls = []
@@ -311,7 +311,7 @@ def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp
         calls.append(1)
         result = real(model, **kwargs)
         if len(calls) == 2:  # the attention-MatMul candidate
-            from vitedge.lint import Finding, LintResult
+            from vitedge.quantize.lint import Finding, LintResult
 
             return LintResult([Finding("int8-type", "error", "node_x", "UINT8 quantization (test)")])
         return result

@@ -19,7 +19,7 @@ def test_real_deit_tiny_exports_with_parity_and_keeps_accuracy(tmp_path):
 
     from vitedge.data import ImageRecord, ImageSet, iter_batches
     from vitedge.export import export_onnx
-    from vitedge.models import load
+    from vitedge.models.load import load
 
     loaded = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
     assert loaded.card.labels[0] == "tench" and loaded.card.structure.num_heads == 3

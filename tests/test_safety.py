@@ -161,7 +161,7 @@ def test_outputs_never_replace_inputs(made, tmp_path, monkeypatch, case):
 
 def test_a_second_writer_is_refused_while_the_first_runs(made, tmp_path):
     video = tmp_path / "cam.mp4"
-    from vitedge.synthetic import make_digits_video
+    from conftest import make_digits_video
 
     make_digits_video(video, frames=60, hold=10)
     first = subprocess.Popen([VITEDGE, "run", made / "bundle", "--source", video, "--loop",
@@ -213,7 +213,7 @@ os.kill(os.getpid(), 9)
 
 def test_a_killed_run_keeps_its_frames_and_is_replaced_by_the_next(made, tmp_path):
     video = tmp_path / "cam.mp4"
-    from vitedge.synthetic import make_digits_video
+    from conftest import make_digits_video
 
     make_digits_video(video, frames=60, hold=10)
     run_dir = tmp_path / "S"
@@ -324,7 +324,7 @@ def test_only_trust_pickle_loads_code_from_files():
     callers = {p.name for p in package.rglob("*.py")
                if re.search(r"torch\.(jit|export)\.load\(", p.read_text())}
     assert callers == {"graphs.py"}
-    models = (package / "models.py").read_text()
+    models = (package / "models" / "load.py").read_text()
     assert models.count("_need_trust(path, trust_pickle") == 2
 
 
@@ -471,10 +471,10 @@ def _dom(url: str) -> str:
 def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
     import threading
 
-    from vitedge.camera import FrameSource
-    from vitedge.live import RunOptions, run
-    from vitedge.runtime import load
-    from vitedge.serve import free_port
+    from vitedge.live.camera import FrameSource
+    from vitedge.live.loop import RunOptions, run
+    from vitedge.sessions import load
+    from vitedge.live.serve import free_port
 
     bundle, source = _injected(made, tmp_path)
     port = free_port()
@@ -529,8 +529,8 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
     assert int(measured[2]) < 900  # MiB: the bomb was never decoded (it alone is 1.2 GB decoded)
     result = cli("predict", made / "bundle", folder)
     assert result.exit_code == 0 and "1 unreadable skipped" in " ".join(result.output.split())
-    from vitedge.calibration import open_data
-    from vitedge.models import load
+    from vitedge.data import open_data
+    from vitedge.models.load import load
 
     data = open_data(folder, load(made / "onnx").card.preprocessing, samples=None)
     assert len(data) == len(list((made / "imgs").iterdir())) and "400 MP, above the 89.5 MP limit" in data.skipped[0]
@@ -694,9 +694,9 @@ def test_sealing_is_stable_and_catches_any_edit():
 
 def test_a_failed_library_step_gives_its_output_lock_back(made, tmp_path):
     from vitedge import outputs
-    from vitedge.compile import CompilePrecision, compile_bundle
+    from vitedge.compile.prepare import CompilePrecision, compile_bundle
     from vitedge.errors import InputError
-    from vitedge.models import load
+    from vitedge.models.load import load
     from vitedge.targets import load_target
 
     with pytest.raises(InputError, match="int8 needs a quantized"):  # found after the output check

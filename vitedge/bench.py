@@ -151,10 +151,10 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
 
     `json_out`: also write the table there (checked before anything runs).
     """
-    from vitedge.calibration import model_labels, open_data
-    from vitedge.models import options_for
+    from vitedge.data import model_labels, open_data
+    from vitedge.models.load import options_for
     from vitedge.outputs import check_files, input_paths
-    from vitedge.runtime import load
+    from vitedge.sessions import load
 
     if json_out is not None:
         check_files([json_out], owned=_owned_bench, what="bench table", inputs=input_paths(*sources, data))

@@ -1,4 +1,6 @@
-"""Image sources: ImageFolder, flat folder or glob -> (path, label) records, streamed.
+"""The one data layer: images, videos and tensors -> preprocessed batches, for every step.
+
+Image sources: ImageFolder, flat folder or glob -> (path, label) records, streamed.
 
 Nothing here loads a data set into memory: records are paths, and `iter_batches` decodes and
 preprocesses one batch at a time through the shared `preprocess`. Unreadable files are
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitedge.card import Preprocessing
+from vitedge.card import ModelCard, Preprocessing
 from vitedge.errors import InputError
 from vitedge.preprocess import UnreadableImageError, preprocess
 
@@ -113,6 +115,227 @@ def iter_batches(images: ImageSet | Sequence[ImageRecord], pre: Preprocessing, b
             arrays, kept = [], []
     if arrays:
         yield np.stack(arrays), kept
+
+
+# ----------------------------------------------------------------------- data sets (fixed samples)
+# A source is opened once: the requested number of samples is chosen (seeded, reproducible) from
+# the paths or frame indices, never by loading the whole data set. The chosen samples are decoded
+# through the shared preprocessing; unreadable ones are skipped and counted, and opening fails
+# when fewer than the stated minimum remain. Decoded samples are kept in memory only while they
+# fit a fixed budget, otherwise every pass decodes them again (streaming).
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+TENSOR_SUFFIXES = frozenset({".npy", ".npz"})
+MIN_SAMPLES = 10
+CACHE_BYTES = 512 * 2**20  # keep decoded samples in memory up to this size
+
+
+@dataclass
+class DataSet:
+    """A fixed, ordered selection of samples that can be iterated in batches any number of times."""
+
+    origin: str
+    kind: str  # "images" | "video" | "tensors"
+    pre: Preprocessing
+    labels: np.ndarray | None = None  # class index per sample, when the source is labeled
+    class_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+    _images: ImageSet | None = None
+    _video: tuple[Path, list[int]] | None = None
+    _tensors: np.ndarray | None = None
+    _cache: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        if self._cache is not None:
+            return len(self._cache)
+        if self._tensors is not None:
+            return len(self._tensors)
+        if self._images is not None:
+            return len(self._images.records)
+        return len(self._video[1]) if self._video else 0
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    def batches(self, batch_size: int = 32) -> Iterator[np.ndarray]:
+        if self._cache is not None:
+            yield from _slices(self._cache, batch_size)
+        elif self._tensors is not None:
+            for chunk in _slices(self._tensors, batch_size):
+                yield np.ascontiguousarray(chunk, dtype=np.float32)
+        elif self._images is not None:
+            for batch, _ in iter_batches(self._images, self.pre, batch_size):
+                yield batch
+        elif self._video is not None:
+            yield from _video_batches(self._video[0], self._video[1], self.pre, batch_size)
+
+    def paths(self) -> list[Path | None]:
+        """The file behind each sample (None for video frames and tensors)."""
+        if self._images is not None:
+            return [r.path for r in self._images.records]
+        return [None] * len(self)
+
+    def head(self, count: int) -> np.ndarray:
+        """The first `count` samples as one array, decoding no more than needed."""
+        return next(self.batches(count), np.zeros((0, 3, *self.pre.input_size), np.float32))
+
+    def samples(self) -> Iterator[np.ndarray]:
+        """One sample at a time, shaped (1, 3, H, W): what calibration tools iterate."""
+        for batch in self.batches(32):
+            for index in range(len(batch)):
+                yield batch[index:index + 1]
+
+
+def _slices(array: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(array), size):
+        yield array[start:start + size]
+
+
+def open_data(source: str | Path, pre: Preprocessing, *, samples: int | None = 300,
+              seed: int = 0, min_samples: int = MIN_SAMPLES, role: str = "calibration") -> DataSet:
+    """Open an ImageFolder, image folder, glob, video file or .npy/.npz as a DataSet."""
+    text = str(source)
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        data = _open_video(path, pre, samples)
+    elif path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
+        data = _open_tensors(path, pre, samples, seed)
+    elif path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"{role} data {path} is not an image, video or .npy/.npz file",
+                         "pass an image folder, ImageFolder, glob, video file or .npy/.npz")
+    else:
+        images = open_images(text).sample(samples, seed=seed)
+        data = DataSet(text, "images", pre, _images=images,
+                       labels=np.array([r.label for r in images.records])
+                       if images.labeled else None,
+                       class_names=images.class_names)
+        _decode_images(data)
+    if len(data) < min_samples:
+        detail = f" ({len(data.skipped)} unreadable, e.g. {data.skipped[0]})" if data.skipped else ""
+        raise InputError(f"{role} data {text} has {len(data)} usable samples{detail}; at least "
+                         f"{min_samples} are needed", "add more images, or point at another folder")
+    return data
+
+
+def _decode_images(data: DataSet) -> None:
+    """Decode once: count unreadable files, drop them, and cache the arrays if they are small."""
+    assert data._images is not None
+    height, width = data.pre.input_size
+    cacheable = len(data._images.records) * 3 * height * width * 4 <= CACHE_BYTES
+    stats = BatchStats()
+    kept, arrays = [], []
+    for batch, records in iter_batches(data._images, data.pre, 32, stats):
+        kept.extend(records)
+        if cacheable:
+            arrays.append(batch)
+    data.skipped = stats.skipped
+    data._images = ImageSet(kept, data._images.class_names, data._images.origin)
+    if data.labels is not None:
+        data.labels = np.array([r.label for r in kept])
+    if cacheable and arrays:
+        data._cache = np.concatenate(arrays)
+
+
+def _open_tensors(path: Path, pre: Preprocessing, samples: int | None, seed: int) -> DataSet:
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a readable NumPy file ({exc})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        keys = list(loaded.keys())
+        key = next((k for k in ("x", "input", "images", "data") if k in keys), keys[0] if keys else None)
+        if key is None:
+            raise InputError(f"{path} holds no arrays")
+        array = loaded[key]
+        label_key = next((k for k in ("y", "labels", "targets") if k in keys), None)
+        labels = np.asarray(loaded[label_key]) if label_key else None
+    else:
+        array = loaded
+    expected = (3, *pre.input_size)
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        raise InputError(f"{path} holds an array of shape {tuple(array.shape)}, expected "
+                         f"(N, {', '.join(map(str, expected))}) already preprocessed for this model",
+                         "save tensors after the model's preprocessing, or pass the images instead")
+    indices = np.arange(len(array))
+    if samples is not None and samples < len(array):
+        indices = np.sort(np.random.default_rng(seed).choice(len(array), samples, replace=False))
+    return DataSet(str(path), "tensors", pre, _tensors=array[indices],
+                   labels=labels[indices] if labels is not None else None)
+
+
+def _open_video(path: Path, pre: Preprocessing, samples: int | None) -> DataSet:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise InputError(f"video {path} cannot be opened by OpenCV",
+                             "check the file plays, or extract frames to a folder first")
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        from vitedge.live.camera import check_frame_size
+
+        check_frame_size(capture, str(path))
+    finally:
+        capture.release()
+    if total <= 0:
+        raise InputError(f"video {path} reports no frames", "re-encode it or extract frames")
+    count = total if samples is None else min(samples, total)
+    indices = sorted({int(i) for i in np.linspace(0, total - 1, count)})
+    data = DataSet(str(path), "video", pre, _video=(path, indices))
+    frames = list(_video_batches(path, indices, pre, 32))
+    data._cache = np.concatenate(frames) if frames else np.zeros((0, 3, *pre.input_size), np.float32)
+    return data
+
+
+def _video_batches(path: Path, indices: list[int], pre: Preprocessing,
+                   batch_size: int) -> Iterator[np.ndarray]:
+    """Evenly spaced frames, read sequentially (seeking is unreliable in many codecs)."""
+    import cv2
+
+    wanted = set(indices)
+    capture = cv2.VideoCapture(str(path))
+    batch: list[np.ndarray] = []
+    try:
+        position = 0
+        while wanted and position <= indices[-1]:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if position in wanted:
+                batch.append(preprocess(frame, pre, frame_channel_order="BGR"))
+                if len(batch) == batch_size:
+                    yield np.stack(batch)
+                    batch = []
+            position += 1
+    finally:
+        capture.release()
+    if batch:
+        yield np.stack(batch)
+
+
+def model_labels(card: ModelCard, data: DataSet) -> np.ndarray | None:
+    """Map an ImageFolder's class indices onto the model's output indices, or refuse."""
+    if data.labels is None:
+        return None
+    names = data.class_names or []
+    if card.labels:
+        # ImageFolder subfolders may be named after the labels or the class ids (synsets)
+        lookup = {label: index for index, label in enumerate(card.labels)}
+        lookup.update({cid: index for index, cid in enumerate(card.class_ids or [])})
+        missing = [n for n in names if n not in lookup]
+        if missing:
+            raise InputError(
+                f"classes {missing[:4]} of {data.origin} are not among the model's labels "
+                f"({', '.join(card.labels[:4])}, …)",
+                "name the ImageFolder subfolders after the model's labels, or pass an unlabeled "
+                "folder to measure agreement with FP32 only")
+        mapping = np.array([lookup[n] for n in names])
+        return mapping[data.labels]
+    if card.num_classes is not None and len(names) > card.num_classes:
+        raise InputError(f"eval data has {len(names)} classes but the model has {card.num_classes} "
+                         "outputs", "pass data whose classes match the model")
+    return data.labels
 
 
 SAMPLE_PHOTO = "grace_hopper.jpg"  # in matplotlib's sample_data (a runtime dependency of vitedge)

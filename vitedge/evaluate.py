@@ -27,10 +27,10 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
              seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False,
              load_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
-    from vitedge.calibration import model_labels, open_data
-    from vitedge.models import options_for
+    from vitedge.data import model_labels, open_data
+    from vitedge.models.load import options_for
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
-    from vitedge.runtime import load
+    from vitedge.sessions import load
 
     if not sources:
         raise InputError("eval needs at least one model")

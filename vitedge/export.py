@@ -24,7 +24,7 @@ from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images, sample_photos
 from vitedge.errors import ExportError, InputError
-from vitedge.models import LoadedModel
+from vitedge.models.loaded import LoadedModel
 from vitedge.outputs import releasing
 from vitedge.versions import tool_versions
 

@@ -39,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from vitedge import ASSETS
 from vitedge.errors import InputError
 
 log = logging.getLogger("vitedge.outputs")
@@ -353,7 +354,7 @@ def input_paths(*sources: Any) -> list[Path]:
                 or text.isdigit() or text.startswith("/dev/video") or "!" in text:
             continue
         if text.startswith("builtin:") or (text == "digits-vit" and not Path(text).exists()):
-            paths.append(Path(__file__).parent / "assets")
+            paths.append(ASSETS)
             continue
         if globlib.has_magic(text):
             parts = Path(text).parts

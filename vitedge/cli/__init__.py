@@ -212,7 +212,7 @@ def source_options(weights: Path | None = None, model_kwargs: list[str] | None =
     """What the shared source options (-w, -k, --trust-pickle, the preprocessing overrides and
     --labels) mean, as keyword arguments of `vitedge.models.load`: one definition for every
     command that takes a model source."""
-    from vitedge.models import parse_model_kwargs
+    from vitedge.models.load import parse_model_kwargs
 
     overrides: dict[str, Any] = {"mean": _floats(mean, "mean", 3), "std": _floats(std, "std", 3),
                                  "crop_pct": crop_pct,
@@ -229,7 +229,7 @@ def source_options(weights: Path | None = None, model_kwargs: list[str] | None =
 def _load(source: str, weights: Path | None, model_kwargs: list[str] | None, trust_pickle: bool,
           mean: str | None, std: str | None, crop_pct: float | None,
           interpolation: Interpolation | None, input_size: str | None, labels: Path | None) -> Any:
-    from vitedge.models import load
+    from vitedge.models.load import load
 
     return load(source, **source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
                                          interpolation, input_size, labels))
@@ -427,8 +427,8 @@ def quantize(
     Example: vitedge quantize builtin:digits-vit --calib calibration/digits/train
     --eval calibration/digits/heldout -o artifacts/digits-int8
     """
-    from vitedge.quantize import BudgetMissed, CalibrationMethod, Recipe
-    from vitedge.quantize import quantize as run_quantize
+    from vitedge.quantize.ptq import BudgetMissed, CalibrationMethod, Recipe
+    from vitedge.quantize.ptq import quantize as run_quantize
     from vitedge.targets import Scheme, load_target
 
     with user_errors(verbose):

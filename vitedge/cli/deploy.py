@@ -69,7 +69,7 @@ def compile_command(
 
     Example: vitedge compile artifacts/digits-int8 --target x86-cpu -o bundles/digits-cpu
     """
-    from vitedge.compile import CompilePrecision, compile_bundle
+    from vitedge.compile.prepare import CompilePrecision, compile_bundle
     from vitedge.targets import load_target
 
     with user_errors(verbose):
@@ -115,7 +115,7 @@ def build_command(
 
     Example: vitedge build bundles/digits-orin-nano
     """
-    from vitedge.compile import build_bundle
+    from vitedge.compile.rebuild import build_bundle
 
     with user_errors(verbose):
         result = build_bundle(bundle, progress=progress_printer(quiet))
@@ -142,7 +142,7 @@ def predict(
     Example: vitedge predict bundles/digits-cpu vitedge/assets/samples
     """
     from vitedge.bench import predict as run_predict
-    from vitedge.runtime import load
+    from vitedge.sessions import load
 
     with user_errors(verbose):
         session = load(model, rebuild=rebuild, backend=backend,

@@ -40,7 +40,7 @@ def _address(value: str | None) -> str | None:
     """--serve HOST:PORT, checked before any model is loaded."""
     if value is not None:
         from vitedge.errors import InputError
-        from vitedge.serve import parse_address
+        from vitedge.live.serve import parse_address
 
         try:
             parse_address(value)
@@ -87,11 +87,16 @@ def run(
 
     Example: vitedge run demo-out/digits-x86 --source demo-out/digits-camera.mp4 --serve 127.0.0.1:8080
     """
-    from vitedge.camera import FrameSource
-    from vitedge.live import RunOptions, check_reference, check_run_output, thresholds_for
-    from vitedge.live import run as run_live
-    from vitedge.models import options_for
-    from vitedge.runtime import find_reference, load
+    from vitedge.live.camera import FrameSource
+    from vitedge.live.loop import (
+        RunOptions,
+        check_reference,
+        check_run_output,
+        thresholds_for,
+    )
+    from vitedge.live.loop import run as run_live
+    from vitedge.models.load import options_for
+    from vitedge.sessions import find_reference, load
 
     with user_errors(verbose):
         run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -234,7 +239,7 @@ def capture(
 
     Example: vitedge capture 0 -n 300 -o calib/my-camera
     """
-    from vitedge.capture import capture as run_capture
+    from vitedge.live.capture import capture as run_capture
 
     with user_errors(verbose):
         summary = run_capture(source, count, out, every_s=every, overwrite=overwrite)
@@ -283,9 +288,9 @@ def prune(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from vitedge.prune import prune as run_prune
+    from vitedge.prune.pipeline import prune as run_prune
+    from vitedge.prune.structured import PruneRatios
     from vitedge.report import PRUNE_STAGES
-    from vitedge.structured import PruneRatios
 
     say = progress_printer(quiet)
     with user_errors(verbose), Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.description}"),

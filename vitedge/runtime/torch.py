@@ -9,7 +9,7 @@ import numpy as np
 from vitedge.runtime.base import Session, TensorInfo
 
 if TYPE_CHECKING:
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
 
 class TorchSession(Session):

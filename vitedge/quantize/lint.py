@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from vitedge import ASSETS
 
 if TYPE_CHECKING:
     import onnx
@@ -157,7 +158,7 @@ def _weight_axis(consumer: onnx.NodeProto, ndim: int) -> int | None:
 
 
 # ------------------------------------------------------------- TensorRT ONNX-parser coverage
-TENSORRT_OPS = Path(__file__).resolve().parent / "assets" / "tensorrt_onnx_ops.json"
+TENSORRT_OPS = ASSETS / "tensorrt_onnx_ops.json"
 
 
 def tensorrt_op_table(version: str) -> tuple[str, dict[str, Any]]:

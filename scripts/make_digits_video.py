@@ -4,7 +4,7 @@ Each held-out digit is shown for `hold` frames, scaled to fill the centre of a 6
 drifting slowly, on a noisy dark background whose light changes slowly (and dips once, like a
 cloud over a window). The ground-truth digit of every frame goes to `<video>.labels.json`.
 
-    python -m vitedge.synthetic demo-out/digits-camera.mp4 --frames 300
+    python scripts/make_digits_video.py demo-out/digits-camera.mp4 --frames 300
 """
 
 from __future__ import annotations

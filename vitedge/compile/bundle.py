@@ -14,10 +14,10 @@ from typing import Any
 
 from vitedge.artifact import read_card, sha256_file, verify_files, write_card
 from vitedge.card import ModelCard
+from vitedge.compile.passport import PASSPORT_NAME
 from vitedge.documents import confined, read_document, write_document
 from vitedge.errors import InputError
-from vitedge.lint import Finding
-from vitedge.passport import PASSPORT_NAME
+from vitedge.quantize.lint import Finding
 
 BUNDLE_NAME = "bundle.json"
 MODEL = "model.onnx"

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from vitedge.artifact import sha256_file
-from vitedge.camera import Frame, FrameSource
 from vitedge.documents import write_document
 from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.errors import InputError
+from vitedge.live.camera import Frame, FrameSource
 from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
@@ -157,7 +157,7 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     out, record = check_run_output(out_dir, overwrite=options.overwrite, reads=reads, record=options.record)
     server = None
     if options.serve:
-        from vitedge.serve import LiveServer
+        from vitedge.live.serve import LiveServer
 
         server = LiveServer(options.serve, f"{deployed.card.architecture} — {source.uri}")
     try:

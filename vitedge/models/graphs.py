@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.card import ModelCard, Preprocessing, VitStructure
 from vitedge.errors import ModelLoadError
-from vitedge.structure import (
+from vitedge.models.structure import (
     onnx_summary,
     out_features,
     state_dict_structure,
@@ -22,7 +22,7 @@ from vitedge.structure import (
 if TYPE_CHECKING:
     import torch
 
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
 
 def _graph_card(kind: str, path: Path, structure: VitStructure, input_size: tuple[int, int] | None,
@@ -48,7 +48,7 @@ def from_module(model: torch.nn.Module, path: Path, *, kind: str) -> LoadedModel
     input_size = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (
         (int(size), int(size)) if size else None)
     card = _graph_card(kind, path, structure, input_size, out_features(model))
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
     return LoadedModel(card, model)
 
@@ -94,7 +94,7 @@ def load_exported_program(path: Path) -> LoadedModel:
     structure = state_dict_structure(state)
     card = _graph_card("torch.export", path, structure, input_size, None)
     card.source["batch_dynamic"] = bool(shapes) and not isinstance(shapes[0][0], int)
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
     loaded = LoadedModel(card, module)
     card.num_classes = _probe_classes(module, card.preprocessing.input_size)
@@ -128,6 +128,6 @@ def load_onnx(path: Path) -> LoadedModel:
     card = _graph_card("onnx", path, summary["structure"], input_size, num_classes)
     card.format = "onnx"
     card.params, card.macs = summary["params"], summary["macs"]
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
     return LoadedModel(card, None, onnx_path=path)

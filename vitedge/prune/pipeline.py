@@ -21,9 +21,9 @@ import numpy as np
 from vitedge.artifact import artifact_hash, write_card
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
-from vitedge.models import LoadedModel
+from vitedge.models.loaded import LoadedModel
 from vitedge.outputs import releasing
-from vitedge.structured import FAMILIES, PruneRatios
+from vitedge.prune.structured import FAMILIES, PruneRatios
 from vitedge.versions import tool_versions
 
 
@@ -39,8 +39,8 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     """Prune, distill and/or merge tokens; write the artifact at `out`; return its metrics."""
     import torch
 
-    from vitedge.structure import count_macs
-    from vitedge.structured import check_prunable, prune_model
+    from vitedge.models.structure import count_macs
+    from vitedge.prune.structured import check_prunable, prune_model
 
     say = progress or (lambda _message: None)
     ratios = ratios or PruneRatios()
@@ -70,7 +70,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
     out = check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     checkpoint = Path(str(out) + ".distill.pt")
     if distill_steps:
-        from vitedge.distill import read_checkpoint
+        from vitedge.prune.distill import read_checkpoint
 
         read_checkpoint(checkpoint)  # a file in the way is refused before any work
     source = loaded.card.source
@@ -112,8 +112,8 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
         if holdout is not None:
             metrics["before_distill"] = _measure(teacher, student, holdout, labels, features)
         if distill_steps:
-            from vitedge.distill import DistillConfig, distill
-            from vitedge.structured import final_norm
+            from vitedge.prune.distill import DistillConfig, distill
+            from vitedge.prune.structured import final_norm
 
             say(f"distilling {distill_steps} steps on {len(train)} images "
                 f"({len(holdout)} held out for early stopping)")
@@ -128,7 +128,7 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
             metrics["after_distill"] = _measure(teacher, student, holdout, labels, features)
     plain_state = {k: v.contiguous() for k, v in student.state_dict().items()}
     if tome:
-        from vitedge.tome import apply_tome
+        from vitedge.prune.tome import apply_tome
 
         metrics["tome"] = apply_tome(student, tome, tome_from)
         if holdout is not None:
@@ -154,7 +154,7 @@ def _params(model: Any) -> int:
 def _split(loaded: LoadedModel, data: str | Path, samples: int | None
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Training images and a held-out slice (20%, at most 200) for agreement and early stopping."""
-    from vitedge.calibration import model_labels, open_data
+    from vitedge.data import model_labels, open_data
 
     dataset = open_data(data, loaded.card.preprocessing, samples=samples, role="prune --data")
     arrays = np.concatenate(list(dataset.batches(64)))
@@ -192,8 +192,8 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
 
     Without `heads` (torchvision, whose heads cannot be removed) only the MLP ratio is searched.
     """
-    from vitedge.structure import count_macs
-    from vitedge.structured import prune_model
+    from vitedge.models.structure import count_macs
+    from vitedge.prune.structured import prune_model
 
     what = "heads and MLP" if heads else "MLP"
     low, high, best = 0.0, 0.95, None
@@ -230,7 +230,7 @@ def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured
             **card.structure.to_dict(), "embed_dim": shapes["embed_dim"],
             "num_heads": max(shapes["num_heads"]), "mlp_hidden": max(shapes["mlp_hidden"])})
         if source.get("kind") == "huggingface":  # rebuilt from the card, without the original folder
-            from vitedge.hf import pruned_source
+            from vitedge.models.hf import pruned_source
 
             source.update(pruned_source(student))
     if tome:

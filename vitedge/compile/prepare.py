@@ -9,20 +9,19 @@ the target's, otherwise on the device with `vitedge build BUNDLE`.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file
-from vitedge.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
 from vitedge.card import ModelCard
+from vitedge.compile.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
+from vitedge.compile.passport import machine_facts, make_passport
 from vitedge.documents import write_document
-from vitedge.errors import ExportError, InputError, MissingDependencyError
-from vitedge.lint import Finding, check_tensorrt_ops, lint_qdq
+from vitedge.errors import ExportError, InputError
 from vitedge.outputs import (
     OutputKind,
     check_output,
@@ -30,7 +29,7 @@ from vitedge.outputs import (
     temporary_directory,
     writing,
 )
-from vitedge.passport import PASSPORT_NAME, machine_facts, make_passport
+from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import Precision, Runtime, Scheme, Target
 from vitedge.versions import tool_versions
@@ -38,7 +37,7 @@ from vitedge.versions import tool_versions
 if TYPE_CHECKING:
     import onnx
 
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
 FP16_MODEL = "model.fp16.onnx"
 TRTEXEC_SCRIPT = "trtexec.sh"
@@ -222,7 +221,7 @@ def _fix_hint(finding: Finding, target: Target) -> str:
             f"--target {target.name} (TensorRT needs symmetric INT8: zero-points 0)")
 
 
-def _optimize_here(directory: Path, facts: dict[str, Any]) -> dict[str, Any]:
+def optimize_here(directory: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """Optimize directory/source.onnx into model.onnx for this machine; the passport's `built`."""
     from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
 
@@ -240,7 +239,7 @@ def _onnxruntime_bundle(staging: Path, source_path: Path, target: Target, facts:
     optimized = target.isa in (None, facts["arch"])
     if optimized:
         say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
-        built = _optimize_here(staging, facts)
+        built = optimize_here(staging, facts)
     else:
         shutil.copyfile(source_path, staging / MODEL)
         built = {"optimized_offline": False, "optimization_level": None, "arch": facts["arch"],
@@ -338,51 +337,3 @@ def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple
     }]
     card.source = {**parent.source, "bundle": params}
     return card
-
-
-# ---------------------------------------------------------------- finishing bundles on a device
-def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = None) -> Bundle:
-    """`vitedge build`: finish a TensorRT bundle's engine on this machine (atomically, in place)."""
-    say = progress or (lambda _message: None)
-    current = read_bundle(path)
-    if current.runtime != "tensorrt":
-        raise InputError(f"{path} is an ONNX Runtime bundle; only TensorRT bundles are built",
-                         "load it directly (vitedge predict / bench), or --rebuild to re-optimize")
-    from vitedge.targets import parse_target
-
-    target = parse_target(current.passport["target"], f"{path}/{PASSPORT_NAME}")
-    reason = local_tensorrt_match(target)
-    if reason is not None:
-        raise MissingDependencyError(f"cannot build {path} for {target.name} here: {reason}",
-                                     "run vitedge build on the target device")
-    settings = BuildSettings.from_dict(current.bundle["build"])
-    with _rewriting(current, replaced=("model.engine", "layers.json")) as staging:
-        say("building the TensorRT engine")
-        built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
-        write_document(staging / BUNDLE_NAME, bundle)
-        seal(staging, current.card, {**current.passport, "built": built})
-    return read_bundle(path)
-
-
-@contextlib.contextmanager
-def _rewriting(current: Bundle, replaced: tuple[str, ...]) -> Iterator[Path]:
-    """A staging copy of the bundle without `replaced` files (and passport/card), swapped in atomically."""
-    with writing(current.path, OutputKind.BUNDLE, overwrite=True) as staging:
-        for name in current.card.files:  # what the bundle is made of, nothing else in its folder
-            if name not in (*replaced, PASSPORT_NAME):
-                shutil.copy2(current.path / name, staging / name)
-        yield staging
-
-
-def reoptimize_bundle(path: str | Path) -> Bundle:
-    """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
-    current = read_bundle(path)
-    with _rewriting(current, replaced=(MODEL,)) as staging:
-        passport = current.passport
-        passport["built"].update({**_optimize_here(staging, machine_facts()),
-                                  "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        bundle = dict(current.bundle)
-        bundle["session"] = {**bundle["session"], "optimization": "disabled"}
-        write_document(staging / BUNDLE_NAME, bundle)
-        seal(staging, current.card, passport)
-    return read_bundle(path)

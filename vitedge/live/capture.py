@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.camera import FrameSource, VideoFileSource
 from vitedge.documents import write_document
 from vitedge.errors import InputError
+from vitedge.live.camera import FrameSource, VideoFileSource
 from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
 
 

@@ -14,12 +14,12 @@ from vitedge.card import (
     ResizeMode,
 )
 from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
-from vitedge.structure import hf_structure
+from vitedge.models.structure import hf_structure
 
 if TYPE_CHECKING:
     import torch
 
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
 SUPPORTED_TYPES = ("vit", "deit", "vit_mae", "vit_msn", "dinov2")
 # PIL resample codes as written in preprocessor_config.json.
@@ -94,7 +94,7 @@ def build_from_source(source: dict[str, Any]) -> torch.nn.Module:
 
 
 def load_hf(directory: Path) -> LoadedModel:
-    from vitedge.models import LoadedModel
+    from vitedge.models.loaded import LoadedModel
 
     try:
         import transformers

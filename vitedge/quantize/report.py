@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
-from vitedge.qdq import dq_consumers, quantized_node_names
+from vitedge.quantize.qdq import dq_consumers, quantized_node_names
 from vitedge.runtime.onnxrt import cpu_session
 from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:
     import onnx
 
-    from vitedge.calibration import DataSet
     from vitedge.card import ModelCard
-    from vitedge.lint import LintResult
-    from vitedge.qdq import ComputeNode
-    from vitedge.quantize import Budget, CalibrationMethod, Candidate, Recipe
+    from vitedge.data import DataSet
+    from vitedge.quantize.lint import LintResult
+    from vitedge.quantize.ptq import Budget, CalibrationMethod, Candidate, Recipe
+    from vitedge.quantize.qdq import ComputeNode
     from vitedge.targets import Scheme, Target
 
 

@@ -11,7 +11,7 @@ Recipes decide what may be INT8 (all three keep weights per-channel symmetric):
 
 Activations are symmetric (zero-point 0) for TensorRT targets and may be asymmetric for CPU
 targets. The budget search is vitedge's own: NNCF's accuracy-control loop re-runs calibration
-per attempt, while reverting single nodes of the finished QDQ graph (vitedge.qdq) costs one
+per attempt, while reverting single nodes of the finished QDQ graph (vitedge.quantize.qdq) costs one
 ONNX Runtime pass each and yields a per-layer sensitivity table for the report.
 """
 
@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from vitedge.artifact import artifact_hash, atomic_write_text, write_card
-from vitedge.calibration import DataSet, model_labels, open_data
 from vitedge.card import ModelCard
+from vitedge.data import DataSet, model_labels, open_data
 from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
-from vitedge.lint import lint_qdq
-from vitedge.models import LoadedModel
+from vitedge.models.loaded import LoadedModel
 from vitedge.outputs import releasing
-from vitedge.qdq import (
+from vitedge.quantize.lint import lint_qdq
+from vitedge.quantize.qdq import (
     ComputeNode,
     compute_nodes,
     int8_mac_share,
@@ -48,7 +48,7 @@ from vitedge.qdq import (
     revert_to_float,
     to_signed_int8,
 )
-from vitedge.quant_report import build_report, markdown
+from vitedge.quantize.report import build_report, markdown
 from vitedge.runtime.onnxrt import cpu_session
 from vitedge.targets import Scheme, Target
 from vitedge.versions import tool_versions

@@ -35,7 +35,7 @@ class ComputeNode:
 
 def compute_nodes(model: onnx.ModelProto) -> list[ComputeNode]:
     """Linear layers and attention MatMuls of a float graph, with their MACs (batch 1)."""
-    from vitedge.structure import node_macs
+    from vitedge.models.structure import node_macs
 
     constants = constant_names(model)
     macs = node_macs(model)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vitedge import ASSETS
 from vitedge.artifact import is_artifact, onnx_file, read_card, verify_files
 from vitedge.card import (
     Interpolation,
@@ -28,15 +28,16 @@ from vitedge.card import (
     ResizeMode,
     VitStructure,
 )
-from vitedge.checkpoints import (
+from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
+from vitedge.models.checkpoints import (
     is_torchscript_archive,
     load_into,
     load_object,
     mismatch_report,
     read_state_dict,
 )
-from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
-from vitedge.structure import (
+from vitedge.models.loaded import LoadedModel
+from vitedge.models.structure import (
     count_macs,
     count_params,
     out_features,
@@ -47,28 +48,10 @@ from vitedge.structure import (
 if TYPE_CHECKING:
     import torch
 
-ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS = {"digits-vit": ASSETS / "digits-vit"}
 DEFAULT_MODEL = "builtin:digits-vit"
 NOT_VIT_WARNING = ("{arch} is not a Vision Transformer: loading and export work, but ViT-specific "
                    "steps (head/MLP pruning, token merging, ViT-safe quantization) will not apply")
-
-
-@dataclass
-class LoadedModel:
-    card: ModelCard
-    module: torch.nn.Module | None = None  # None when the source is an ONNX graph
-    onnx_path: Path | None = None
-    weights_path: Path | None = None  # the checkpoint the module was built from, if any
-    origin: tuple[Path, ...] = ()  # the files and folders it was read from (a step never writes there)
-
-    def torch_module(self, step: str) -> torch.nn.Module:
-        if self.module is None:
-            raise ModelLoadError(
-                f"{step} needs a PyTorch model, but {self.card.architecture} was given as ONNX",
-                "pass the torch source it was exported from (timm:NAME --weights ..., a .pt2, "
-                "a Hugging Face folder, ...)")
-        return self.module
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -339,14 +322,14 @@ def _load_path(path: Path, *, trust_pickle: bool) -> LoadedModel:
         if is_artifact(path):
             return _load_artifact(path)
         if (path / "config.json").is_file():
-            from vitedge.hf import load_hf
+            from vitedge.models.hf import load_hf
 
             return load_hf(path)
         raise InputError(f"{path} is a folder but none of the supported formats",
                          "expected a vitedge artifact (card.json) or a Hugging Face "
                          "save_pretrained folder (config.json + weights)")
     suffix = path.suffix.lower()
-    from vitedge import graphs
+    from vitedge.models import graphs
 
     if suffix == ".onnx":
         return graphs.load_onnx(path)
@@ -375,7 +358,7 @@ def _need_trust(path: Path, trust_pickle: bool, what: str) -> None:
     """torch.jit.load and torch.export.load unpickle what the file holds: PyTorch's own docs say a
     crafted file runs arbitrary code, so they run only with --trust-pickle."""
     if not trust_pickle:
-        from vitedge.checkpoints import TRUST_PICKLE_HINT
+        from vitedge.models.checkpoints import TRUST_PICKLE_HINT
 
         raise ModelLoadError(f"{path} is {what}, which PyTorch loads with pickle", TRUST_PICKLE_HINT)
 
@@ -392,12 +375,12 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    from vitedge.structured import FAMILIES, rebuild
+    from vitedge.prune.structured import FAMILIES, rebuild
 
     if source.get("pruned") and kind in FAMILIES:
         # per-block shapes no constructor makes: build the family's model, shrink it, then load
         if kind == "huggingface":  # from the config on the card: the original folder is not needed
-            from vitedge.hf import build_from_source
+            from vitedge.models.hf import build_from_source
 
             module = build_from_source(source)
         else:
@@ -412,7 +395,7 @@ def _load_artifact(directory: Path) -> LoadedModel:
         raise ModelLoadError(f"artifact {directory} records a {kind!r} source that cannot be "
                              "rebuilt in PyTorch", "use its model.onnx, or re-create it")
     if source.get("tome"):  # a token-merging artifact: same weights, merged as its card says
-        from vitedge.tome import apply_tome
+        from vitedge.prune.tome import apply_tome
 
         apply_tome(rebuilt.module, int(source["tome"]["r"]), int(source["tome"].get("start", 0)))
     return LoadedModel(card, rebuilt.module, weights_path=weights)

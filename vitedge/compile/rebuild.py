@@ -1,0 +1,68 @@
+"""Finishing and refreshing bundles on the device: `vitedge build` and `--rebuild`.
+
+Both rewrite a bundle in place through the one output writer (a staged copy swapped in
+atomically) and re-seal its passport and card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
+from vitedge.compile.passport import PASSPORT_NAME, machine_facts
+from vitedge.compile.prepare import build_in, local_tensorrt_match, optimize_here
+from vitedge.documents import write_document
+from vitedge.errors import InputError, MissingDependencyError
+from vitedge.outputs import OutputKind, writing
+from vitedge.runtime.tensorrt import BuildSettings
+
+
+def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = None) -> Bundle:
+    """`vitedge build`: finish a TensorRT bundle's engine on this machine (atomically, in place)."""
+    say = progress or (lambda _message: None)
+    current = read_bundle(path)
+    if current.runtime != "tensorrt":
+        raise InputError(f"{path} is an ONNX Runtime bundle; only TensorRT bundles are built",
+                         "load it directly (vitedge predict / bench), or --rebuild to re-optimize")
+    from vitedge.targets import parse_target
+
+    target = parse_target(current.passport["target"], f"{path}/{PASSPORT_NAME}")
+    reason = local_tensorrt_match(target)
+    if reason is not None:
+        raise MissingDependencyError(f"cannot build {path} for {target.name} here: {reason}",
+                                     "run vitedge build on the target device")
+    settings = BuildSettings.from_dict(current.bundle["build"])
+    with _rewriting(current, replaced=("model.engine", "layers.json")) as staging:
+        say("building the TensorRT engine")
+        built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
+        write_document(staging / BUNDLE_NAME, bundle)
+        seal(staging, current.card, {**current.passport, "built": built})
+    return read_bundle(path)
+
+
+@contextlib.contextmanager
+def _rewriting(current: Bundle, replaced: tuple[str, ...]) -> Iterator[Path]:
+    """A staging copy of the bundle without `replaced` files (and passport/card), swapped in atomically."""
+    with writing(current.path, OutputKind.BUNDLE, overwrite=True) as staging:
+        for name in current.card.files:  # what the bundle is made of, nothing else in its folder
+            if name not in (*replaced, PASSPORT_NAME):
+                shutil.copy2(current.path / name, staging / name)
+        yield staging
+
+
+def reoptimize_bundle(path: str | Path) -> Bundle:
+    """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
+    current = read_bundle(path)
+    with _rewriting(current, replaced=(MODEL,)) as staging:
+        passport = current.passport
+        passport["built"].update({**optimize_here(staging, machine_facts()),
+                                  "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        bundle = dict(current.bundle)
+        bundle["session"] = {**bundle["session"], "optimization": "disabled"}
+        write_document(staging / BUNDLE_NAME, bundle)
+        seal(staging, current.card, passport)
+    return read_bundle(path)

@@ -1,0 +1,146 @@
+"""Runtimes: `load(anything)` returns a Session (ONNX Runtime, TensorRT or the PyTorch reference).
+
+A bundle is verified first (file hashes, then its passport against this machine): a bundle made
+for another runtime version or GPU is refused with the reason, or rebuilt when `rebuild=True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vitedge.errors import InputError
+
+if TYPE_CHECKING:
+    from vitedge.card import ModelCard
+    from vitedge.runtime.base import Session
+
+
+def load(source: str | Path, *, rebuild: bool = False, backend: str | None = None,
+         **load_options: object) -> Session:
+    """A session for a bundle, an artifact, or any source `vitedge.models.load` accepts.
+
+    backend="onnxruntime" runs a TensorRT bundle's ONNX with ONNX Runtime instead of its engine
+    (to check the graph on a machine without TensorRT; the session says so in its description).
+    The session's `card` attribute holds the model card (labels, preprocessing).
+    """
+    from vitedge.compile.bundle import is_bundle
+
+    path = Path(str(source))
+    if is_bundle(path):
+        given = sorted(k for k in ("weights", "model_kwargs", "preprocessing", "labels") if load_options.get(k))
+        if given:
+            raise InputError(f"{', '.join(given)} cannot apply to the bundle {path}: it holds its model "
+                             "and card", "drop them, or vitedge relabel the bundle to change its labels")
+        session = _load_bundle(path, rebuild=rebuild, backend=backend)
+        session.origin = (path.resolve(),)  # type: ignore[attr-defined]
+        return session
+    if backend not in (None, "onnxruntime", "torch"):
+        raise InputError(f"backend {backend!r} is not known", "use onnxruntime or torch")
+    from vitedge.models.load import load as load_model
+
+    loaded = load_model(source, **load_options)  # type: ignore[arg-type]
+    if loaded.onnx_path is not None and backend != "torch":
+        import onnx
+
+        from vitedge.quantize.qdq import quantized_node_names
+        from vitedge.runtime.onnxrt import OnnxRuntimeSession
+
+        int8 = bool(quantized_node_names(onnx.load(str(loaded.onnx_path), load_external_data=False)))
+        session: Session = OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32")
+    else:
+        from vitedge.runtime.torch import TorchSession
+
+        session = TorchSession(loaded)
+    session.origin = loaded.origin  # type: ignore[attr-defined]
+    return _with_card(session, loaded.card)
+
+
+def _with_card(session: Session, card: ModelCard) -> Session:
+    session.card = card  # type: ignore[attr-defined]
+    return session
+
+
+def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
+    from vitedge.compile.bundle import MODEL, read_bundle
+    from vitedge.compile.passport import machine_facts, mismatches
+    from vitedge.compile.rebuild import build_bundle, reoptimize_bundle
+    from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
+
+    bundle = read_bundle(path)
+    settings = bundle.bundle
+    low, _opt, high = settings["batch"]
+    if bundle.runtime == "onnxruntime" or backend == "onnxruntime":
+        if bundle.runtime == "onnxruntime":
+            problems = mismatches(bundle.passport, machine_facts())
+            if problems and not rebuild:
+                raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
+                                 "pass --rebuild to re-optimize it here from its source.onnx")
+            if problems:
+                bundle = reoptimize_bundle(path)
+                settings = bundle.bundle
+            session_settings = settings["session"]
+            session = OnnxRuntimeSession(
+                bundle.file("model"), providers=available_providers(session_settings["providers"]),
+                threads=session_settings["intra_op_threads"],
+                optimization=session_settings["optimization"], precision=bundle.passport["precision"],
+                min_batch=low, max_batch=high)
+        else:
+            session = OnnxRuntimeSession(
+                bundle.member(MODEL), precision=bundle.passport["precision"], min_batch=low,
+                max_batch=high,
+                description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
+        return _with_card(session, bundle.card)
+    if backend not in (None, "tensorrt"):
+        raise InputError(f"backend {backend!r} cannot run the TensorRT bundle {path}",
+                         "use tensorrt (default) or onnxruntime (checks the ONNX on CPU)")
+    from vitedge.runtime.tensorrt import TensorRTSession
+
+    if not settings.get("engine"):
+        if not rebuild:
+            reason = bundle.passport["built"].get("not_built_because")
+            raise InputError(f"bundle {path} has no TensorRT engine yet ({reason})",
+                             f"build it on the {bundle.passport['target']['name']}: vitedge build "
+                             f"{path} (or its trtexec.sh); --backend onnxruntime checks the ONNX")
+        bundle = build_bundle(path)
+    problems = mismatches(bundle.passport, machine_facts(gpu=True))
+    if problems and not rebuild:
+        raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
+                         "pass --rebuild to build a new engine here, or run it on the machine "
+                         "it was built on")
+    if problems:
+        bundle = build_bundle(path)
+    session = TensorRTSession(bundle.file("engine"), precision=bundle.passport["precision"])
+    return _with_card(session, bundle.card)
+
+
+def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:
+    """The full-precision artifact a bundle or quantized artifact descends from, if it is near.
+
+    Cards record their parents by artifact hash. Candidates are the shipped models and the
+    artifact folders beside `path` (and in `search`); the newest float ancestor in the lineage
+    that is found wins, so an exported ONNX is preferred over the PyTorch model it came from.
+    """
+    from vitedge.artifact import artifact_hash, is_artifact, read_card
+    from vitedge.models.load import BUILTIN_MODELS
+
+    path = Path(path)
+    card = read_card(path)
+    parents = [step["parent"]["artifact_hash"] for step in card.lineage
+               if isinstance(step.get("parent"), dict) and "artifact_hash" in step["parent"]]
+    folders = [path.parent, *search]
+    candidates = [*BUILTIN_MODELS.values(),
+                  *(d for folder in folders if folder.is_dir() for d in sorted(folder.iterdir())
+                    if d != path and is_artifact(d))]
+    by_hash: dict[str, Path] = {}
+    for candidate in candidates:
+        try:
+            other = read_card(candidate)
+        except InputError:
+            continue
+        if other.format in ("onnx", "torch") and "quantization" not in other.metrics:
+            by_hash.setdefault(artifact_hash(other), candidate)
+    for parent in reversed(parents):
+        if parent in by_hash:
+            return by_hash[parent]
+    return None
