@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from vitedge.live.camera import FrameSource  # noqa: E402
 from vitedge.compile.prepare import compile_bundle  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
-from vitedge.live.loop import RunOptions, run  # noqa: E402
+from vitedge.live.loop import RunOptions, run_loop  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.sessions import load as load_session  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
         print(f"video: 640x480, 600 frames; decoding alone: {decode_fps(video):.0f} FPS")
 
         deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
-        summary = run(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
+        summary = run_loop(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
                       options=RunOptions(shadow_every=5))
         lat, loop = summary["deployed"]["latency_ms"], summary["loop_overhead_ms"]
         print(f"\n1. 600 frames, shadow every 5th: {summary['fps']:.1f} FPS; inference p50 "
@@ -70,7 +70,7 @@ def main() -> None:
               f"logging) p50 {loop['p50']:.2f} ms / p95 {loop['p95']:.2f} ms; shadowed "
               f"{summary['shadow']['compared']}, skipped {summary['shadow']['skipped_reference_behind']}; "
               f"agreement {100 * summary['drift']['top1_agreement']:.2f}%")
-        summary = run(load_session(tmp / "x86"), FrameSource.open(str(video)), tmp / "run1r",
+        summary = run_loop(load_session(tmp / "x86"), FrameSource.open(str(video)), tmp / "run1r",
                       reference=load_session(tmp / "fp32"),
                       options=RunOptions(shadow_every=5, record=tmp / "annotated.mp4"))
         print(f"   same with --record (overlay + mp4v encode): {summary['fps']:.1f} FPS, loop "
@@ -83,7 +83,7 @@ def main() -> None:
                 marks["warm"] = rss_mib()
 
         deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
-        summary = run(deployed, FrameSource.open(str(video), loop=True), tmp / "run2",
+        summary = run_loop(deployed, FrameSource.open(str(video), loop=True), tmp / "run2",
                       reference=reference, options=RunOptions(shadow_every=5, frames=args.frames),
                       on_frame=on_frame)
         end = rss_mib()

@@ -33,7 +33,8 @@ from vitedge.data import model_labels, open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
-from vitedge.prune.pipeline import prune  # noqa: E402
+from vitedge.prune.distill import DistillConfig  # noqa: E402
+from vitedge.prune.pipeline import PrunePlan, prune  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 from vitedge.prune.structured import PruneRatios  # noqa: E402
@@ -77,8 +78,8 @@ def main() -> None:
         digits = load("builtin:digits-vit")
         start = time.perf_counter()
         heads, mlp, embed = (float(v) for v in args.digits.split(","))
-        metrics = prune(digits, tmp / "digits-pruned", ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed),
-                        data=train, distill_steps=args.steps, distill_features=args.features)
+        metrics = prune(digits, tmp / "digits-pruned", PrunePlan(PruneRatios(heads=heads, mlp=mlp, embed=embed)),
+                        data=train, distill=DistillConfig(steps=args.steps, features=args.features))
         seconds = time.perf_counter() - start
         export_onnx(digits, tmp / "digits-onnx", parity_data=held, parity_samples=8)
         export_onnx(load(tmp / "digits-pruned"), tmp / "pruned-onnx", parity_data=held, parity_samples=8)
@@ -98,9 +99,9 @@ def main() -> None:
         deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
         realdata.split_image_folders(tmp, deit.card.labels)
         start = time.perf_counter()
-        metrics = prune(deit, tmp / "deit-pruned", ratios=PruneRatios(heads=0.25, mlp=0.25),
-                        data=tmp / "calib", distill_steps=args.deit_steps, batch_size=16, lr=1e-4,
-                        distill_features=args.features)
+        metrics = prune(deit, tmp / "deit-pruned", PrunePlan(PruneRatios(heads=0.25, mlp=0.25)),
+                        data=tmp / "calib", distill=DistillConfig(steps=args.deit_steps, batch_size=16,
+                                                                  lr=1e-4, features=args.features))
         seconds = time.perf_counter() - start
         export_onnx(deit, tmp / "deit-onnx", parity_data=tmp / "eval", parity_samples=8)
         export_onnx(load(tmp / "deit-pruned"), tmp / "deit-pruned-onnx", parity_data=tmp / "eval",

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import assert_user_error, kwargs_cli, tiny_timm
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.versions import cpu_features
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ def run(*args):
 
 
 def test_help_does_not_import_heavy_modules():
-    code = ("import sys, vitedge.cli; heavy = {'torch', 'cv2', 'onnxruntime', 'onnx', 'timm'}"
+    code = ("import sys, vitedge.cli.app; heavy = {'torch', 'cv2', 'onnxruntime', 'onnx', 'timm', 'numpy', 'PIL'}"
             " & set(sys.modules); print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -19,12 +19,13 @@ from typer.testing import CliRunner
 
 from conftest import HELDOUT, REPO, TRAIN, native_cpu_target
 from vitedge.data import open_data
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.compile.bundle import read_bundle
 from vitedge.compile.prepare import CompilePrecision, compile_bundle
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.models.load import load
-from vitedge.quantize.ptq import Recipe, quantize, run_onnx
+from vitedge.quantize.ptq import quantize, run_onnx
+from vitedge.quantize.recipes import Recipe
 from vitedge.sessions import load as load_session
 from vitedge.targets import Scheme, load_target, parse_target
 
@@ -392,7 +393,7 @@ def test_cli_bad_inputs_exit_1(digits_onnx, cpu_bundle, tmp_path):
         (["compile", str(digits_onnx), "--target", "jetson-orin-nan", "-o", str(tmp_path / "a")],
          "did you mean jetson-orin-nano"),
         (["compile", str(digits_onnx), "--target", "x86-cpu", "--precision", "int4", "-o",
-          str(tmp_path / "b")], "--precision 'int4' is not one of"),
+          str(tmp_path / "b")], "'--precision': 'int4' is not one of 'fp32', 'fp16', 'int8', 'best'"),
         (["predict", str(tmp_path), str(SAMPLES)], "none of the supported formats"),
         (["predict", str(cpu_bundle), str(empty)], "contains no image files"),
         (["predict", str(cpu_bundle), str(tmp_path / "missing.png")], "does not exist"),

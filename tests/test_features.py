@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, TINY, TRAIN, assert_user_error
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.drift import DriftThresholds, compare
 
 SAMPLES = Path(__file__).resolve().parents[1] / "vitedge" / "assets" / "samples"

@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 from conftest import HELDOUT
 from streams import MjpegServer, video_frames
 from vitedge.live.camera import FrameSource
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
-from vitedge.live.loop import RunOptions, run
+from vitedge.live.loop import RunOptions, run_loop
+from vitedge.models.options import SourceOptions
 from vitedge.sessions import load as load_session
 from vitedge.runtime.base import Session
 from conftest import make_digits_video
@@ -38,7 +39,8 @@ def video(tmp_path_factory) -> Path:
 def bundle(digits_onnx, tmp_path_factory) -> Path:
     from vitedge.compile.prepare import compile_bundle
     from vitedge.models.load import load
-    from vitedge.quantize.ptq import Recipe, quantize
+    from vitedge.quantize.ptq import quantize
+    from vitedge.quantize.recipes import Recipe
     from vitedge.targets import load_target
 
     root = tmp_path_factory.mktemp("deploy")
@@ -79,7 +81,7 @@ def test_sources_file_folder_glob(video, tmp_path):
 
 def test_run_on_a_file_logs_every_frame_with_shadow(bundle, video, tmp_path):
     deployed, reference = load_session(bundle), load_session(bundle.parent / "digits-onnx")
-    summary = run(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=reference,
+    summary = run_loop(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=reference,
                   options=RunOptions(shadow_every=5))
     lines = _lines(tmp_path / "run")
     assert sorted(line["index"] for line in lines) == list(range(90))  # once each, none lost
@@ -108,7 +110,7 @@ def test_odd_frames_are_counted_not_fatal(bundle, tmp_path):
     cv2.imwrite(str(folder / "b.png"), cv2.cvtColor(cv2.resize(frame, (320, 240)), cv2.COLOR_BGR2GRAY))
     (folder / "c.png").write_bytes(b"\x89PNG broken")
     cv2.imwrite(str(folder / "d.png"), cv2.resize(frame, (640, 480)))
-    summary = run(load_session(bundle), FrameSource.open(str(folder)), tmp_path / "run",
+    summary = run_loop(load_session(bundle), FrameSource.open(str(folder)), tmp_path / "run",
                   options=RunOptions(shadow_every=0))
     counts = summary["frames"]
     assert counts["logged"] == 4 and counts["corrupt"] == 1 and counts["size_changes"] == 2
@@ -133,7 +135,7 @@ class SlowReference(Session):
 def test_slow_reference_is_skipped_not_queued(bundle, video, tmp_path):
     deployed = load_session(bundle)
     slow = SlowReference(load_session(bundle.parent / "digits-onnx"))
-    summary = run(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=slow,
+    summary = run_loop(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=slow,
                   options=RunOptions(shadow_every=1))
     shadow = summary["shadow"]
     assert shadow["skipped_reference_behind"] > 30  # most frames could not be shadowed
@@ -145,7 +147,7 @@ def test_mjpeg_stream_killed_mid_run(bundle, video, tmp_path):
     server = MjpegServer(video_frames(video, 30), fps=60)
     source = FrameSource.open(server.url, reconnect_s=1.0)
     threading.Timer(1.5, server.kill).start()
-    summary = run(load_session(bundle), source, tmp_path / "run", reference=None,
+    summary = run_loop(load_session(bundle), source, tmp_path / "run", reference=None,
                   options=RunOptions(shadow_every=0))
     assert summary["stop_reason"] == "source disconnected" and summary["live"]
     counts = summary["frames"]
@@ -157,21 +159,21 @@ def test_mjpeg_stream_killed_mid_run(bundle, video, tmp_path):
 
 def test_reference_port_and_output_refusals(bundle, video, tmp_path):
     deployed = load_session(bundle)
-    other = load_session("timm:vit_tiny_patch16_224", model_kwargs={
-        "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 7})
+    other = load_session("timm:vit_tiny_patch16_224", SourceOptions(model_kwargs={
+        "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 7}))
     with pytest.raises(InputError, match="labels|classes"):
-        run(deployed, FrameSource.open(str(video)), tmp_path / "a", reference=other)
+        run_loop(deployed, FrameSource.open(str(video)), tmp_path / "a", reference=other)
     from vitedge.live.serve import LiveServer
 
     busy = LiveServer("127.0.0.1:0", "x")
     port = busy.address.rsplit(":", 1)[1].strip("/")
     with pytest.raises(InputError, match=f"port {port} on 127.0.0.1 is already in use"):
-        run(deployed, FrameSource.open(str(video)), tmp_path / "b", options=RunOptions(
+        run_loop(deployed, FrameSource.open(str(video)), tmp_path / "b", options=RunOptions(
             shadow_every=0, serve=f"127.0.0.1:{port}"))
     busy.close()
     (tmp_path / "c").mkdir()
     with pytest.raises(InputError, match="already exists"):
-        run(deployed, FrameSource.open(str(video)), tmp_path / "c")
+        run_loop(deployed, FrameSource.open(str(video)), tmp_path / "c")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -194,6 +196,28 @@ def test_sigint_stops_gracefully_with_summary_and_report(bundle, video, tmp_path
     assert (out / "report.html").is_file() and "Traceback" not in stderr
 
 
+def test_library_run_has_the_commands_defaults(bundle, video, tmp_path):
+    """`vitedge.live.run` is the command without the CLI: reference found through the lineage,
+    report written, the same alert thresholds; bad options are refused before anything is written."""
+    import vitedge.live
+
+    said: list[str] = []
+    summary = vitedge.live.run(bundle, str(video), tmp_path / "run", options=RunOptions(frames=40),
+                               progress=said.append)
+    assert summary["frames"]["logged"] == 40 and summary["shadow"]["compared"] == 8  # every 5th frame
+    assert summary["drift"]["top1_agreement"] is not None and (tmp_path / "run" / "report.html").is_file()
+    assert any("shadow reference" in line and "digits-onnx" in line for line in said)
+    with pytest.raises(InputError, match="--min-cosine watches feature extractors"):
+        vitedge.live.run(bundle, str(video), tmp_path / "bad", options=RunOptions(min_cosine=0.9))
+    lonely = tmp_path / "lonely" / "x86"  # away from its ONNX parent: the shipped ancestor is found
+    shutil.copytree(bundle, lonely)
+    said.clear()
+    vitedge.live.run(lonely, str(video), tmp_path / "run2", options=RunOptions(frames=5), report=False,
+                     progress=said.append)
+    assert any("shadow reference" in line and "digits-vit" in line for line in said)
+    assert not (tmp_path / "run2" / "report.html").exists() and not (tmp_path / "bad").exists()
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -208,7 +232,7 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
     source = FrameSource.open(str(video), loop=True)
     read = source.read
     source.read = lambda: None if stop.is_set() else read()  # ends the run when the test is done
-    worker = threading.Thread(target=lambda: done.setdefault("summary", run(
+    worker = threading.Thread(target=lambda: done.setdefault("summary", run_loop(
         load_session(bundle), source, tmp_path / "run",
         reference=load_session(bundle.parent / "digits-onnx"),
         options=RunOptions(shadow_every=2, serve=f"127.0.0.1:{port}", duration=120))))
@@ -231,7 +255,7 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
 
 def test_eval_and_report(bundle, tmp_path):
     from vitedge.evaluate import evaluate
-    from vitedge.report import build_report
+    from vitedge.report import write_report
 
     result = evaluate([str(bundle.parent / "digits-onnx"), str(bundle)], HELDOUT, tmp_path / "ev",
                       samples=120)
@@ -241,7 +265,7 @@ def test_eval_and_report(bundle, tmp_path):
     assert second["vs_first"]["samples"] == 120 and second["vs_first"]["top1_agreement"] > 0.95
     assert abs(second["top1"] - first["top1"]) < 0.05
     assert {d["class"] for d in second["per_class_delta"]} == {str(i) for i in range(10)}
-    data = build_report(tmp_path / "ev", tmp_path / "r" / "eval.html")
+    data = write_report(tmp_path / "ev", tmp_path / "r" / "eval.html")
     page = (tmp_path / "r" / "eval.html").read_text()
     assert data["kind"] == "eval" and page.count("data:image/png;base64,") >= 3
     assert "agreement with first" in page and (tmp_path / "r" / "eval.md").read_text().startswith("# vitedge eval")

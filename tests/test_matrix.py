@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO, TRAIN, assert_user_error
 from support_matrix import COLUMNS, ROWS, markdown, source
-from vitedge.cli import app
+from vitedge.cli.app import app
 
 SAMPLE = REPO / "vitedge" / "assets" / "samples" / "3.png"
 runner = CliRunner()

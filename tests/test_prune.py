@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, TRAIN, tiny_timm
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.models.structure import count_macs
@@ -152,7 +152,8 @@ def test_feature_distillation_pulls_the_final_tokens_together():
 @pytest.mark.slow
 def test_prune_cli_distill_export_and_quantize(tmp_path):
     from vitedge.export import export_onnx
-    from vitedge.quantize.ptq import Recipe, quantize
+    from vitedge.quantize.ptq import quantize
+    from vitedge.quantize.recipes import Recipe
 
     runner = CliRunner()
     result = runner.invoke(app, ["prune", "builtin:digits-vit", "--heads", "0.5", "--mlp", "0.5",
@@ -202,7 +203,7 @@ def test_prune_bad_inputs(tmp_path):
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--distill-features", "1", "-o", str(tmp_path / "g")],
          "--distill-features 1.0 needs to be >= 0 and comes with --distill-steps"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--allocation", "even", "-o", str(tmp_path / "h")],
-         "--allocation 'even' is not one of uniform, global"),
+         "'--allocation': 'even' is not one of 'uniform', 'global'"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
@@ -212,7 +213,7 @@ def test_prune_bad_inputs(tmp_path):
 
 
 def test_target_macs_search(tmp_path):
-    from vitedge.prune.pipeline import prune
+    from vitedge.prune.pipeline import PrunePlan, prune
 
-    metrics = prune(load("builtin:digits-vit"), tmp_path / "p", target_macs=0.6)
+    metrics = prune(load("builtin:digits-vit"), tmp_path / "p", PrunePlan(target_macs=0.6))
     assert metrics["mac_share"] <= 0.6 and metrics["ratios"]["heads"] == metrics["ratios"]["mlp"] > 0

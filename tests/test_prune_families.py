@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.models.structure import count_macs, onnx_summary
@@ -109,13 +109,13 @@ def test_hf_artifact_rebuilds_exactly_without_the_folder_and_exports(tmp_path, k
     import transformers
 
     from vitedge.export import export_onnx
-    from vitedge.prune.pipeline import prune
+    from vitedge.prune.pipeline import PrunePlan, prune
 
     folder = _hf_folder(tmp_path / "hf", kind)
     ratios = PruneRatios(heads=0.5, mlp=0.5, embed=0.25)
     expected = load(folder).module
     prune_model(expected, ratios, importance="l2")
-    metrics = prune(load(folder), tmp_path / "pruned", ratios=ratios)
+    metrics = prune(load(folder), tmp_path / "pruned", PrunePlan(ratios=ratios))
     assert metrics["mac_share"] < 0.5
     shutil.rmtree(folder)  # the card's recorded config is enough to rebuild it
     loaded = load(tmp_path / "pruned")
@@ -192,12 +192,12 @@ def test_torchvision_artifact_rebuilds_exactly_and_exports(tmp_path):
     from torchvision.models import VisionTransformer
 
     from vitedge.export import export_onnx
-    from vitedge.prune.pipeline import prune
+    from vitedge.prune.pipeline import PrunePlan, prune
 
     ratios = PruneRatios(mlp=0.5, embed=0.25)
     expected = _tv().module
     prune_model(expected, ratios, importance="l2")
-    metrics = prune(_tv(), tmp_path / "pruned", ratios=ratios)
+    metrics = prune(_tv(), tmp_path / "pruned", PrunePlan(ratios=ratios))
     loaded = load(tmp_path / "pruned")
     assert (_outputs(loaded.module) - _outputs(expected)).abs().max() == 0
     card = json.loads((tmp_path / "pruned" / "card.json").read_text())
@@ -215,9 +215,9 @@ def test_torchvision_artifact_rebuilds_exactly_and_exports(tmp_path):
 
 
 def test_torchvision_target_macs_searches_the_mlp_only(tmp_path):
-    from vitedge.prune.pipeline import prune
+    from vitedge.prune.pipeline import PrunePlan, prune
 
-    metrics = prune(_tv(), tmp_path / "p", target_macs=0.8)
+    metrics = prune(_tv(), tmp_path / "p", PrunePlan(target_macs=0.8))
     assert metrics["mac_share"] <= 0.8
     assert metrics["ratios"]["heads"] == 0 and metrics["ratios"]["mlp"] > 0
 
@@ -236,7 +236,7 @@ def test_taylor_importance_prunes_each_family(tmp_path, family):
 
 # ---------------------------------------------------------------------------------- refusals
 def test_family_refusals_are_one_line_and_write_nothing(tmp_path):
-    from vitedge.prune.pipeline import prune
+    from vitedge.prune.pipeline import PrunePlan, prune
 
     out = tmp_path / "out"
     for kwargs, message in [
@@ -247,7 +247,7 @@ def test_family_refusals_are_one_line_and_write_nothing(tmp_path):
          "--allocation global needs timm models (per-block widths); this is a torchvision model"),
     ]:
         with pytest.raises(InputError) as error:
-            prune(_tv(), out, **kwargs)
+            prune(_tv(), out, PrunePlan(**kwargs))
         assert message in str(error.value) and "\n" not in str(error.value)
     folder = _hf_folder(tmp_path / "hf", "vit")
     encoder = _hf_folder(tmp_path / "enc", "encoder")

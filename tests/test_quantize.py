@@ -10,12 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, REPO
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.quantize.lint import lint_qdq
 from vitedge.models.load import load
 from vitedge.quantize.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
-from vitedge.quantize.ptq import Recipe, quantize, run_onnx
+from vitedge.quantize.ptq import quantize, run_onnx
+from vitedge.quantize.recipes import Recipe
 from vitedge.targets import Scheme, load_target
 
 TRAIN = REPO / "calibration" / "digits" / "train"
@@ -179,7 +180,7 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
         for index in range(6):
             (wrong / name / f"{index}.png").write_bytes((HELDOUT / "1").glob("*.png").__next__().read_bytes())
     bad("--calib", TRAIN, "--eval", wrong, "-o", tmp_path / "o3", match="classes ['cat', 'dog'] of")
-    bad("--calib", TRAIN, "--recipe", "fast", "-o", tmp_path / "o4", match="--recipe 'fast' is not one of")
+    bad("--calib", TRAIN, "--recipe", "fast", "-o", tmp_path / "o4", match="'--recipe': 'fast' is not one of")
     bad("--calib", TRAIN, "--exclude", "(", "-o", tmp_path / "o5", match="not a valid regular expression")
     for name in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / name).exists()

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target, tree
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.documents import sealed, write_document
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
@@ -472,7 +472,7 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
     import threading
 
     from vitedge.live.camera import FrameSource
-    from vitedge.live.loop import RunOptions, run
+    from vitedge.live.loop import RunOptions, run_loop
     from vitedge.sessions import load
     from vitedge.live.serve import free_port
 
@@ -482,7 +482,7 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
     frames = FrameSource.open(str(source), loop=True)
     read = frames.read
     frames.read = lambda: None if stop.is_set() else read()
-    worker = threading.Thread(target=run, args=(load(bundle), frames, tmp_path / "run"), kwargs=dict(
+    worker = threading.Thread(target=run_loop, args=(load(bundle), frames, tmp_path / "run"), kwargs=dict(
         reference=load(tmp_path / "ref"), options=RunOptions(shadow_every=2, serve=f"127.0.0.1:{port}",
                                                              duration=120)))
     worker.start()
@@ -494,9 +494,9 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
         worker.join(timeout=60)
     assert 'id="frames"' in live and int(live.split('id="frames">')[1].split("<")[0]) > 0  # the page ran
     assert "&lt;img src=x" in live  # the source name is shown, as text
-    from vitedge.report import build_report
+    from vitedge.report import write_report
 
-    build_report(tmp_path / "run", tmp_path / "report.html")
+    write_report(tmp_path / "run", tmp_path / "report.html")
     report = _dom((tmp_path / "report.html").as_uri())
     assert "Agreement by reference class" in report
     for dom in (live, report):

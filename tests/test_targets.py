@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.targets import TARGETS_DIR, Precision, Runtime, Scheme, list_targets, load_target
 
@@ -80,3 +80,53 @@ def test_cli_lists_and_shows():
     assert data["dla_cores"] == 2 and data["batch"] == {"min": 1, "opt": 8, "max": 32}
     missing = runner.invoke(app, ["targets", "show", "nope"])
     assert missing.exit_code == 1 and "unknown target 'nope'" in missing.output
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_outside_the_checkout_ships_the_profiles(tmp_path):
+    """`pip wheel .` -> a fresh venv -> `vitedge targets` and a Jetson compile, run elsewhere.
+
+    The fresh venv gets only the wheel; its dependencies (torch, onnx, ...) are borrowed from
+    this interpreter's site-packages by a path entry, which does not run the editable install's
+    hook, so the vitedge that runs is the wheel's (checked below)."""
+    import os
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(root)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("vitedge-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", purelib,
+                                str(wheel)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    borrowed = [p for p in [*site.getsitepackages(), sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
+    (Path(purelib) / "borrowed-deps.pth").write_text("\n".join(dict.fromkeys(borrowed)) + "\n")
+    (venv / "bin" / "vitedge").write_text(f"#!{python}\nfrom vitedge.cli.app import app\napp()\n")
+    (venv / "bin" / "vitedge").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    def vitedge(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(venv / "bin" / "vitedge"), *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    where = subprocess.run([str(python), "-c", "import vitedge; print(vitedge.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(purelib), where  # the wheel's vitedge, not the checkout's
+    listed = vitedge("targets")
+    assert listed.returncode == 0 and "jetson-orin-nano" in listed.stdout, listed.stderr
+    compiled = vitedge("compile", "builtin:digits-vit", "--target", "jetson-orin-nano", "-o", "orin")
+    assert compiled.returncode == 0, compiled.stderr
+    assert (work / "orin" / "passport.json").is_file() and (work / "orin" / "trtexec.sh").is_file()
+    assert "jetson-orin-nano" in compiled.stdout

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import HELDOUT, tiny_timm
-from vitedge.cli import app
+from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.prune.tome import apply_tome, bipartite_merge, merge_weighted, token_schedule

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
-from vitedge.card import ModelCard
+from vitedge.card import ModelCard, read_labels_file
 from vitedge.documents import confined, read_document, write_document
 from vitedge.errors import InputError
 from vitedge.outputs import OWNER, atomic_write_text, releasing  # noqa: F401  (atomic_write_text: for the steps)
@@ -107,6 +108,33 @@ def onnx_file(directory: Path, card: ModelCard, name: str = "model.onnx") -> Pat
     return path
 
 
+def derive_card(parent: ModelCard, step: str, *, params: dict[str, Any], metrics: dict[str, Any] | None = None,
+                tools: tuple[str, ...] = (), unsaved_parent: dict[str, Any] | None = None,
+                format: str | None = None, card_metrics: dict[str, Any] | None = None) -> ModelCard:
+    """The card of what `step` makes from `parent`: the parent's fields, no files yet (`write_card`
+    hashes them), and one more lineage entry saying what was done, with which tools, when.
+
+    The entry names the parent by its artifact hash, or, for a parent never written as an
+    artifact, by `unsaved_parent` (default: the parent's source). `card_metrics` replaces the
+    card's metrics (the new artifact's own figures); without it the parent's are kept.
+    """
+    import time
+
+    from vitedge.versions import tool_versions
+
+    card = ModelCard.from_dict(parent.to_dict())
+    card.files = {}
+    if format is not None:
+        card.format = format
+    if card_metrics is not None:
+        card.metrics = card_metrics
+    reference = {"artifact_hash": artifact_hash(parent)} if parent.files else (unsaved_parent or parent.source)
+    card.lineage = [*parent.lineage, {
+        "step": step, "parent": reference, "params": params, "metrics": metrics or {},
+        "tools": tool_versions(*tools), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    return card
+
+
 def write_card(directory: Path, card: ModelCard) -> None:
     """Record the hashes of every file in the folder, then write card.json, sealed."""
     directory = Path(directory)
@@ -119,22 +147,24 @@ def write_card(directory: Path, card: ModelCard) -> None:
 
 
 @releasing
-def relabel(source: str | Path, labels: list[str], out: str | Path, *, overwrite: bool = False,
-            labels_file: str | None = None) -> ModelCard:
-    """A new artifact (or bundle) with other class names: the same files, a new sealed card.
+def relabel(source: str | Path, labels: list[str] | str | Path, out: str | Path, *,
+            overwrite: bool = False) -> ModelCard:
+    """A new artifact (or bundle) with other class names (a list, or a labels file): the same
+    files, a new sealed card.
 
     The only sanctioned way to change a card: the new one records the old one as its parent.
     """
     import shutil
-    import time
 
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
-    from vitedge.versions import tool_versions
 
     source = Path(source)
     if not is_artifact(source):
         raise InputError(f"{source} is not a vitedge artifact or bundle (no {CARD_NAME})",
                          "relabel what vitedge export / quantize / prune / compile wrote")
+    labels_file = None if isinstance(labels, list) else str(labels)
+    if labels_file is not None:
+        labels = read_labels_file(labels_file)
     card = read_card(source)
     verify_files(source, card)
     if card.num_classes is None:
@@ -145,13 +175,10 @@ def relabel(source: str | Path, labels: list[str], out: str | Path, *, overwrite
     kind = OutputKind.BUNDLE if card.format == "bundle" else OutputKind.ARTIFACT
     inputs = input_paths(source, labels_file)
     check_output(out, kind, overwrite=overwrite, inputs=inputs)
-    new = ModelCard.from_dict(card.to_dict())
+    new = derive_card(card, "relabel", params={
+        "labels": labels_file, "changed": sum(a != b for a, b in zip(card.labels or [], labels))
+        if card.labels else len(labels)})
     new.labels, new.class_ids = list(labels), None
-    new.lineage = [*card.lineage, {
-        "step": "relabel", "parent": {"artifact_hash": artifact_hash(card)},
-        "params": {"labels": labels_file, "changed": sum(a != b for a, b in zip(card.labels or [], labels))
-                   if card.labels else len(labels)},
-        "metrics": {}, "tools": tool_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
     with writing(out, kind, overwrite=overwrite, inputs=inputs) as staging:
         for name in card.files:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from vitedge.data import BatchStats, ImageRecord, iter_batches, open_images
 from vitedge.drift import compare, softmax, topk_accuracy
 from vitedge.errors import InputError
-
-if TYPE_CHECKING:
-    from vitedge.runtime.base import Session
+from vitedge.models.options import SourceOptions
+from vitedge.runtime.base import Session
+from vitedge.targets import Backend
 
 
 @dataclass
@@ -24,11 +24,42 @@ class Prediction:
     embedding: dict[str, Any] | None = None  # feature extractors: size, norm, mean, std, first values
 
 
-def predict(session: Session, sources: list[str | Path], top_k: int = 5
-            ) -> tuple[list[Prediction], list[str]]:
-    """Top-k for every image under `sources` (files, folders, globs); unreadable ones are listed."""
+@dataclass(frozen=True)
+class PredictResult:
+    model: str
+    backend: str  # the session's description
+    precision: str
+    predictions: list[Prediction]
+    skipped: list[str]  # "path: reason" of each unreadable image
+    latency_ms: dict[str, Any]  # the session's timing summary (batch 1, host to host)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "backend": self.backend, "skipped": self.skipped,
+                "predictions": [asdict(p) for p in self.predictions]}
+
+
+def predict(model: Session | str | Path, sources: list[str | Path], top_k: int = 5, *,
+            rebuild: bool = False, backend: Backend | str | None = None,
+            options: SourceOptions | None = None) -> PredictResult:
+    """Top-k for every image under `sources` (files, folders, globs); unreadable ones are listed.
+
+    `model` is a session, or a bundle / artifact / source loaded with `options`."""
+    from vitedge.sessions import load
+
     if top_k < 1:
         raise InputError(f"--top-k {top_k} must be at least 1")
+    if isinstance(model, Session):
+        session = model
+        predictions, skipped = _predict(session, sources, top_k)
+    else:
+        with load(model, options, rebuild=rebuild, backend=backend) as session:
+            predictions, skipped = _predict(session, sources, top_k)
+    return PredictResult(str(model) if not isinstance(model, Session) else session.description,
+                         session.description, session.precision,
+                         predictions, skipped, session.timing.summary())
+
+
+def _predict(session: Session, sources: list[str | Path], top_k: int) -> tuple[list[Prediction], list[str]]:
     records: list[ImageRecord] = []
     for source in sources:
         records += open_images(source).records
@@ -143,16 +174,15 @@ def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
             "images_per_s": batch * 1000 / p50 if p50 else None}
 
 
-def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Path | None = None,
+def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: str | Path | None = None,
           samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
-          backend: str | None = None, json_out: str | Path | None = None,
-          load_options: dict[str, Any] | None = None) -> BenchResult:
+          backend: Backend | str | None = None, json_out: str | Path | None = None,
+          options: SourceOptions | None = None) -> BenchResult:
     """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first.
 
     `json_out`: also write the table there (checked before anything runs).
     """
     from vitedge.data import model_labels, open_data
-    from vitedge.models.load import options_for
     from vitedge.outputs import check_files, input_paths
     from vitedge.sessions import load
 
@@ -160,13 +190,20 @@ def bench(sources: list[str], *, batches: tuple[int, ...] = (1,), data: str | Pa
         check_files([json_out], owned=_owned_bench, what="bench table", inputs=input_paths(*sources, data))
     if not sources:
         raise InputError("bench needs at least one bundle, artifact or model source")
+    if isinstance(batches, str):
+        try:
+            batches = tuple(int(b) for b in batches.split(","))
+        except ValueError:
+            raise InputError(f"--batch {batches!r} is not a comma-separated list of integers",
+                             "e.g. --batch 1,8") from None
     if runs < 1 or warmup < 0 or any(not 1 <= b <= 4096 for b in batches):
         raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch 1..4096")
     result = BenchResult(data=str(data) if data else None, reference=sources[0])
     reference_logits: np.ndarray | None = None
     dataset = labels = None
     for source in sources:
-        session = load(source, rebuild=rebuild, backend=backend, **options_for(source, load_options or {}))
+        session = load(source, (options or SourceOptions()).for_source(source), rebuild=rebuild,
+                       backend=backend)
         name = Path(str(source)).name or str(source)
         with session:
             if data is not None and dataset is None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from vitedge.errors import InputError
@@ -201,3 +202,25 @@ class ModelCard:
         if self.labels and 0 <= index < len(self.labels):
             return self.labels[index]
         return str(index)
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """Class names from a text file (one per line) or a JSON list / index -> name object."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"labels file {path} is not readable UTF-8 text ({type(exc).__name__})",
+                         "give one class name per line, or a JSON list") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+            if isinstance(data, dict):
+                data = [data[k] for k in sorted(data, key=int)]
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise InputError(f"labels file {path} is not a JSON list or index -> name object ({exc})",
+                             'e.g. ["cat", "dog"] or {"0": "cat", "1": "dog"}') from None
+        if not isinstance(data, list) or not all(isinstance(v, (str, int, float)) for v in data):
+            raise InputError(f"labels file {path} is not a JSON list of names", 'e.g. ["cat", "dog"]')
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]

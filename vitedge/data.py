@@ -14,15 +14,18 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vitedge.card import ModelCard, Preprocessing
 from vitedge.errors import InputError
-from vitedge.preprocess import UnreadableImageError, preprocess
+from vitedge.preprocess import UnreadableImageError, check_image_size, preprocess
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".jfif"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+TENSOR_SUFFIXES = frozenset({".npy", ".npz"})
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,6 @@ def iter_batches(images: ImageSet | Sequence[ImageRecord], pre: Preprocessing, b
 # through the shared preprocessing; unreadable ones are skipped and counted, and opening fails
 # when fewer than the stated minimum remain. Decoded samples are kept in memory only while they
 # fit a fixed budget, otherwise every pass decodes them again (streaming).
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
-TENSOR_SUFFIXES = frozenset({".npy", ".npz"})
 MIN_SAMPLES = 10
 CACHE_BYTES = 512 * 2**20  # keep decoded samples in memory up to this size
 
@@ -196,7 +197,7 @@ def open_data(source: str | Path, pre: Preprocessing, *, samples: int | None = 3
     """Open an ImageFolder, image folder, glob, video file or .npy/.npz as a DataSet."""
     text = str(source)
     path = Path(text)
-    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video(path):
         data = _open_video(path, pre, samples)
     elif path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
         data = _open_tensors(path, pre, samples, seed)
@@ -264,20 +265,66 @@ def _open_tensors(path: Path, pre: Preprocessing, samples: int | None, seed: int
                    labels=labels[indices] if labels is not None else None)
 
 
-def _open_video(path: Path, pre: Preprocessing, samples: int | None) -> DataSet:
+def check_frame_size(capture: Any, uri: str) -> None:
+    """Refuse a video or stream whose frames exceed the pixel limit, before reading any."""
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
+    width, height = (int(capture.get(p) or 0) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     try:
-        if not capture.isOpened():
-            raise InputError(f"video {path} cannot be opened by OpenCV",
-                             "check the file plays, or extract frames to a folder first")
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        from vitedge.live.camera import check_frame_size
+        check_image_size(width, height, f"frames of {uri}")
+    except UnreadableImageError as exc:
+        raise InputError(exc.message, exc.hint) from None
 
-        check_frame_size(capture, str(path))
-    finally:
-        capture.release()
+
+def is_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+
+class VideoFile:
+    """A video file opened by OpenCV and checked once (it opens; its frames are within the pixel
+    limit), then read frame by frame in order: calibration/eval samples and the live loop's file
+    source both read videos through it."""
+
+    def __init__(self, path: str | Path) -> None:
+        import cv2
+
+        self.path = Path(path)
+        self.capture = cv2.VideoCapture(str(self.path))
+        if not self.capture.isOpened():
+            raise InputError(f"video {self.path} cannot be opened by OpenCV",
+                             "check that the file is a complete video (mp4, avi, mkv, ...), or "
+                             "extract frames to a folder first")
+        self.fps: float | None = self.capture.get(cv2.CAP_PROP_FPS) or None
+        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        try:
+            check_frame_size(self.capture, str(self.path))
+        except InputError:
+            self.capture.release()
+            raise
+
+    def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None at the end."""
+        ok, frame = self.capture.read()
+        return frame if ok else None
+
+    def rewind(self) -> None:
+        import cv2
+
+        self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+    def close(self) -> None:
+        self.capture.release()
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_video(path: Path, pre: Preprocessing, samples: int | None) -> DataSet:
+    with VideoFile(path) as video:
+        total = video.frame_count
     if total <= 0:
         raise InputError(f"video {path} reports no frames", "re-encode it or extract frames")
     count = total if samples is None else min(samples, total)
@@ -291,16 +338,13 @@ def _open_video(path: Path, pre: Preprocessing, samples: int | None) -> DataSet:
 def _video_batches(path: Path, indices: list[int], pre: Preprocessing,
                    batch_size: int) -> Iterator[np.ndarray]:
     """Evenly spaced frames, read sequentially (seeking is unreliable in many codecs)."""
-    import cv2
-
     wanted = set(indices)
-    capture = cv2.VideoCapture(str(path))
     batch: list[np.ndarray] = []
-    try:
+    with VideoFile(path) as video:
         position = 0
         while wanted and position <= indices[-1]:
-            ok, frame = capture.read()
-            if not ok:
+            frame = video.read()
+            if frame is None:
                 break
             if position in wanted:
                 batch.append(preprocess(frame, pre, frame_channel_order="BGR"))
@@ -308,8 +352,6 @@ def _video_batches(path: Path, indices: list[int], pre: Preprocessing,
                     yield np.stack(batch)
                     batch = []
             position += 1
-    finally:
-        capture.release()
     if batch:
         yield np.stack(batch)
 

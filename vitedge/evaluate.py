@@ -16,6 +16,7 @@ from vitedge.artifact import sha256_file
 from vitedge.documents import write_document
 from vitedge.drift import compare, per_sample, softmax, topk_accuracy
 from vitedge.errors import InputError
+from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
 
 EVAL_NAME = "eval.json"
@@ -25,10 +26,9 @@ LOGITS_NAME = "logits.npz"
 @releasing
 def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: int | None = None,
              seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False,
-             load_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             options: SourceOptions | None = None) -> dict[str, Any]:
     """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
     from vitedge.data import model_labels, open_data
-    from vitedge.models.load import options_for
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
     from vitedge.sessions import load
 
@@ -41,7 +41,7 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
     dataset = labels = None
     class_names: list[str] = []
     for source in sources:
-        with load(source, rebuild=rebuild, **options_for(source, load_options or {})) as session:
+        with load(source, (options or SourceOptions()).for_source(source), rebuild=rebuild) as session:
             card = session.card
             if dataset is None:
                 features = card.num_classes is None  # no classifier head: compare feature vectors

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, write_card
+from vitedge.artifact import derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images, sample_photos
 from vitedge.errors import ExportError, InputError
+from vitedge.formatting import percent
 from vitedge.models.loaded import LoadedModel
+from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
-from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:
     import onnx
@@ -69,11 +70,13 @@ class ExportResult:
 
 
 @releasing
-def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
+def export_onnx(model: LoadedModel | str | Path, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, simplify: bool = True,
                 parity_data: str | Path | None = None, parity_samples: int = 16,
-                atol: float = 1e-3, rtol: float = 1e-3, overwrite: bool = False) -> ExportResult:
-    """Export, simplify, check, and write `out_dir` (model.onnx + card.json) atomically.
+                atol: float = 1e-3, rtol: float = 1e-3, overwrite: bool = False,
+                options: SourceOptions | None = None) -> ExportResult:
+    """Export `model` (loaded, or a source read with `options`), simplify, check, and write
+    `out_dir` (model.onnx + card.json) atomically.
 
     Raises ExportError (and writes nothing) when ONNX Runtime's logits differ from PyTorch's
     beyond `atol + rtol * |reference|` on any element.
@@ -86,8 +89,10 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAUL
                          "opset 17 is the first with a single LayerNormalization node; 18 is the default")
     if parity_samples < 1:
         raise InputError(f"--parity-samples {parity_samples} must be at least 1")
+    from vitedge.models.load import as_loaded
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
+    loaded = as_loaded(model, options)
     inputs = [*loaded.origin, *input_paths(parity_data)]
     check_output(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     module = loaded.torch_module("export")
@@ -106,16 +111,12 @@ def export_onnx(loaded: LoadedModel, out_dir: str | Path, *, opset: int = DEFAUL
             raise ExportError(
                 f"ONNX output differs from PyTorch: max abs diff {parity.max_abs_diff:.3g}, max "
                 f"rel diff {parity.max_rel_diff:.3g} (tolerance atol={atol:g}, rtol={rtol:g}) on "
-                f"{parity.samples} images, top-1 agreement {_pct(parity.top1_agreement)}",
+                f"{parity.samples} images, top-1 agreement {percent(parity.top1_agreement, 1, 'n/a')}",
                 "nothing was written; try --no-simplify or another --opset, or raise --atol if "
                 "the model is known to be numerically sensitive")
         card = _export_card(loaded, model, parity, exporter, opset, batch_dynamic, simplify)
         write_card(staging, card)
     return ExportResult(Path(out_dir), card, parity, exporter, time.perf_counter() - started)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 @contextlib.contextmanager
@@ -245,20 +246,12 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, car
 def _export_card(loaded: LoadedModel, model: onnx.ModelProto, parity: ParityResult,
                  exporter: str, opset: int, batch_dynamic: bool, simplified: bool) -> ModelCard:
     parent = loaded.card
-    card = ModelCard.from_dict(parent.to_dict())
-    card.format = "onnx"
-    card.files = {}
-    card.metrics = {"parity": parity.to_dict()}
-    card.lineage = [*parent.lineage, {
-        "step": "export",
-        "parent": parent.source if not parent.files else {"artifact_hash": artifact_hash(parent)},
-        "params": {"opset": opset, "dynamic_batch": batch_dynamic, "exporter": exporter,
-                   "simplifier": "onnxslim" if simplified else None,
-                   "input": INPUT_NAME, "output": OUTPUT_NAME},
-        "metrics": {"parity": parity.to_dict()},
-        "tools": tool_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "timm"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }]
+    card = derive_card(parent, "export", format="onnx", card_metrics={"parity": parity.to_dict()},
+                       params={"opset": opset, "dynamic_batch": batch_dynamic, "exporter": exporter,
+                               "simplifier": "onnxslim" if simplified else None,
+                               "input": INPUT_NAME, "output": OUTPUT_NAME},
+                       metrics={"parity": parity.to_dict()},
+                       tools=("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "timm"))
     card.source = {**parent.source, "onnx": {"opset": opset, "dynamic_batch": batch_dynamic,
                                              "input": INPUT_NAME, "output": OUTPUT_NAME}}
     return card

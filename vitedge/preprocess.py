@@ -138,6 +138,11 @@ def load_image(path: str | Path) -> PILImage.Image:
         raise UnreadableImageError(f"{path} is not a readable image ({exc})") from None
 
 
+def load_frame(path: str | Path) -> np.ndarray:
+    """An image file as an OpenCV-style BGR uint8 frame, decoded like every other image."""
+    return np.ascontiguousarray(np.asarray(load_image(path))[:, :, ::-1])
+
+
 def _as_pil(image: Any, channel_order: str) -> PILImage.Image:
     from PIL import Image
 

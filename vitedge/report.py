@@ -23,6 +23,7 @@ from vitedge.artifact import CARD_NAME, is_artifact, read_card, sha256_file
 from vitedge.card import ModelCard
 from vitedge.documents import confined, read_document, sealed_json, validate
 from vitedge.errors import InputError
+from vitedge.formatting import number, percent
 from vitedge.outputs import (
     REPORT_GENERATOR,
     is_report_document,
@@ -130,21 +131,15 @@ def _markdown(title: str, headline: list[tuple[str, str]],
     return "\n".join(lines)
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"
-
-
-def _num(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def build_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
+def write_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
     """Write `out` (.html) and its .md / .json siblings; return the JSON content.
 
     The three files replace only an earlier report set (one whose .json says vitedge report
     wrote it); anything else at those paths is refused.
     """
     directory, out = Path(directory), Path(out)
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory", "pass a run or eval directory, or a pruned artifact")
     if out.suffix.lower() != ".html":
         raise InputError(f"-o {out} is not an .html file name", f"e.g. -o {out.with_suffix('.html')}")
     if (directory / "summary.json").is_file():
@@ -186,7 +181,7 @@ def _lines(path: Path, schema: Any) -> list[dict[str, Any]]:
     from pydantic import ValidationError
 
     rows = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -194,7 +189,7 @@ def _lines(path: Path, schema: Any) -> list[dict[str, Any]]:
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(p) for p in error["loc"]) or "(line)"
-            raise InputError(f"{path} line {number}: {where}: {error['msg']}",
+            raise InputError(f"{path} line {line_number}: {where}: {error['msg']}",
                              "re-run to get a new run directory") from None
         rows.append(json.loads(line))
     return rows
@@ -235,15 +230,15 @@ def _run_sections(directory: Path) -> tuple:
     headline = [("source", summary["source"]), ("stopped", summary["stop_reason"]),
                 ("frames", f"{counts['logged']} logged, {counts['dropped']} dropped, "
                            f"{counts['corrupt']} corrupt, {counts['reconnects']} reconnects"),
-                ("speed", f"{summary['fps']:.1f} FPS; inference p50 {_num(latency['p50_ms'], 2)} ms, "
-                          f"p95 {_num(latency['p95_ms'], 2)} ms; loop overhead p50 "
-                          f"{_num(summary['loop_overhead_ms']['p50'], 2)} ms"),
+                ("speed", f"{summary['fps']:.1f} FPS; inference p50 {number(latency['p50_ms'], 2)} ms, "
+                          f"p95 {number(latency['p95_ms'], 2)} ms; loop overhead p50 "
+                          f"{number(summary['loop_overhead_ms']['p50'], 2)} ms"),
                 ("deployed", f"{summary['deployed']['backend']} ({summary['deployed']['precision']})"),
                 ("drift verdict", f"{drift['verdict']} on {drift['samples']} shadowed frames: " + (
-                    f"feature cosine {_num(drift['cosine'])} (worst {_num(drift.get('min_cosine'))}), "
-                    f"relative error {_num(drift.get('rel_error'))}" if features else
-                    f"agreement {_pct(drift['top1_agreement'])}, KL {_num(drift['kl'])}, JS "
-                    f"{_num(drift['js'])}, cosine {_num(drift['cosine'])}"))]
+                    f"feature cosine {number(drift['cosine'])} (worst {number(drift.get('min_cosine'))}), "
+                    f"relative error {number(drift.get('rel_error'))}" if features else
+                    f"agreement {percent(drift['top1_agreement'])}, KL {number(drift['kl'])}, JS "
+                    f"{number(drift['js'])}, cosine {number(drift['cosine'])}"))]
     if summary.get("shadow"):
         headline.append(("shadow", f"every {summary['shadow']['every']} frames via "
                                    f"{summary['shadow']['reference']}; "
@@ -259,7 +254,7 @@ def _run_sections(directory: Path) -> tuple:
     for f in shadowed:
         per_class.setdefault(f["shadow"]["reference_top1"], []).append(f["shadow"]["agree"])
     tables.append(("Agreement by reference class", ["class", "shadowed frames", "agreement"],
-                   [[c, str(len(v)), _pct(float(np.mean(v)))]
+                   [[c, str(len(v)), percent(float(np.mean(v)))]
                     for c, v in sorted(per_class.items(), key=lambda kv: np.mean(kv[1]))]))
     plots: list[tuple[str, str | None]] = []
     if shadowed:
@@ -356,10 +351,10 @@ def _eval_sections(directory: Path) -> tuple:
     for row in models:
         vs = row.get("vs_first") or {}
         rows.append([row["model"], row["backend"], row["precision"]]
-                    + ([_pct(row["top1"]), _pct(row["top5"])] if labeled else [])
-                    + [_pct(vs.get("top1_agreement", 1.0 if row is models[0] else None)),
-                       _num(vs.get("kl")), _num(vs.get("cosine")), vs.get("verdict", "reference"),
-                       _num(row["latency_ms"]["p50_ms"], 2)])
+                    + ([percent(row["top1"]), percent(row["top5"])] if labeled else [])
+                    + [percent(vs.get("top1_agreement", 1.0 if row is models[0] else None)),
+                       number(vs.get("kl")), number(vs.get("cosine")), vs.get("verdict", "reference"),
+                       number(row["latency_ms"]["p50_ms"], 2)])
     tables = [("Models", header, rows)]
     plots: list[tuple[str, str | None]] = []
     gallery = []
@@ -371,7 +366,7 @@ def _eval_sections(directory: Path) -> tuple:
         if labeled and row.get("per_class_delta"):
             deltas = row["per_class_delta"]
             tables.append((f"Per-class top-1, {row['model']} vs first", ["class", "images", "first", "this", "delta"],
-                           [[d["class"], str(d["samples"]), _pct(d["first"]), _pct(d["this"]),
+                           [[d["class"], str(d["samples"]), percent(d["first"]), percent(d["this"]),
                              f"{100 * d['delta']:+.2f}"] for d in deltas[:20]]))
             fig, ax = plt.subplots(figsize=(9, 3))
             shown = deltas[:15] + [d for d in deltas[-15:] if d not in deltas[:15]]
@@ -403,9 +398,9 @@ def _feature_eval_sections(directory: Path, report: dict[str, Any], arrays: dict
     for row in models:
         vs = row.get("vs_first") or {}
         rows.append([row["model"], row["backend"], row["precision"],
-                     _num(vs.get("cosine", 1.0 if row is models[0] else None)), _num(vs.get("min_cosine")),
-                     _num(vs.get("rel_error")), vs.get("verdict", "reference"),
-                     _num(row["latency_ms"]["p50_ms"], 2)])
+                     number(vs.get("cosine", 1.0 if row is models[0] else None)), number(vs.get("min_cosine")),
+                     number(vs.get("rel_error")), vs.get("verdict", "reference"),
+                     number(row["latency_ms"]["p50_ms"], 2)])
     tables = [("Models (feature outputs: compared as vectors)",
                ["model", "backend", "precision", "cosine to first", "worst cosine", "relative error",
                 "verdict", "p50 ms"], rows)]
@@ -505,13 +500,13 @@ def _prune_sections(directory: Path, card: ModelCard) -> tuple:
         if all(m.get("features") for _, m in stages):
             tables.append((f"Closeness to the original's features on {stages[0][1]['samples']} held-out images",
                            ["stage", "cosine", "relative error"],
-                           [[title, _num(m.get("cosine")), _num(m.get("rel_error"))] for title, m in stages]))
+                           [[title, number(m.get("cosine")), number(m.get("rel_error"))] for title, m in stages]))
             stages = []
     if stages:
         tables.append((f"Agreement with the original on {stages[0][1]['samples']} held-out images",
                        ["stage", "top-1 agreement", "KL"] + (["top-1 original", "top-1 now"] if labeled else []),
-                       [[title, _pct(m["top1_agreement"]), _num(m.get("kl"))]
-                        + ([_pct(m["top1_original"]), _pct(m["top1_pruned"])] if labeled else [])
+                       [[title, percent(m["top1_agreement"]), number(m.get("kl"))]
+                        + ([percent(m["top1_original"]), percent(m["top1_pruned"])] if labeled else [])
                         for title, m in stages]))
     history = metrics.get("distill")
     if history and history.get("evaluations"):

@@ -10,58 +10,63 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitedge.errors import InputError
+from vitedge.models.options import SourceOptions
+from vitedge.targets import Backend
 
 if TYPE_CHECKING:
-    from vitedge.card import ModelCard
     from vitedge.runtime.base import Session
 
 
-def load(source: str | Path, *, rebuild: bool = False, backend: str | None = None,
-         **load_options: object) -> Session:
+def load(source: str | Path, options: SourceOptions | None = None, *, rebuild: bool = False,
+         backend: Backend | str | None = None) -> Session:
     """A session for a bundle, an artifact, or any source `vitedge.models.load` accepts.
 
     backend="onnxruntime" runs a TensorRT bundle's ONNX with ONNX Runtime instead of its engine
     (to check the graph on a machine without TensorRT; the session says so in its description).
-    The session's `card` attribute holds the model card (labels, preprocessing).
+    The session's `card` holds the model card (labels, preprocessing).
     """
     from vitedge.compile.bundle import is_bundle
 
+    options = options or SourceOptions()
+    backend = _backend(backend)
     path = Path(str(source))
     if is_bundle(path):
-        given = sorted(k for k in ("weights", "model_kwargs", "preprocessing", "labels") if load_options.get(k))
+        given = options.model_specific()
         if given:
             raise InputError(f"{', '.join(given)} cannot apply to the bundle {path}: it holds its model "
                              "and card", "drop them, or vitedge relabel the bundle to change its labels")
-        session = _load_bundle(path, rebuild=rebuild, backend=backend)
-        session.origin = (path.resolve(),)  # type: ignore[attr-defined]
-        return session
-    if backend not in (None, "onnxruntime", "torch"):
-        raise InputError(f"backend {backend!r} is not known", "use onnxruntime or torch")
+        return _load_bundle(path, rebuild=rebuild, backend=backend)
+    if backend is Backend.TENSORRT:
+        raise InputError(f"backend tensorrt runs TensorRT bundles; {source} is not one",
+                         "compile it for a TensorRT target first, or use onnxruntime or torch")
     from vitedge.models.load import load as load_model
 
-    loaded = load_model(source, **load_options)  # type: ignore[arg-type]
-    if loaded.onnx_path is not None and backend != "torch":
+    loaded = load_model(source, **options.kwargs())
+    if loaded.onnx_path is not None and backend is not Backend.TORCH:
         import onnx
 
         from vitedge.quantize.qdq import quantized_node_names
         from vitedge.runtime.onnxrt import OnnxRuntimeSession
 
         int8 = bool(quantized_node_names(onnx.load(str(loaded.onnx_path), load_external_data=False)))
-        session: Session = OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32")
-    else:
-        from vitedge.runtime.torch import TorchSession
+        return OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32",
+                                  card=loaded.card, origin=loaded.origin)
+    from vitedge.runtime.torch import TorchSession
 
-        session = TorchSession(loaded)
-    session.origin = loaded.origin  # type: ignore[attr-defined]
-    return _with_card(session, loaded.card)
+    return TorchSession(loaded)
 
 
-def _with_card(session: Session, card: ModelCard) -> Session:
-    session.card = card  # type: ignore[attr-defined]
-    return session
+def _backend(value: Backend | str | None) -> Backend | None:
+    if value is None or isinstance(value, Backend):
+        return value
+    try:
+        return Backend(value)
+    except ValueError:
+        raise InputError(f"backend {value!r} is not known",
+                         f"use one of {', '.join(b.value for b in Backend)}") from None
 
 
-def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
+def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Session:
     from vitedge.compile.bundle import MODEL, read_bundle
     from vitedge.compile.passport import machine_facts, mismatches
     from vitedge.compile.rebuild import build_bundle, reoptimize_bundle
@@ -70,8 +75,15 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
     bundle = read_bundle(path)
     settings = bundle.bundle
     low, _opt, high = settings["batch"]
-    if bundle.runtime == "onnxruntime" or backend == "onnxruntime":
+    origin = (path.resolve(),)
+    if backend is Backend.TORCH:
+        raise InputError(f"backend torch cannot run the bundle {path} (it holds ONNX or an engine)",
+                         "use onnxruntime, or pass the PyTorch artifact the bundle came from")
+    if bundle.runtime == "onnxruntime" or backend is Backend.ONNXRUNTIME:
         if bundle.runtime == "onnxruntime":
+            if backend is Backend.TENSORRT:
+                raise InputError(f"backend tensorrt cannot run the ONNX Runtime bundle {path}",
+                                 "compile for a TensorRT target, or drop --backend")
             problems = mismatches(bundle.passport, machine_facts())
             if problems and not rebuild:
                 raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
@@ -80,20 +92,15 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
                 bundle = reoptimize_bundle(path)
                 settings = bundle.bundle
             session_settings = settings["session"]
-            session = OnnxRuntimeSession(
+            return OnnxRuntimeSession(
                 bundle.file("model"), providers=available_providers(session_settings["providers"]),
                 threads=session_settings["intra_op_threads"],
                 optimization=session_settings["optimization"], precision=bundle.passport["precision"],
-                min_batch=low, max_batch=high)
-        else:
-            session = OnnxRuntimeSession(
-                bundle.member(MODEL), precision=bundle.passport["precision"], min_batch=low,
-                max_batch=high,
-                description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
-        return _with_card(session, bundle.card)
-    if backend not in (None, "tensorrt"):
-        raise InputError(f"backend {backend!r} cannot run the TensorRT bundle {path}",
-                         "use tensorrt (default) or onnxruntime (checks the ONNX on CPU)")
+                min_batch=low, max_batch=high, card=bundle.card, origin=origin)
+        return OnnxRuntimeSession(
+            bundle.member(MODEL), precision=bundle.passport["precision"], min_batch=low,
+            max_batch=high, card=bundle.card, origin=origin,
+            description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
     from vitedge.runtime.tensorrt import TensorRTSession
 
     if not settings.get("engine"):
@@ -110,8 +117,8 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: str | None) -> Session:
                          "it was built on")
     if problems:
         bundle = build_bundle(path)
-    session = TensorRTSession(bundle.file("engine"), precision=bundle.passport["precision"])
-    return _with_card(session, bundle.card)
+    return TensorRTSession(bundle.file("engine"), precision=bundle.passport["precision"],
+                           card=bundle.card, origin=origin)
 
 
 def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:

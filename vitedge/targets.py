@@ -11,7 +11,9 @@ from typing import Any
 
 from vitedge.errors import InputError
 
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
+# The shipped profiles: targets/*.toml, package data (vitedge/profiles links to targets/ in the
+# checkout; a wheel holds the files themselves).
+TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 class Runtime(StrEnum):
@@ -19,10 +21,27 @@ class Runtime(StrEnum):
     ONNXRUNTIME = "onnxruntime"
 
 
+class Backend(StrEnum):
+    """The backends a user may force (`--backend`); a TensorRT bundle runs on "tensorrt"."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"
+    TENSORRT = "tensorrt"
+
+
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+
+
+class CompilePrecision(StrEnum):
+    """What `vitedge compile --precision` asks for; a bundle's passport records the resolved one."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    BEST = "best"  # INT8 from a QDQ graph (FP16 for its float layers on TensorRT), else the fastest float
 
 
 class Scheme(StrEnum):
@@ -127,8 +146,7 @@ def list_targets() -> list[Target]:
     """Every shipped profile, sorted by name."""
     if not TARGETS_DIR.is_dir():
         raise InputError(f"shipped target profiles not found at {TARGETS_DIR}",
-                         "install vitedge from its repository (pip install -e .), or pass "
-                         "--target path/to/profile.toml")
+                         "reinstall vitedge (its wheel ships them), or pass --target path/to/profile.toml")
     return sorted((_read(path) for path in TARGETS_DIR.glob("*.toml")), key=lambda t: t.name)
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.artifact import artifact_hash, atomic_write_text, sha256_file
+from vitedge.artifact import artifact_hash, atomic_write_text, derive_card, sha256_file
 from vitedge.card import ModelCard
 from vitedge.compile.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
 from vitedge.compile.passport import machine_facts, make_passport
@@ -31,26 +30,19 @@ from vitedge.outputs import (
 )
 from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
-from vitedge.targets import Precision, Runtime, Scheme, Target
-from vitedge.versions import tool_versions
+from vitedge.models.loaded import LoadedModel
+from vitedge.models.options import SourceOptions
+from vitedge.targets import CompilePrecision, Precision, Runtime, Scheme, Target, load_target
 
 if TYPE_CHECKING:
     import onnx
 
-    from vitedge.models.loaded import LoadedModel
 
 FP16_MODEL = "model.fp16.onnx"
 TRTEXEC_SCRIPT = "trtexec.sh"
 # Nodes that stay FP32 when a TensorRT engine runs in FP16: FP16 LayerNorm/Softmax/reductions
 # overflow or lose the small differences ViT attention depends on.
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp")
-
-
-class CompilePrecision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-    BEST = "best"  # INT8 from a QDQ graph (FP16 for its float layers on TensorRT), else the fastest float
 
 
 def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
@@ -75,14 +67,16 @@ def is_qdq(model: onnx.ModelProto) -> bool:
 
 
 def resolve_precision(requested: CompilePrecision | None, target: Target, int8_graph: bool,
-                      source: str) -> str:
+                      source: str) -> CompilePrecision:
+    """What the bundle runs: the request checked against the target and the graph (BEST is
+    resolved to what it means here; it stays BEST only for INT8 with FP16 float layers)."""
     if requested is None:  # a quantized graph runs INT8 (+ FP16 float layers where the target has it)
         requested = CompilePrecision.BEST if int8_graph else CompilePrecision(target.default_precision)
     if requested is CompilePrecision.BEST:
         if int8_graph:
             fp16 = target.runtime is Runtime.TENSORRT and Precision.FP16 in target.precisions
-            return "best" if fp16 else "int8"
-        return "fp16" if Precision.FP16 in target.precisions else "fp32"
+            return CompilePrecision.BEST if fp16 else CompilePrecision.INT8
+        return CompilePrecision.FP16 if Precision.FP16 in target.precisions else CompilePrecision.FP32
     if Precision(requested.value) not in target.precisions:
         raise InputError(f"target {target.name} cannot run {requested} (it supports "
                          f"{', '.join(target.precisions)})",
@@ -94,7 +88,7 @@ def resolve_precision(requested: CompilePrecision | None, target: Target, int8_g
     if requested is not CompilePrecision.INT8 and int8_graph:
         raise InputError(f"{source} is quantized (QDQ INT8); it cannot be compiled as {requested}",
                          "compile it with --precision int8 (or best), or compile its float parent")
-    return requested.value
+    return requested
 
 
 def _input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
@@ -153,21 +147,29 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @releasing
-def compile_bundle(loaded: LoadedModel, target: Target, out: str | Path, *,
+def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path, out: str | Path, *,
                    precision: CompilePrecision | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,
-                   source_label: str | None = None,
+                   source_label: str | None = None, options: SourceOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> Bundle:
-    """Write the bundle for `target` at `out` (atomically; nothing is left on failure)."""
+    """Write the bundle of `model` (loaded, or a source read with `options`) for `target` (a
+    profile, or its name / .toml path) at `out`, atomically: nothing is left on failure."""
     import onnx
 
+    from vitedge.models.load import as_loaded
+
     say = progress or (lambda _message: None)
+    if not isinstance(target, Target):
+        target = load_target(target)  # an unknown target fails before the model is loaded
+    if source_label is None and not isinstance(model, LoadedModel):
+        source_label = str(model)
     batch_profile = parse_batch(batch, target)
     if dla_core is not None and not 0 <= dla_core < target.dla_cores:
         raise InputError(f"--dla-core {dla_core} does not exist on {target.name} "
                          f"({target.dla_cores} DLA core(s))",
                          "leave --dla-core out to run on the GPU" if not target.dla_cores else
                          f"pick 0..{target.dla_cores - 1}")
+    loaded = as_loaded(model, options)
     inputs = loaded.origin
     check_output(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs)
     with temporary_directory("compile") as tmp:
@@ -322,18 +324,10 @@ def build_in(directory: Path, settings: BuildSettings, bundle: dict[str, Any],
 
 def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple[int, int, int],
                  bundle: dict[str, Any], source_path: Path) -> ModelCard:
-    card = ModelCard.from_dict(parent.to_dict())
-    card.format = "bundle"
-    card.files = {}
-    params = {"target": target.name, "runtime": str(target.runtime), "precision": precision,
+    params = {"target": target.name, "runtime": str(target.runtime), "precision": str(precision),
               "batch": list(batch)}
-    card.lineage = [*parent.lineage, {
-        "step": "compile",
-        "parent": {"artifact_hash": artifact_hash(parent)} if parent.files else
-                  {"onnx_sha256": sha256_file(source_path)},
-        "params": params, "metrics": {},
-        "tools": tool_versions("onnx", "onnxruntime", "tensorrt"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }]
+    card = derive_card(parent, "compile", format="bundle", params=params,
+                       tools=("onnx", "onnxruntime", "tensorrt"),
+                       unsaved_parent={"onnx_sha256": sha256_file(source_path)})
     card.source = {**parent.source, "bundle": params}
     return card

@@ -1,5 +1,18 @@
-"""Live inference: loop (run + shadow), camera (frame sources), serve (live page), capture.
+"""Live inference: watch (`vitedge.live.run`, the whole of `vitedge run`), loop (the frame loop
+and its shadow), camera (frame sources), serve (the live page), capture (frames to a folder).
 
-Package modules are imported directly (vitedge.live.<module>): this file imports nothing, so
-importing one stage never drags in the others (tests/test_layers.py keeps it so).
+Nothing is imported when the package is: `vitedge.live.run` resolves on first use, so importing
+one module of the stage never drags in the others (tests/test_layers.py keeps it so).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run":
+        from vitedge.live.watch import run
+
+        return run
+    raise AttributeError(f"module 'vitedge.live' has no attribute {name!r}")

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.data import VideoFile, check_frame_size, is_video, open_images
 from vitedge.errors import InputError
 
 # OpenCV and FFmpeg print every failed reconnect attempt; vitedge reports them as events instead.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 JETSON_CSI_PIPELINE = (
     "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 "
     "! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1")
@@ -88,10 +88,8 @@ class FrameSource(ABC):
             return LiveSource(text, lambda: _open_gstreamer(text), reconnect_s=reconnect_s,
                               open_timeout_s=open_timeout_s)
         path = Path(text)
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        if is_video(path):
             return VideoFileSource(path, loop=loop)
-        from vitedge.data import open_images
-
         if not path.exists() and not any(c in text for c in "*?["):
             raise InputError(f"source {text!r} does not exist",
                              "pass a camera index (0), /dev/videoN, a video file, an image folder or "
@@ -124,8 +122,6 @@ class ImageSource(FrameSource):
         self._next = 0
 
     def read(self) -> Frame | None:
-        import cv2
-
         if self._next >= len(self.paths):
             if not self.loop or not self.paths:
                 return None
@@ -133,17 +129,12 @@ class ImageSource(FrameSource):
             self.stats.loops += 1
         path = self.paths[self._next]
         self._next += 1
-        from vitedge.preprocess import UnreadableImageError, image_size
+        from vitedge.preprocess import UnreadableImageError, load_frame
 
         try:
-            image_size(path)  # from the header: a decompression bomb is never decoded
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            image = load_frame(path)  # the one decoder (and pixel limit) every data source uses
         except UnreadableImageError:
             image = None
-        if image is not None and image.dtype == np.uint16:
-            image = (image / 257).astype(np.uint8)
-        if image is not None and image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
         return self._deliver(image, path.name)
 
     def _deliver(self, image: np.ndarray | None, name: str) -> Frame:
@@ -157,53 +148,28 @@ class ImageSource(FrameSource):
 
 class VideoFileSource(ImageSource):
     def __init__(self, path: Path, *, loop: bool = False) -> None:
-        import cv2
-
         super().__init__(str(path), [], loop=loop)
-        self.capture = cv2.VideoCapture(str(path))
-        if not self.capture.isOpened():
-            raise InputError(f"video {path} cannot be opened by OpenCV",
-                             "check that the file is a complete video (mp4, avi, mkv, ...)")
-        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or None
-        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        try:
-            check_frame_size(self.capture, str(path))
-        except InputError:
-            self.capture.release()
-            raise
+        self.video = VideoFile(path)
+        self.fps = self.video.fps
+        self.frame_count = self.video.frame_count
         self._position = 0
 
     def read(self) -> Frame | None:
-        import cv2
-
-        ok, image = self.capture.read()
-        if not ok:
+        image = self.video.read()
+        if image is None:
             if not self.loop or self._position == 0:
                 return None
-            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self.video.rewind()
             self.stats.loops += 1
             self._position = 0
-            ok, image = self.capture.read()
-            if not ok:
+            image = self.video.read()
+            if image is None:
                 return None
         self._position += 1
         return self._deliver(image, str(self._position - 1))
 
     def close(self) -> None:
-        self.capture.release()
-
-
-def check_frame_size(capture: Any, uri: str) -> None:
-    """Refuse a video or stream whose frames exceed the pixel limit, before reading any."""
-    import cv2
-
-    from vitedge.preprocess import UnreadableImageError, check_image_size
-
-    width, height = (int(capture.get(p) or 0) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
-    try:
-        check_image_size(width, height, f"frames of {uri}")
-    except UnreadableImageError as exc:
-        raise InputError(exc.message, exc.hint) from None
+        self.video.close()
 
 
 # ------------------------------------------------------------------------------------- live

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,36 @@ MAX_WINDOW = 100_000
 SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
+    """How a live run goes (the same defaults as `vitedge run`)."""
+
     shadow_every: int = 5  # 0: no shadow reference
     top_k: int = 5
-    frames: int | None = None
-    duration: float | None = None
-    show: bool = False
-    serve: str | None = None
-    record: Path | None = None
+    frames: int | None = None  # stop after this many frames
+    duration: float | None = None  # stop after this many seconds
+    show: bool = False  # an OpenCV window with the annotated stream
+    serve: str | None = None  # HOST:PORT of the live page
+    record: Path | None = None  # the annotated stream as a video file
     window: int = 50  # shadowed frames in the rolling metrics
-    thresholds: DriftThresholds = field(default_factory=lambda: DriftThresholds(min_agreement=0.95,
-                                                                                min_samples=20))
+    min_agreement: float | None = None  # classifiers: alert below (default 0.95)
+    max_kl: float | None = None  # classifiers: alert above (default: no KL alert)
+    min_cosine: float | None = None  # feature extractors: alert below (default 0.99)
     keep_disagreements: int = 24
     overwrite: bool = False
+
+    def thresholds(self, card: Any) -> DriftThresholds:
+        """The alert thresholds for this model's outputs; ones that cannot apply are refused."""
+        features = card.num_classes is None
+        if features and (self.min_agreement is not None or self.max_kl is not None):
+            raise InputError("this model outputs features (no classifier head): --min-agreement and "
+                             "--max-kl watch class predictions", "alert on --min-cosine instead, e.g. 0.98")
+        if not features and self.min_cosine is not None:
+            raise InputError("--min-cosine watches feature extractors; this model classifies",
+                             "use --min-agreement / --max-kl")
+        return DriftThresholds(min_agreement=0.95 if self.min_agreement is None else self.min_agreement,
+                               max_kl=self.max_kl, min_cosine=0.99 if self.min_cosine is None else self.min_cosine,
+                               min_samples=min(20, self.window))
 
 
 def check_reference(deployed: Session, reference: Session) -> None:
@@ -139,10 +155,11 @@ class _Stopper:
 
 
 @releasing
-def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
-        reference: Session | None = None, options: RunOptions | None = None,
-        on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the live loop until the source ends, a limit is hit or a signal arrives.
+def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
+             reference: Session | None = None, options: RunOptions | None = None,
+             on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the live loop on sessions already loaded and a source already open, until the source
+    ends, a limit is hit or a signal arrives (`vitedge.live.run` loads and opens them for you).
 
     The run directory is written as the run goes (frames.jsonl is readable during the run and
     survives a crash); summary.json says "running" until the end, then holds the figures and the
@@ -151,6 +168,7 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     options = options or RunOptions()
     if options.shadow_every < 0 or options.top_k < 1 or not 1 <= options.window <= MAX_WINDOW:
         raise InputError(f"--shadow-every must be >= 0, --top-k >= 1 and --window 1..{MAX_WINDOW}")
+    options.thresholds(deployed.card)  # refused before anything is written
     if reference is not None:
         check_reference(deployed, reference)
     reads = (deployed.origin, reference.origin if reference is not None else (), source.uri)
@@ -177,21 +195,6 @@ def run(deployed: Session, source: FrameSource, out_dir: str | Path, *,
         if server is not None:
             server.close()
     return summary
-
-
-def thresholds_for(card: Any, *, min_agreement: float | None = None, max_kl: float | None = None,
-                   min_cosine: float | None = None, window: int = 50) -> DriftThresholds:
-    """The alert thresholds for this model's outputs; ones that cannot apply are refused."""
-    features = card.num_classes is None
-    if features and (min_agreement is not None or max_kl is not None):
-        raise InputError("this model outputs features (no classifier head): --min-agreement and "
-                         "--max-kl watch class predictions", "alert on --min-cosine instead, e.g. 0.98")
-    if not features and min_cosine is not None:
-        raise InputError("--min-cosine watches feature extractors; this model classifies",
-                         "use --min-agreement / --max-kl")
-    return DriftThresholds(min_agreement=0.95 if min_agreement is None else min_agreement, max_kl=max_kl,
-                           min_cosine=0.99 if min_cosine is None else min_cosine,
-                           min_samples=min(20, window))
 
 
 def check_run_output(out: str | Path, *, overwrite: bool, reads: tuple[object, ...] = (),
@@ -233,6 +236,7 @@ class _Loop:
         self.record = record
         self.server, self.on_frame = server, on_frame
         self.card = deployed.card
+        self.thresholds = options.thresholds(self.card)
         self.features = self.card.num_classes is None  # no classifier head: compare vectors
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
         self.shadow = _Shadow(reference) if reference is not None and options.shadow_every else None
@@ -370,7 +374,7 @@ class _Loop:
                 self.reference_logits.append(ref[0])
                 self.deployed_logits.append(dep[0])
                 self.rolling.append(shadow)
-                off = shadow["cosine"] < self.options.thresholds.min_cosine if self.features else not shadow["agree"]
+                off = shadow["cosine"] < self.thresholds.min_cosine if self.features else not shadow["agree"]
                 if off and self.kept_disagreements < self.options.keep_disagreements:
                     self.keep_disagreement(frame, line, shadow)
                 self.check_alert()
@@ -399,13 +403,13 @@ class _Loop:
         rolling = self.rolling_metrics()
         if self.shadow is None:
             return "no shadow"
-        if rolling["samples"] < self.options.thresholds.min_samples:
+        if rolling["samples"] < self.thresholds.min_samples:
             return "insufficient data"
         return "drift" if self.alerting else "pass"
 
     def check_alert(self) -> None:
         rolling = self.rolling_metrics()
-        t = self.options.thresholds
+        t = self.thresholds
         if rolling["samples"] < t.min_samples:
             return
         if self.features:
@@ -457,8 +461,8 @@ class _Loop:
         elapsed = self.loop_ended - self.started
         drift = compare(np.array(self.reference_logits).reshape(len(self.reference_logits), -1),
                         np.array(self.deployed_logits).reshape(len(self.deployed_logits), -1),
-                        self.options.thresholds, features=self.features) if self.reference_logits else \
-            compare(np.zeros((0, 1)), np.zeros((0, 1)), self.options.thresholds, features=self.features)
+                        self.thresholds, features=self.features) if self.reference_logits else \
+            compare(np.zeros((0, 1)), np.zeros((0, 1)), self.thresholds, features=self.features)
         timing = self.deployed.timing
         stats = self.source.stats
         summary = {

@@ -15,7 +15,6 @@ Sources (see `load`):
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from vitedge.models.checkpoints import (
     read_state_dict,
 )
 from vitedge.models.loaded import LoadedModel
+from vitedge.models.options import SourceOptions, check_model_kwargs, names_architecture
 from vitedge.models.structure import (
     count_macs,
     count_params,
@@ -54,39 +54,6 @@ NOT_VIT_WARNING = ("{arch} is not a Vision Transformer: loading and export work,
                    "steps (head/MLP pruning, token merging, ViT-safe quantization) will not apply")
 
 
-def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
-    """`key=value` strings -> kwargs; values are JSON when they parse (32, 0.1, true, [1,2])."""
-    kwargs: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"model kwarg {item!r} is not key=value",
-                             "write e.g. --model-kwargs img_size=32")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key.strip()] = value
-    _check_kwargs(kwargs)
-    return kwargs
-
-
-def _check_kwargs(kwargs: dict[str, Any]) -> None:
-    from vitedge.schemas import FORBIDDEN_KWARGS
-
-    bad = sorted(set(kwargs) & FORBIDDEN_KWARGS)
-    if bad:
-        raise InputError(f"model kwarg(s) {', '.join(bad)} would make the builder read a file or "
-                         "the network", "give the checkpoint with --weights; vitedge never downloads")
-
-
-def options_for(source: str | Path, options: dict[str, Any]) -> dict[str, Any]:
-    """For steps that take several models: --weights and --model-kwargs apply to the ones named
-    by architecture (timm:NAME, torchvision:NAME); the others take the remaining options."""
-    if str(source).startswith(("timm:", "torchvision:")):
-        return options
-    return {**options, "weights": None, "model_kwargs": {}}
-
-
 def load(source: str | Path, *, weights: str | Path | None = None,
          model_kwargs: dict[str, Any] | None = None, trust_pickle: bool = False,
          preprocessing: dict[str, Any] | None = None, labels: list[str] | None = None,
@@ -99,10 +66,10 @@ def load(source: str | Path, *, weights: str | Path | None = None,
     text = str(source)
     kwargs = dict(model_kwargs or {})
     weights_path = Path(weights) if weights else None
-    if kwargs and not text.startswith(("timm:", "torchvision:")):
+    if kwargs and not names_architecture(text):
         raise InputError(f"model kwargs {sorted(kwargs)} only apply to timm: and torchvision: "
                          "sources", "drop --model-kwargs, or name the architecture")
-    _check_kwargs(kwargs)
+    check_model_kwargs(kwargs)
     builtin = text.removeprefix("builtin:")
     if text.startswith("builtin:") and builtin not in BUILTIN_MODELS:
         raise InputError(f"unknown builtin model {text!r}",
@@ -149,6 +116,13 @@ def load(source: str | Path, *, weights: str | Path | None = None,
 
     loaded.origin = tuple(input_paths(text, weights_path))
     return loaded
+
+
+def as_loaded(model: LoadedModel | str | Path, options: SourceOptions | None = None) -> LoadedModel:
+    """A step's model: an already loaded one as is, or a source loaded with `options`."""
+    if isinstance(model, LoadedModel):
+        return model
+    return load(model, **(options or SourceOptions()).kwargs())
 
 
 def _override_preprocessing(pre: Preprocessing, overrides: dict[str, Any]) -> Preprocessing:
@@ -375,10 +349,10 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    from vitedge.prune.structured import FAMILIES, rebuild
+    from vitedge.prune.rebuild import is_pruned, restore  # the one upward import: see prune/rebuild.py
 
-    if source.get("pruned") and kind in FAMILIES:
-        # per-block shapes no constructor makes: build the family's model, shrink it, then load
+    if is_pruned(source):
+        # per-block shapes no constructor makes: build the family's model, then restore() shrinks it
         if kind == "huggingface":  # from the config on the card: the original folder is not needed
             from vitedge.models.hf import build_from_source
 
@@ -386,17 +360,14 @@ def _load_artifact(directory: Path) -> LoadedModel:
         else:
             load_family = _load_timm if kind == "timm" else _load_torchvision
             module = load_family(source["name"], None, dict(source.get("kwargs") or {})).module
-        rebuilt = LoadedModel(card, rebuild(module, read_state_dict(weights), source["pruned"]))
+        module = restore(module, source, read_state_dict(weights))
     elif kind == "timm":
-        rebuilt = _load_timm(source["name"], weights, dict(source.get("kwargs") or {}))
+        module = restore(_load_timm(source["name"], weights, dict(source.get("kwargs") or {})).module, source)
     elif kind == "torchvision":
-        rebuilt = _load_torchvision(source["name"], weights, dict(source.get("kwargs") or {}))
+        module = restore(_load_torchvision(source["name"], weights, dict(source.get("kwargs") or {})).module,
+                         source)
     else:
         raise ModelLoadError(f"artifact {directory} records a {kind!r} source that cannot be "
                              "rebuilt in PyTorch", "use its model.onnx, or re-create it")
-    if source.get("tome"):  # a token-merging artifact: same weights, merged as its card says
-        from vitedge.prune.tome import apply_tome
-
-        apply_tome(rebuilt.module, int(source["tome"]["r"]), int(source["tome"].get("start", 0)))
-    return LoadedModel(card, rebuilt.module, weights_path=weights)
+    return LoadedModel(card, module, weights_path=weights)
 

@@ -11,68 +11,85 @@ run take it like any other.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, write_card
+from vitedge.artifact import artifact_hash, derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.models.loaded import LoadedModel
+from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
-from vitedge.prune.structured import FAMILIES, PruneRatios
-from vitedge.versions import tool_versions
+from vitedge.prune.distill import DistillConfig
+from vitedge.prune.plan import Importance, PrunePlan, PruneRatios
+from vitedge.prune.structured import FAMILIES
 
 
 @releasing
-def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = None,
-          target_macs: float | None = None, importance: str | None = None,
-          data: str | Path | None = None, distill_steps: int = 0, tome: int = 0,
-          tome_from: int | None = None,
-          round_to: int = 8, allocation: str = "uniform", samples: int | None = None,
-          batch_size: int = 32, lr: float = 5e-4, distill_features: float = 0.0,
+def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | None = None, *,
+          data: str | Path | None = None, samples: int | None = None,
+          distill: DistillConfig | None = None, options: SourceOptions | None = None,
           overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
-    """Prune, distill and/or merge tokens; write the artifact at `out`; return its metrics."""
-    import torch
-
-    from vitedge.models.structure import count_macs
-    from vitedge.prune.structured import check_prunable, prune_model
-
+    """Prune, distill and/or merge tokens as `plan` says; write the artifact at `out`; return
+    its metrics. `model` is loaded, or a source read with `options`; `data` (images) feeds
+    Taylor importance, distillation and the held-out agreement."""
     say = progress or (lambda _message: None)
-    ratios = ratios or PruneRatios()
-    ratios.check()
-    structured = any((ratios.heads, ratios.mlp, ratios.embed)) or target_macs is not None
-    if target_macs is not None and not 0.0 < target_macs < 1.0:
-        raise InputError(f"--target-macs {target_macs} is outside (0, 1)",
-                         "give the share of MACs to keep, e.g. 0.6")
-    if not structured and not tome:
-        raise InputError("nothing to prune: no --heads/--mlp/--embed/--target-macs and no --tome",
-                         "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --tome 8")
-    if distill_steps and data is None:
-        raise InputError("--distill-steps needs --data: distillation trains the pruned model to match "
-                         "the original on unlabeled images", "pass --data with a folder of images")
-    if distill_steps < 0 or round_to < 1:
-        raise InputError("--distill-steps must be >= 0 and --round-to >= 1")
-    if distill_features < 0 or (distill_features and not distill_steps):
-        raise InputError(f"--distill-features {distill_features} needs to be >= 0 and comes with --distill-steps",
-                         "e.g. --distill-steps 1000 --distill-features 1.0")
-    importance = importance or ("taylor" if data is not None else "l2")
-    if importance == "taylor" and data is None and structured:
-        raise InputError("--importance taylor needs --data (gradients on images)",
-                         "pass --data DIR, or --importance l2")
+    distill = distill or DistillConfig(steps=0)
+    plan = _check(plan or PrunePlan(), distill, data)
+    from vitedge.models.load import as_loaded
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
+    loaded = as_loaded(model, options)
     inputs = [*loaded.origin, *input_paths(data)]
     out = check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     checkpoint = Path(str(out) + ".distill.pt")
-    if distill_steps:
+    if distill.steps:
         from vitedge.prune.distill import read_checkpoint
 
         read_checkpoint(checkpoint)  # a file in the way is refused before any work
+    teacher = _teacher(loaded, plan)
+    run = _Run(loaded, teacher, plan, say)
+    if data is not None:
+        run.split(data, samples)
+    if plan.structured:
+        run.prune_structure()
+        if distill.steps:
+            run.distill(distill, checkpoint, tick, data)
+    plain_state = {k: v.contiguous() for k, v in run.student.state_dict().items()}
+    if plan.tome:
+        run.merge_tokens()
+    card = _card(loaded, run.student, run.finish(), plan)
+    from safetensors.torch import save_file
+
+    with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
+        save_file(plain_state, str(staging / "model.safetensors"))
+        write_card(staging, card)
+    if distill.steps:
+        checkpoint.unlink(missing_ok=True)  # finished: no resume needed
+    return run.metrics
+
+
+def _check(plan: PrunePlan, distill: DistillConfig, data: str | Path | None) -> PrunePlan:
+    if distill.steps and data is None:
+        raise InputError("--distill-steps needs --data: distillation trains the pruned model to match "
+                         "the original on unlabeled images", "pass --data with a folder of images")
+    if distill.steps < 0:
+        raise InputError("--distill-steps must be >= 0")
+    if distill.features < 0 or (distill.features and not distill.steps):
+        raise InputError(f"--distill-features {distill.features} needs to be >= 0 and comes with --distill-steps",
+                         "e.g. --distill-steps 1000 --distill-features 1.0")
+    return plan.resolved(data is not None)
+
+
+def _teacher(loaded: LoadedModel, plan: PrunePlan) -> Any:
+    """The original module, once the source is known to be one this plan can prune."""
+    from vitedge.prune.structured import check_prunable
+
     source = loaded.card.source
     kind = source.get("kind")
     if kind not in FAMILIES or source.get("pruned") or source.get("tome"):
@@ -81,70 +98,92 @@ def prune(loaded: LoadedModel, out: str | Path, *, ratios: PruneRatios | None = 
                          f"{loaded.card.architecture} comes from {kind!r}{pruned}",
                          "load it as timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face folder "
                          "or builtin:digits-vit")
-    if tome and kind != "timm":
+    if plan.tome and kind != "timm":
         raise InputError(f"--tome (token merging) supports timm ViTs; {loaded.card.architecture} comes "
                          f"from {kind!r}", "drop --tome, or load the model with timm")
     teacher = loaded.torch_module("pruning").eval()
-    if structured:  # refuse what this family cannot do before any work
-        check_prunable(teacher, ratios)
-    size = loaded.card.preprocessing.input_size
-    macs_before = count_macs(teacher, size)
-    train = holdout = labels = None
-    features = loaded.card.num_classes is None  # no classifier head: outputs compared as vectors
-    if data is not None:
-        train, holdout, labels = _split(loaded, data, samples)
-        labels = None if features else labels
-    student = copy.deepcopy(teacher)
-    metrics: dict[str, Any] = {"macs_before": macs_before, "params_before": _params(teacher)}
-    if structured:
-        if target_macs is not None:
-            ratios = _search_ratios(teacher, target_macs, macs_before, size, round_to, say,
-                                    heads=kind != "torchvision")
-        say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
-            f"({importance} importance)")
+    if plan.structured:  # refuse what this family cannot do before any work
+        check_prunable(teacher, plan.ratios)
+    return teacher
+
+
+class _Run:
+    """One pruning run, step by step; `metrics` collects what each step measured."""
+
+    def __init__(self, loaded: LoadedModel, teacher: Any, plan: PrunePlan, say: Callable[[str], None]) -> None:
+        from vitedge.models.structure import count_macs
+
+        self.loaded, self.teacher, self.plan, self.say = loaded, teacher, plan, say
+        self.size = loaded.card.preprocessing.input_size
+        self.features = loaded.card.num_classes is None  # no classifier head: outputs compared as vectors
+        self.student = copy.deepcopy(teacher)
+        self.train = self.holdout = self.labels = None
+        self.metrics: dict[str, Any] = {"macs_before": count_macs(teacher, self.size),
+                                        "params_before": _params(teacher)}
+        self.shapes: dict[str, Any] = {}
+
+    def split(self, data: str | Path, samples: int | None) -> None:
+        self.train, self.holdout, labels = _split(self.loaded, data, samples)
+        self.labels = None if self.features else labels
+
+    def measure(self, key: str) -> None:
+        if self.holdout is not None:
+            self.metrics[key] = _measure(self.teacher, self.student, self.holdout, self.labels, self.features)
+
+    def prune_structure(self) -> None:
+        import torch
+
+        from vitedge.prune.structured import prune_model
+
+        plan = self.plan
+        ratios = plan.ratios
+        if plan.target_macs is not None:
+            ratios = _search_ratios(self.teacher, plan.target_macs, self.metrics["macs_before"], self.size,
+                                    plan.round_to, self.say,
+                                    heads=self.loaded.card.source.get("kind") != "torchvision")
+        self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
+                 f"({plan.importance} importance)")
+        train = self.train
         batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
             if train is not None else []
-        shapes = prune_model(student, ratios, importance=importance, batches=batches, teacher=teacher,
-                             round_to=round_to, allocation=allocation)
-        metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
-                        "importance": importance, "round_to": round_to, "allocation": allocation,
-                        "structure": shapes})
-        if holdout is not None:
-            metrics["before_distill"] = _measure(teacher, student, holdout, labels, features)
-        if distill_steps:
-            from vitedge.prune.distill import DistillConfig, distill
-            from vitedge.prune.structured import final_norm
+        self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
+                                  teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
+        self.metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
+                             "importance": str(plan.importance), "round_to": plan.round_to,
+                             "allocation": str(plan.allocation), "structure": self.shapes})
+        self.measure("before_distill")
 
-            say(f"distilling {distill_steps} steps on {len(train)} images "
-                f"({len(holdout)} held out for early stopping)")
-            history = distill(student, teacher, train, holdout,
-                              DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr, vectors=features,
-                                            features=distill_features),
-                              feature_norms=(final_norm(student), final_norm(teacher)) if distill_features else None,
-                              checkpoint=checkpoint, tick=tick,
-                              identity={"structure": shapes["after"], "data": str(data),
-                                        "parent": artifact_hash(loaded.card) if loaded.card.files else source})
-            metrics["distill"] = history
-            metrics["after_distill"] = _measure(teacher, student, holdout, labels, features)
-    plain_state = {k: v.contiguous() for k, v in student.state_dict().items()}
-    if tome:
+    def distill(self, config: DistillConfig, checkpoint: Path,
+                tick: Callable[[int, int, float | None], None] | None, data: str | Path | None) -> None:
+        from vitedge.prune.distill import distill
+        from vitedge.prune.structured import final_norm
+
+        assert self.train is not None and self.holdout is not None
+        self.say(f"distilling {config.steps} steps on {len(self.train)} images "
+                 f"({len(self.holdout)} held out for early stopping)")
+        card = self.loaded.card
+        self.metrics["distill"] = distill(
+            self.student, self.teacher, self.train, self.holdout, replace(config, vectors=self.features),
+            feature_norms=(final_norm(self.student), final_norm(self.teacher)) if config.features else None,
+            checkpoint=checkpoint, tick=tick,
+            identity={"structure": self.shapes["after"], "data": str(data),
+                      "parent": artifact_hash(card) if card.files else card.source})
+        self.measure("after_distill")
+
+    def merge_tokens(self) -> None:
         from vitedge.prune.tome import apply_tome
 
-        metrics["tome"] = apply_tome(student, tome, tome_from)
-        if holdout is not None:
-            metrics["final"] = _measure(teacher, student, holdout, labels, features)
-    metrics["macs_after"] = count_macs(student, size)
-    metrics["params_after"] = _params(student)
-    metrics["mac_share"] = metrics["macs_after"] / macs_before if macs_before else None
-    card = _card(loaded, student, metrics, structured, tome)
-    from safetensors.torch import save_file
+        self.metrics["tome"] = apply_tome(self.student, self.plan.tome, self.plan.tome_from)
+        self.measure("final")
 
-    with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
-        save_file(plain_state, str(staging / "model.safetensors"))
-        write_card(staging, card)
-    if distill_steps:
-        checkpoint.unlink(missing_ok=True)  # finished: no resume needed
-    return metrics
+    def finish(self) -> dict[str, Any]:
+        from vitedge.models.structure import count_macs
+
+        metrics = self.metrics
+        metrics["macs_after"] = count_macs(self.student, self.size)
+        metrics["params_after"] = _params(self.student)
+        metrics["mac_share"] = metrics["macs_after"] / metrics["macs_before"] if metrics["macs_before"] else None
+        return metrics
 
 
 def _params(model: Any) -> int:
@@ -200,7 +239,7 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
     for _ in range(8):
         middle = (low + high) / 2
         trial = copy.deepcopy(teacher)
-        prune_model(trial, PruneRatios(heads=middle if heads else 0.0, mlp=middle), importance="l2",
+        prune_model(trial, PruneRatios(heads=middle if heads else 0.0, mlp=middle), importance=Importance.L2,
                     round_to=round_to, strict=False)
         share = count_macs(trial, size) / macs_before
         if share <= target:
@@ -214,13 +253,17 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
     return PruneRatios(heads=best if heads else 0.0, mlp=best)
 
 
-def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured: bool, tome: int) -> ModelCard:
-    card = ModelCard.from_dict(loaded.card.to_dict())
-    card.format = "torch"
-    card.files = {}
+def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], plan: PrunePlan) -> ModelCard:
+    structured, tome = plan.structured, plan.tome
+    family_tools = {"torchvision": ("torchvision",), "huggingface": ("transformers",)}.get(
+        str(loaded.card.source.get("kind")), ())
+    card = derive_card(loaded.card, "prune", format="torch", card_metrics={"prune": metrics},
+                       params={k: metrics[k] for k in ("ratios", "importance", "round_to", "allocation")
+                               if k in metrics} | ({"tome": tome} if tome else {}),
+                       metrics={k: v for k, v in metrics.items() if k not in ("structure",)},
+                       tools=("torch", "timm", "torch-pruning", *family_tools))
     card.macs = metrics["macs_after"]
     card.params = metrics["params_after"]
-    card.metrics = {"prune": metrics}
     source = {k: v for k, v in loaded.card.source.items() if k not in ("onnx", "quantization", "bundle")}
     source["weights"] = "model.safetensors"
     if structured:
@@ -236,15 +279,4 @@ def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], structured
     if tome:
         source["tome"] = {"r": tome, "start": metrics["tome"]["start"]}
     card.source = source
-    family_tools = {"torchvision": ("torchvision",), "huggingface": ("transformers",)}.get(
-        str(source.get("kind")), ())
-    card.lineage = [*loaded.card.lineage, {
-        "step": "prune",
-        "parent": {"artifact_hash": artifact_hash(loaded.card)} if loaded.card.files else loaded.card.source,
-        "params": {k: metrics[k] for k in ("ratios", "importance", "round_to", "allocation") if k in metrics}
-        | ({"tome": tome} if tome else {}),
-        "metrics": {k: v for k, v in metrics.items() if k not in ("structure",)},
-        "tools": tool_versions("torch", "timm", "torch-pruning", *family_tools),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }]
     return card

@@ -36,22 +36,10 @@ import torch
 from torch import nn
 
 from vitedge.errors import InputError
+from vitedge.prune.plan import Allocation, Importance, PruneRatios, choice
 
 FAMILIES = ("timm", "torchvision", "huggingface")
 HF_TYPES = ("vit", "deit")  # Hugging Face model types whose layers this module knows
-
-
-@dataclass(frozen=True)
-class PruneRatios:
-    heads: float = 0.0  # share of attention heads removed per block (whole heads)
-    mlp: float = 0.0  # share of MLP hidden units removed
-    embed: float = 0.0  # share of the embedding width removed (whole model)
-
-    def check(self) -> None:
-        for name, value in (("--heads", self.heads), ("--mlp", self.mlp), ("--embed", self.embed)):
-            if not 0.0 <= value < 1.0:
-                raise InputError(f"{name} {value} is outside [0, 1)",
-                                 "give the share to remove, e.g. 0.25 removes a quarter")
 
 
 @dataclass
@@ -217,9 +205,10 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
             "mlp_hidden": [int(fc1.out_features) for fc1 in layout.fc1]}
 
 
-def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "taylor",
+def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: Importance | str = Importance.TAYLOR,
                 batches: Iterable[torch.Tensor] = (), teacher: nn.Module | None = None,
-                round_to: int = 8, allocation: str = "uniform", strict: bool = True) -> dict[str, Any]:
+                round_to: int = 8, allocation: Allocation | str = Allocation.UNIFORM,
+                strict: bool = True) -> dict[str, Any]:
     """Prune `model` in place; return its structure before and after.
 
     `strict`: a nonzero ratio that removes nothing (rounding) is an error; the --target-macs
@@ -233,9 +222,9 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
 
     ratios.check()
     layout = _checked_layout(model, ratios)
-    if allocation not in ("uniform", "global"):
-        raise InputError(f"--allocation {allocation!r} is not one of uniform, global")
-    if allocation == "global" and layout.family != "timm":
+    allocation = choice(Allocation, allocation, "--allocation")
+    importance = choice(Importance, importance, "--importance")
+    if allocation is Allocation.GLOBAL and layout.family != "timm":
         raise InputError(f"--allocation global needs timm models (per-block widths); this is a {layout.family} model",
                          "use --allocation uniform, or load the model with timm")
     before = structure_of(model)
@@ -247,7 +236,7 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
         for layer in qkv:
             ratio_dict[layer] = ratios.heads
             num_heads[layer] = int(getattr(attention, layout.heads_attribute))
-    if allocation == "global":  # one ranking scope for the MLP units of every block
+    if allocation is Allocation.GLOBAL:  # one ranking scope for the MLP units of every block
         ratio_dict[tuple(layout.fc1)] = ratios.mlp  # type: ignore[index]
     else:
         for fc1 in layout.fc1:
@@ -259,22 +248,20 @@ def prune_model(model: nn.Module, ratios: PruneRatios, *, importance: str = "tay
     if layout.family == "torchvision":
         embed_ratio, groups = _torchvision_ratios(layout, ratios, round_to, ratio_dict)
         rounding = None
-    if importance == "taylor":
+    if importance is Importance.TAYLOR:
         criterion = tp.importance.GroupTaylorImportance()
-    elif importance == "l2":
-        criterion = tp.importance.GroupMagnitudeImportance(p=2)
     else:
-        raise InputError(f"--importance {importance!r} is not one of taylor, l2")
+        criterion = tp.importance.GroupMagnitudeImportance(p=2)
     with warnings.catch_warnings():
         # "unwrapped parameters": class/position tokens, pruned on their last dim as wanted
         warnings.simplefilter("ignore")
         pruner = tp.pruner.BasePruner(
             model, example, importance=criterion, pruning_ratio=embed_ratio,
             pruning_ratio_dict=ratio_dict, ignored_layers=ignored,
-            num_heads=num_heads, prune_num_heads=ratios.heads > 0, global_pruning=allocation == "global",
+            num_heads=num_heads, prune_num_heads=ratios.heads > 0, global_pruning=allocation is Allocation.GLOBAL,
             prune_head_dims=False, head_pruning_ratio=ratios.heads, round_to=rounding,
             in_channel_groups=groups, out_channel_groups=dict(groups))
-        if importance == "taylor":
+        if importance is Importance.TAYLOR:
             _accumulate_taylor(model, teacher, batches)
         pruner.step()
     model.zero_grad(set_to_none=True)

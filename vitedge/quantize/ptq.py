@@ -26,18 +26,18 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from vitedge.artifact import artifact_hash, atomic_write_text, write_card
+from vitedge.artifact import atomic_write_text, derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.data import DataSet, model_labels, open_data
 from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
 from vitedge.models.loaded import LoadedModel
+from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
 from vitedge.quantize.lint import lint_qdq
 from vitedge.quantize.qdq import (
@@ -48,32 +48,15 @@ from vitedge.quantize.qdq import (
     revert_to_float,
     to_signed_int8,
 )
+from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
 from vitedge.quantize.report import build_report, markdown
 from vitedge.runtime.onnxrt import cpu_session
-from vitedge.targets import Scheme, Target
-from vitedge.versions import tool_versions
+from vitedge.targets import Scheme, Target, load_target
 
 if TYPE_CHECKING:
     import onnx
 
 
-class Recipe(StrEnum):
-    VIT_SAFE = "vit-safe"
-    LINEAR_ONLY = "linear-only"
-    FULL = "full"
-
-
-class CalibrationMethod(StrEnum):
-    MINMAX = "minmax"
-    MEAN_MINMAX = "mean-minmax"
-    PERCENTILE = "percentile"
-
-
-# Everything but the Linear layers stays float in linear-only / vit-safe graphs.
-FLOAT_OP_TYPES = ("Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization", "Erf", "Gelu",
-                  "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Reshape", "Transpose", "Concat",
-                  "Slice", "Gather", "Squeeze", "Unsqueeze", "Expand", "Split", "Flatten",
-                  "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Where")
 RANKING_SAMPLES = 64
 
 
@@ -90,46 +73,6 @@ class Candidate:
     float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
     cosine: float = 0.0  # mean cosine to the FP32 outputs
     rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What INT8 must keep: top-1 or agreement for classifiers, cosine for feature extractors."""
-
-    features: bool = False
-    max_drop: float = 0.5  # classifiers: points of top-1 (labeled) or of FP32 agreement
-    min_agreement: float | None = None
-    min_cosine: float = 0.99  # feature extractors: mean cosine to FP32
-
-    @classmethod
-    def of(cls, features: bool, max_drop: float | None, min_agreement: float | None,
-           min_cosine: float | None) -> Budget:
-        """The budget the options ask for, refusing the ones that do not apply to the outputs."""
-        if features and (max_drop is not None or min_agreement is not None):
-            raise InputError("this model outputs features (no classifier head): --max-drop and "
-                             "--min-agreement are top-1 budgets", "budget on --min-cosine, e.g. 0.995")
-        if not features and min_cosine is not None:
-            raise InputError("--min-cosine budgets feature extractors; this model classifies",
-                             "use --max-drop (points of top-1) and --min-agreement")
-        for flag, value, low in (("--max-drop", max_drop, 0.0), ("--min-agreement", min_agreement, 0.0),
-                                 ("--min-cosine", min_cosine, -1.0)):
-            if value is not None and not low <= value <= (100.0 if flag == "--max-drop" else 1.0):
-                raise InputError(f"{flag} {value} is out of range",
-                                 "--max-drop 0-100 points, --min-agreement 0-1, --min-cosine -1-1")
-        return cls(features, 0.5 if max_drop is None else max_drop, min_agreement,
-                   0.99 if min_cosine is None else min_cosine)
-
-    def meets(self, candidate: Candidate) -> bool:
-        if self.features:
-            return candidate.cosine >= self.min_cosine
-        return candidate.drop <= self.max_drop and (
-            self.min_agreement is None or candidate.agreement >= self.min_agreement)
-
-    def describe(self) -> str:
-        if self.features:
-            return f"--min-cosine {self.min_cosine:g}"
-        return f"--max-drop {self.max_drop:g}" + (
-            f" with --min-agreement {self.min_agreement:g}" if self.min_agreement is not None else "")
 
 
 @dataclass
@@ -186,25 +129,6 @@ def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_si
         if isinstance(data, np.ndarray) else data.batches(batch_size)
     outputs = [session.run(None, {name: batch})[0] for batch in batches]
     return np.concatenate(outputs).astype(np.float32)
-
-
-def _ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
-                   op_types: set[str], with_attention: bool) -> Any:
-    import nncf
-
-    names: list[str] = []
-    types: list[str] = []
-    patterns: list[str] = []
-    if recipe is not Recipe.FULL:
-        types = [t for t in FLOAT_OP_TYPES if t in op_types]
-        if not with_attention:
-            names = [n.name for n in nodes if n.kind == "attention"]
-    for pattern in exclude:
-        if pattern in op_types:
-            types.append(pattern)
-        else:
-            patterns.append(pattern)
-    return nncf.IgnoredScope(names=names, types=types, patterns=patterns, validate=False)
 
 
 def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Scheme,
@@ -293,10 +217,11 @@ def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> floa
 
 
 @releasing
-def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
+def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
              calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX,
-             scheme: Scheme | None = None, target: Target | None = None,
+             scheme: Scheme | None = None, target: Target | str | Path | None = None,
+             options: SourceOptions | None = None,
              samples: int = 300, eval_samples: int | None = None,
              max_drop: float | None = None, min_agreement: float | None = None,
              min_cosine: float | None = None,
@@ -304,7 +229,8 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
              bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None,
              calibration_tick: Callable[[int, int], None] | None = None) -> QuantizeResult:
-    """Quantize `loaded` to a QDQ INT8 artifact at `out` within its budget.
+    """Quantize `model` (loaded, or a source read with `options`) to a QDQ INT8 artifact at
+    `out` within its budget. `target` is a profile (or its name / .toml path).
 
     Classifiers: `max_drop` points of top-1 (default 0.5) and optionally `min_agreement` with FP32;
     feature extractors (no classifier head): `min_cosine` to the FP32 features (default 0.99).
@@ -314,11 +240,16 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
     """
     import onnx
 
+    from vitedge.models.load import as_loaded
+
     say = progress or (lambda _message: None)
     started = time.perf_counter()
+    if target is not None and not isinstance(target, Target):
+        target = load_target(target)  # an unknown target fails before the model is loaded
     scheme = scheme or (target.int8_scheme if target else Scheme.SYMMETRIC)
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
+    loaded = as_loaded(model, options)
     features = loaded.card.num_classes is None
     budget = Budget.of(features, max_drop, min_agreement, min_cosine)
     meets = budget.meets
@@ -372,7 +303,7 @@ def quantize(loaded: LoadedModel, calib: str | Path, out: str | Path, *,
             """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
             say(f"quantizing ({label})")
             model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=calibration,
-                                   ignored=_ignored_scope(recipe, nodes, exclude, op_types,
+                                   ignored=ignored_scope(recipe, nodes, exclude, op_types,
                                                           with_attention),
                                    smooth_quant=smooth_quant, bias_correction=bias_correction,
                                    full=recipe is Recipe.FULL, tick=calibration_tick)
@@ -506,22 +437,12 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
 def _quantized_card(parent: ModelCard, report: dict[str, Any], float_path: Path) -> ModelCard:
     from vitedge.artifact import sha256_file
 
-    card = ModelCard.from_dict(parent.to_dict())
-    card.format = "onnx"
-    card.files = {}
     summary = {key: report[key] for key in ("budget", "accuracy", "int8_linear_mac_share", "float_nodes")}
     summary["drift"] = {k: report["drift"][k] for k in ("samples", "features", "top1_agreement", "kl",
                                                        "cosine", "rel_error")}
-    card.metrics = {"quantization": summary}
+    card = derive_card(parent, "quantize", format="onnx", card_metrics={"quantization": summary},
+                       params=report["settings"], metrics=summary, tools=("nncf", "onnx", "onnxruntime"),
+                       unsaved_parent={"onnx_sha256": sha256_file(float_path)})
     card.warnings = [*parent.warnings, *report["warnings"]]
     card.source = {**parent.source, "quantization": report["settings"]}
-    card.lineage = [*parent.lineage, {
-        "step": "quantize",
-        "parent": {"artifact_hash": artifact_hash(parent)} if parent.files else
-                  {"onnx_sha256": sha256_file(float_path)},
-        "params": report["settings"],
-        "metrics": summary,
-        "tools": tool_versions("nncf", "onnx", "onnxruntime"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }]
     return card

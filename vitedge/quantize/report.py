@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
+from vitedge.formatting import number, percent
 from vitedge.quantize.qdq import dq_consumers, quantized_node_names
 from vitedge.runtime.onnxrt import cpu_session
 from vitedge.versions import tool_versions
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
     from vitedge.card import ModelCard
     from vitedge.data import DataSet
     from vitedge.quantize.lint import LintResult
-    from vitedge.quantize.ptq import Budget, CalibrationMethod, Candidate, Recipe
+    from vitedge.quantize.ptq import Candidate
+    from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe
     from vitedge.quantize.qdq import ComputeNode
     from vitedge.targets import Scheme, Target
 
@@ -140,12 +143,8 @@ def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
 
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _num(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+_pct = partial(percent, missing="n/a")
+_num = partial(number, missing="n/a")
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -48,13 +48,13 @@ class Session(ABC):
     """A loaded model that maps an NCHW float32 batch to logits, and times every call."""
 
     backend: str = "?"
-    card: Any = None  # the model card (labels, preprocessing), set by vitedge.runtime.load
     model_path: Path | None = None  # the file the backend runs (ONNX graph or engine), if any
-    origin: tuple[Path, ...] = ()  # what it was loaded from, set by vitedge.runtime.load
 
     def __init__(self, *, inputs: list[TensorInfo], outputs: list[TensorInfo],
                  precision: str, max_batch: int | None = None, min_batch: int = 1,
-                 description: str = "") -> None:
+                 description: str = "", card: Any = None, origin: tuple[Path, ...] = ()) -> None:
+        self.card = card  # the model card (labels, preprocessing); None for a bare graph
+        self.origin = origin  # the files it was loaded from (outputs never overwrite them)
         if len(inputs) != 1:
             raise InputError(f"the model has {len(inputs)} inputs; vitedge runs image classifiers "
                              "with exactly one image input")

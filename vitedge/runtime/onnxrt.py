@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,7 +77,8 @@ class OnnxRuntimeSession(Session):
 
     def __init__(self, model: str | Path, *, providers: list[str] | None = None, threads: int = 0,
                  optimization: str = "all", precision: str = "fp32", max_batch: int | None = None,
-                 min_batch: int = 1, description: str = "") -> None:
+                 min_batch: int = 1, description: str = "", card: Any = None,
+                 origin: tuple[Path, ...] = ()) -> None:
         self.model_path = Path(model) if isinstance(model, (str, Path)) else None
         self.session = create_session(model, providers or ["CPUExecutionProvider"],
                                       threads=threads, optimization=optimization)
@@ -85,7 +86,8 @@ class OnnxRuntimeSession(Session):
         super().__init__(inputs=_info(self.session.get_inputs()),
                          outputs=_info(self.session.get_outputs()), precision=precision,
                          max_batch=max_batch, min_batch=min_batch,
-                         description=description or f"ONNX Runtime ({', '.join(self.providers)})")
+                         description=description or f"ONNX Runtime ({', '.join(self.providers)})",
+                         card=card, origin=origin)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.outputs[0].name], {self.input.name: batch})[0]

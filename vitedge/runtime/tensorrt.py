@@ -231,7 +231,8 @@ def build_engine(bundle: Path, settings: BuildSettings) -> dict[str, Any]:
 class TensorRTSession(Session):
     backend = "tensorrt"
 
-    def __init__(self, engine_path: Path, *, precision: str, description: str = "") -> None:
+    def __init__(self, engine_path: Path, *, precision: str, description: str = "",
+                 card: Any = None, origin: tuple[Path, ...] = ()) -> None:
         self.model_path = engine_path
         trt = import_tensorrt()
         import torch
@@ -259,7 +260,8 @@ class TensorRTSession(Session):
         low, _opt, high = self.engine.get_tensor_profile_shape(tensors["in"][0].name, 0)
         super().__init__(inputs=tensors["in"], outputs=tensors["out"], precision=precision,
                          min_batch=int(low[0]), max_batch=int(high[0]),
-                         description=description or f"TensorRT {trt.__version__} engine")
+                         description=description or f"TensorRT {trt.__version__} engine",
+                         card=card, origin=origin)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -26,7 +26,8 @@ class TorchSession(Session):
         super().__init__(inputs=[TensorInfo("input", (None, 3, height, width), "float")],
                          outputs=[TensorInfo("logits", (None, loaded.card.num_classes), "float")],
                          precision="fp16" if dtype == torch.float16 else "fp32",
-                         description=f"PyTorch {torch.__version__} on {device}")
+                         description=f"PyTorch {torch.__version__} on {device}",
+                         card=loaded.card, origin=loaded.origin)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():

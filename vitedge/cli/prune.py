@@ -1,0 +1,115 @@
+"""`vitedge prune`: structured pruning with distillation, and/or token merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vitedge.cli.shared import (
+    CropPct,
+    InputSize,
+    Interp,
+    Labels,
+    Mean,
+    ModelKwargs,
+    Overwrite,
+    Quiet,
+    Std,
+    TrustPickle,
+    Verbose,
+    Weights,
+    console,
+    err_console,
+    floats,
+    progress_printer,
+    source_options,
+    user_errors,
+)
+from vitedge.prune.plan import Allocation, Importance
+
+
+def prune(
+    source: Annotated[str, typer.Argument(help="A ViT: timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face ViT/DeiT folder, builtin:digits-vit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
+    heads: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of attention heads to remove per block.")] = 0.0,
+    mlp: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of MLP hidden units to remove.")] = 0.0,
+    embed: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of the embedding width to remove.")] = 0.0,
+    target_macs: Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True, high_open=True),
+        help="Instead of ratios: keep this share of MACs (heads and MLP pruned equally).")] = None,
+    importance: Annotated[Optional[Importance], typer.Option(
+        help="How units are ranked: taylor (needs --data; the default with it) or l2.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
+    distill_steps: Annotated[int, typer.Option(min=0, max=10_000_000, help="Distillation steps from the original after pruning.")] = 0,
+    tome: Annotated[int, typer.Option(min=0, help="Token merging: tokens merged per block (training-free).")] = 0,
+    tome_from: Annotated[Optional[int], typer.Option(min=0,
+        help="First block that merges (from 0; default: a sixth of the depth, 2 of 12).")] = None,
+    round_to: Annotated[int, typer.Option(min=1, help="Round kept widths to a multiple of this.")] = 8,
+    allocation: Annotated[Allocation, typer.Option(
+        help="uniform: every block loses the same share; global: heads and MLP units ranked across blocks (timm).")] = Allocation.UNIFORM,
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Use a seeded subset of --data.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=65_536, help="Distillation batch size.")] = 32,
+    lr: Annotated[float, typer.Option(callback=floats(0, 10, low_open=True), help="Distillation peak learning rate.")] = 5e-4,
+    distill_features: Annotated[float, typer.Option(callback=floats(0, 1e6),
+        help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
+    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
+    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
+    input_size: InputSize = None, labels: Labels = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
+
+    Example: vitedge prune builtin:digits-vit --heads 0.5 --mlp 0.75 --data calibration/digits/train
+    --distill-steps 600 -o demo-out/digits-pruned
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from vitedge.prune.distill import DistillConfig
+    from vitedge.prune.pipeline import prune as run_prune
+    from vitedge.prune.plan import PrunePlan, PruneRatios
+
+    with user_errors(verbose), Progress(TextColumn("distilling"), BarColumn(), TextColumn("{task.description}"),
+                                        TimeRemainingColumn(), console=err_console, disable=quiet,
+                                        transient=True) as bar:
+        task = bar.add_task("", total=max(distill_steps, 1))
+
+        def tick(step: int, total: int, agreement: float | None) -> None:
+            bar.update(task, completed=step, description=f"agreement {100 * (agreement or 0):.1f}%")
+
+        plan = PrunePlan(ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed), target_macs=target_macs,
+                         importance=importance, allocation=allocation, round_to=round_to, tome=tome,
+                         tome_from=tome_from)
+        metrics = run_prune(source, out, plan, data=data, samples=samples,
+                            distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
+                                                  features=distill_features),
+                            options=source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
+                                                   interpolation, input_size, labels),
+                            overwrite=overwrite, progress=progress_printer(quiet), tick=tick)
+    print_summary(metrics, out)
+
+
+def print_summary(metrics: dict[str, Any], out: Path) -> None:
+    from vitedge.report import PRUNE_STAGES
+
+    lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
+             f"({100 * metrics['mac_share']:.0f}%), parameters {metrics['params_before'] / 1e6:.2f} M -> "
+             f"{metrics['params_after'] / 1e6:.2f} M"]
+    if "structure" in metrics:
+        after = metrics["structure"]["after"]
+        lines.append(f"kept: embed {after['embed_dim']}, heads per block {after['num_heads']}, "
+                     f"MLP widths {after['mlp_hidden']}")
+    for key, title in PRUNE_STAGES:
+        if key in metrics:
+            m = metrics[key]
+            closeness = (f"feature cosine {m['cosine']:.4f}, relative error {m['rel_error']:.4f}"
+                         if m.get("features") else f"agreement {100 * m['top1_agreement']:.2f}%")
+            lines.append(f"{title}: {closeness} on {m['samples']} held-out"
+                         + (f", top-1 {100 * m['top1_original']:.2f}% -> {100 * m['top1_pruned']:.2f}%"
+                            if "top1_pruned" in m else ""))
+    if "tome" in metrics:
+        info = metrics["tome"]
+        lines.append(f"token merging: {info['tokens_in']} -> {info['tokens_out']} tokens ({info['schedule']})")
+    console.print("\n".join(lines) + f"\nwrote {out}", highlight=False)

@@ -1,0 +1,173 @@
+"""What every command shares: consoles, one-line errors, option types, the source options.
+
+Nothing heavy is imported at module level: `vitedge --help` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from vitedge.card import Interpolation
+from vitedge.errors import VitedgeError
+
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
+
+
+# Markup off: labels, paths and architectures are user strings; "[/]" in one must print as is.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(label: str, style: str, message: str = "") -> Text:
+    """`label` in `style`, then the message as plain text."""
+    return Text.assemble((label, style), (" " + message) if message else "")
+
+
+class OneLineErrors(TyperGroup):
+    """Bad options (a value out of range, a missing option) are one line and exit code 1, like
+    every other bad input, instead of Click's usage box and exit code 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            err_console.print(styled("error:", "bold red", "aborted"))
+            sys.exit(1)
+        except typer.exceptions.TyperException as exc:  # Click's usage errors, as Typer ships them
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "vitedge"
+            message = exc.format_message().replace("Value error, ", "")  # Typer's enum wording
+            err_console.print(styled("error:", "bold red", f"{message} — see {where} --help"), soft_wrap=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def floats(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Any:
+    """A callback giving a float option its real range; nan and inf are refused (the one shared
+    validator: Click's FloatRange lets nan through and Typer has no open bounds)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        below = low is not None and (value < low or (low_open and value == low))
+        above = high is not None and (value > high or (high_open and value == high))
+        if below or above:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            raise typer.BadParameter(f"{value:g} is outside {left}{'-inf' if low is None else f'{low:g}'}, "
+                                     f"{'inf' if high is None else f'{high:g}'}{right}")
+        return value
+
+    return check
+
+
+class _Notes(logging.Handler):
+    """What the output writer did on its own (cleaning up after a killed run): a dim note."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(styled("note:", "yellow", record.getMessage()), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def user_errors(verbose: bool = False) -> Iterator[None]:
+    """Turn VitedgeError into one line on stderr and exit code 1; quiet third-party chatter.
+
+    Every command runs inside this: first, what killed vitedge processes left behind (partial
+    outputs here, scratch folders in the temp directory) is cleaned up and said; at the end, the
+    locks this process holds on its outputs are given back.
+    """
+    from vitedge import outputs
+
+    notes = _Notes(logging.WARNING)
+    outputs.log.addHandler(notes)
+    outputs.log.propagate = False
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+            for name in ("torch.onnx", "onnxscript", "torch._export", "torch.export", "onnx_ir",
+                         "torch.utils.cpp_extension", "nncf"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            outputs.clean_temporary()
+            outputs.clean_leftovers(Path.cwd())
+            yield
+        except VitedgeError as exc:
+            hint = f" — {exc.hint}" if exc.hint else ""
+            err_console.print(styled("error:", "bold red", exc.message + hint), soft_wrap=True)
+            raise typer.Exit(1) from None
+        finally:
+            outputs.release()
+            outputs.log.removeHandler(notes)
+
+
+def progress_printer(quiet: bool) -> Any:
+    """What library functions call with progress messages: dim lines on stderr, or nothing."""
+    return (lambda _m: None) if quiet else (lambda m: err_console.print(Text(m, style="dim")))
+
+
+# Options shared by every command that loads a model.
+Source = Annotated[str, typer.Argument(
+    help="Model: timm:NAME, torchvision:NAME, a Hugging Face folder, .pt2, TorchScript .pt, "
+         ".onnx, a vitedge artifact folder, or builtin:digits-vit.")]
+Weights = Annotated[Optional[Path], typer.Option(
+    "--weights", "-w", help="Checkpoint for timm:/torchvision: sources (.safetensors, .pth, .pt, .bin).")]
+ModelKwargs = Annotated[Optional[list[str]], typer.Option(
+    "--model-kwargs", "-k", help="Architecture override key=value, repeatable (img_size=32, num_classes=10).")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow what PyTorch loads with pickle: whole pickled modules, TorchScript, "
+                           "torch.export .pt2, checkpoints holding Python objects (can run code from the file).")]
+Mean = Annotated[Optional[str], typer.Option(help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
+Std = Annotated[Optional[str], typer.Option(help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
+CropPct = Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
+                                                  help="Override crop ratio (1.0 = no crop).")]
+Interp = Annotated[Optional[Interpolation], typer.Option(help="Override resize interpolation.")]
+InputSize = Annotated[Optional[str], typer.Option(help="Override input size, e.g. 224 or 224,224.")]
+Labels = Annotated[Optional[Path], typer.Option(
+    exists=True, dir_okay=False, help="Class names: a text file (one per line) or a JSON list.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings.")]
+
+
+def source_options(weights: Path | None = None, model_kwargs: list[str] | None = None,
+                   trust_pickle: bool = False, mean: str | None = None, std: str | None = None,
+                   crop_pct: float | None = None, interpolation: Interpolation | None = None,
+                   input_size: str | None = None, labels: Path | None = None) -> SourceOptions:
+    """The shared source options as the library's `SourceOptions` (parsed there, once)."""
+    from vitedge.models.options import SourceOptions
+
+    return SourceOptions.parse(weights=weights, model_kwargs=model_kwargs, trust_pickle=trust_pickle,
+                               mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation,
+                               input_size=input_size, labels=labels)
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+
+
+def print_table(table: Table) -> None:
+    """Full-width tables when output is piped or logged (rich assumes 80 columns there)."""
+    (console if console.is_terminal else Console(width=200, markup=False, highlight=False)).print(table)
+
+
+def print_warnings(messages: list[str]) -> None:
+    for message in messages:
+        err_console.print(styled("warning:", "yellow", message), soft_wrap=True)

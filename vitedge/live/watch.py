@@ -1,0 +1,80 @@
+"""`vitedge.live.run`: the whole of `vitedge run` for library users, with the command's defaults.
+
+Loads the deployed model (a bundle, verified against this machine) and its full-precision
+reference (found through the card's lineage when not given), opens the frame source, runs the
+live loop into a run directory and writes its report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitedge.errors import InputError
+from vitedge.live.loop import RunOptions, check_run_output, run_loop
+from vitedge.models.options import SourceOptions
+from vitedge.outputs import releasing
+
+
+@dataclass(frozen=True)
+class CameraOptions:
+    """How the frame source is opened (requested from a camera; not guaranteed)."""
+
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    loop: bool = False  # repeat a video file or folder
+    reconnect_s: float = 10.0  # keep reopening a lost live stream this long
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+@releasing
+def run(model: str | Path, source: str | int, out: str | Path | None = None, *,
+        reference: str | Path | None = None, options: RunOptions | None = None,
+        camera: CameraOptions | None = None, rebuild: bool = False,
+        source_options: SourceOptions | None = None, report: bool = True,
+        on_frame: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run `model` on `source` with a full-precision shadow; return the run's summary.
+
+    `out` defaults to runs/<time>; `reference` to the FP32 ancestor found through the card's
+    lineage next to the bundle (or in the working directory). With `report`, report.html (and
+    .md, .json) is written into the run directory at the end.
+    """
+    from vitedge.live.camera import FrameSource
+    from vitedge.sessions import find_reference, load
+
+    say = progress or (lambda _message: None)
+    options = options or RunOptions()
+    camera = camera or CameraOptions()
+    loading = source_options or SourceOptions()
+    run_dir = Path(out) if out is not None else default_run_dir()
+    check_run_output(run_dir, overwrite=options.overwrite, reads=(model, reference, source),
+                     record=options.record)  # before any model loads
+    deployed = load(model, loading.for_source(model), rebuild=rebuild)
+    options.thresholds(deployed.card)  # an alert that cannot apply is refused before the reference loads
+    shadow = None
+    if options.shadow_every:
+        if reference is None and Path(str(model)).is_dir():
+            reference = find_reference(model, search=(Path.cwd(),))
+        if reference is None:
+            raise InputError(f"no full-precision reference found for {model}",
+                             "pass --reference ARTIFACT (the FP32 model), or --shadow-every 0")
+        shadow = load(reference, loading.for_source(reference))
+        say(f"shadow reference: {reference} ({shadow.description})")
+    frames = FrameSource.open(source, width=camera.width, height=camera.height, fps=camera.fps,
+                              loop=camera.loop, reconnect_s=camera.reconnect_s)
+    if options.serve:
+        say(f"serving on http://{options.serve}/ (Ctrl-C stops and writes the summary)")
+    summary = run_loop(deployed, frames, run_dir, reference=shadow, options=options, on_frame=on_frame)
+    if report:
+        from vitedge.report import write_report
+
+        write_report(run_dir, run_dir / "report.html")
+    return summary

@@ -1,0 +1,82 @@
+"""What `vitedge prune` removes, and how units are ranked: light (no torch), the CLI takes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TypeVar
+
+from vitedge.errors import InputError
+
+
+class Importance(StrEnum):
+    """How units are ranked: Taylor (gradient x weight, needs images) or L2 magnitude."""
+
+    TAYLOR = "taylor"
+    L2 = "l2"
+
+
+class Allocation(StrEnum):
+    """uniform: every block loses the same share; global: units ranked across blocks (timm)."""
+
+    UNIFORM = "uniform"
+    GLOBAL = "global"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def choice(enum: type[E], value: E | str, flag: str) -> E:
+    """`value` as a member of `enum`, or a one-line refusal naming `flag` and the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise InputError(f"{flag} {str(value)!r} is not one of {', '.join(e.value for e in enum)}") from None
+
+
+@dataclass(frozen=True)
+class PruneRatios:
+    heads: float = 0.0  # share of attention heads removed per block (whole heads)
+    mlp: float = 0.0  # share of MLP hidden units removed
+    embed: float = 0.0  # share of the embedding width removed (whole model)
+
+    def check(self) -> None:
+        for name, value in (("--heads", self.heads), ("--mlp", self.mlp), ("--embed", self.embed)):
+            if not 0.0 <= value < 1.0:
+                raise InputError(f"{name} {value} is outside [0, 1)",
+                                 "give the share to remove, e.g. 0.25 removes a quarter")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What to remove: structured ratios (or a MAC target), how units are ranked, token merging."""
+
+    ratios: PruneRatios = field(default_factory=PruneRatios)
+    target_macs: float | None = None  # instead of ratios: keep this share of the MACs
+    importance: Importance | None = None  # default: taylor with data, else l2
+    allocation: Allocation = Allocation.UNIFORM
+    round_to: int = 8  # kept widths are multiples of this
+    tome: int = 0  # tokens merged per block (training-free)
+    tome_from: int | None = None  # first merging block (default: a sixth of the depth)
+
+    @property
+    def structured(self) -> bool:
+        return any((self.ratios.heads, self.ratios.mlp, self.ratios.embed)) or self.target_macs is not None
+
+    def resolved(self, has_data: bool) -> PrunePlan:
+        """The plan checked, with its default importance and enums filled in; or a one-line refusal."""
+        self.ratios.check()
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise InputError(f"--target-macs {self.target_macs} is outside (0, 1)",
+                             "give the share of MACs to keep, e.g. 0.6")
+        if not self.structured and not self.tome:
+            raise InputError("nothing to prune: no --heads/--mlp/--embed/--target-macs and no --tome",
+                             "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --tome 8")
+        if self.round_to < 1:
+            raise InputError(f"--round-to {self.round_to} must be >= 1")
+        importance = choice(Importance, self.importance or ("taylor" if has_data else "l2"), "--importance")
+        if importance is Importance.TAYLOR and not has_data and self.structured:
+            raise InputError("--importance taylor needs --data (gradients on images)",
+                             "pass --data DIR, or --importance l2")
+        return replace(self, importance=importance,
+                       allocation=choice(Allocation, self.allocation, "--allocation"))
