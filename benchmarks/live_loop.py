@@ -64,17 +64,17 @@ def main() -> None:
         deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
         summary = run_loop(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
                       options=RunOptions(shadow_every=5))
-        lat, loop = summary["deployed"]["latency_ms"], summary["loop_overhead_ms"]
-        print(f"\n1. 600 frames, shadow every 5th: {summary['fps']:.1f} FPS; inference p50 "
-              f"{lat['p50_ms']:.2f} ms / p95 {lat['p95_ms']:.2f} ms; loop overhead (preprocess, "
-              f"logging) p50 {loop['p50']:.2f} ms / p95 {loop['p95']:.2f} ms; shadowed "
-              f"{summary['shadow']['compared']}, skipped {summary['shadow']['skipped_reference_behind']}; "
-              f"agreement {100 * summary['drift']['top1_agreement']:.2f}%")
+        lat, loop = summary.deployed.latency_ms, summary.loop_overhead_ms
+        print(f"\n1. 600 frames, shadow every 5th: {summary.fps:.1f} FPS; inference p50 "
+              f"{lat.p50_ms:.2f} ms / p95 {lat.p95_ms:.2f} ms; loop overhead (preprocess, "
+              f"logging) p50 {loop.p50:.2f} ms / p95 {loop.p95:.2f} ms; shadowed "
+              f"{summary.shadow.compared}, skipped {summary.shadow.skipped_reference_behind}; "
+              f"agreement {100 * summary.drift.top1_agreement:.2f}%")
         summary = run_loop(load_session(tmp / "x86"), FrameSource.open(str(video)), tmp / "run1r",
                       reference=load_session(tmp / "fp32"),
                       options=RunOptions(shadow_every=5, record=tmp / "annotated.mp4"))
-        print(f"   same with --record (overlay + mp4v encode): {summary['fps']:.1f} FPS, loop "
-              f"overhead p50 {summary['loop_overhead_ms']['p50']:.2f} ms")
+        print(f"   same with --record (overlay + mp4v encode): {summary.fps:.1f} FPS, loop "
+              f"overhead p50 {summary.loop_overhead_ms.p50:.2f} ms")
 
         marks: dict[str, float] = {}
 
@@ -87,13 +87,13 @@ def main() -> None:
                       reference=reference, options=RunOptions(shadow_every=5, frames=args.frames),
                       on_frame=on_frame)
         end = rss_mib()
-        counts = summary["frames"]
+        counts = summary.frames
         lines = (tmp / "run2" / "frames.jsonl").read_text().splitlines()
         indices = sorted(json.loads(line)["index"] for line in lines)
-        print(f"\n2. {args.frames} frames (looped video): {summary['fps']:.1f} FPS; RSS after warm-up "
+        print(f"\n2. {args.frames} frames (looped video): {summary.fps:.1f} FPS; RSS after warm-up "
               f"{marks['warm']:.1f} MiB, at the end {end:.1f} MiB "
-              f"({100 * (end - marks['warm']) / marks['warm']:+.2f}%); read {counts['read']} = "
-              f"logged {counts['logged']} + dropped {counts['dropped']}; frames.jsonl has "
+              f"({100 * (end - marks['warm']) / marks['warm']:+.2f}%); read {counts.read} = "
+              f"logged {counts.logged} + dropped {counts.dropped}; frames.jsonl has "
               f"{len(lines)} lines, {len(set(indices))} distinct indices, "
               f"{'each once' if indices == list(range(len(indices))) else 'GAPS OR DUPLICATES'}")
 

@@ -88,10 +88,10 @@ def main() -> None:
                tmp / "digits-onnx",
                tmp / "pruned-onnx", data, data.labels, metrics, seconds)
         result = quantize(load(tmp / "pruned-onnx"), str(train), tmp / "pruned-int8", eval_data=str(held))
-        drift = result.report["drift"]
+        drift = result.report.drift
         print(f"- pruned + INT8 (vit-safe, symmetric): agreement with the pruned FP32 "
-              f"{100 * drift['top1_agreement']:.2f}% on {drift['samples']}, KL {drift['kl']:.4f}, "
-              f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs INT8, budget "
+              f"{100 * drift.top1_agreement:.2f}% on {drift.samples}, KL {drift.kl:.4f}, "
+              f"{100 * result.report.int8_linear_mac_share:.0f}% of Linear MACs INT8, budget "
               f"{'met' if result.within_budget else 'missed'}")
         if args.skip_deit or not realdata.available():
             print("\nskipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))

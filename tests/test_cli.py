@@ -40,7 +40,7 @@ def test_inspect_timm_json(tiny_ckpt):
     result = run("inspect", "timm:vit_tiny_patch16_224", "--weights", tiny_ckpt, *kwargs_cli(),
                  "--json")
     assert result.exit_code == 0, result.output
-    card = json.loads(result.output)
+    card = json.loads(result.stdout)
     assert card["structure"]["num_heads"] == 2 and card["num_classes"] == 10
     assert card["macs"] > 0 and card["params"] > 0
 
@@ -67,7 +67,7 @@ def test_export_cli(tmp_path):
 def test_doctor_json():
     result = run("doctor", "--json")
     assert result.exit_code == 0
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["packages"]["torch"] and "CPUExecutionProvider" in report["onnxruntime_providers"]
     assert "available" in report["tensorrt"] and "features" in report["cpu"]
 
@@ -143,7 +143,7 @@ def test_pickled_module_without_trust(tmp_path):
     torch.save(tiny_timm(), tmp_path / "whole.pt")
     assert_user_error(run("inspect", tmp_path / "whole.pt"), "--trust-pickle")
     ok = run("inspect", tmp_path / "whole.pt", "--trust-pickle", "--json")
-    assert ok.exit_code == 0 and json.loads(ok.output)["structure"]["depth"] == 2
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["structure"]["depth"] == 2
 
 
 def test_export_from_onnx_says_torch_is_needed(tmp_path, tiny_onnx_artifact):

@@ -57,7 +57,7 @@ def test_cpu_bundle_files_passport_and_lineage(cpu_bundle, digits_onnx):
     bundle = read_bundle(cpu_bundle)
     assert {"model.onnx", "source.onnx", "bundle.json", "passport.json", "card.json"} <= {
         p.name for p in cpu_bundle.iterdir()}
-    passport = bundle.passport
+    passport = bundle.passport.to_dict()
     assert passport["target"]["name"] == native_cpu_target() and passport["precision"] == "fp32"
     assert passport["input"] == {"name": "input", "shape": [3, 32, 32], "batch": [1, 1, 16]}
     assert passport["built"]["optimized_offline"] is True
@@ -112,7 +112,7 @@ def test_int8_bundle_runs_integer_kernels_and_agrees(digits_int8, tmp_path, held
     images, _ = heldout
     compile_bundle(load(digits_int8), load_target("x86-cpu"), tmp_path / "b")
     bundle = read_bundle(tmp_path / "b")
-    assert bundle.passport["precision"] == "int8"  # default for a QDQ graph on a CPU target
+    assert bundle.passport.precision == "int8"  # default for a QDQ graph on a CPU target
     ops = {n.op_type for n in onnx.load(tmp_path / "b" / "model.onnx").graph.node}
     assert ops & {"QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearConv", "DynamicQuantizeMatMul"}
     reference = run_onnx(onnx.load(digits_int8 / "model.onnx"), images)
@@ -168,14 +168,14 @@ def test_bundle_from_another_runtime_is_refused_or_rebuilt(digits_onnx, tmp_path
         load_session(tmp_path / "old")
     with load_session(tmp_path / "old", rebuild=True) as session:
         assert session.infer(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
-    rebuilt = read_bundle(tmp_path / "old").passport["built"]
+    rebuilt = read_bundle(tmp_path / "old").passport.to_dict()["built"]
     assert rebuilt["onnxruntime"] == real()["onnxruntime"] and "rebuilt" in rebuilt
 
 
 def test_cross_isa_bundle_is_left_for_the_device(digits_onnx, tmp_path):
     foreign = "x86-cpu" if native_cpu_target() == "arm64-cpu" else "arm64-cpu"
     compile_bundle(load(digits_onnx), load_target(foreign), tmp_path / "other")
-    built = read_bundle(tmp_path / "other").passport["built"]
+    built = read_bundle(tmp_path / "other").passport.to_dict()["built"]
     assert built["optimized_offline"] is False and foreign.split("-")[0] in built["note"]
     assert (tmp_path / "other" / "model.onnx").read_bytes() == (tmp_path / "other" / "source.onnx").read_bytes()
 
@@ -196,9 +196,9 @@ def test_disk_full_leaves_nothing(digits_onnx, tmp_path, monkeypatch):
 def test_tensorrt_bundle_without_tensorrt(digits_onnx, tmp_path):
     out = tmp_path / "nano"
     result = compile_bundle(load(digits_onnx), load_target("jetson-orin-nano"), out)
-    bundle = result.bundle
+    bundle = result.settings.to_dict()
     assert bundle["runtime"] == "tensorrt" and bundle["engine"] is None
-    assert result.passport["precision"] == "fp16"  # the profile's default
+    assert result.passport.precision == "fp16"  # the profile's default
     settings = bundle["build"]
     assert settings["batch"] == [1, 1, 4] and settings["workspace_mib"] == 1024
     assert settings["strongly_typed"] is False  # TensorRT 10.3: FP16 by builder flag
@@ -213,7 +213,7 @@ def test_tensorrt_bundle_without_tensorrt(digits_onnx, tmp_path):
         assert part in command
     assert "--int8" not in command and "--stronglyTyped" not in command
     assert command in (out / "trtexec.sh").read_text()
-    if result.passport["built"]["not_built_because"] is not None:
+    if result.passport.built.not_built_because is not None:
         with pytest.raises(InputError, match=r"no TensorRT engine yet .* vitedge build"):
             load_session(out)
         with pytest.raises(MissingDependencyError, match="cannot build"):
@@ -228,13 +228,13 @@ def test_tensorrt_bundle_without_tensorrt(digits_onnx, tmp_path):
 def test_int8_tensorrt_bundle_and_dla(digits_int8, digits_onnx, tmp_path):
     result = compile_bundle(load(digits_int8), load_target("jetson-orin-nano"), tmp_path / "i8",
                             batch="1:2:8")
-    assert result.passport["precision"] == "best"
-    assert "--int8" in result.bundle["trtexec"] and "--fp16" in result.bundle["trtexec"]
-    assert "--maxShapes=input:8x3x32x32" in result.bundle["trtexec"]
+    assert result.passport.precision == "best"
+    assert "--int8" in result.settings.trtexec and "--fp16" in result.settings.trtexec
+    assert "--maxShapes=input:8x3x32x32" in result.settings.trtexec
     agx = compile_bundle(load(digits_onnx), load_target("jetson-agx-orin"), tmp_path / "dla",
                          dla_core=1)
-    assert agx.bundle["trtexec"].endswith("--useDLACore=1 --allowGPUFallback")
-    assert agx.bundle["build"]["dla_core"] == 1
+    assert agx.settings.trtexec.endswith("--useDLACore=1 --allowGPUFallback")
+    assert agx.settings.build.dla_core == 1
 
 
 def test_tensorrt_rules_refuse_asymmetric_int8(digits_onnx, tmp_path):
@@ -270,7 +270,7 @@ def test_tensorrt11_profile_gets_a_strongly_typed_fp16_onnx(digits_onnx, tmp_pat
     data.pop("path")
     target = parse_target(data, "test")
     result = compile_bundle(load(digits_onnx), target, tmp_path / "t11", precision=CompilePrecision.FP16)
-    command = result.bundle["trtexec"]
+    command = result.settings.trtexec
     assert "--onnx=model.fp16.onnx" in command and "--stronglyTyped" in command
     assert "--fp16" not in command and "--layerPrecisions" not in command
     model = onnx.load(tmp_path / "t11" / "model.fp16.onnx")
@@ -311,11 +311,13 @@ def test_build_settings_round_trip_and_layer_info():
     assert summary["on_dla"] == 1
 
 
-def test_passport_mismatch_rules():
+def test_passport_mismatch_rules(cpu_bundle):
     from vitedge.compile.passport import l4t_release, mismatches
+    from vitedge.schemas import Passport
 
-    passport = {"runtime": {"name": "tensorrt"}, "built": {"engine": {
-        "tensorrt": "10.3.0", "sm": "8.7", "gpu": "Orin", "l4t": "36.4"}}}
+    passport = Passport.from_dict({**read_bundle(cpu_bundle).passport.to_dict(), "runtime": {"name": "tensorrt"},
+                                   "built": {"engine": {"tensorrt": "10.3.0", "sm": "8.7", "gpu": "Orin",
+                                                        "l4t": "36.4"}}})
     same = {"tensorrt": "10.3.0", "gpu": {"sm": "8.7", "name": "Orin"}, "l4t": "36.4.3"}
     assert mismatches(passport, same) == []
     other = {"tensorrt": "10.7.0", "gpu": {"sm": "9.0", "name": "H100"}, "l4t": None}
@@ -343,7 +345,7 @@ def test_tensorrt_engine_matches_onnxruntime(digits_onnx, digits_int8, tmp_path,
     for source, precision in ((digits_onnx, CompilePrecision.FP16), (digits_int8, CompilePrecision.BEST)):
         out = tmp_path / precision.value
         result = compile_bundle(load(source), load_target("desktop-gpu"), out, precision=precision)
-        engine = result.passport["built"]["engine"]
+        engine = result.passport.to_dict()["built"]["engine"]
         assert engine and (out / "model.engine").is_file() and (out / "timing.cache").is_file()
         assert sum(engine["layers_by_precision"].values()) > 0
         reference = run_onnx(onnx.load(source / "model.onnx"), images)
@@ -358,7 +360,7 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(cpu_bundle), str(SAMPLES), "--json", "--top-k", "2"])
     assert result.exit_code == 0, result.output
-    predictions = json.loads(result.output)["predictions"]
+    predictions = json.loads(result.stdout)["predictions"]
     assert len(predictions) == 10
     assert all(Path(p["path"]).stem == p["top"][0]["label"] for p in predictions)
     assert all(len(p["top"]) == 2 and p["latency_ms"] > 0 for p in predictions)
@@ -376,7 +378,7 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     assert rows[3]["status"].startswith("batch 32 outside 1..16") and rows[3]["p50_ms"] is None
     # a bundle is itself a source: inspect it, or compile it for another target
     result = runner.invoke(app, ["inspect", str(cpu_bundle), "--json"])
-    assert result.exit_code == 0 and json.loads(result.output)["format"] == "bundle"
+    assert result.exit_code == 0 and json.loads(result.stdout)["format"] == "bundle"
     result = runner.invoke(app, ["compile", str(cpu_bundle), "--target", "jetson-orin-nano",
                                  "-o", str(tmp_path / "nano")])
     assert result.exit_code == 0, result.output

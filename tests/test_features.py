@@ -76,7 +76,7 @@ def test_eval_predict_bench_report_on_features(mae, tmp_path):
     assert report.exit_code == 0, report.output
     assert "cosine to first" in (tmp_path / "e.md").read_text()
     predicted = cli("predict", tmp_path / "b", SAMPLES / "3.png", "--json")
-    prediction = json.loads(predicted.output)["predictions"][0]
+    prediction = json.loads(predicted.stdout)["predictions"][0]
     assert prediction["top"] == [] and prediction["embedding"]["size"] == TINY["embed_dim"]
     assert prediction["embedding"]["norm"] > 0
     table = cli("predict", tmp_path / "b", SAMPLES)

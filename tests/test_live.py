@@ -85,19 +85,19 @@ def test_run_on_a_file_logs_every_frame_with_shadow(bundle, video, tmp_path):
                   options=RunOptions(shadow_every=5))
     lines = _lines(tmp_path / "run")
     assert sorted(line["index"] for line in lines) == list(range(90))  # once each, none lost
-    counts = summary["frames"]
-    assert counts["read"] == counts["logged"] + counts["dropped"] == 90 and counts["dropped"] == 0
+    counts = summary.frames
+    assert counts.read == counts.logged + counts.dropped == 90 and counts.dropped == 0
     shadowed = [line for line in lines if "shadow" in line]
     assert {line["index"] for line in shadowed} <= set(range(0, 90, 5))
-    assert len(shadowed) + summary["shadow"]["skipped_reference_behind"] == 18
+    assert len(shadowed) + summary.shadow.skipped_reference_behind == 18
     # the summary's totals are the mean of the per-frame metrics that were logged
-    assert summary["drift"]["samples"] == len(shadowed)
-    assert summary["drift"]["top1_agreement"] == pytest.approx(np.mean([l["shadow"]["agree"] for l in shadowed]))
-    assert summary["drift"]["kl"] == pytest.approx(np.mean([l["shadow"]["kl"] for l in shadowed]), abs=1e-6)
+    assert summary.drift.samples == len(shadowed)
+    assert summary.drift.top1_agreement == pytest.approx(np.mean([l["shadow"]["agree"] for l in shadowed]))
+    assert summary.drift.kl == pytest.approx(np.mean([l["shadow"]["kl"] for l in shadowed]), abs=1e-6)
     truth = json.loads(Path(str(video) + ".labels.json").read_text())["labels"]
     accuracy = np.mean([int(l["top"][0][1]) == truth[l["index"]] for l in lines])
     assert accuracy > 0.8  # the synthetic camera is readable by the shipped model
-    assert summary["loop_overhead_ms"]["p50"] > 0 and summary["deployed"]["latency_ms"]["calls"] == 90
+    assert summary.loop_overhead_ms.p50 > 0 and summary.deployed.latency_ms.calls == 90
 
 
 def test_odd_frames_are_counted_not_fatal(bundle, tmp_path):
@@ -112,8 +112,8 @@ def test_odd_frames_are_counted_not_fatal(bundle, tmp_path):
     cv2.imwrite(str(folder / "d.png"), cv2.resize(frame, (640, 480)))
     summary = run_loop(load_session(bundle), FrameSource.open(str(folder)), tmp_path / "run",
                   options=RunOptions(shadow_every=0))
-    counts = summary["frames"]
-    assert counts["logged"] == 4 and counts["corrupt"] == 1 and counts["size_changes"] == 2
+    counts = summary.frames
+    assert counts.logged == 4 and counts.corrupt == 1 and counts.size_changes == 2
     lines = {l["index"]: l for l in _lines(tmp_path / "run")}
     assert lines[2]["corrupt"] and all(lines[i]["top"][0][1] == "3" for i in (0, 1, 3))
 
@@ -137,9 +137,9 @@ def test_slow_reference_is_skipped_not_queued(bundle, video, tmp_path):
     slow = SlowReference(load_session(bundle.parent / "digits-onnx"))
     summary = run_loop(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=slow,
                   options=RunOptions(shadow_every=1))
-    shadow = summary["shadow"]
-    assert shadow["skipped_reference_behind"] > 30  # most frames could not be shadowed
-    assert shadow["compared"] + shadow["skipped_reference_behind"] == 90
+    shadow = summary.shadow
+    assert shadow.skipped_reference_behind > 30  # most frames could not be shadowed
+    assert shadow.compared + shadow.skipped_reference_behind == 90
     assert sorted(l["index"] for l in _lines(tmp_path / "run")) == list(range(90))
 
 
@@ -149,10 +149,10 @@ def test_mjpeg_stream_killed_mid_run(bundle, video, tmp_path):
     threading.Timer(1.5, server.kill).start()
     summary = run_loop(load_session(bundle), source, tmp_path / "run", reference=None,
                   options=RunOptions(shadow_every=0))
-    assert summary["stop_reason"] == "source disconnected" and summary["live"]
-    counts = summary["frames"]
-    assert counts["logged"] > 10
-    assert counts["read"] == counts["logged"] + counts["dropped"]
+    assert summary.stop_reason == "source disconnected" and summary.live
+    counts = summary.frames
+    assert counts.logged > 10
+    assert counts.read == counts.logged + counts.dropped
     events = [json.loads(l)["event"] for l in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert "disconnected" in events and "gave up" in events
 
@@ -204,8 +204,8 @@ def test_library_run_has_the_commands_defaults(bundle, video, tmp_path):
     said: list[str] = []
     summary = vitedge.live.run(bundle, str(video), tmp_path / "run", options=RunOptions(frames=40),
                                progress=said.append)
-    assert summary["frames"]["logged"] == 40 and summary["shadow"]["compared"] == 8  # every 5th frame
-    assert summary["drift"]["top1_agreement"] is not None and (tmp_path / "run" / "report.html").is_file()
+    assert summary.frames.logged == 40 and summary.shadow.compared == 8  # every 5th frame
+    assert summary.drift.top1_agreement is not None and (tmp_path / "run" / "report.html").is_file()
     assert any("shadow reference" in line and "digits-onnx" in line for line in said)
     with pytest.raises(InputError, match="--min-cosine watches feature extractors"):
         vitedge.live.run(bundle, str(video), tmp_path / "bad", options=RunOptions(min_cosine=0.9))
@@ -250,7 +250,7 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
     frames = int(dom.split('id="frames">')[1].split("<")[0])
     assert frames > 0  # the page's script fetched /metrics.json and filled the table
     assert "%" in dom.split('id="agreement">')[1].split("<")[0]
-    assert done["summary"]["frames"]["logged"] > 0
+    assert done["summary"].frames.logged > 0
 
 
 def test_eval_and_report(bundle, tmp_path):
@@ -259,12 +259,12 @@ def test_eval_and_report(bundle, tmp_path):
 
     result = evaluate([str(bundle.parent / "digits-onnx"), str(bundle)], HELDOUT, tmp_path / "ev",
                       samples=120)
-    first, second = result["models"]
-    assert result["samples"] == 120 and result["labeled"]
-    assert first["top1"] > 0.95 and "vs_first" not in first
-    assert second["vs_first"]["samples"] == 120 and second["vs_first"]["top1_agreement"] > 0.95
-    assert abs(second["top1"] - first["top1"]) < 0.05
-    assert {d["class"] for d in second["per_class_delta"]} == {str(i) for i in range(10)}
+    first, second = result.models
+    assert result.samples == 120 and result.labeled
+    assert first.top1 > 0.95 and first.vs_first is None
+    assert second.vs_first.samples == 120 and second.vs_first.top1_agreement > 0.95
+    assert abs(second.top1 - first.top1) < 0.05
+    assert {d.class_name for d in second.per_class_delta} == {str(i) for i in range(10)}
     data = write_report(tmp_path / "ev", tmp_path / "r" / "eval.html")
     page = (tmp_path / "r" / "eval.html").read_text()
     assert data["kind"] == "eval" and page.count("data:image/png;base64,") >= 3

@@ -73,7 +73,7 @@ def test_every_step(key, tmp_path, photos):
     budget = [] if row.features else ["--max-drop", "10"]  # 40 random-weight samples: a loose budget
 
     run("inspect", "inspect", *src, "--json")
-    card = json.loads(cli("inspect", *src, "--json").output)
+    card = json.loads(cli("inspect", *src, "--json").stdout)
     assert card["structure"]["is_vit"] == (key != "resnet") and card["macs"] > 0
     assert (card["num_classes"] is None) == row.features
     assert not any("could not be counted" in w for w in card["warnings"])
@@ -97,7 +97,7 @@ def test_every_step(key, tmp_path, photos):
 
     run("predict / eval", "eval", out / "onnx", out / "x86", "--data", photos, "--samples", "30", "-o", out / "eval")
     _close_to_fp32(_json(out / "eval" / "eval.json")["models"][1]["vs_first"], row.features)
-    prediction = json.loads(cli("predict", out / "x86", SAMPLE, "--json").output)["predictions"][0]
+    prediction = json.loads(cli("predict", out / "x86", SAMPLE, "--json").stdout)["predictions"][0]
     assert (prediction["embedding"] is not None) == row.features and (not prediction["top"]) == row.features
 
     for column, flag in (("prune --heads", ["--heads", "0.5"]), ("prune --mlp", ["--mlp", "0.5"])):

@@ -183,7 +183,7 @@ def test_prune_cli_distill_export_and_quantize(tmp_path):
     assert (64, 96) in weights or (96, 64) in weights  # qkv of 2 heads x 16 x 3
     result = quantize(load(tmp_path / "onnx"), TRAIN, tmp_path / "int8", eval_data=HELDOUT,
                       recipe=Recipe.LINEAR_ONLY, samples=64, eval_samples=200)
-    assert result.report["drift"]["top1_agreement"] >= 0.98
+    assert result.report.drift.top1_agreement >= 0.98
 
 
 def test_prune_bad_inputs(tmp_path):

@@ -51,7 +51,7 @@ def test_vit_safe_graph_structure(vit_safe, digits_onnx):
 
 
 def test_vit_safe_numbers_against_fp32(vit_safe):
-    report = vit_safe.report
+    report = vit_safe.report.to_dict()  # the typed report, as quant_report.json holds it
     assert report["budget"]["met"] and report["int8_linear_mac_share"] >= 0.9
     assert report["drift"]["samples"] == 200
     assert report["drift"]["top1_agreement"] >= 0.98
@@ -78,7 +78,7 @@ def test_linear_only_keeps_attention_float(digits_onnx, tmp_path):
     assert {n.name for n in nodes if n.kind == "linear"} <= quantized
     assert not {n.name for n in nodes if n.kind == "attention"} & quantized
     assert dq_consumers(model)["MatMul"] == 2 * 4 * 4  # data + weight of 4 linears x 4 blocks
-    assert len(result.report["float_nodes"]["attention"]) == 8
+    assert len(result.report.float_nodes.attention) == 8
 
 
 def test_full_recipe_quantizes_more_and_lint_says_so(digits_onnx, tmp_path):
@@ -88,7 +88,7 @@ def test_full_recipe_quantizes_more_and_lint_says_so(digits_onnx, tmp_path):
     consumers = dq_consumers(model)
     assert set(consumers) - {"MatMul", "Gemm", "Conv", "Shape"}  # e.g. Add, Mul, Reshape
     assert not lint_qdq(model, vit_safe=True)
-    assert result.report["graph"]["quantize_linear"] > 26
+    assert result.report.graph["quantize_linear"] > 26
 
 
 def test_asymmetric_scheme_for_cpu(digits_onnx, tmp_path):
@@ -106,8 +106,8 @@ def test_exclude_by_op_type_and_regex(digits_onnx, tmp_path):
     model = onnx.load(tmp_path / "ex" / "model.onnx")
     consumers = dq_consumers(model)
     assert consumers["Gemm"] == 0 and consumers["Conv"] == 0 and consumers["MatMul"] == 32
-    assert set(result.report["float_nodes"]["linear"]) == {"node_conv2d", "node_linear_16"} or \
-        len(result.report["float_nodes"]["linear"]) == 2
+    assert set(result.report.float_nodes.linear) == {"node_conv2d", "node_linear_16"} or \
+        len(result.report.float_nodes.linear) == 2
 
 
 def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
@@ -122,7 +122,7 @@ def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
 
 def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit_safe):
     from vitedge.data import open_data
-    from vitedge.quantize.ptq import Candidate, _budget_search, _drop
+    from vitedge.quantize.ptq import Candidate, Evaluation, _budget_search, _drop
     from vitedge.quantize.qdq import int8_mac_share
 
     float_model = onnx.load(digits_onnx / "model.onnx")
@@ -141,7 +141,7 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
     start = Candidate("corrupted", model, logits, _drop(fp32, logits, None),
                       int8_mac_share(model, nodes))
     assert start.drop > 2.0
-    best, ranking = _budget_search(start, float_model, nodes, evaluation, fp32, None,
+    best, ranking = _budget_search(start, float_model, nodes, Evaluation(evaluation, fp32),
                                    meets=lambda c: c.drop <= 1.0, say=lambda _m: None)
     assert ranking[0]["node"] == victim.name and ranking[0]["error_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
@@ -257,8 +257,8 @@ def test_eval_folders_named_by_label_or_class_id():
 def test_target_sets_the_scheme(digits_onnx, tmp_path):
     result = quantize(load(digits_onnx), TRAIN, tmp_path / "cpu", eval_data=HELDOUT,
                       recipe=Recipe.LINEAR_ONLY, target=load_target("x86-cpu"), **FAST)
-    assert result.report["settings"]["scheme"] == "asymmetric"
-    assert result.report["settings"]["target"] == "x86-cpu"
+    assert result.report.settings.scheme == "asymmetric"
+    assert result.report.settings.target == "x86-cpu"
     assert any(np.any(z != 0) for z in _zero_points(onnx.load(tmp_path / "cpu" / "model.onnx")))
     bad = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--target",
                               "jetson-nano-classic", "-o", str(tmp_path / "x")])
@@ -319,6 +319,6 @@ def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp
 
     monkeypatch.setattr(quantize_module, "lint_qdq", second_fails)
     result = quantize(load(digits_onnx), TRAIN, tmp_path / "q", eval_data=HELDOUT, **FAST)
-    assert result.report["chosen"] == "linear-only"
+    assert result.report.chosen == "linear-only"
     assert any("candidate 'linear + attention MatMuls' was dropped: UINT8 quantization (test)" in w
-               for w in result.report["warnings"])
+               for w in result.report.warnings)

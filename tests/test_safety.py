@@ -413,7 +413,7 @@ def test_relabel_writes_a_new_sealed_artifact_with_lineage(made, tmp_path):
     assert result.exit_code == 0, result.output
     assert tree(made / "bundle") == before
     predicted = cli("predict", tmp_path / "named", SAMPLES / "3.png", "--json", "--top-k", "1")
-    assert predicted.exit_code == 0 and json.loads(predicted.output)["predictions"][0]["top"][0]["label"] == "three"
+    assert predicted.exit_code == 0 and json.loads(predicted.stdout)["predictions"][0]["top"][0]["label"] == "three"
     card = json.loads((tmp_path / "named" / "card.json").read_text())
     from vitedge.artifact import artifact_hash, read_card
 

@@ -76,7 +76,7 @@ def test_cli_lists_and_shows():
     for name in SHIPPED:
         assert name in listed.output
     shown = runner.invoke(app, ["targets", "show", "jetson-agx-orin", "--json"])
-    data = json.loads(shown.output)
+    data = json.loads(shown.stdout)
     assert data["dla_cores"] == 2 and data["batch"] == {"min": 1, "opt": 8, "max": 32}
     missing = runner.invoke(app, ["targets", "show", "nope"])
     assert missing.exit_code == 1 and "unknown target 'nope'" in missing.output
@@ -96,9 +96,14 @@ def test_a_wheel_installed_outside_the_checkout_ships_the_profiles(tmp_path):
     import sysconfig
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # pip builds in the tree it is given: a copy, not the checkout
+    shutil.copytree(root, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "demo-out", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(root)], capture_output=True, text=True)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("vitedge-*.whl"))
     venv = tmp_path / "venv"

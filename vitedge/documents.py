@@ -20,11 +20,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vitedge.errors import InputError
 from vitedge.outputs import atomic_write_text
 
+M = TypeVar("M")
 SEAL = "seal"
 MAX_DOCUMENT_BYTES = 64 * 2**20  # a card with 21k labels is ~1 MB; larger is not vitedge's
 
@@ -73,6 +74,16 @@ def read_document(path: Path, schema: Any, *, what: str | None = None,
 
     `schema` is a pydantic model class from `vitedge.schemas` (None: seal only).
     """
+    return _read(path, schema, what, hint)[0]
+
+
+def read_model(path: Path, schema: type[M], *, what: str | None = None,
+               hint: str = "re-create it with the vitedge command that wrote it") -> M:
+    """`read_document`, returning the validated, typed document."""
+    return _read(path, schema, what, hint)[1]
+
+
+def _read(path: Path, schema: Any, what: str | None, hint: str) -> tuple[dict[str, Any], Any]:
     path = Path(path)
     name = what or str(path)
     if path.is_symlink() or not path.is_file():
@@ -94,14 +105,15 @@ def read_document(path: Path, schema: Any, *, what: str | None = None,
     if seal != seal_of(data):
         raise InputError(f"{name} was changed after vitedge wrote it (its seal does not match)",
                          "re-create it; to change labels use vitedge relabel, which writes a new artifact")
+    model = None
     if schema is not None:
         from pydantic import ValidationError
 
         try:
-            schema.model_validate_json(text)
+            model = schema.model_validate_json(text)
         except ValidationError as exc:
             raise InputError(f"{name}: {_first_error(exc)}", hint) from None
-    return data
+    return data, model
 
 
 def confined(folder: Path, relative: Any, *, what: str) -> Path:
@@ -120,12 +132,12 @@ def confined(folder: Path, relative: Any, *, what: str) -> Path:
     return folder / rel
 
 
-def validate(schema: Any, data: dict[str, Any], *, what: str, hint: str) -> None:
+def validate(schema: type[M], data: dict[str, Any], *, what: str, hint: str) -> M:
     """Validate an already-read document against a (stricter) schema, as `read_document` does."""
     from pydantic import ValidationError
 
     try:
-        schema.model_validate_json(json.dumps(data))
+        return schema.model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise InputError(f"{what}: {_first_error(exc)}", hint) from None
 

@@ -8,7 +8,7 @@ Any mix of sources works (torch, ONNX, quantized, pruned, compiled bundles): eac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from vitedge.errors import InputError
 from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
 
+if TYPE_CHECKING:
+    from vitedge.schemas import EvalResult
+
 EVAL_NAME = "eval.json"
 LOGITS_NAME = "logits.npz"
 
@@ -26,8 +29,8 @@ LOGITS_NAME = "logits.npz"
 @releasing
 def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: int | None = None,
              seed: int = 0, worst: int = 12, rebuild: bool = False, overwrite: bool = False,
-             options: SourceOptions | None = None) -> dict[str, Any]:
-    """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return the eval dict."""
+             options: SourceOptions | None = None) -> EvalResult:
+    """Write EVAL_DIR (eval.json + logits.npz) for `sources` on `data`; return what it holds."""
     from vitedge.data import model_labels, open_data
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
     from vitedge.sessions import load
@@ -91,8 +94,10 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
         _keep_thumbnails(staging, results)
         report["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
                            for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        report = write_document(staging / EVAL_NAME, report)
-    return report
+        written = write_document(staging / EVAL_NAME, report)
+    from vitedge.schemas import EvalResult
+
+    return EvalResult.from_dict(written)
 
 
 def _keep_thumbnails(folder: Path, rows: list[dict[str, Any]], side: int = 160) -> None:

@@ -15,7 +15,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from vitedge.outputs import (
     json_object,
     write_files,
 )
+
+if TYPE_CHECKING:
+    from vitedge.schemas import RunSummary
 
 
 def _figure() -> Any:
@@ -195,8 +198,8 @@ def _lines(path: Path, schema: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_run(directory: Path) -> dict[str, Any]:
-    from vitedge.schemas import FinishedRunDoc, RunSummaryDoc
+def _read_run(directory: Path) -> RunSummary:
+    from vitedge.schemas import RunSummary, RunSummaryDoc
 
     path = directory / "summary.json"
     summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
@@ -207,9 +210,9 @@ def _read_run(directory: Path) -> dict[str, Any]:
             f"is still going (pid {summary.get('pid')})" if busy(directory) else
             "did not finish (its process stopped before writing the summary)"),
             "its frames.jsonl is readable as it is; a report needs a finished run")
-    validate(FinishedRunDoc, summary, what=str(path), hint="re-run to get a new run directory")
-    _verified(directory, summary["files"], str(path))
-    return summary
+    finished = validate(RunSummary, summary, what=str(path), hint="re-run to get a new run directory")
+    _verified(directory, finished.files, str(path))
+    return finished
 
 
 def _run_sections(directory: Path) -> tuple:
@@ -218,31 +221,29 @@ def _run_sections(directory: Path) -> tuple:
     summary = _read_run(directory)
     plt = _figure()
     frames = _lines(confined(directory, "frames.jsonl", what=str(directory)), FrameLine) \
-        if "frames.jsonl" in summary["files"] else []
+        if "frames.jsonl" in summary.files else []
     events = _lines(confined(directory, "events.jsonl", what=str(directory)), EventLine) \
-        if "events.jsonl" in summary["files"] else []
-    drift = summary["drift"]
-    features = bool(drift.get("features"))  # a feature extractor: compared by cosine, no classes
+        if "events.jsonl" in summary.files else []
+    drift = summary.drift
+    features = drift.features  # a feature extractor: compared by cosine, no classes
     shadowed = sorted((f for f in frames if f.get("shadow")
                        and (f["shadow"].get("rel_error") is not None) == features), key=lambda f: f["index"])
-    counts = summary["frames"]
-    latency = summary["deployed"]["latency_ms"]
-    headline = [("source", summary["source"]), ("stopped", summary["stop_reason"]),
-                ("frames", f"{counts['logged']} logged, {counts['dropped']} dropped, "
-                           f"{counts['corrupt']} corrupt, {counts['reconnects']} reconnects"),
-                ("speed", f"{summary['fps']:.1f} FPS; inference p50 {number(latency['p50_ms'], 2)} ms, "
-                          f"p95 {number(latency['p95_ms'], 2)} ms; loop overhead p50 "
-                          f"{number(summary['loop_overhead_ms']['p50'], 2)} ms"),
-                ("deployed", f"{summary['deployed']['backend']} ({summary['deployed']['precision']})"),
-                ("drift verdict", f"{drift['verdict']} on {drift['samples']} shadowed frames: " + (
-                    f"feature cosine {number(drift['cosine'])} (worst {number(drift.get('min_cosine'))}), "
-                    f"relative error {number(drift.get('rel_error'))}" if features else
-                    f"agreement {percent(drift['top1_agreement'])}, KL {number(drift['kl'])}, JS "
-                    f"{number(drift['js'])}, cosine {number(drift['cosine'])}"))]
-    if summary.get("shadow"):
-        headline.append(("shadow", f"every {summary['shadow']['every']} frames via "
-                                   f"{summary['shadow']['reference']}; "
-                                   f"{summary['shadow']['skipped_reference_behind']} skipped (reference behind)"))
+    counts, latency = summary.frames, summary.deployed.latency_ms
+    headline = [("source", summary.source), ("stopped", summary.stop_reason),
+                ("frames", f"{counts.logged} logged, {counts.dropped} dropped, "
+                           f"{counts.corrupt} corrupt, {counts.reconnects} reconnects"),
+                ("speed", f"{summary.fps or 0:.1f} FPS; inference p50 {number(latency.p50_ms, 2)} ms, "
+                          f"p95 {number(latency.p95_ms, 2)} ms; loop overhead p50 "
+                          f"{number(summary.loop_overhead_ms.p50, 2)} ms"),
+                ("deployed", f"{summary.deployed.backend} ({summary.deployed.precision})"),
+                ("drift verdict", f"{drift.verdict} on {drift.samples} shadowed frames: " + (
+                    f"feature cosine {number(drift.cosine)} (worst {number(drift.min_cosine)}), "
+                    f"relative error {number(drift.rel_error)}" if features else
+                    f"agreement {percent(drift.top1_agreement)}, KL {number(drift.kl)}, JS "
+                    f"{number(drift.js)}, cosine {number(drift.cosine)}"))]
+    if summary.shadow:
+        headline.append(("shadow", f"every {summary.shadow.every} frames via {summary.shadow.reference}; "
+                                   f"{summary.shadow.skipped_reference_behind} skipped (reference behind)"))
     tables = [("Events", ["frame", "event", "details"],
                [[str(e.get("frame", "")), e["event"],
                  ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("frame", "event", "time"))]
@@ -258,7 +259,7 @@ def _run_sections(directory: Path) -> tuple:
                     for c, v in sorted(per_class.items(), key=lambda kv: np.mean(kv[1]))]))
     plots: list[tuple[str, str | None]] = []
     if shadowed:
-        plots.append(("Agreement over time", _over_time(plt, shadowed, summary.get("rolling_window", 50),
+        plots.append(("Agreement over time", _over_time(plt, shadowed, summary.rolling_window,
                                                         ("agree", "agreement", "top-1 agreement"),
                                                         ("kl", "KL"), (-0.02, 1.02))))
         deployed_conf = np.array([f["top"][0][2] for f in shadowed])
@@ -274,13 +275,13 @@ def _run_sections(directory: Path) -> tuple:
     plots += _latency_plot(plt, frames)
     gallery = []
     for f in shadowed:
-        if f.get("saved") in summary["files"] and (uri := _image_uri(directory / f["saved"])):
+        if f.get("saved") in summary.files and (uri := _image_uri(directory / f["saved"])):
             gallery.append((uri, f"frame {f['index']}: reference {f['shadow']['reference_top1']}, "
                                  f"deployed {f['top'][0][1]} (KL {f['shadow']['kl']:.3f})"))
-    data = {"kind": "run", "summary": summary, "events": events,
+    data = {"kind": "run", "summary": summary.to_dict(), "events": events,
             "per_class_agreement": {c: float(np.mean(v)) for c, v in per_class.items()},
             "flips": [list(p) for p in flips if p[0] != p[1]]}
-    return f"vitedge run — {summary['source']}", headline, tables, plots, gallery, data
+    return f"vitedge run — {summary.source}", headline, tables, plots, gallery, data
 
 
 def _over_time(plt: Any, shadowed: list[dict[str, Any]], window: int, rolled: tuple[str, str, str],
@@ -318,21 +319,21 @@ def _latency_plot(plt: Any, frames: list[dict[str, Any]]) -> list[tuple[str, str
     return [("Latency", _png(fig))]
 
 
-def _feature_run_sections(directory: Path, summary: dict[str, Any], frames: list[dict[str, Any]],
+def _feature_run_sections(directory: Path, summary: RunSummary, frames: list[dict[str, Any]],
                           shadowed: list[dict[str, Any]], events: list[dict[str, Any]],
                           headline: list[tuple[str, str]], tables: list, plt: Any) -> tuple:
     """A feature extractor's run: cosine and relative error to the reference over time."""
     plots: list[tuple[str, str | None]] = []
     if shadowed:
-        plots.append(("Feature cosine over time", _over_time(plt, shadowed, summary.get("rolling_window", 50),
+        plots.append(("Feature cosine over time", _over_time(plt, shadowed, summary.rolling_window,
                                                              ("cosine", "cosine", "cosine to the reference"),
                                                              ("rel_error", "relative error"))))
     plots += _latency_plot(plt, frames)
     gallery = [(uri, f"frame {f['index']}: cosine {f['shadow']['cosine']:.4f}, relative error "
                      f"{f['shadow']['rel_error']:.4f}") for f in shadowed
-               if f.get("saved") in summary["files"] and (uri := _image_uri(directory / f["saved"]))]
-    data = {"kind": "run", "summary": summary, "events": events}
-    return f"vitedge run — {summary['source']}", headline, tables, plots, gallery, data
+               if f.get("saved") in summary.files and (uri := _image_uri(directory / f["saved"]))]
+    data = {"kind": "run", "summary": summary.to_dict(), "events": events}
+    return f"vitedge run — {summary.source}", headline, tables, plots, gallery, data
 
 
 def _eval_sections(directory: Path) -> tuple:
@@ -423,11 +424,11 @@ def _feature_eval_sections(directory: Path, report: dict[str, Any], arrays: dict
 
 
 def _read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from vitedge.schemas import EvalDoc
+    from vitedge.schemas import EvalResult
 
     path = directory / "eval.json"
     hint = "re-run vitedge eval"
-    report = read_document(path, EvalDoc, hint=hint)
+    report = read_document(path, EvalResult, hint=hint)
     _verified(directory, report["files"], str(path))
     if "logits.npz" not in report["files"]:
         raise InputError(f"{path} does not list logits.npz", hint)

@@ -10,8 +10,9 @@ Imported lazily (pydantic costs ~0.1 s): never at `vitedge --help` time.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -46,7 +47,18 @@ FORBIDDEN_KWARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg",
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+    """A validated, frozen document: also how typed results cross module boundaries."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (defaults filled in, extra keys kept)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Validated as a document read from disk is (strict JSON mode)."""
+        return cls.model_validate_json(json.dumps(data))
 
 
 # ----------------------------------------------------------------------------- the card
@@ -296,7 +308,9 @@ class BuildDoc(_Doc):
         return _batch_ok(value)
 
 
-class BundleDoc(_Doc):
+class BundleSettings(_Doc):
+    """bundle.json: how a device runs the bundle (runtime, input, batch profile, session or build)."""
+
     runtime: Literal["onnxruntime", "tensorrt"]
     target: str
     precision: Literal["fp32", "fp16", "int8", "best"]
@@ -316,7 +330,7 @@ class BundleDoc(_Doc):
         return _batch_ok(value)
 
     @model_validator(mode="after")
-    def _runtime_fields(self) -> BundleDoc:
+    def _runtime_fields(self) -> BundleSettings:
         if self.runtime == "onnxruntime" and (self.session is None or self.model is None):
             raise ValueError("an ONNX Runtime bundle needs session and model")
         if self.runtime == "tensorrt" and self.build is None:
@@ -330,6 +344,7 @@ class EngineDoc(_Doc):
     gpu: str | None = None
     l4t: str | None = None
     layers_by_precision: dict[str, Count] = {}
+    build_seconds: float | None = None
 
 
 class BuiltDoc(_Doc):
@@ -353,7 +368,9 @@ class PassportInput(_Doc):
     batch: tuple[Positive, Positive, Positive]
 
 
-class PassportDoc(_Doc):
+class Passport(_Doc):
+    """passport.json: what the bundle is, for which target, built where and with what."""
+
     passport_version: Literal[1]
     vitedge: str
     source_artifact_hash: Sha256
@@ -370,6 +387,77 @@ class PassportDoc(_Doc):
         if "name" not in value:
             raise ValueError("runtime.name is required")
         return value
+
+
+# ----------------------------------------------------------------------- quantization
+class QuantSettingsDoc(_Doc):
+    recipe: Literal["vit-safe", "linear-only", "full"]
+    scheme: Literal["symmetric", "asymmetric"]
+    target: str | None
+    calibration: Literal["minmax", "mean-minmax", "percentile"]
+    calibration_samples: Count
+    calibration_skipped: Count = 0
+    calibration_data: str
+    eval_samples: Count
+    eval_data: str
+    labeled: bool
+    smooth_quant: bool
+    bias_correction: bool
+    exclude: list[str]
+    engine: dict[str, str | None] = {}
+
+
+class BudgetDoc(_Doc):
+    features: bool
+    wanted: str
+    met: bool
+    max_drop: float | None
+    drop: float
+    min_agreement: float | None
+    agreement: float | None
+    min_cosine: float | None
+    cosine: float
+    rel_error: float
+    metric: str
+
+
+class QuantAccuracy(_Doc):
+    fp32_top1: Share
+    int8_top1: Share
+    fp32_top5: Share
+    int8_top5: Share
+
+
+class FloatNodes(_Doc):
+    linear: list[str]
+    attention: list[str]
+
+
+class QuantLatency(_Doc):
+    fp32: dict[str, float]
+    int8: dict[str, float]
+    batch: Positive
+    provider: str
+
+
+class QuantReport(_Doc):
+    """quant_report.json: what `vitedge quantize` was asked, tried and chose, and how it measures."""
+
+    settings: QuantSettingsDoc
+    budget: BudgetDoc
+    accuracy: QuantAccuracy | None
+    drift: DriftDoc
+    int8_linear_mac_share: Share
+    float_nodes: FloatNodes
+    attempts: list[dict[str, Any]]
+    chosen: str
+    graph: dict[str, Any]
+    layers: list[dict[str, Any]]
+    sensitivity: list[dict[str, Any]]
+    size_bytes: dict[str, Count]
+    latency_ms: QuantLatency
+    lint: dict[str, Any]
+    warnings: list[str]
 
 
 # --------------------------------------------------------------------------------- runs
@@ -417,6 +505,8 @@ class ShadowSummary(_Doc):
     compared: Count
     skipped_reference_behind: Count
     reference: str
+    reference_latency_ms: LatencyDoc | None = None
+    error: str | None = None  # the reference worker's failure, if it failed
 
 
 class RunSummaryDoc(_Doc):
@@ -426,18 +516,30 @@ class RunSummaryDoc(_Doc):
     pid: int | None = None
 
 
-class FinishedRunDoc(RunSummaryDoc):
+class LoopOverhead(_Doc):
+    p50: float | None
+    p95: float | None
+    covers: str = ""
+
+
+class RunSummary(RunSummaryDoc):
+    """A finished live run: what `vitedge.live.run` returns and its summary.json holds."""
+
     state: Literal["finished"]
     stop_reason: str
+    live: bool = False
+    started: float | None = None
+    seconds: float | None = None
     frames: FrameCounts
     fps: float | None
     deployed: DeployedDoc
-    loop_overhead_ms: dict[str, float | str | None]
+    loop_overhead_ms: LoopOverhead
     shadow: ShadowSummary | None
     drift: DriftDoc
     rolling_window: Annotated[int, Field(ge=1, le=1_000_000)]
     alerts: bool
     labels: list[str]
+    disagreements_saved: Count = 0
     files: dict[RelPath, Sha256]
     record: RelPath | None = None
 
@@ -512,7 +614,9 @@ class EvalRow(_Doc):
     per_class_delta: list[ClassDelta] = []
 
 
-class EvalDoc(_Doc):
+class EvalResult(_Doc):
+    """`vitedge eval`: per model top-1/top-5 and drift against the first; what eval.json holds."""
+
     kind: Literal["eval"]
     data: str
     samples: Positive

@@ -73,8 +73,8 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
 
     bundle = read_bundle(path)
-    settings = bundle.bundle
-    low, _opt, high = settings["batch"]
+    settings = bundle.settings
+    low, _opt, high = settings.batch
     origin = (path.resolve(),)
     if backend is Backend.TORCH:
         raise InputError(f"backend torch cannot run the bundle {path} (it holds ONNX or an engine)",
@@ -90,24 +90,24 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
                                  "pass --rebuild to re-optimize it here from its source.onnx")
             if problems:
                 bundle = reoptimize_bundle(path)
-                settings = bundle.bundle
-            session_settings = settings["session"]
+                settings = bundle.settings
+            assert settings.session is not None  # an ONNX Runtime bundle's settings have it (schema)
             return OnnxRuntimeSession(
-                bundle.file("model"), providers=available_providers(session_settings["providers"]),
-                threads=session_settings["intra_op_threads"],
-                optimization=session_settings["optimization"], precision=bundle.passport["precision"],
+                bundle.file("model"), providers=available_providers(list(settings.session.providers)),
+                threads=settings.session.intra_op_threads,
+                optimization=settings.session.optimization, precision=bundle.passport.precision,
                 min_batch=low, max_batch=high, card=bundle.card, origin=origin)
         return OnnxRuntimeSession(
-            bundle.member(MODEL), precision=bundle.passport["precision"], min_batch=low,
+            bundle.member(MODEL), precision=bundle.passport.precision, min_batch=low,
             max_batch=high, card=bundle.card, origin=origin,
             description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
     from vitedge.runtime.tensorrt import TensorRTSession
 
-    if not settings.get("engine"):
+    if not settings.engine:
         if not rebuild:
-            reason = bundle.passport["built"].get("not_built_because")
+            reason = bundle.passport.built.not_built_because
             raise InputError(f"bundle {path} has no TensorRT engine yet ({reason})",
-                             f"build it on the {bundle.passport['target']['name']}: vitedge build "
+                             f"build it on the {bundle.passport.target.name}: vitedge build "
                              f"{path} (or its trtexec.sh); --backend onnxruntime checks the ONNX")
         bundle = build_bundle(path)
     problems = mismatches(bundle.passport, machine_facts(gpu=True))
@@ -117,7 +117,7 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
                          "it was built on")
     if problems:
         bundle = build_bundle(path)
-    return TensorRTSession(bundle.file("engine"), precision=bundle.passport["precision"],
+    return TensorRTSession(bundle.file("engine"), precision=bundle.passport.precision,
                            card=bundle.card, origin=origin)
 
 

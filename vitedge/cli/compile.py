@@ -63,21 +63,21 @@ def compile_command(
     for finding in result.findings:
         err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),
                           highlight=False)
-    built = result.passport["built"]
-    console.print(f"bundle: {result.path}  target {result.passport['target']['name']}  precision "
-                  f"{result.passport['precision']}  batch {':'.join(map(str, result.bundle['batch']))}",
+    built, settings = result.passport.built, result.settings
+    console.print(f"bundle: {result.path}  target {result.passport.target.name}  precision "
+                  f"{result.passport.precision}  batch {':'.join(map(str, settings.batch))}",
                   highlight=False)
-    if result.bundle["runtime"] == "onnxruntime":
+    if settings.runtime == "onnxruntime":
         console.print("ONNX Runtime graph " + ("optimized offline here "
-                      f"(max |diff| vs source {built['parity_vs_source']['max_abs_diff']:.2g})"
-                      if built["optimized_offline"] else f"kept as is: {built['note']}"),
+                      f"(max |diff| vs source {(built.parity_vs_source or {}).get('max_abs_diff', 0):.2g})"
+                      if built.optimized_offline else f"kept as is: {built.note}"),
                       highlight=False)
-    elif built.get("engine"):
-        console.print(f"TensorRT engine built: {built['engine']['layers_by_precision']}", highlight=False)
+    elif built.engine:
+        console.print(f"TensorRT engine built: {built.engine.layers_by_precision}", highlight=False)
     else:
-        console.print(f"TensorRT engine not built here: {built['not_built_because']}.\n"
+        console.print(f"TensorRT engine not built here: {built.not_built_because}.\n"
                       f"On the device: vitedge build {result.path}\n"
-                      f"or: {result.bundle['trtexec']}", highlight=False, soft_wrap=True)
+                      f"or: {settings.trtexec}", highlight=False, soft_wrap=True)
 
 
 def build_command(
@@ -92,7 +92,7 @@ def build_command(
 
     with user_errors(verbose):
         result = build_bundle(bundle, progress=progress_printer(quiet))
-    engine = result.passport["built"]["engine"]
-    console.print(f"engine: {bundle}/{result.bundle['engine']}  TensorRT {engine['tensorrt']}  "
-                  f"{engine['gpu']} (SM {engine['sm']})  {engine['build_seconds']} s  "
-                  f"layers {engine['layers_by_precision']}", highlight=False)
+    engine = result.passport.built.engine
+    console.print(f"engine: {bundle}/{result.settings.engine}  TensorRT {engine.tensorrt}  "
+                  f"{engine.gpu} (SM {engine.sm})  {engine.build_seconds} s  "
+                  f"layers {engine.layers_by_precision}", highlight=False)

@@ -142,20 +142,19 @@ def eval_command(
     with user_errors(verbose):
         result = evaluate(models, data, out, samples=samples, overwrite=overwrite,
                           options=source_options(weights, model_kwargs, trust_pickle))
-    features = result.get("features")
-    for row in result["models"]:
-        vs = row.get("vs_first")
-        what = ("features" if features else f"top-1 {100 * row['top1']:.2f}%, top-5 {100 * row['top5']:.2f}%"
-                if "top1" in row else "unlabeled")
+    for row in result.models:
+        vs = row.vs_first
+        what = ("features" if result.features else f"top-1 {100 * row.top1:.2f}%, top-5 {100 * (row.top5 or 0):.2f}%"
+                if row.top1 is not None else "unlabeled")
         if not vs:
             versus = " (reference)"
-        elif features:
-            versus = (f"; vs first: cosine {vs['cosine']:.4f} (worst {vs['min_cosine']:.4f}), relative error "
-                      f"{vs['rel_error']:.4f} ({vs['verdict']})")
+        elif result.features:
+            versus = (f"; vs first: cosine {vs.cosine:.4f} (worst {vs.min_cosine:.4f}), relative error "
+                      f"{vs.rel_error:.4f} ({vs.verdict})")
         else:
-            versus = f"; vs first: agreement {100 * vs['top1_agreement']:.2f}%, KL {vs['kl']:.4f} ({vs['verdict']})"
-        console.print(f"{row['model']}: {what}{versus}")
-    console.print(f"eval: {out} ({result['samples']} images); vitedge report {out} -o report.html",
+            versus = f"; vs first: agreement {100 * (vs.top1_agreement or 0):.2f}%, KL {vs.kl:.4f} ({vs.verdict})"
+        console.print(f"{row.model}: {what}{versus}")
+    console.print(f"eval: {out} ({result.samples} images); vitedge report {out} -o report.html",
                   highlight=False)
 
 

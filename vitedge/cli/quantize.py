@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -33,6 +33,9 @@ from vitedge.cli.shared import (
 )
 from vitedge.quantize.recipes import CalibrationMethod, Recipe
 from vitedge.targets import Scheme
+
+if TYPE_CHECKING:
+    from vitedge.schemas import QuantReport
 
 
 def quantize(
@@ -125,23 +128,22 @@ def _calibration_bar(quiet: bool) -> Iterator[Any]:
         yield tick
 
 
-def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
-    print_warnings(report["warnings"])
-    drift, budget, latency = report["drift"], report["budget"], report["latency_ms"]
-    accuracy = report.get("accuracy")
+def _print_summary(report: QuantReport, out_dir: Path) -> None:
+    print_warnings(report.warnings)
+    drift, budget, latency, accuracy = report.drift, report.budget, report.latency_ms, report.accuracy
     if accuracy:
-        console.print(f"top-1 FP32 {100 * accuracy['fp32_top1']:.2f}% → INT8 "
-                      f"{100 * accuracy['int8_top1']:.2f}% (drop {budget['drop']:.2f} points, "
-                      f"budget {budget['max_drop']:g})", highlight=False)
-    closeness = (f"feature cosine to FP32 {drift['cosine']:.4f} (worst {drift['min_cosine']:.4f}, "
-                 f"relative error {drift['rel_error']:.4f}, budget {budget['min_cosine']:g})"
-                 if drift["features"] else
-                 f"agreement with FP32 {100 * drift['top1_agreement']:.2f}%")
-    console.print(f"{closeness} on {drift['samples']} samples"
-                  + ("" if drift["features"] else f", KL {drift['kl']:.4f}, cosine {drift['cosine']:.4f}")
-                  + f"; {100 * report['int8_linear_mac_share']:.1f}% of Linear MACs in INT8 "
-                  f"({report['chosen']})")
-    console.print(f"ONNX Runtime CPU p50 batch {latency['batch']}: FP32 {latency['fp32']['p50']:.2f} ms, "
-                  f"INT8 {latency['int8']['p50']:.2f} ms; lint "
-                  f"{'passed' if report['lint']['passed'] else 'FAILED'}", highlight=False)
+        console.print(f"top-1 FP32 {100 * accuracy.fp32_top1:.2f}% → INT8 "
+                      f"{100 * accuracy.int8_top1:.2f}% (drop {budget.drop:.2f} points, "
+                      f"budget {budget.max_drop:g})", highlight=False)
+    closeness = (f"feature cosine to FP32 {drift.cosine:.4f} (worst {drift.min_cosine:.4f}, "
+                 f"relative error {drift.rel_error:.4f}, budget {budget.min_cosine:g})"
+                 if drift.features else
+                 f"agreement with FP32 {100 * (drift.top1_agreement or 0):.2f}%")
+    console.print(f"{closeness} on {drift.samples} samples"
+                  + ("" if drift.features else f", KL {drift.kl:.4f}, cosine {drift.cosine:.4f}")
+                  + f"; {100 * report.int8_linear_mac_share:.1f}% of Linear MACs in INT8 "
+                  f"({report.chosen})")
+    console.print(f"ONNX Runtime CPU p50 batch {latency.batch}: FP32 {latency.fp32['p50']:.2f} ms, "
+                  f"INT8 {latency.int8['p50']:.2f} ms; lint "
+                  f"{'passed' if report.lint['passed'] else 'FAILED'}", highlight=False)
     console.print(f"wrote {out_dir}/model.onnx and quant_report.md", highlight=False)

@@ -104,25 +104,23 @@ def run(
             camera=CameraOptions(width=width, height=height, fps=fps, loop=loop, reconnect_s=reconnect_s),
             source_options=source_options(weights, model_kwargs, trust_pickle),
             on_frame=progress, progress=progress_printer(quiet))
-    drift = summary["drift"]
-    counts = summary["frames"]
-    latency = summary["deployed"]["latency_ms"]
-    console.print(f"{summary['stop_reason']}: {counts['logged']} frames ({counts['dropped']} dropped, "
-                  f"{counts['corrupt']} corrupt) at {summary['fps']:.1f} FPS; inference p50 "
-                  f"{latency['p50_ms'] or 0:.2f} ms, loop overhead p50 "
-                  f"{summary['loop_overhead_ms']['p50'] or 0:.2f} ms", highlight=False)
-    if summary["shadow"]:
-        agreement = drift["top1_agreement"]
-        closeness = ((f"cosine {drift['cosine']:.4f}, relative error {drift['rel_error']:.4f}"
-                      if drift["cosine"] is not None else "cosine —") if drift["features"] else
+    drift, counts, latency = summary.drift, summary.frames, summary.deployed.latency_ms
+    console.print(f"{summary.stop_reason}: {counts.logged} frames ({counts.dropped} dropped, "
+                  f"{counts.corrupt} corrupt) at {summary.fps or 0:.1f} FPS; inference p50 "
+                  f"{latency.p50_ms or 0:.2f} ms, loop overhead p50 "
+                  f"{summary.loop_overhead_ms.p50 or 0:.2f} ms", highlight=False)
+    if summary.shadow:
+        agreement = drift.top1_agreement
+        closeness = ((f"cosine {drift.cosine:.4f}, relative error {drift.rel_error:.4f}"
+                      if drift.cosine is not None else "cosine —") if drift.features else
                      "agreement " + (f"{100 * agreement:.2f}%" if agreement is not None else "—")
-                     + (f", KL {drift['kl']:.4f}" if drift["kl"] is not None else ""))
-        console.print(f"drift: {drift['verdict']} — {drift['samples']} shadowed frames, {closeness}"
-                      + f"; {summary['shadow']['skipped_reference_behind']} skipped (reference behind)",
+                     + (f", KL {drift.kl:.4f}" if drift.kl is not None else ""))
+        console.print(f"drift: {drift.verdict} — {drift.samples} shadowed frames, {closeness}"
+                      + f"; {summary.shadow.skipped_reference_behind} skipped (reference behind)",
                       highlight=False)
     console.print(f"run: {run_dir}" + (f"  report: {run_dir / 'report.html'}" if report else ""),
                   highlight=False)
-    if fail_on_drift and (summary["alerts"] or drift["verdict"] == "drift"):
+    if fail_on_drift and (summary.alerts or drift.verdict == "drift"):
         raise typer.Exit(2)
 
 

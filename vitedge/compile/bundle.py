@@ -15,9 +15,10 @@ from typing import Any
 from vitedge.artifact import read_card, sha256_file, verify_files, write_card
 from vitedge.card import ModelCard
 from vitedge.compile.passport import PASSPORT_NAME
-from vitedge.documents import confined, read_document, write_document
+from vitedge.documents import confined, read_model, write_document
 from vitedge.errors import InputError
 from vitedge.quantize.lint import Finding
+from vitedge.schemas import BundleSettings, Passport
 
 BUNDLE_NAME = "bundle.json"
 MODEL = "model.onnx"
@@ -31,18 +32,18 @@ class Bundle:
 
     path: Path
     card: ModelCard
-    bundle: dict[str, Any]
-    passport: dict[str, Any]
+    settings: BundleSettings  # bundle.json
+    passport: Passport  # passport.json
     findings: list[Finding] = field(default_factory=list)
 
     @property
     def runtime(self) -> str:
-        return self.bundle["runtime"]
+        return self.settings.runtime
 
     def file(self, key: str) -> Path:
         """The file bundle.json names under `key`, inside the bundle and hashed by its card."""
-        name = self.bundle.get(key) if key in ("model", "engine", "layers", "source_model") else \
-            (self.bundle.get("build") or {}).get(key)
+        name = getattr(self.settings, key) if key in ("model", "engine", "layers", "source_model") else \
+            getattr(self.settings.build, key, None)
         return self.member(name, what=f"{self.path}/{BUNDLE_NAME} ({key})")
 
     def member(self, name: str, *, what: str | None = None) -> Path:
@@ -59,7 +60,6 @@ def is_bundle(path: Path) -> bool:
 
 def read_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle: every file must match the hashes its card and passport hold."""
-    from vitedge.schemas import BundleDoc, PassportDoc
 
     path = Path(path)
     if not is_bundle(path):
@@ -69,17 +69,17 @@ def read_bundle(path: str | Path) -> Bundle:
     if card.format != "bundle":
         raise InputError(f"{path}/card.json says {card.format!r}, not a bundle", RECREATE)
     verify_files(path, card)
-    passport = read_document(path / PASSPORT_NAME, PassportDoc, hint=RECREATE)
-    bundle = read_document(path / BUNDLE_NAME, BundleDoc, hint=RECREATE)
-    if passport["runtime"]["name"] != bundle["runtime"]:
-        raise InputError(f"{path}: passport.json says {passport['runtime']['name']}, bundle.json "
-                         f"{bundle['runtime']}", RECREATE)
-    for name, digest in passport["files"].items():
+    passport = read_model(path / PASSPORT_NAME, Passport, hint=RECREATE)
+    settings = read_model(path / BUNDLE_NAME, BundleSettings, hint=RECREATE)
+    if passport.runtime["name"] != settings.runtime:
+        raise InputError(f"{path}: passport.json says {passport.runtime['name']}, bundle.json "
+                         f"{settings.runtime}", RECREATE)
+    for name, digest in passport.files.items():
         if card.files.get(name) != digest:
             raise InputError(f"{path / name} does not match the hash in its passport",
                              "the bundle was changed after it was made; re-create it")
-    result = Bundle(path, card, bundle, passport)
-    result.file("model" if bundle["runtime"] == "onnxruntime" else "onnx")
+    result = Bundle(path, card, settings, passport)
+    result.file("model" if settings.runtime == "onnxruntime" else "onnx")
     return result
 
 

@@ -15,10 +15,13 @@ import subprocess
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitedge import __version__
 from vitedge.versions import cpu_features, package_version
+
+if TYPE_CHECKING:
+    from vitedge.schemas import Passport
 
 PASSPORT_NAME = "passport.json"
 PASSPORT_VERSION = 1
@@ -109,30 +112,30 @@ def _minor(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
 
-def mismatches(passport: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+def mismatches(passport: Passport, facts: dict[str, Any]) -> list[str]:
     """Why this machine cannot run what the bundle holds (empty when it can)."""
-    built = passport.get("built", {})
+    built = passport.built
     problems: list[str] = []
-    if passport["runtime"]["name"] == "onnxruntime":
-        if not built.get("optimized_offline"):
+    if passport.runtime["name"] == "onnxruntime":
+        if not built.optimized_offline:
             return problems  # a plain ONNX graph runs on any ONNX Runtime that has its opset
-        if built.get("arch") != facts["arch"]:
-            problems.append(f"graph optimized on {built.get('arch')}, this machine is {facts['arch']}")
-        if _minor(built.get("onnxruntime")) != _minor(facts["onnxruntime"]):
-            problems.append(f"graph optimized by ONNX Runtime {built.get('onnxruntime')}, this "
+        if built.arch != facts["arch"]:
+            problems.append(f"graph optimized on {built.arch}, this machine is {facts['arch']}")
+        if _minor(built.onnxruntime) != _minor(facts["onnxruntime"]):
+            problems.append(f"graph optimized by ONNX Runtime {built.onnxruntime}, this "
                             f"machine has {facts['onnxruntime'] or 'none'}")
         return problems
-    engine = built.get("engine")
+    engine = built.engine
     if not engine:
         return problems
-    if engine.get("tensorrt") != facts["tensorrt"]:
-        problems.append(f"engine built with TensorRT {engine.get('tensorrt')}, this machine has "
+    if engine.tensorrt != facts["tensorrt"]:
+        problems.append(f"engine built with TensorRT {engine.tensorrt}, this machine has "
                         f"{facts['tensorrt'] or 'no TensorRT'}")
     gpu = facts.get("gpu") or {}
-    if engine.get("sm") != gpu.get("sm"):
-        problems.append(f"engine built for SM {engine.get('sm')} ({engine.get('gpu')}), this "
+    if engine.sm != gpu.get("sm"):
+        problems.append(f"engine built for SM {engine.sm} ({engine.gpu}), this "
                         f"machine has {('SM ' + gpu['sm'] + ' (' + gpu['name'] + ')') if gpu else 'no CUDA GPU'}")
-    if engine.get("l4t") and _minor(engine["l4t"]) != _minor(facts.get("l4t")):
-        problems.append(f"engine built on L4T {engine['l4t']}, this machine runs "
+    if engine.l4t and _minor(engine.l4t) != _minor(facts.get("l4t")):
+        problems.append(f"engine built on L4T {engine.l4t}, this machine runs "
                         f"{facts.get('l4t') or 'no L4T'}")
     return problems

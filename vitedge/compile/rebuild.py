@@ -30,17 +30,18 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
                          "load it directly (vitedge predict / bench), or --rebuild to re-optimize")
     from vitedge.targets import parse_target
 
-    target = parse_target(current.passport["target"], f"{path}/{PASSPORT_NAME}")
+    target = parse_target(current.passport.target.to_dict(), f"{path}/{PASSPORT_NAME}")
     reason = local_tensorrt_match(target)
     if reason is not None:
         raise MissingDependencyError(f"cannot build {path} for {target.name} here: {reason}",
                                      "run vitedge build on the target device")
-    settings = BuildSettings.from_dict(current.bundle["build"])
+    assert current.settings.build is not None  # a TensorRT bundle's settings have it (schema)
+    settings = BuildSettings.from_dict(current.settings.build.to_dict())
     with _rewriting(current, replaced=("model.engine", "layers.json")) as staging:
         say("building the TensorRT engine")
-        built, bundle = build_in(staging, settings, current.bundle, settings.dla_core)
+        built, bundle = build_in(staging, settings, current.settings.to_dict(), settings.dla_core)
         write_document(staging / BUNDLE_NAME, bundle)
-        seal(staging, current.card, {**current.passport, "built": built})
+        seal(staging, current.card, {**current.passport.to_dict(), "built": built})
     return read_bundle(path)
 
 
@@ -58,10 +59,10 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
     """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
     current = read_bundle(path)
     with _rewriting(current, replaced=(MODEL,)) as staging:
-        passport = current.passport
+        passport = current.passport.to_dict()
         passport["built"].update({**optimize_here(staging, machine_facts()),
                                   "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        bundle = dict(current.bundle)
+        bundle = current.settings.to_dict()
         bundle["session"] = {**bundle["session"], "optimization": "disabled"}
         write_document(staging / BUNDLE_NAME, bundle)
         seal(staging, current.card, passport)

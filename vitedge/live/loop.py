@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from vitedge.live.camera import Frame, FrameSource
 from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
+
+if TYPE_CHECKING:
+    from vitedge.schemas import RunSummary
 
 MAX_WINDOW = 100_000
 SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
@@ -157,7 +160,7 @@ class _Stopper:
 @releasing
 def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
              reference: Session | None = None, options: RunOptions | None = None,
-             on_frame: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_frame: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Run the live loop on sessions already loaded and a source already open, until the source
     ends, a limit is hit or a signal arrives (`vitedge.live.run` loads and opens them for you).
 
@@ -442,7 +445,7 @@ class _Loop:
             self.frames_log.flush()
             self.last_flush = now
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> RunSummary:
         """Drain the shadow worker, close sinks, and write summary.json (always)."""
         self.loop_ended = time.monotonic()
         if self.shadow is not None:
@@ -495,4 +498,6 @@ class _Loop:
         summary["files"] = {p.relative_to(self.out).as_posix(): sha256_file(p)
                             for p in sorted(self.out.rglob("*"))
                             if p.is_file() and p.name != "summary.json" and not p.name.startswith(".")}
-        return write_document(self.out / "summary.json", summary)
+        from vitedge.schemas import RunSummary
+
+        return RunSummary.from_dict(write_document(self.out / "summary.json", summary))

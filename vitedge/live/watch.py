@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitedge.errors import InputError
 from vitedge.live.loop import RunOptions, check_run_output, run_loop
 from vitedge.models.options import SourceOptions
 from vitedge.outputs import releasing
+
+if TYPE_CHECKING:
+    from vitedge.schemas import RunSummary
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ def run(model: str | Path, source: str | int, out: str | Path | None = None, *,
         camera: CameraOptions | None = None, rebuild: bool = False,
         source_options: SourceOptions | None = None, report: bool = True,
         on_frame: Callable[[dict[str, Any]], None] | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None) -> RunSummary:
     """Run `model` on `source` with a full-precision shadow; return the run's summary.
 
     `out` defaults to runs/<time>; `reference` to the FP32 ancestor found through the card's

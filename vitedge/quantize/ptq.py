@@ -50,6 +50,7 @@ from vitedge.quantize.qdq import (
 )
 from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
 from vitedge.quantize.report import build_report, markdown
+from vitedge.schemas import QuantReport
 from vitedge.runtime.onnxrt import cpu_session
 from vitedge.targets import Scheme, Target, load_target
 
@@ -75,11 +76,44 @@ class Candidate:
     rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
 
 
-@dataclass
+@dataclass(frozen=True)
+class QuantSettings:
+    """What was asked for: recorded in the report's settings and the card's lineage."""
+
+    recipe: Recipe = Recipe.VIT_SAFE
+    calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX
+    scheme: Scheme = Scheme.SYMMETRIC
+    target: Target | None = None
+    smooth_quant: bool = False
+    bias_correction: bool = True
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The samples candidates are judged on, the FP32 outputs there and (labeled data) the labels."""
+
+    data: DataSet
+    fp32: np.ndarray
+    labels: np.ndarray | None = None
+    features: bool = False  # a feature extractor: judged by cosine, not by classes
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the candidate search found: the chosen graph, everything tried, the sensitivity ranking."""
+
+    best: Candidate
+    tried: list[Candidate]
+    sensitivity: list[dict[str, Any]]
+    met: bool
+
+
+@dataclass(frozen=True)
 class QuantizeResult:
     out_dir: Path
     card: ModelCard
-    report: dict[str, Any]
+    report: QuantReport
     within_budget: bool
     seconds: float
 
@@ -175,14 +209,14 @@ def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Sche
     return quantized
 
 
-def _candidate(label: str, model: onnx.ModelProto, evaluation: DataSet, fp32: np.ndarray,
-               labels: np.ndarray | None, nodes: list[ComputeNode],
-               float_nodes: list[str] | None = None, *, features: bool = False) -> Candidate:
+def _candidate(label: str, model: onnx.ModelProto, evaluation: Evaluation, nodes: list[ComputeNode],
+               float_nodes: list[str] | None = None) -> Candidate:
     """Evaluate a quantized graph against the FP32 outputs."""
-    logits = run_onnx(model, evaluation)
+    fp32, labels = evaluation.fp32, evaluation.labels
+    logits = run_onnx(model, evaluation.data)
     vectors = compare(fp32, logits, features=True)
     cosine, rel_error = float(vectors.cosine or 0.0), float(vectors.rel_error or 0.0)
-    if features:
+    if evaluation.features:
         return Candidate(label, model, logits, 100.0 * (1.0 - cosine), int8_mac_share(model, nodes),
                          cosine, list(float_nodes or []), cosine, rel_error)
     return Candidate(label, model, logits, _drop(fp32, logits, labels), int8_mac_share(model, nodes),
@@ -241,50 +275,29 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
     import onnx
 
     from vitedge.models.load import as_loaded
+    from vitedge.outputs import OutputKind, check_output, input_paths, temporary_directory, writing
 
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     if target is not None and not isinstance(target, Target):
         target = load_target(target)  # an unknown target fails before the model is loaded
-    scheme = scheme or (target.int8_scheme if target else Scheme.SYMMETRIC)
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
-    loaded = as_loaded(model, options)
-    features = loaded.card.num_classes is None
-    budget = Budget.of(features, max_drop, min_agreement, min_cosine)
-    meets = budget.meets
-
-    exclude = list(exclude or [])
-    for pattern in exclude:
+    settings = QuantSettings(recipe, calibration, scheme or (target.int8_scheme if target else Scheme.SYMMETRIC),
+                             target, smooth_quant, bias_correction, tuple(exclude or ()))
+    for pattern in settings.exclude:
         try:
             re.compile(pattern)
         except re.error as exc:
             raise InputError(f"--exclude {pattern!r} is not a valid regular expression ({exc})") from None
-    from vitedge.outputs import (
-        OutputKind,
-        check_output,
-        input_paths,
-        temporary_directory,
-        writing,
-    )
-
+    loaded = as_loaded(model, options)
+    card = loaded.card
+    budget = Budget.of(card.num_classes is None, max_drop, min_agreement, min_cosine)
     inputs = [*loaded.origin, *input_paths(calib, eval_data)]
     check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)  # before minutes of work
-    card = loaded.card
-    pre = card.preprocessing
-    calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
-    say(f"calibration: {len(calibration_data)} samples from {calibration_data.origin}"
-        + (f" ({len(calibration_data.skipped)} unreadable skipped)" if calibration_data.skipped else ""))
-    if eval_data is not None:
-        evaluation = open_data(eval_data, pre, samples=eval_samples, seed=seed + 1, role="eval")
-        warnings_ = []
-    else:
-        evaluation = calibration_data
-        warnings_ = ["no --eval data: metrics are measured on the calibration samples, which "
-                     "flatters INT8; pass held-out images with --eval"]
-    labels = None if features else model_labels(card, evaluation)
-    warnings_ += _resolution_warnings(budget, len(evaluation))
-
+    calibration_data, evaluation_data, warnings_ = _open_data(card, calib, eval_data, samples, eval_samples,
+                                                             seed, say)
+    warnings_ += _resolution_warnings(budget, len(evaluation_data))
     with temporary_directory("quantize") as tmp:
         float_path = _float_onnx(loaded, Path(tmp), calib, say)
         float_model = onnx.load(str(float_path))
@@ -293,92 +306,117 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
             raise InputError(f"{card.architecture} has no quantizable Linear layers "
                              "(no MatMul/Gemm/Conv with constant weights)",
                              "vitedge quantizes Linear layers; this graph has none")
-        op_types = {n.op_type for n in float_model.graph.node}
-        fp32 = run_onnx(float_model, evaluation)
+        fp32 = run_onnx(float_model, evaluation_data)
         if fp32.ndim != 2:
             raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not one vector "
                              "per image", "vitedge compares class logits or pooled features with FP32")
-
-        def attempt(label: str, with_attention: bool) -> Candidate | None:
-            """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
-            say(f"quantizing ({label})")
-            model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=calibration,
-                                   ignored=ignored_scope(recipe, nodes, exclude, op_types,
-                                                          with_attention),
-                                   smooth_quant=smooth_quant, bias_correction=bias_correction,
-                                   full=recipe is Recipe.FULL, tick=calibration_tick)
-            rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
-            if recipe is not Recipe.FULL and not rules:
-                dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
-                               f"{rules.errors[0].node}")
-                return None
-            return _candidate(label, model, evaluation, fp32, labels, nodes, features=features)
-
-        tried: list[Candidate] = []
-        dropped: list[str] = []
-        sensitivity: list[dict[str, Any]] = []
-        if recipe is Recipe.FULL:
-            tried.append(attempt("full", True))  # type: ignore[arg-type]  (full is never dropped)
-        else:
-            first = attempt("linear-only", False)
-            tried += [first] if first else []
-            if recipe is Recipe.VIT_SAFE and first and meets(first) and any(
-                    n.kind == "attention" for n in nodes):
-                second = attempt("linear + attention MatMuls", True)
-                tried += [second] if second else []
-        warnings_ += dropped
-        if not tried:
-            raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
-                               "please report this with the model")
-        within = [c for c in tried if meets(c)]
-        if within:
-            best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
-        else:
-            best = min(tried, key=lambda c: c.drop)
-            if recipe is Recipe.VIT_SAFE:
-                say("over budget: ranking layers by sensitivity")
-                best, sensitivity = _budget_search(best, float_model, nodes, evaluation, fp32,
-                                                   labels, meets, say, features=features)
-        lint = lint_qdq(best.model, symmetric=scheme is Scheme.SYMMETRIC,
-                        vit_safe=recipe is not Recipe.FULL)
-        if recipe is not Recipe.FULL and not lint:
-            raise VitedgeError(f"internal: the {recipe} graph broke its own rules: "
+        evaluation = Evaluation(evaluation_data, fp32, None if budget.features else
+                                model_labels(card, evaluation_data), budget.features)
+        search = _search(float_model, nodes, calibration_data, evaluation, settings, budget, warnings_,
+                         say, calibration_tick)
+        lint = lint_qdq(search.best.model, symmetric=settings.scheme is Scheme.SYMMETRIC,
+                        vit_safe=settings.recipe is not Recipe.FULL)
+        if settings.recipe is not Recipe.FULL and not lint:
+            raise VitedgeError(f"internal: the {settings.recipe} graph broke its own rules: "
                                f"{lint.errors[0].message} at {lint.errors[0].node}",
                                "please report this with the model")
         say("measuring per-layer error and latency")
-        report = build_report(card, best, tried, float_model, nodes, evaluation, fp32, labels,
-                               lint, sensitivity, budget, meets(best), recipe,
-                               scheme, target, calibration,
-                               calibration_data, smooth_quant, bias_correction, exclude,
-                               warnings_)
-        new_card = _quantized_card(card, report, float_path)
+        raw = build_report(card, float_model, nodes, evaluation, calibration_data, search, lint, budget,
+                           settings, warnings_)
+        new_card = _quantized_card(card, raw, float_path)
         with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
-            onnx.save_model(best.model, str(staging / "model.onnx"))
-            atomic_write_text(staging / "quant_report.json", json.dumps(report, indent=2) + "\n")
-            atomic_write_text(staging / "quant_report.md", markdown(report))
+            onnx.save_model(search.best.model, str(staging / "model.onnx"))
+            atomic_write_text(staging / "quant_report.json", json.dumps(raw, indent=2) + "\n")
+            atomic_write_text(staging / "quant_report.md", markdown(raw))
             write_card(staging, new_card)  # hashes the model and the reports
-    result = QuantizeResult(Path(out), new_card, report, report["budget"]["met"],
-                            time.perf_counter() - started)
+    report = QuantReport.from_dict(raw)
+    result = QuantizeResult(Path(out), new_card, report, report.budget.met, time.perf_counter() - started)
     if not result.within_budget:
         raise BudgetMissed(result)
     return result
+
+
+def _open_data(card: ModelCard, calib: str | Path, eval_data: str | Path | None, samples: int,
+               eval_samples: int | None, seed: int, say: Callable[[str], None]
+               ) -> tuple[DataSet, DataSet, list[str]]:
+    """The calibration samples, the evaluation samples (the calibration ones without --eval, with
+    a warning that says what that flatters) and the warnings so far."""
+    pre = card.preprocessing
+    calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
+    say(f"calibration: {len(calibration_data)} samples from {calibration_data.origin}"
+        + (f" ({len(calibration_data.skipped)} unreadable skipped)" if calibration_data.skipped else ""))
+    if eval_data is not None:
+        return calibration_data, open_data(eval_data, pre, samples=eval_samples, seed=seed + 1, role="eval"), []
+    return calibration_data, calibration_data, [
+        "no --eval data: metrics are measured on the calibration samples, which flatters INT8; pass "
+        "held-out images with --eval"]
+
+
+def _search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibration_data: DataSet,
+            evaluation: Evaluation, settings: QuantSettings, budget: Budget, warnings_: list[str],
+            say: Callable[[str], None], tick: Callable[[int, int], None] | None) -> Search:
+    """Quantize the recipe's candidates, keep the one with most INT8 within the budget; over
+    budget (vit-safe), revert the most sensitive Linear nodes to float until it holds."""
+    recipe, scheme = settings.recipe, settings.scheme
+    op_types = {n.op_type for n in float_model.graph.node}
+    dropped: list[str] = []
+
+    def attempt(label: str, with_attention: bool) -> Candidate | None:
+        """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
+        say(f"quantizing ({label})")
+        model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=settings.calibration,
+                               ignored=ignored_scope(recipe, nodes, list(settings.exclude), op_types,
+                                                     with_attention),
+                               smooth_quant=settings.smooth_quant, bias_correction=settings.bias_correction,
+                               full=recipe is Recipe.FULL, tick=tick)
+        rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
+        if recipe is not Recipe.FULL and not rules:
+            dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
+                           f"{rules.errors[0].node}")
+            return None
+        return _candidate(label, model, evaluation, nodes)
+
+    tried: list[Candidate] = []
+    sensitivity: list[dict[str, Any]] = []
+    if recipe is Recipe.FULL:
+        tried.append(attempt("full", True))  # type: ignore[arg-type]  (full is never dropped)
+    else:
+        first = attempt("linear-only", False)
+        tried += [first] if first else []
+        if recipe is Recipe.VIT_SAFE and first and budget.meets(first) and any(
+                n.kind == "attention" for n in nodes):
+            second = attempt("linear + attention MatMuls", True)
+            tried += [second] if second else []
+    warnings_ += dropped
+    if not tried:
+        raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
+                           "please report this with the model")
+    within = [c for c in tried if budget.meets(c)]
+    if within:
+        best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
+    else:
+        best = min(tried, key=lambda c: c.drop)
+        if recipe is Recipe.VIT_SAFE:
+            say("over budget: ranking layers by sensitivity")
+            best, sensitivity = _budget_search(best, float_model, nodes, evaluation, budget.meets, say)
+    return Search(best, tried, sensitivity, budget.meets(best))
 
 
 class BudgetMissed(VitedgeError):
     """No candidate met the budget; the best one found was still written."""
 
     def __init__(self, result: QuantizeResult) -> None:
-        budget = result.report["budget"]
-        share = f"{100 * result.report['int8_linear_mac_share']:.0f}% of Linear MACs in INT8"
-        if budget["features"]:
-            message = (f"--min-cosine {budget['min_cosine']:g} cannot be met: the best model found has "
-                       f"cosine {budget['cosine']:.4f} to the FP32 features (relative error "
-                       f"{budget['rel_error']:.4f}), with {share}; it was written to {result.out_dir}")
+        budget = result.report.budget
+        share = f"{100 * result.report.int8_linear_mac_share:.0f}% of Linear MACs in INT8"
+        if budget.features:
+            message = (f"--min-cosine {budget.min_cosine:g} cannot be met: the best model found has "
+                       f"cosine {budget.cosine:.4f} to the FP32 features (relative error "
+                       f"{budget.rel_error:.4f}), with {share}; it was written to {result.out_dir}")
             hint = "lower --min-cosine, or calibrate on data closer to the deployment"
         else:
-            message = (f"{budget['wanted']} cannot be met: the best model found drops {budget['drop']:.2f} "
-                       f"points ({max(0.0, budget['drop'] - budget['max_drop']):.2f} over), agrees with "
-                       f"FP32 on {100 * budget['agreement']:.2f}% of samples, with {share}; it was "
+            message = (f"{budget.wanted} cannot be met: the best model found drops {budget.drop:.2f} "
+                       f"points ({max(0.0, budget.drop - (budget.max_drop or 0.0)):.2f} over), agrees with "
+                       f"FP32 on {100 * (budget.agreement or 0.0):.2f}% of samples, with {share}; it was "
                        f"written to {result.out_dir}")
             hint = ("raise --max-drop or lower --min-agreement, calibrate on data closer to the "
                     "deployment, or try --scheme asymmetric on CPU targets")
@@ -395,16 +433,16 @@ def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable
 
 
 def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
-                   evaluation: DataSet, fp32: np.ndarray, labels: np.ndarray | None,
-                   meets: Callable[[Candidate], bool], say: Callable[[str], None], *,
-                   features: bool = False) -> tuple[Candidate, list[dict[str, Any]]]:
+                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None]
+                   ) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
 
     Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
     or the relative error of feature vectors.
     """
-    subset = evaluation.head(RANKING_SAMPLES)
-    reference = fp32[:RANKING_SAMPLES]
+    features = evaluation.features
+    subset = evaluation.data.head(RANKING_SAMPLES)
+    reference = evaluation.fp32[:RANKING_SAMPLES]
     base = compare(reference, run_onnx(start.model, subset), features=features).error
     quantized = quantized_node_names(start.model)
     ranking = []
@@ -424,7 +462,7 @@ def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[C
         reverted_names.append(row["node"])
         model = revert_to_float(start.model, float_model, set(reverted_names))
         candidate = _candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
-                               model, evaluation, fp32, labels, nodes, reverted_names, features=features)
+                               model, evaluation, nodes, reverted_names)
         say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
             f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
         if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):

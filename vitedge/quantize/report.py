@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     from vitedge.card import ModelCard
     from vitedge.data import DataSet
     from vitedge.quantize.lint import LintResult
-    from vitedge.quantize.ptq import Candidate
-    from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe
+    from vitedge.quantize.ptq import Evaluation, QuantSettings, Search
     from vitedge.quantize.qdq import ComputeNode
-    from vitedge.targets import Scheme, Target
+    from vitedge.quantize.recipes import Budget
 
 
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
@@ -78,20 +77,19 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
     return results
 
 
-def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
-                  float_model: onnx.ModelProto, nodes: list[ComputeNode], evaluation: DataSet,
-                  fp32: np.ndarray, labels: np.ndarray | None, lint: LintResult,
-                  sensitivity: list[dict[str, Any]], budget: Budget, met: bool, recipe: Recipe,
-                  scheme: Scheme, target: Target | None, calibration: CalibrationMethod, calibration_data: DataSet,
-                  smooth_quant: bool, bias_correction: bool, exclude: list[str],
-                  warnings_: list[str]) -> dict[str, Any]:
+def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[ComputeNode],
+                 evaluation: Evaluation, calibration_data: DataSet, search: Search, lint: LintResult,
+                 budget: Budget, settings: QuantSettings, warnings_: list[str]) -> dict[str, Any]:
+    """quant_report.json: what was asked, what was tried, what was chosen and how it measures."""
+    best, tried, sensitivity, met = search.best, search.tried, search.sensitivity, search.met
+    fp32, labels = evaluation.fp32, evaluation.labels
     drift = compare(fp32, best.logits, DriftThresholds(min_agreement=budget.min_agreement or 0.99,
                                                        min_cosine=budget.min_cosine),
                     features=budget.features)
     quantized = quantized_node_names(best.model)
     float_linear = [n.name for n in nodes if n.kind == "linear" and n.name not in quantized]
     float_attention = [n.name for n in nodes if n.kind == "attention" and n.name not in quantized]
-    sample = evaluation.head(32)
+    sample = evaluation.data.head(32)
     sqnr = layer_sqnr(float_model, best.model, [n.name for n in nodes if n.name in quantized], sample)
     h, w = card.preprocessing.input_size
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
@@ -105,14 +103,15 @@ def build_report(card: ModelCard, best: Candidate, tried: list[Candidate],
                     "int8_top5": topk_accuracy(best.logits, labels, 5)}
     macs = {n.name: n.macs for n in nodes}
     return {
-        "settings": {"recipe": str(recipe), "scheme": str(scheme),
-                     "target": target.name if target else None, "calibration": str(calibration),
+        "settings": {"recipe": str(settings.recipe), "scheme": str(settings.scheme),
+                     "target": settings.target.name if settings.target else None,
+                     "calibration": str(settings.calibration),
                      "calibration_samples": len(calibration_data),
                      "calibration_skipped": len(calibration_data.skipped),
-                     "calibration_data": calibration_data.origin, "eval_samples": len(evaluation),
-                     "eval_data": evaluation.origin, "labeled": labels is not None,
-                     "smooth_quant": smooth_quant, "bias_correction": bias_correction,
-                     "exclude": exclude, "engine": tool_versions("nncf", "onnxruntime", "onnx")},
+                     "calibration_data": calibration_data.origin, "eval_samples": len(evaluation.data),
+                     "eval_data": evaluation.data.origin, "labeled": labels is not None,
+                     "smooth_quant": settings.smooth_quant, "bias_correction": settings.bias_correction,
+                     "exclude": list(settings.exclude), "engine": tool_versions("nncf", "onnxruntime", "onnx")},
         "budget": {"features": budget.features, "wanted": budget.describe(), "met": met,
                    "max_drop": None if budget.features else budget.max_drop, "drop": best.drop,
                    "min_agreement": budget.min_agreement, "agreement": None if budget.features else best.agreement,
