@@ -31,7 +31,7 @@ make_digits_video = _script("make_digits_video").make_digits_video
 
 def native_cpu_target() -> str:
     """The CPU profile of this machine's ISA: only there is a bundle optimized offline."""
-    from vitedge.compile.passport import machine_arch
+    from vitedge.versions import machine_arch
 
     return "arm64-cpu" if machine_arch() == "arm64" else "x86-cpu"
 

@@ -312,7 +312,8 @@ def test_build_settings_round_trip_and_layer_info():
 
 
 def test_passport_mismatch_rules(cpu_bundle):
-    from vitedge.compile.passport import l4t_release, mismatches
+    from vitedge.compile.passport import mismatches
+    from vitedge.versions import l4t_release
     from vitedge.schemas import Passport
 
     passport = Passport.from_dict({**read_bundle(cpu_bundle).passport.to_dict(), "runtime": {"name": "tensorrt"},

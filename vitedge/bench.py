@@ -157,23 +157,6 @@ def model_size_mib(source: str | Path, session: Session) -> float | None:
     return path.stat().st_size / 2**20 if path.is_file() else None  # e.g. a .onnx file
 
 
-def latency(session: Session, batch: int, runs: int, warmup: int, seed: int = 0
-            ) -> dict[str, float | None]:
-    shape = [d if isinstance(d, int) else batch for d in session.input.shape]
-    shape[0] = batch
-    inputs = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    for _ in range(warmup):
-        session.infer(inputs)
-    session.timing.calls_ms.clear()
-    session.timing.images = 0
-    for _ in range(runs):
-        session.infer(inputs)
-    summary = session.timing.summary()
-    p50 = summary["p50_ms"]
-    return {"p50_ms": p50, "p95_ms": summary["p95_ms"],
-            "images_per_s": batch * 1000 / p50 if p50 else None}
-
-
 def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: str | Path | None = None,
           samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
           backend: Backend | str | None = None, json_out: str | Path | None = None,
@@ -229,7 +212,7 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
                 if session.max_batch is not None and not session.min_batch <= batch <= session.max_batch:
                     row.status = f"batch {batch} outside {session.min_batch}..{session.max_batch}"
                 else:
-                    for key, value in latency(session, batch, runs, warmup).items():
+                    for key, value in session.latency(batch, runs, warmup).items():
                         setattr(row, key, value)
                 result.rows.append(row)
     if json_out is not None:
@@ -247,5 +230,5 @@ def interleaved_latency(sessions: dict[str, Session], batch: int, *, rounds: int
     measured: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
-            measured[name].append(latency(session, batch, runs, warmup)["p50_ms"])
+            measured[name].append(session.latency(batch, runs, warmup)["p50_ms"])
     return {name: float(np.median(values)) for name, values in measured.items()}

@@ -214,17 +214,16 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, car
     """Run the same preprocessed images through PyTorch and ONNX Runtime (CPU) and compare."""
     import torch
 
-    from vitedge.runtime.onnxrt import cpu_session
+    from vitedge.runtime.onnxrt import OnnxRuntimeSession
 
-    session = cpu_session(onnx_path)
-    input_name = session.get_inputs()[0].name
+    session = OnnxRuntimeSession(onnx_path)
     reference, candidate = [], []
     for batch, _ in iter_batches(images, card.preprocessing, batch_size=8 if batch_dynamic else 1):
         with torch.no_grad():
             ref = module(torch.from_numpy(batch))
         ref = ref[0] if isinstance(ref, (tuple, list)) else ref
         reference.append(ref.float().numpy())
-        candidate.append(session.run(None, {input_name: batch})[0])
+        candidate.append(session.infer(batch))
     if not reference:
         raise InputError(f"none of the parity images in {images.origin} could be read",
                          "pass --data with a folder of readable images")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import platform
+import re
+import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,62 @@ def cpu_features(cpuinfo: str | None = None) -> dict[str, bool]:
     return {label: flag in flags for flag, label in table.items()}
 
 
+def machine_arch(machine: str | None = None) -> str:
+    """The ISA name the target profiles use: x86-64 or arm64."""
+    machine = (machine or platform.machine()).lower()
+    return {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        machine, machine)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def l4t_release(text: str | None = None) -> str | None:
+    """'36.4' from /etc/nv_tegra_release ('# R36 (release), REVISION: 4.0, ...'), None off Jetson."""
+    text = _read("/etc/nv_tegra_release") if text is None else text
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text)
+    if not match:
+        return None
+    major, minor, patch = match.groups()
+    return f"{major}.{minor}" + (f".{patch}" if patch and patch != "0" else "")
+
+
+def jetpack_release() -> str | None:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.split("-")[0].strip() or None
+
+
+def _driver() -> str | None:
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", _read("/proc/driver/nvidia/version"))
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=1)
+def gpu_facts() -> dict[str, Any]:
+    """The local NVIDIA GPU as torch sees it (empty without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"name": props.name, "sm": f"{props.major}.{props.minor}",
+            "memory_mib": props.total_memory >> 20, "cuda": torch.version.cuda,
+            "cudnn": str(cudnn) if cudnn else None, "driver": _driver()}
+
+
 @dataclass
 class DoctorReport:
     python: str
@@ -88,16 +147,14 @@ def doctor() -> DoctorReport:
         report.onnxruntime_providers = [f"unavailable: {exc}"]
     try:
         import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            report.cuda = {"available": True, "torch_cuda": torch.version.cuda,
-                           "device": props.name, "sm": f"{props.major}.{props.minor}",
-                           "memory_gib": round(props.total_memory / 2**30, 1)}
-        else:
-            report.cuda = {"available": False, "torch_cuda": torch.version.cuda}
     except ImportError as exc:
         report.cuda = {"available": False, "error": str(exc)}
+    else:
+        gpu = gpu_facts()
+        report.cuda = {"available": bool(gpu), "torch_cuda": torch.version.cuda}
+        if gpu:
+            report.cuda.update(device=gpu["name"], sm=gpu["sm"], cudnn=gpu["cudnn"], driver=gpu["driver"],
+                               memory_gib=round(gpu["memory_mib"] / 1024, 1))
     try:
         trt = importlib.import_module("tensorrt")
         report.tensorrt = {"available": True, "version": getattr(trt, "__version__", "?")}

@@ -9,78 +9,18 @@ never silently run.
 
 from __future__ import annotations
 
-import platform
-import re
-import subprocess
 import time
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge import __version__
-from vitedge.versions import cpu_features, package_version
+from vitedge.versions import (cpu_features, gpu_facts, jetpack_release, l4t_release, machine_arch,
+                              package_version)
 
 if TYPE_CHECKING:
     from vitedge.schemas import Passport
 
 PASSPORT_NAME = "passport.json"
 PASSPORT_VERSION = 1
-
-
-def machine_arch(machine: str | None = None) -> str:
-    """The ISA name the target profiles use: x86-64 or arm64."""
-    machine = (machine or platform.machine()).lower()
-    return {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        machine, machine)
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def l4t_release(text: str | None = None) -> str | None:
-    """'36.4' from /etc/nv_tegra_release ('# R36 (release), REVISION: 4.0, ...'), None off Jetson."""
-    text = _read("/etc/nv_tegra_release") if text is None else text
-    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text)
-    if not match:
-        return None
-    major, minor, patch = match.groups()
-    return f"{major}.{minor}" + (f".{patch}" if patch and patch != "0" else "")
-
-
-def _jetpack() -> str | None:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.split("-")[0].strip() or None
-
-
-def _driver() -> str | None:
-    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", _read("/proc/driver/nvidia/version"))
-    return match.group(1) if match else None
-
-
-@lru_cache(maxsize=1)
-def gpu_facts() -> dict[str, Any]:
-    """The local NVIDIA GPU as torch sees it (empty without CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return {}
-    if not torch.cuda.is_available():
-        return {}
-    props = torch.cuda.get_device_properties(0)
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"name": props.name, "sm": f"{props.major}.{props.minor}",
-            "memory_mib": props.total_memory >> 20, "cuda": torch.version.cuda,
-            "cudnn": str(cudnn) if cudnn else None, "driver": _driver()}
 
 
 def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
@@ -93,7 +33,7 @@ def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
         "l4t": l4t_release(), "jetpack": None, "gpu": None,
     }
     if facts["l4t"]:
-        facts["jetpack"] = _jetpack()
+        facts["jetpack"] = jetpack_release()
     if gpu or facts["tensorrt"]:
         facts["gpu"] = gpu_facts() or None
     return facts

@@ -264,12 +264,12 @@ def _offline_parity(source: Path, optimized: Path) -> dict[str, float]:
     """Max |difference| between the saved optimized graph and its source on seeded inputs."""
     import numpy as np
 
-    from vitedge.runtime.onnxrt import cpu_session
+    from vitedge.runtime.onnxrt import OnnxRuntimeSession
 
-    sessions = [cpu_session(source), cpu_session(optimized, optimization="disabled")]
-    shape = [d if isinstance(d, int) else 2 for d in sessions[0].get_inputs()[0].shape]
+    sessions = [OnnxRuntimeSession(source), OnnxRuntimeSession(optimized, optimization="disabled")]
+    shape = [d if isinstance(d, int) else 2 for d in sessions[0].input.shape]
     batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    outs = [s.run(None, {s.get_inputs()[0].name: batch})[0] for s in sessions]
+    outs = [s.infer(batch) for s in sessions]
     diff = float(np.abs(outs[0] - outs[1]).max())
     scale = float(np.abs(outs[0]).max()) or 1.0
     if diff > 1e-3 * scale + 1e-4:

@@ -51,7 +51,7 @@ from vitedge.quantize.qdq import (
 from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
 from vitedge.quantize.report import build_report, markdown
 from vitedge.schemas import QuantReport
-from vitedge.runtime.onnxrt import cpu_session
+from vitedge.runtime.onnxrt import OnnxRuntimeSession
 from vitedge.targets import Scheme, Target, load_target
 
 if TYPE_CHECKING:
@@ -154,15 +154,7 @@ def _quiet_nncf() -> Iterator[None]:
 
 def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits of a graph over a data set, on ONNX Runtime's CPU provider."""
-    session = cpu_session(model)
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    if isinstance(fixed, int):
-        batch_size = fixed
-    batches = (data[i:i + batch_size] for i in range(0, len(data), batch_size)) \
-        if isinstance(data, np.ndarray) else data.batches(batch_size)
-    outputs = [session.run(None, {name: batch})[0] for batch in batches]
-    return np.concatenate(outputs).astype(np.float32)
+    return OnnxRuntimeSession(model).infer_all(data, batch_size)
 
 
 def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Scheme,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ import numpy as np
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
 from vitedge.formatting import number, percent
 from vitedge.quantize.qdq import dq_consumers, quantized_node_names
-from vitedge.runtime.onnxrt import cpu_session
+from vitedge.runtime.onnxrt import OnnxRuntimeSession
 from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:
@@ -29,17 +28,8 @@ if TYPE_CHECKING:
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
                warmup: int = 5) -> dict[str, float]:
     """ONNX Runtime CPU latency at one shape: median and p95 in milliseconds."""
-    session = cpu_session(model)
-    name = session.get_inputs()[0].name
-    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: batch})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {name: batch})
-        times.append(1000 * (time.perf_counter() - start))
-    return {"p50": float(np.median(times)), "p95": float(np.percentile(times, 95))}
+    timed = OnnxRuntimeSession(model).latency(shape[0], runs, warmup)
+    return {"p50": timed["p50_ms"], "p95": timed["p95_ms"]}
 
 
 def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: list[str],
@@ -65,10 +55,7 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
     results: dict[str, float] = {}
     float_copy, tensors = with_outputs(float_model)
     quant_copy, _ = with_outputs(quantized)
-    sessions = [cpu_session(m) for m in (float_copy, quant_copy)]
-    input_name = sessions[0].get_inputs()[0].name
-    outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: data})))
-               for s in sessions]
+    outputs = [OnnxRuntimeSession(m).infer_outputs(data) for m in (float_copy, quant_copy)]
     for name, tensor in zip(names, tensors):
         reference, candidate = outputs[0][tensor], outputs[1][tensor]
         noise = float(np.sum((reference - candidate) ** 2))

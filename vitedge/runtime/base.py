@@ -104,9 +104,27 @@ class Session(ABC):
         return logits
 
     def infer_all(self, data: Any, batch_size: int = 32) -> np.ndarray:
-        """Logits for every sample of a DataSet (anything with `.batches(n)`), in batches it takes."""
+        """Logits for every sample of a DataSet (anything with `.batches(n)`) or an NCHW array, in
+        batches the model takes."""
         step = min(batch_size, self.max_batch or batch_size)
-        return np.concatenate([self.infer(batch) for batch in data.batches(step)])
+        batches = (data[i:i + step] for i in range(0, len(data), step)) \
+            if isinstance(data, np.ndarray) else data.batches(step)
+        return np.concatenate([self.infer(batch) for batch in batches]).astype(np.float32, copy=False)
+
+    def latency(self, batch: int, runs: int, warmup: int, seed: int = 0) -> dict[str, float | None]:
+        """Median and p95 milliseconds of `runs` calls on one seeded random batch (after `warmup`)."""
+        shape = [d if isinstance(d, int) else batch for d in self.input.shape]
+        shape[0] = batch
+        inputs = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        for _ in range(warmup):
+            self.infer(inputs)
+        self.timing = Timing()
+        for _ in range(runs):
+            self.infer(inputs)
+        summary = self.timing.summary()
+        p50 = summary["p50_ms"]
+        return {"p50_ms": p50, "p95_ms": summary["p95_ms"],
+                "images_per_s": batch * 1000 / p50 if p50 else None}
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -30,12 +30,6 @@ def _level(name: str) -> onnxruntime.GraphOptimizationLevel:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
 
 
-def cpu_session(model: onnx.ModelProto | str | Path, *, threads: int = 0,
-                optimization: str = "all") -> onnxruntime.InferenceSession:
-    """A quiet CPU session for a graph in memory or on disk (external data needs the path)."""
-    return create_session(model, ["CPUExecutionProvider"], threads=threads, optimization=optimization)
-
-
 def create_session(model: onnx.ModelProto | str | Path, providers: list[str], *, threads: int = 0,
                    optimization: str = "all") -> onnxruntime.InferenceSession:
     import onnxruntime as ort
@@ -73,9 +67,12 @@ def _info(args: list) -> list[TensorInfo]:
 
 
 class OnnxRuntimeSession(Session):
+    """A graph on disk or in memory (external data needs the path). A fixed batch dimension in
+    the graph is its batch range unless one is given."""
+
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path, *, providers: list[str] | None = None, threads: int = 0,
+    def __init__(self, model: onnx.ModelProto | str | Path, *, providers: list[str] | None = None, threads: int = 0,
                  optimization: str = "all", precision: str = "fp32", max_batch: int | None = None,
                  min_batch: int = 1, description: str = "", card: Any = None,
                  origin: tuple[Path, ...] = ()) -> None:
@@ -83,6 +80,9 @@ class OnnxRuntimeSession(Session):
         self.session = create_session(model, providers or ["CPUExecutionProvider"],
                                       threads=threads, optimization=optimization)
         self.providers = self.session.get_providers()
+        fixed = self.session.get_inputs()[0].shape[0] if self.session.get_inputs() else None
+        if isinstance(fixed, int) and max_batch is None:
+            min_batch = max_batch = fixed
         super().__init__(inputs=_info(self.session.get_inputs()),
                          outputs=_info(self.session.get_outputs()), precision=precision,
                          max_batch=max_batch, min_batch=min_batch,
@@ -91,6 +91,11 @@ class OnnxRuntimeSession(Session):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.outputs[0].name], {self.input.name: batch})[0]
+
+    def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (a checked batch, untimed): for per-layer comparisons."""
+        names = [o.name for o in self.outputs]
+        return dict(zip(names, self.session.run(names, {self.input.name: self.check(batch)})))
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
