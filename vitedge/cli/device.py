@@ -76,7 +76,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON."
     table.add_row("onnxruntime providers", ", ".join(report.onnxruntime_providers))
     cuda = report.cuda
     table.add_row("CUDA", f"{cuda['device']} (SM {cuda['sm']}, {cuda['memory_gib']} GiB), "
-                          f"torch CUDA {cuda['torch_cuda']}" if cuda.get("available")
+                          f"torch CUDA {cuda['torch_cuda']}, cuDNN {cuda['cudnn'] or '-'}, "
+                          f"driver {cuda['driver'] or '-'}" if cuda.get("available")
                   else f"no GPU visible (torch CUDA build: {cuda.get('torch_cuda') or 'none'})")
     trt = report.tensorrt
     table.add_row("TensorRT", trt["version"] if trt.get("available") else f"not importable ({trt['error']})")
