@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target, tree
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target, tree
 from vitedge.cli.app import app
 from vitedge.documents import sealed, write_document
 
@@ -191,12 +191,12 @@ def test_leftovers_of_killed_processes_are_cleaned_and_an_interrupted_swap_resto
     killed = subprocess.run([sys.executable, "-c", """
 import os, tempfile
 from pathlib import Path
-from vitedge import outputs
-staging = outputs._owned_dir(Path('.'), '.X.partial-')
+from vitedge import locks
+staging = locks.owned_dir(Path('.'), '.X.partial-')
 (staging / 'model.onnx').write_bytes(b'half')
-old = outputs._owned_dir(Path('.'), '.Y.old-')
+old = locks.owned_dir(Path('.'), '.Y.old-')
 os.replace('Y', old / 'Y')          # killed between the two renames of an overwrite
-scratch = outputs._owned_dir(Path(tempfile.gettempdir()), 'vitedge-test-')
+scratch = locks.owned_dir(Path(tempfile.gettempdir()), 'vitedge-test-')
 print(scratch, flush=True)
 os.kill(os.getpid(), 9)
 """], cwd=tmp_path, capture_output=True, text=True)
@@ -281,7 +281,6 @@ def test_pickled_checkpoints_need_trust_pickle(tmp_path):
     import argparse
 
     import torch
-
     from conftest import kwargs_cli, tiny_timm
 
     path = tmp_path / "train_state.pth"  # what training scripts save: weights plus their args
@@ -473,8 +472,8 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
 
     from vitedge.live.camera import FrameSource
     from vitedge.live.loop import RunOptions, run_loop
-    from vitedge.sessions import load
     from vitedge.live.serve import free_port
+    from vitedge.sessions import load
 
     bundle, source = _injected(made, tmp_path)
     port = free_port()
@@ -693,7 +692,7 @@ def test_sealing_is_stable_and_catches_any_edit():
 
 
 def test_a_failed_library_step_gives_its_output_lock_back(made, tmp_path):
-    from vitedge import outputs
+    from vitedge import locks
     from vitedge.compile.prepare import CompilePrecision, compile_bundle
     from vitedge.errors import InputError
     from vitedge.models.load import load
@@ -702,7 +701,7 @@ def test_a_failed_library_step_gives_its_output_lock_back(made, tmp_path):
     with pytest.raises(InputError, match="int8 needs a quantized"):  # found after the output check
         compile_bundle(load(made / "onnx"), load_target("x86-cpu"), tmp_path / "b",
                        precision=CompilePrecision.INT8)
-    assert str(outputs.absolute_path(tmp_path / "b")) not in outputs._locks
-    other = subprocess.run([sys.executable, "-c", f"from vitedge import outputs; print(outputs.busy({str(tmp_path / 'b')!r}))"],
+    assert str(locks.absolute_path(tmp_path / "b")) not in locks._locks
+    other = subprocess.run([sys.executable, "-c", f"from vitedge import locks; print(locks.busy({str(tmp_path / 'b')!r}))"],
                            capture_output=True, text=True, check=True)
     assert other.stdout.strip() == "False" and list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ from typing import Any
 from vitedge.card import ModelCard, read_labels_file
 from vitedge.documents import confined, read_document, write_document
 from vitedge.errors import InputError
-from vitedge.outputs import OWNER, atomic_write_text, releasing  # noqa: F401  (atomic_write_text: for the steps)
+from vitedge.locks import OWNER, atomic_write_text, releasing  # noqa: F401  (atomic_write_text: for the steps)
 
 CARD_NAME = "card.json"
 RECREATE = "re-create the artifact with the vitedge step that made it"

@@ -124,7 +124,7 @@ BENCH_GENERATOR = "vitedge bench"
 
 
 def _owned_bench(target: Path) -> bool:
-    from vitedge.outputs import json_object
+    from vitedge.locks import json_object
 
     return (json_object(target) or {}).get("generator") == BENCH_GENERATOR
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vitedge.errors import InputError
-from vitedge.outputs import atomic_write_text
+from vitedge.locks import atomic_write_text
 
 M = TypeVar("M")
 SEAL = "seal"

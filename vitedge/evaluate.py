@@ -16,8 +16,8 @@ from vitedge.artifact import sha256_file
 from vitedge.documents import write_document
 from vitedge.drift import compare, per_sample, softmax, topk_accuracy
 from vitedge.errors import InputError
+from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
-from vitedge.outputs import releasing
 
 if TYPE_CHECKING:
     from vitedge.schemas import EvalResult

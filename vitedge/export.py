@@ -25,9 +25,9 @@ from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images, sample_photos
 from vitedge.errors import ExportError, InputError
 from vitedge.formatting import percent
+from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
-from vitedge.outputs import releasing
 
 if TYPE_CHECKING:
     import onnx
@@ -125,7 +125,7 @@ def _parity_images(parity_data: str | Path | None, count: int) -> Iterator[Image
     if parity_data is not None:
         yield open_images(parity_data).sample(count, seed=0)
         return
-    from vitedge.outputs import temporary_directory
+    from vitedge.locks import temporary_directory
 
     with temporary_directory("parity") as folder:
         yield sample_photos(folder, count)

@@ -24,12 +24,8 @@ from vitedge.card import ModelCard
 from vitedge.documents import confined, read_document, sealed_json, validate
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
-from vitedge.outputs import (
-    REPORT_GENERATOR,
-    is_report_document,
-    json_object,
-    write_files,
-)
+from vitedge.locks import json_object
+from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
 
 if TYPE_CHECKING:
     from vitedge.schemas import RunSummary
@@ -204,7 +200,7 @@ def _read_run(directory: Path) -> RunSummary:
     path = directory / "summary.json"
     summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
     if summary["state"] != "finished":
-        from vitedge.outputs import busy
+        from vitedge.locks import busy
 
         raise InputError(f"{directory} is a run that " + (
             f"is still going (pid {summary.get('pid')})" if busy(directory) else

@@ -96,11 +96,11 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
     outputs here, scratch folders in the temp directory) is cleaned up and said; at the end, the
     locks this process holds on its outputs are given back.
     """
-    from vitedge import outputs
+    from vitedge import locks
 
     notes = _Notes(logging.WARNING)
-    outputs.log.addHandler(notes)
-    outputs.log.propagate = False
+    locks.log.addHandler(notes)
+    locks.log.propagate = False
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
@@ -108,16 +108,16 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
                          "torch.utils.cpp_extension", "nncf"):
                 logging.getLogger(name).setLevel(logging.ERROR)
         try:
-            outputs.clean_temporary()
-            outputs.clean_leftovers(Path.cwd())
+            locks.clean_temporary()
+            locks.clean_leftovers(Path.cwd())
             yield
         except VitedgeError as exc:
             hint = f" — {exc.hint}" if exc.hint else ""
             err_console.print(styled("error:", "bold red", exc.message + hint), soft_wrap=True)
             raise typer.Exit(1) from None
         finally:
-            outputs.release()
-            outputs.log.removeHandler(notes)
+            locks.release()
+            locks.log.removeHandler(notes)
 
 
 def progress_printer(quiet: bool) -> Any:

@@ -21,18 +21,20 @@ from vitedge.compile.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bund
 from vitedge.compile.passport import machine_facts, make_passport
 from vitedge.documents import write_document
 from vitedge.errors import ExportError, InputError
-from vitedge.outputs import (
-    OutputKind,
-    check_output,
-    releasing,
-    temporary_directory,
-    writing,
-)
-from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
-from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
+from vitedge.locks import releasing, temporary_directory
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
-from vitedge.targets import CompilePrecision, Precision, Runtime, Scheme, Target, load_target
+from vitedge.outputs import OutputKind, check_output, writing
+from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
+from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
+from vitedge.targets import (
+    CompilePrecision,
+    Precision,
+    Runtime,
+    Scheme,
+    Target,
+    load_target,
+)
 
 if TYPE_CHECKING:
     import onnx

@@ -16,7 +16,8 @@ import numpy as np
 from vitedge.documents import write_document
 from vitedge.errors import InputError
 from vitedge.live.camera import FrameSource, VideoFileSource
-from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
+from vitedge.locks import releasing
+from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
 
 def dhash(gray: np.ndarray) -> int:

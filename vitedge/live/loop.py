@@ -31,7 +31,8 @@ from vitedge.documents import write_document
 from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.errors import InputError
 from vitedge.live.camera import Frame, FrameSource
-from vitedge.outputs import OutputKind, check_output, input_paths, releasing, writing
+from vitedge.locks import releasing
+from vitedge.outputs import OutputKind, check_output, input_paths, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
@@ -214,7 +215,7 @@ def _record_path(record: Path | None, out: Path) -> tuple[Path, str | None] | No
     """Where --record writes, and its name inside the run directory (None when outside it)."""
     if record is None:
         return None
-    from vitedge.outputs import absolute_path
+    from vitedge.locks import absolute_path
 
     target = absolute_path(Path(record))
     if target.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.errors import InputError
 from vitedge.live.loop import RunOptions, check_run_output, run_loop
+from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
-from vitedge.outputs import releasing
 
 if TYPE_CHECKING:
     from vitedge.schemas import RunSummary

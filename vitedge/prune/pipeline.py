@@ -21,9 +21,9 @@ import numpy as np
 from vitedge.artifact import artifact_hash, derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.errors import InputError
+from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
-from vitedge.outputs import releasing
 from vitedge.prune.distill import DistillConfig
 from vitedge.prune.plan import Importance, PrunePlan, PruneRatios
 from vitedge.prune.structured import FAMILIES

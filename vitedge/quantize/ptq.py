@@ -36,9 +36,9 @@ from vitedge.card import ModelCard
 from vitedge.data import DataSet, model_labels, open_data
 from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
+from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
-from vitedge.outputs import releasing
 from vitedge.quantize.lint import lint_qdq
 from vitedge.quantize.qdq import (
     ComputeNode,
@@ -50,8 +50,8 @@ from vitedge.quantize.qdq import (
 )
 from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
 from vitedge.quantize.report import build_report, markdown
-from vitedge.schemas import QuantReport
 from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.schemas import QuantReport
 from vitedge.targets import Scheme, Target, load_target
 
 if TYPE_CHECKING:
@@ -266,8 +266,9 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
     """
     import onnx
 
+    from vitedge.locks import temporary_directory
     from vitedge.models.load import as_loaded
-    from vitedge.outputs import OutputKind, check_output, input_paths, temporary_directory, writing
+    from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
     say = progress or (lambda _message: None)
     started = time.perf_counter()
