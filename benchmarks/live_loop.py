@@ -20,15 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitedge.live.camera import FrameSource  # noqa: E402
 from vitedge.compile.prepare import compile_bundle  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
+from vitedge.live.camera import FrameSource  # noqa: E402
 from vitedge.live.loop import RunOptions, run_loop  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.sessions import load as load_session  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_digits_video import make_digits_video  # noqa: E402
+
 from vitedge.targets import load_target  # noqa: E402
 
 

@@ -34,8 +34,8 @@ from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
-from vitedge.quantize.qdq import compute_nodes, int8_mac_share  # noqa: E402
 from vitedge.quantize.ptq import run_onnx  # noqa: E402
+from vitedge.quantize.qdq import compute_nodes, int8_mac_share  # noqa: E402
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 
@@ -51,8 +51,12 @@ def row(name, fp32, int8, labels, share, seconds, extra=""):
 def peers(float_path: Path, calib: np.ndarray, evaluation: np.ndarray, fp32, labels, nodes, tmp: Path):
     import nncf
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     model = onnx.load(str(float_path))
     dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))], lambda x: {"input": x})

@@ -29,9 +29,9 @@ from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
-from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 from vitedge.models.structure import count_macs  # noqa: E402
 from vitedge.prune.tome import apply_tome  # noqa: E402
+from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 
 
 def sweep(title: str, make, data, labels, configs: list[tuple[int, int | None]], runs: int, batch: int,

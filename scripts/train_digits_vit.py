@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vitedge.artifact import write_card  # noqa: E402
-from vitedge.outputs import OutputKind, writing  # noqa: E402
 from vitedge.card import Interpolation, Preprocessing, ResizeMode  # noqa: E402
 from vitedge.data import iter_batches, open_images  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
+from vitedge.outputs import OutputKind, writing  # noqa: E402
 from vitedge.versions import tool_versions  # noqa: E402
 
 ARCH = "vit_tiny_patch16_224"

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import HELDOUT
 from PIL import Image
 
-from conftest import HELDOUT
-from vitedge.data import open_data
 from vitedge.card import Preprocessing
+from vitedge.data import open_data
 from vitedge.errors import InputError
 from vitedge.preprocess import preprocess
 

@@ -1,15 +1,15 @@
 """The command line: outputs, exit codes, and one clear line for every bad input."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_user_error, kwargs_cli, tiny_timm
 from typer.testing import CliRunner
 
-from conftest import assert_user_error, kwargs_cli, tiny_timm
 from vitedge.cli.app import app
 from vitedge.versions import cpu_features
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import HELDOUT, REPO, TRAIN, native_cpu_target
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, REPO, TRAIN, native_cpu_target
-from vitedge.data import open_data
 from vitedge.cli.app import app
 from vitedge.compile.bundle import read_bundle
 from vitedge.compile.prepare import CompilePrecision, compile_bundle
+from vitedge.data import open_data
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.models.load import load
 from vitedge.quantize.ptq import quantize, run_onnx
@@ -313,8 +313,8 @@ def test_build_settings_round_trip_and_layer_info():
 
 def test_passport_mismatch_rules(cpu_bundle):
     from vitedge.compile.passport import mismatches
+    from vitedge.schemas.bundle import Passport
     from vitedge.versions import l4t_release
-    from vitedge.schemas import Passport
 
     passport = Passport.from_dict({**read_bundle(cpu_bundle).passport.to_dict(), "runtime": {"name": "tensorrt"},
                                    "built": {"engine": {"tensorrt": "10.3.0", "sm": "8.7", "gpu": "Orin",

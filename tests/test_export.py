@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import HELDOUT, TINY, tiny_timm
+
 from vitedge.data import open_images
 from vitedge.errors import ExportError, InputError
 from vitedge.export import check_parity, export_onnx

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HELDOUT, TINY, TRAIN, assert_user_error
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, TINY, TRAIN, assert_user_error
 from vitedge.cli.app import app
 from vitedge.drift import DriftThresholds, compare
 

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HELDOUT, make_digits_video
+from streams import MjpegServer, video_frames
 from typer.testing import CliRunner
 
-from conftest import HELDOUT
-from streams import MjpegServer, video_frames
-from vitedge.live.camera import FrameSource
 from vitedge.cli.app import app
 from vitedge.errors import InputError
+from vitedge.live.camera import FrameSource
 from vitedge.live.loop import RunOptions, run_loop
 from vitedge.models.options import SourceOptions
-from vitedge.sessions import load as load_session
 from vitedge.runtime.base import Session
-from conftest import make_digits_video
+from vitedge.sessions import load as load_session
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 

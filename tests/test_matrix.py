@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import REPO, TRAIN, assert_user_error
 from support_matrix import COLUMNS, ROWS, markdown, source
+from typer.testing import CliRunner
+
 from vitedge.cli.app import app
 
 SAMPLE = REPO / "vitedge" / "assets" / "samples" / "3.png"

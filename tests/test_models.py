@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, tiny_timm
+
 from vitedge.errors import InputError, ModelLoadError
 from vitedge.models.load import load
 
@@ -219,6 +219,7 @@ def test_builtin_model_card():
 
 def test_builtin_model_accuracy_on_heldout():
     from conftest import HELDOUT
+
     from vitedge.data import iter_batches, open_images
 
     loaded = load("builtin:digits-vit")

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import HELDOUT, TRAIN, tiny_timm
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, TRAIN, tiny_timm
 from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
@@ -57,7 +57,6 @@ def test_macs_fall_by_the_requested_share_and_widths_are_rounded():
 
 def test_rebuild_reproduces_the_pruned_model_exactly():
     import timm
-
     from conftest import TINY
 
     _, model, info = _pruned(PruneRatios(heads=0.5, mlp=0.25, embed=0.25))
@@ -72,7 +71,6 @@ def test_rebuild_reproduces_the_pruned_model_exactly():
 
 def test_global_allocation_ranks_heads_and_units_across_blocks(tmp_path):
     import timm
-
     from conftest import TINY
 
     model = tiny_timm(embed_dim=64, num_heads=4, depth=4)

@@ -7,15 +7,20 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from conftest import HELDOUT, REPO
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, REPO
 from vitedge.cli.app import app
 from vitedge.errors import InputError
-from vitedge.quantize.lint import lint_qdq
 from vitedge.models.load import load
-from vitedge.quantize.qdq import compute_nodes, dq_consumers, quantized_node_names, revert_to_float
+from vitedge.quantize.lint import lint_qdq
 from vitedge.quantize.ptq import quantize, run_onnx
+from vitedge.quantize.qdq import (
+    compute_nodes,
+    dq_consumers,
+    quantized_node_names,
+    revert_to_float,
+)
 from vitedge.quantize.recipes import Recipe
 from vitedge.targets import Scheme, load_target
 
@@ -238,8 +243,8 @@ def test_model_without_linear_layers(tmp_path):
 
 
 def test_eval_folders_named_by_label_or_class_id():
-    from vitedge.data import DataSet, model_labels
     from vitedge.card import ModelCard, Preprocessing, VitStructure
+    from vitedge.data import DataSet, model_labels
 
     card = ModelCard("x", {}, Preprocessing(input_size=(8, 8)), VitStructure(is_vit=True),
                      num_classes=3, labels=["cat", "dog", "owl"], class_ids=["n1", "n2", "n3"])

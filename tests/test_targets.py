@@ -7,7 +7,14 @@ from typer.testing import CliRunner
 
 from vitedge.cli.app import app
 from vitedge.errors import InputError
-from vitedge.targets import TARGETS_DIR, Precision, Runtime, Scheme, list_targets, load_target
+from vitedge.targets import (
+    TARGETS_DIR,
+    Precision,
+    Runtime,
+    Scheme,
+    list_targets,
+    load_target,
+)
 
 SHIPPED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx",
            "desktop-gpu", "x86-cpu", "arm64-cpu"}
@@ -90,13 +97,12 @@ def test_a_wheel_installed_outside_the_checkout_ships_the_profiles(tmp_path):
     this interpreter's site-packages by a path entry, which does not run the editable install's
     hook, so the vitedge that runs is the wheel's (checked below)."""
     import os
+    import shutil
     import site
     import subprocess
     import sys
     import sysconfig
     from pathlib import Path
-
-    import shutil
 
     root = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"  # pip builds in the tree it is given: a copy, not the checkout

@@ -9,13 +9,18 @@ from collections import Counter
 import onnx
 import pytest
 import torch
+from conftest import HELDOUT, tiny_timm
 from typer.testing import CliRunner
 
-from conftest import HELDOUT, tiny_timm
 from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
-from vitedge.prune.tome import apply_tome, bipartite_merge, merge_weighted, token_schedule
+from vitedge.prune.tome import (
+    apply_tome,
+    bipartite_merge,
+    merge_weighted,
+    token_schedule,
+)
 
 
 def test_r0_is_exact_and_schedule_caps_at_available_tokens():

@@ -37,7 +37,7 @@ def is_artifact(path: Path) -> bool:
 
 def read_card(directory: Path) -> ModelCard:
     """The artifact's card, sealed and valid (its files are checked by `verify_files`)."""
-    from vitedge.schemas import CardDoc
+    from vitedge.schemas.card import CardDoc
 
     directory = Path(directory)
     if not (directory / CARD_NAME).exists():

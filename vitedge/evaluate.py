@@ -20,7 +20,7 @@ from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
 
 if TYPE_CHECKING:
-    from vitedge.schemas import EvalResult
+    from vitedge.schemas.results import EvalResult
 
 EVAL_NAME = "eval.json"
 LOGITS_NAME = "logits.npz"
@@ -95,7 +95,7 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
         report["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
                            for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
         written = write_document(staging / EVAL_NAME, report)
-    from vitedge.schemas import EvalResult
+    from vitedge.schemas.results import EvalResult
 
     return EvalResult.from_dict(written)
 

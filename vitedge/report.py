@@ -28,7 +28,7 @@ from vitedge.locks import json_object
 from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
 
 if TYPE_CHECKING:
-    from vitedge.schemas import RunSummary
+    from vitedge.schemas.results import RunSummary
 
 
 def _figure() -> Any:
@@ -195,7 +195,7 @@ def _lines(path: Path, schema: Any) -> list[dict[str, Any]]:
 
 
 def _read_run(directory: Path) -> RunSummary:
-    from vitedge.schemas import RunSummary, RunSummaryDoc
+    from vitedge.schemas.results import RunSummary, RunSummaryDoc
 
     path = directory / "summary.json"
     summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
@@ -212,7 +212,7 @@ def _read_run(directory: Path) -> RunSummary:
 
 
 def _run_sections(directory: Path) -> tuple:
-    from vitedge.schemas import EventLine, FrameLine
+    from vitedge.schemas.results import EventLine, FrameLine
 
     summary = _read_run(directory)
     plt = _figure()
@@ -420,7 +420,7 @@ def _feature_eval_sections(directory: Path, report: dict[str, Any], arrays: dict
 
 
 def _read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from vitedge.schemas import EvalResult
+    from vitedge.schemas.results import EvalResult
 
     path = directory / "eval.json"
     hint = "re-run vitedge eval"

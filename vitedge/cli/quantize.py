@@ -35,7 +35,7 @@ from vitedge.quantize.recipes import CalibrationMethod, Recipe
 from vitedge.targets import Scheme
 
 if TYPE_CHECKING:
-    from vitedge.schemas import QuantReport
+    from vitedge.schemas.results import QuantReport
 
 
 def quantize(

@@ -18,7 +18,7 @@ from vitedge.compile.passport import PASSPORT_NAME
 from vitedge.documents import confined, read_model, write_document
 from vitedge.errors import InputError
 from vitedge.quantize.lint import Finding
-from vitedge.schemas import BundleSettings, Passport
+from vitedge.schemas.bundle import BundleSettings, Passport
 
 BUNDLE_NAME = "bundle.json"
 MODEL = "model.onnx"

@@ -13,11 +13,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vitedge import __version__
-from vitedge.versions import (cpu_features, gpu_facts, jetpack_release, l4t_release, machine_arch,
-                              package_version)
+from vitedge.versions import (
+    cpu_features,
+    gpu_facts,
+    jetpack_release,
+    l4t_release,
+    machine_arch,
+    package_version,
+)
 
 if TYPE_CHECKING:
-    from vitedge.schemas import Passport
+    from vitedge.schemas.bundle import Passport
 
 PASSPORT_NAME = "passport.json"
 PASSPORT_VERSION = 1

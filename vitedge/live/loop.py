@@ -37,7 +37,7 @@ from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
 if TYPE_CHECKING:
-    from vitedge.schemas import RunSummary
+    from vitedge.schemas.results import RunSummary
 
 MAX_WINDOW = 100_000
 SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
@@ -499,6 +499,6 @@ class _Loop:
         summary["files"] = {p.relative_to(self.out).as_posix(): sha256_file(p)
                             for p in sorted(self.out.rglob("*"))
                             if p.is_file() and p.name != "summary.json" and not p.name.startswith(".")}
-        from vitedge.schemas import RunSummary
+        from vitedge.schemas.results import RunSummary
 
         return RunSummary.from_dict(write_document(self.out / "summary.json", summary))

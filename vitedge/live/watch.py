@@ -19,7 +19,7 @@ from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
 
 if TYPE_CHECKING:
-    from vitedge.schemas import RunSummary
+    from vitedge.schemas.results import RunSummary
 
 
 @dataclass(frozen=True)

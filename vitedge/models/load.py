@@ -349,7 +349,10 @@ def _load_artifact(directory: Path) -> LoadedModel:
     weights = directory / "model.safetensors"
     source = card.source
     kind = source.get("kind")
-    from vitedge.prune.rebuild import is_pruned, restore  # the one upward import: see prune/rebuild.py
+    from vitedge.prune.rebuild import (  # the one upward import: see prune/rebuild.py
+        is_pruned,
+        restore,
+    )
 
     if is_pruned(source):
         # per-block shapes no constructor makes: build the family's model, then restore() shrinks it

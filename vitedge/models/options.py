@@ -25,7 +25,7 @@ def names_architecture(source: str | Path) -> bool:
 
 
 def check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
-    from vitedge.schemas import FORBIDDEN_KWARGS
+    from vitedge.schemas.base import FORBIDDEN_KWARGS
 
     bad = sorted(set(kwargs) & FORBIDDEN_KWARGS)
     if bad:

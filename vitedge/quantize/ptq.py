@@ -51,7 +51,7 @@ from vitedge.quantize.qdq import (
 from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
 from vitedge.quantize.report import build_report, markdown
 from vitedge.runtime.onnxrt import OnnxRuntimeSession
-from vitedge.schemas import QuantReport
+from vitedge.schemas.results import QuantReport
 from vitedge.targets import Scheme, Target, load_target
 
 if TYPE_CHECKING:

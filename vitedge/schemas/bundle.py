@@ -1,0 +1,126 @@
+"""bundle.json and passport.json: how a bundle runs, and where and with what it was made."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vitedge.schemas.base import Count, Doc, Positive, RelPath, Sha256
+
+
+# ------------------------------------------------------------------------------ bundles
+class TensorDoc(Doc):
+    name: str
+    shape: tuple[Positive, Positive, Positive]
+
+
+def _batch_ok(batch: tuple[int, int, int]) -> tuple[int, int, int]:
+    if not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ValueError("batch must be min <= opt <= max, all >= 1")
+    return batch
+
+
+class SessionDoc(Doc):
+    providers: list[Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]]
+    intra_op_threads: Annotated[int, Field(ge=0, le=1024)]
+    optimization: Literal["disabled", "basic", "extended", "all"]
+
+
+class BuildDoc(Doc):
+    onnx: RelPath
+    input_name: str
+    input_shape: tuple[Positive, Positive, Positive]
+    batch: tuple[Positive, Positive, Positive]
+    precision: Literal["fp32", "fp16", "int8", "best"]
+    workspace_mib: Positive
+    strongly_typed: bool
+    fp32_layers: list[str]
+    dla_core: Count | None
+    tensorrt: str | None
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        return _batch_ok(value)
+
+
+class BundleSettings(Doc):
+    """bundle.json: how a device runs the bundle (runtime, input, batch profile, session or build)."""
+
+    runtime: Literal["onnxruntime", "tensorrt"]
+    target: str
+    precision: Literal["fp32", "fp16", "int8", "best"]
+    input: TensorDoc
+    batch: tuple[Positive, Positive, Positive]
+    model: RelPath | None = None
+    source_model: RelPath | None = None
+    session: SessionDoc | None = None
+    build: BuildDoc | None = None
+    trtexec: str | None = None
+    engine: RelPath | None = None
+    layers: RelPath | None = None
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        return _batch_ok(value)
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> BundleSettings:
+        if self.runtime == "onnxruntime" and (self.session is None or self.model is None):
+            raise ValueError("an ONNX Runtime bundle needs session and model")
+        if self.runtime == "tensorrt" and self.build is None:
+            raise ValueError("a TensorRT bundle needs build")
+        return self
+
+
+class EngineDoc(Doc):
+    tensorrt: str | None
+    sm: str | None
+    gpu: str | None = None
+    l4t: str | None = None
+    layers_by_precision: dict[str, Count] = {}
+    build_seconds: float | None = None
+
+
+class BuiltDoc(Doc):
+    optimized_offline: bool | None = None
+    arch: str | None = None
+    onnxruntime: str | None = None
+    parity_vs_source: dict[str, float | int] | None = None
+    note: str | None = None
+    engine: EngineDoc | None = None
+    not_built_because: str | None = None
+
+
+class PassportTarget(Doc):
+    name: str
+    runtime: Literal["onnxruntime", "tensorrt"]
+
+
+class PassportInput(Doc):
+    name: str
+    shape: tuple[Positive, Positive, Positive]
+    batch: tuple[Positive, Positive, Positive]
+
+
+class Passport(Doc):
+    """passport.json: what the bundle is, for which target, built where and with what."""
+
+    passport_version: Literal[1]
+    vitedge: str
+    source_artifact_hash: Sha256
+    target: PassportTarget
+    precision: Literal["fp32", "fp16", "int8", "best"]
+    input: PassportInput
+    runtime: dict[Literal["name"], Literal["onnxruntime", "tensorrt"]]
+    files: dict[RelPath, Sha256]
+    built: BuiltDoc
+
+    @field_validator("runtime")
+    @classmethod
+    def _named(cls, value: dict[str, str]) -> dict[str, str]:
+        if "name" not in value:
+            raise ValueError("runtime.name is required")
+        return value
