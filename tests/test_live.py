@@ -254,7 +254,7 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
 
 def test_eval_and_report(bundle, tmp_path):
     from vitedge.evaluate import evaluate
-    from vitedge.report import write_report
+    from vitedge.report.write import write_report
 
     result = evaluate([str(bundle.parent / "digits-onnx"), str(bundle)], HELDOUT, tmp_path / "ev",
                       samples=120)

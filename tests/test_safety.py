@@ -493,7 +493,7 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
         worker.join(timeout=60)
     assert 'id="frames"' in live and int(live.split('id="frames">')[1].split("<")[0]) > 0  # the page ran
     assert "&lt;img src=x" in live  # the source name is shown, as text
-    from vitedge.report import write_report
+    from vitedge.report.write import write_report
 
     write_report(tmp_path / "run", tmp_path / "report.html")
     report = _dom((tmp_path / "report.html").as_uri())

@@ -168,7 +168,7 @@ def report_command(
 
     Example: vitedge report runs/20261124-120000 -o report.html
     """
-    from vitedge.report import write_report
+    from vitedge.report.write import write_report
 
     with user_errors(verbose):
         target = out or directory / "report.html"

@@ -92,7 +92,7 @@ def prune(
 
 
 def print_summary(metrics: dict[str, Any], out: Path) -> None:
-    from vitedge.report import PRUNE_STAGES
+    from vitedge.prune.plan import PRUNE_STAGES
 
     lines = [f"MACs {metrics['macs_before'] / 1e6:.1f} M -> {metrics['macs_after'] / 1e6:.1f} M "
              f"({100 * metrics['mac_share']:.0f}%), parameters {metrics['params_before'] / 1e6:.2f} M -> "

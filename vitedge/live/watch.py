@@ -77,7 +77,7 @@ def run(model: str | Path, source: str | int, out: str | Path | None = None, *,
         say(f"serving on http://{options.serve}/ (Ctrl-C stops and writes the summary)")
     summary = run_loop(deployed, frames, run_dir, reference=shadow, options=options, on_frame=on_frame)
     if report:
-        from vitedge.report import write_report
+        from vitedge.report.write import write_report
 
         write_report(run_dir, run_dir / "report.html")
     return summary

@@ -80,3 +80,8 @@ class PrunePlan:
                              "pass --data DIR, or --importance l2")
         return replace(self, importance=importance,
                        allocation=choice(Allocation, self.allocation, "--allocation"))
+
+
+# What the prune metrics on a card hold at each stage, and how the CLI and the report name it.
+PRUNE_STAGES = (("before_distill", "after pruning"), ("after_distill", "after distillation"),
+                ("final", "with token merging"))

@@ -1,0 +1,159 @@
+"""Rendering a report: HTML and Markdown pages (every user string escaped), plots as data URIs,
+and the checks every reader makes on what a folder recorded."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.artifact import sha256_file
+from vitedge.documents import confined
+from vitedge.errors import InputError
+
+
+@dataclass(frozen=True)
+class Sections:
+    """What a report shows: rendered as HTML and Markdown, `data` written as its JSON."""
+
+    title: str
+    headline: list[tuple[str, str]]
+    tables: list[tuple[str, list[str], list[list[str]]]]
+    plots: list[tuple[str, str | None]]
+    gallery: list[tuple[str, str]]
+    data: dict[str, Any]
+
+
+def figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    figure().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_uri(path: Path, max_side: int = 160) -> str | None:
+    """A small JPEG data URI of an image inside the folder being reported (None if unreadable)."""
+    from vitedge.preprocess import UnreadableImageError, load_image
+
+    try:
+        image = load_image(path)
+    except UnreadableImageError:
+        return None
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def md_escape(text: object) -> str:
+    """A user string (label, path, architecture) as inert Markdown: no HTML, no table breaks."""
+    value = " ".join(str(text).split())
+    value = html.escape(value, quote=False)
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", value)
+
+
+def flip_matrix(plt: Any, pairs: list[tuple[str, str]], title: str) -> str | None:
+    if not pairs:
+        return None
+    classes = sorted({c for pair in pairs for c in pair}, key=lambda c: (len(c), c))[:25]
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), int)
+    for ref, dep in pairs:
+        if ref in index and dep in index:
+            matrix[index[ref], index[dep]] += 1
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    shown = ax.imshow(np.log1p(matrix), cmap="viridis")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("deployed / this model's top-1")
+    ax.set_ylabel("reference / first model's top-1")
+    for (r, c), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(c, r, str(count), ha="center", va="center", fontsize=6,
+                    color="white" if r != c else "black")
+    ax.set_title(title)
+    fig.colorbar(shown, ax=ax, label="log(1 + count)")
+    return png(fig)
+
+
+def html_page(sections: Sections) -> str:
+    title, headline, tables = sections.title, sections.headline, sections.tables
+    plots, gallery = sections.plots, sections.gallery
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
+             "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;"
+             "padding:0 1rem}table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.25rem "
+             ".6rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
+             "{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:.75rem}figure{margin:0}"
+             "figcaption{font-size:.8rem}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><table>"]
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline]
+    parts.append("</table>")
+    for caption, header, rows in tables:
+        parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    for caption, uri in plots:
+        if uri:
+            parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{uri}'>")
+    if gallery:
+        parts.append("<h2>Where they disagree</h2><div class='grid'>")
+        parts += [f"<figure><img src='{uri}' alt='{html.escape(text)}'><figcaption>{html.escape(text)}"
+                  "</figcaption></figure>" for uri, text in gallery]
+        parts.append("</div>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def markdown_page(sections: Sections) -> str:
+    title, headline, tables = sections.title, sections.headline, sections.tables
+    e = md_escape
+    lines = [f"# {e(title)}", ""] + [f"- {e(k)}: {e(v)}" for k, v in headline] + [""]
+    for caption, header, rows in tables:
+        lines += [f"## {e(caption)}", "", "| " + " | ".join(map(e, header)) + " |",
+                  "|" + " --- |" * len(header)] + ["| " + " | ".join(map(e, r)) + " |" for r in rows] + [""]
+    return "\n".join(lines)
+
+
+def verified(directory: Path, files: dict[str, str], what: str) -> None:
+    """Every file the folder's manifest hashed is still the one it hashed."""
+    for name, digest in files.items():
+        path = confined(directory, name, what=what)
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+            raise InputError(f"{path} was changed or removed after {what} was written",
+                             "reports are made from what vitedge recorded; re-run to get a new one")
+
+
+def jsonl_lines(path: Path, schema: Any) -> list[dict[str, Any]]:
+    """A JSONL file, each line validated."""
+    from pydantic import ValidationError
+
+    rows = []
+    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            schema.model_validate_json(line)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"]) or "(line)"
+            raise InputError(f"{path} line {line_number}: {where}: {error['msg']}",
+                             "re-run to get a new run directory") from None
+        rows.append(json.loads(line))
+    return rows

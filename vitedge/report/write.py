@@ -1,0 +1,51 @@
+"""`write_report`: which kind of folder it is, its sections, and the three files written together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vitedge.documents import sealed_json
+from vitedge.errors import InputError
+from vitedge.locks import json_object
+from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
+from vitedge.report.evals import eval_sections
+from vitedge.report.page import html_page, markdown_page
+from vitedge.report.pruned import prune_sections, pruned_card
+from vitedge.report.runs import run_sections
+
+
+def write_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write `out` (.html) and its .md / .json siblings; return the JSON content.
+
+    The three files replace only an earlier report set (one whose .json says vitedge report
+    wrote it); anything else at those paths is refused.
+    """
+    directory, out = Path(directory), Path(out)
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory", "pass a run or eval directory, or a pruned artifact")
+    if out.suffix.lower() != ".html":
+        raise InputError(f"-o {out} is not an .html file name", f"e.g. -o {out.with_suffix('.html')}")
+    if (directory / "summary.json").is_file():
+        sections = run_sections(directory)
+    elif (directory / "eval.json").is_file():
+        sections = eval_sections(directory)
+    elif (card := pruned_card(directory)) is not None:
+        sections = prune_sections(directory, card)
+    else:
+        raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
+                         "(eval.json) nor a pruned artifact (card.json from vitedge prune)",
+                         "pass what vitedge run --out, vitedge eval -o or vitedge prune -o wrote")
+    md, index = out.with_suffix(".md"), out.with_suffix(".json")
+    data = {"generator": REPORT_GENERATOR, "html": out.name, "md": md.name, **sections.data}
+
+    def owned(path: Path) -> bool:  # the set's .json says vitedge report wrote the set
+        report = json_object(index)
+        if path.name == index.name:
+            return is_report_document(report)
+        return is_report_document(report) and path.name in (report.get("html"), report.get("md"))
+
+    write_files({out: html_page(sections).encode(), md: markdown_page(sections).encode(),
+                 index: sealed_json(data).encode()},
+                owned=owned, what="report")
+    return data
