@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from vitedge.compile.prepare import compile_bundle  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.live.camera import FrameSource  # noqa: E402
-from vitedge.live.loop import RunOptions, run_loop  # noqa: E402
+from vitedge.live.loop import run_loop  # noqa: E402
+from vitedge.live.options import RunOptions  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.sessions import load as load_session  # noqa: E402

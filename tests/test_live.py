@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.live.camera import FrameSource
-from vitedge.live.loop import RunOptions, run_loop
+from vitedge.live.loop import run_loop
+from vitedge.live.options import RunOptions
 from vitedge.models.options import SourceOptions
 from vitedge.runtime.base import Session
 from vitedge.sessions import load as load_session

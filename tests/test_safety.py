@@ -471,7 +471,8 @@ def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
     import threading
 
     from vitedge.live.camera import FrameSource
-    from vitedge.live.loop import RunOptions, run_loop
+    from vitedge.live.loop import run_loop
+    from vitedge.live.options import RunOptions
     from vitedge.live.serve import free_port
     from vitedge.sessions import load
 

@@ -78,7 +78,7 @@ def run(
 
     Example: vitedge run demo-out/digits-x86 --source demo-out/digits-camera.mp4 --serve 127.0.0.1:8080
     """
-    from vitedge.live.loop import RunOptions
+    from vitedge.live.options import RunOptions
     from vitedge.live.watch import CameraOptions, default_run_dir
     from vitedge.live.watch import run as run_live
 

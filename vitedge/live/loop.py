@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,99 +27,17 @@ import numpy as np
 
 from vitedge.artifact import sha256_file
 from vitedge.documents import write_document
-from vitedge.drift import DriftThresholds, compare, per_sample, softmax
-from vitedge.errors import InputError
+from vitedge.drift import compare, per_sample, softmax
 from vitedge.live.camera import Frame, FrameSource
+from vitedge.live.options import RunOptions, check_run_output
+from vitedge.live.shadow import SHADOW_KEYS, Shadow, check_reference
 from vitedge.locks import releasing
-from vitedge.outputs import OutputKind, check_output, input_paths, writing
+from vitedge.outputs import OutputKind, input_paths, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
 
 if TYPE_CHECKING:
     from vitedge.schemas.results import RunSummary
-
-MAX_WINDOW = 100_000
-SHADOW_KEYS = ("agree", "topk_overlap", "kl", "js", "cosine", "confidence_shift")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a live run goes (the same defaults as `vitedge run`)."""
-
-    shadow_every: int = 5  # 0: no shadow reference
-    top_k: int = 5
-    frames: int | None = None  # stop after this many frames
-    duration: float | None = None  # stop after this many seconds
-    show: bool = False  # an OpenCV window with the annotated stream
-    serve: str | None = None  # HOST:PORT of the live page
-    record: Path | None = None  # the annotated stream as a video file
-    window: int = 50  # shadowed frames in the rolling metrics
-    min_agreement: float | None = None  # classifiers: alert below (default 0.95)
-    max_kl: float | None = None  # classifiers: alert above (default: no KL alert)
-    min_cosine: float | None = None  # feature extractors: alert below (default 0.99)
-    keep_disagreements: int = 24
-    overwrite: bool = False
-
-    def thresholds(self, card: Any) -> DriftThresholds:
-        """The alert thresholds for this model's outputs; ones that cannot apply are refused."""
-        features = card.num_classes is None
-        if features and (self.min_agreement is not None or self.max_kl is not None):
-            raise InputError("this model outputs features (no classifier head): --min-agreement and "
-                             "--max-kl watch class predictions", "alert on --min-cosine instead, e.g. 0.98")
-        if not features and self.min_cosine is not None:
-            raise InputError("--min-cosine watches feature extractors; this model classifies",
-                             "use --min-agreement / --max-kl")
-        return DriftThresholds(min_agreement=0.95 if self.min_agreement is None else self.min_agreement,
-                               max_kl=self.max_kl, min_cosine=0.99 if self.min_cosine is None else self.min_cosine,
-                               min_samples=min(20, self.window))
-
-
-def check_reference(deployed: Session, reference: Session) -> None:
-    """Refuse a reference that cannot be compared with the deployed model."""
-    a, b = deployed.card, reference.card
-    if a.preprocessing.input_size != b.preprocessing.input_size:
-        raise InputError(f"the reference takes {b.preprocessing.input_size} images, the bundle "
-                         f"{a.preprocessing.input_size}", "pass the FP32 artifact the bundle was made from")
-    if (a.labels and b.labels and a.labels != b.labels) or (
-            a.num_classes and b.num_classes and a.num_classes != b.num_classes):
-        raise InputError(f"the reference's labels ({b.num_classes} classes) differ from the "
-                         f"bundle's ({a.num_classes})", "pass the FP32 artifact the bundle was made from")
-
-
-class _Shadow:
-    """Runs the reference on sampled frames in a worker thread; results come back by index."""
-
-    def __init__(self, reference: Session) -> None:
-        self.reference = reference
-        self.inbox: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame] | None] = queue.Queue(maxsize=2)
-        self.results: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame, float]] = queue.Queue()
-        self.skipped = 0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._work, name="vitedge-shadow", daemon=True)
-        self.thread.start()
-
-    def offer(self, index: int, batch: np.ndarray, logits: np.ndarray, frame: Frame) -> bool:
-        try:
-            self.inbox.put_nowait((index, batch, logits, frame))
-            return True
-        except queue.Full:
-            self.skipped += 1
-            return False
-
-    def _work(self) -> None:
-        while (item := self.inbox.get()) is not None:
-            index, batch, logits, frame = item
-            try:
-                reference = self.reference.infer(batch)
-                self.results.put((index, reference, logits, frame, self.reference.timing.calls_ms[-1]))
-            except BaseException as exc:  # reported in the summary; the live path goes on
-                self.error = exc
-                self.results.put((index, np.full_like(logits, np.nan), logits, frame, 0.0))
-
-    def close(self) -> None:
-        self.inbox.put(None)
-        self.thread.join()
-
 
 def overlay(image: np.ndarray, lines: list[str], status: str) -> np.ndarray:
     import cv2
@@ -170,8 +87,7 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     hashes of every file the run wrote.
     """
     options = options or RunOptions()
-    if options.shadow_every < 0 or options.top_k < 1 or not 1 <= options.window <= MAX_WINDOW:
-        raise InputError(f"--shadow-every must be >= 0, --top-k >= 1 and --window 1..{MAX_WINDOW}")
+    options.check()
     options.thresholds(deployed.card)  # refused before anything is written
     if reference is not None:
         check_reference(deployed, reference)
@@ -201,37 +117,6 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     return summary
 
 
-def check_run_output(out: str | Path, *, overwrite: bool, reads: tuple[object, ...] = (),
-                     record: Path | None = None) -> tuple[Path, tuple[Path, str | None] | None]:
-    """Refuse a run directory (or --record file) that may not be written, before any model loads.
-
-    Returns the run directory and where the recording goes (with its name inside the run, if so).
-    """
-    path = check_output(out, OutputKind.RUN, overwrite=overwrite, inputs=input_paths(*reads))
-    return path, _record_path(record, path)
-
-
-def _record_path(record: Path | None, out: Path) -> tuple[Path, str | None] | None:
-    """Where --record writes, and its name inside the run directory (None when outside it)."""
-    if record is None:
-        return None
-    from vitedge.locks import absolute_path
-
-    target = absolute_path(Path(record))
-    if target.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):
-        raise InputError(f"--record {record} is not a video file name", "e.g. --record run.mp4")
-    if out == target or out in target.parents:
-        if target.parent != out:
-            raise InputError(f"--record {record} is in a sub-folder of the run directory",
-                             f"record straight into it, e.g. --record {out.name}/{target.name}")
-        return target, target.name
-    if os.path.lexists(target):
-        raise InputError(f"--record {record} already exists",
-                         "choose a new file, or record inside the run directory (-o), which "
-                         "--overwrite replaces as a whole")
-    return target, None
-
-
 class _Loop:
     def __init__(self, deployed: Session, source: FrameSource, out: Path, reference: Session | None,
                  options: RunOptions, server: Any, on_frame: Callable[[dict[str, Any]], None] | None,
@@ -243,7 +128,7 @@ class _Loop:
         self.thresholds = options.thresholds(self.card)
         self.features = self.card.num_classes is None  # no classifier head: compare vectors
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
-        self.shadow = _Shadow(reference) if reference is not None and options.shadow_every else None
+        self.shadow = Shadow(reference) if reference is not None and options.shadow_every else None
         self.frames_log = open(out / "frames.jsonl", "w")
         self.events_log = open(out / "events.jsonl", "w")
         self.pending: dict[int, dict[str, Any]] = {}  # frame lines waiting for their shadow result

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge.errors import InputError
-from vitedge.live.loop import RunOptions, check_run_output, run_loop
+from vitedge.live.loop import run_loop
+from vitedge.live.options import RunOptions, check_run_output
 from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
 
@@ -58,6 +59,7 @@ def run(model: str | Path, source: str | int, out: str | Path | None = None, *,
     camera = camera or CameraOptions()
     loading = source_options or SourceOptions()
     run_dir = Path(out) if out is not None else default_run_dir()
+    options.check()
     check_run_output(run_dir, overwrite=options.overwrite, reads=(model, reference, source),
                      record=options.record)  # before any model loads
     deployed = load(model, loading.for_source(model), rebuild=rebuild)
