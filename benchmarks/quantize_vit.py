@@ -34,8 +34,8 @@ from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
-from vitedge.quantize.ptq import run_onnx  # noqa: E402
 from vitedge.quantize.qdq import compute_nodes, int8_mac_share  # noqa: E402
+from vitedge.quantize.search import run_onnx  # noqa: E402
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 

@@ -24,8 +24,9 @@ from vitedge.compile.prepare import CompilePrecision, compile_bundle
 from vitedge.data import open_data
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.models.load import load
-from vitedge.quantize.ptq import quantize, run_onnx
+from vitedge.quantize.ptq import quantize
 from vitedge.quantize.recipes import Recipe
+from vitedge.quantize.search import run_onnx
 from vitedge.sessions import load as load_session
 from vitedge.targets import Scheme, load_target, parse_target
 

@@ -14,7 +14,7 @@ from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.quantize.lint import lint_qdq
-from vitedge.quantize.ptq import quantize, run_onnx
+from vitedge.quantize.ptq import quantize
 from vitedge.quantize.qdq import (
     compute_nodes,
     dq_consumers,
@@ -22,6 +22,7 @@ from vitedge.quantize.qdq import (
     revert_to_float,
 )
 from vitedge.quantize.recipes import Recipe
+from vitedge.quantize.search import run_onnx
 from vitedge.targets import Scheme, load_target
 
 TRAIN = REPO / "calibration" / "digits" / "train"
@@ -127,8 +128,8 @@ def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
 
 def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit_safe):
     from vitedge.data import open_data
-    from vitedge.quantize.ptq import Candidate, Evaluation, _budget_search, _drop
     from vitedge.quantize.qdq import int8_mac_share
+    from vitedge.quantize.search import Candidate, Evaluation, _drop, budget_search
 
     float_model = onnx.load(digits_onnx / "model.onnx")
     nodes = compute_nodes(float_model)
@@ -146,7 +147,7 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
     start = Candidate("corrupted", model, logits, _drop(fp32, logits, None),
                       int8_mac_share(model, nodes))
     assert start.drop > 2.0
-    best, ranking = _budget_search(start, float_model, nodes, Evaluation(evaluation, fp32),
+    best, ranking = budget_search(start, float_model, nodes, Evaluation(evaluation, fp32),
                                    meets=lambda c: c.drop <= 1.0, say=lambda _m: None)
     assert ranking[0]["node"] == victim.name and ranking[0]["error_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
@@ -212,9 +213,9 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
 
 def _corrupt_head(monkeypatch):
     """Every NNCF result gets its classifier head's INT8 weights negated (argmax turns argmin)."""
-    import vitedge.quantize.ptq as quantize_module
+    import vitedge.quantize.search as search_module
 
-    real = quantize_module._nncf_quantize
+    real = search_module.nncf_quantize
 
     def corrupted(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -226,7 +227,7 @@ def _corrupt_head(monkeypatch):
         init.CopyFrom(onnx.numpy_helper.from_array(np.clip(-values, -127, 127).astype(np.int8), init.name))
         return model
 
-    monkeypatch.setattr(quantize_module, "_nncf_quantize", corrupted)
+    monkeypatch.setattr(search_module, "nncf_quantize", corrupted)
 
 
 def test_model_without_linear_layers(tmp_path):
@@ -308,9 +309,9 @@ def test_unsigned_activation_quantizers_become_signed_int8():
 
 
 def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp_path, monkeypatch):
-    import vitedge.quantize.ptq as quantize_module
+    import vitedge.quantize.search as search_module
 
-    real = quantize_module.lint_qdq
+    real = search_module.lint_qdq
     calls = []
 
     def second_fails(model, **kwargs):
@@ -322,7 +323,7 @@ def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp
             return LintResult([Finding("int8-type", "error", "node_x", "UINT8 quantization (test)")])
         return result
 
-    monkeypatch.setattr(quantize_module, "lint_qdq", second_fails)
+    monkeypatch.setattr(search_module, "lint_qdq", second_fails)
     result = quantize(load(digits_onnx), TRAIN, tmp_path / "q", eval_data=HELDOUT, **FAST)
     assert result.report.chosen == "linear-only"
     assert any("candidate 'linear + attention MatMuls' was dropped: UINT8 quantization (test)" in w

@@ -10,103 +10,34 @@ Recipes decide what may be INT8 (all three keep weights per-channel symmetric):
                can quantize, residual Adds included (the report and the lint say what it costs).
 
 Activations are symmetric (zero-point 0) for TensorRT targets and may be asymmetric for CPU
-targets. The budget search is vitedge's own: NNCF's accuracy-control loop re-runs calibration
-per attempt, while reverting single nodes of the finished QDQ graph (vitedge.quantize.qdq) costs one
-ONNX Runtime pass each and yields a per-layer sensitivity table for the report.
+targets. This module is the step (data, search, report, card); NNCF runs in `calibrate`, the
+candidate and budget search is `search`, the report `report`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-import numpy as np
+from typing import Any, Callable
 
 from vitedge.artifact import atomic_write_text, derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.data import DataSet, model_labels, open_data
-from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import InputError, VitedgeError
 from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.quantize.lint import lint_qdq
-from vitedge.quantize.qdq import (
-    ComputeNode,
-    compute_nodes,
-    int8_mac_share,
-    quantized_node_names,
-    revert_to_float,
-    to_signed_int8,
-)
-from vitedge.quantize.recipes import Budget, CalibrationMethod, Recipe, ignored_scope
+from vitedge.quantize.qdq import compute_nodes
+from vitedge.quantize.recipes import Budget, CalibrationMethod, QuantSettings, Recipe
 from vitedge.quantize.report import build_report, markdown
-from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.quantize.search import Evaluation, run_onnx, run_search
 from vitedge.schemas.results import QuantReport
 from vitedge.targets import Scheme, Target, load_target
-
-if TYPE_CHECKING:
-    import onnx
-
-
-RANKING_SAMPLES = 64
-
-
-@dataclass
-class Candidate:
-    """One quantized graph and how it compares with FP32 on the evaluation data."""
-
-    label: str
-    model: onnx.ModelProto
-    logits: np.ndarray
-    drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled); features: of cosine
-    int8_share: float
-    agreement: float = 0.0  # top-1 agreement with FP32 (features: the mean cosine)
-    float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
-    cosine: float = 0.0  # mean cosine to the FP32 outputs
-    rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """What was asked for: recorded in the report's settings and the card's lineage."""
-
-    recipe: Recipe = Recipe.VIT_SAFE
-    calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX
-    scheme: Scheme = Scheme.SYMMETRIC
-    target: Target | None = None
-    smooth_quant: bool = False
-    bias_correction: bool = True
-    exclude: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The samples candidates are judged on, the FP32 outputs there and (labeled data) the labels."""
-
-    data: DataSet
-    fp32: np.ndarray
-    labels: np.ndarray | None = None
-    features: bool = False  # a feature extractor: judged by cosine, not by classes
-
-
-@dataclass(frozen=True)
-class Search:
-    """What the candidate search found: the chosen graph, everything tried, the sensitivity ranking."""
-
-    best: Candidate
-    tried: list[Candidate]
-    sensitivity: list[dict[str, Any]]
-    met: bool
 
 
 @dataclass(frozen=True)
@@ -116,103 +47,6 @@ class QuantizeResult:
     report: QuantReport
     within_budget: bool
     seconds: float
-
-
-class _Samples:
-    """Re-iterable calibration samples for nncf.Dataset (it iterates more than once).
-
-    `tick(index, total)` is called for every sample handed out, so a caller can show progress.
-    """
-
-    def __init__(self, data: DataSet, input_name: str,
-                 tick: Callable[[int, int], None] | None = None) -> None:
-        self.data, self.input_name, self.tick = data, input_name, tick
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        total = len(self.data)
-        for index, sample in enumerate(self.data.samples()):
-            if self.tick is not None:
-                self.tick(index, total)
-            yield {self.input_name: sample}
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-@contextlib.contextmanager
-def _quiet_nncf() -> Iterator[None]:
-    """NNCF logs and draws its own progress bars on stdout; a library call must not print."""
-    logger = logging.getLogger("nncf")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(previous)
-
-
-def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Logits of a graph over a data set, on ONNX Runtime's CPU provider."""
-    return OnnxRuntimeSession(model).infer_all(data, batch_size)
-
-
-def _nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Scheme,
-                   method: CalibrationMethod, ignored: Any, smooth_quant: bool,
-                   bias_correction: bool, full: bool = False,
-                   tick: Callable[[int, int], None] | None = None) -> onnx.ModelProto:
-    import nncf
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    estimators = {CalibrationMethod.MINMAX: RangeEstimatorParametersSet.MINMAX,
-                  CalibrationMethod.MEAN_MINMAX: RangeEstimatorParametersSet.MEAN_MINMAX,
-                  CalibrationMethod.PERCENTILE: RangeEstimatorParametersSet.MEAN_QUANTILE}
-    advanced = AdvancedQuantizationParameters(
-        # SmoothQuant is off by default: on DeiT-Tiny it lowered FP32 agreement (measured in
-        # benchmarks/quantize_vit.py); --smooth-quant turns it on with NNCF's transformer alpha.
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if smooth_quant else -1),
-        activations_range_estimator_params=estimators[method],
-        disable_bias_correction=not bias_correction,
-    )
-    preset = (nncf.QuantizationPreset.PERFORMANCE if scheme is Scheme.SYMMETRIC
-              else nncf.QuantizationPreset.MIXED)
-    # "full" is NNCF without the transformer model type: everything it can quantize, residual
-    # adds included; the report shows what that costs.
-    model_type = None if full else nncf.ModelType.TRANSFORMER
-    input_name = model.graph.input[0].name
-    dataset = nncf.Dataset(_Samples(calibration, input_name, tick))
-    with _quiet_nncf():
-        try:
-            quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration),
-                                      model_type=model_type, ignored_scope=ignored,
-                                      advanced_parameters=advanced)
-        except nncf.ValidationError as exc:
-            raise InputError(f"NNCF rejected the settings: {str(exc).strip().splitlines()[-1]}",
-                             "check --exclude patterns and the recipe") from None
-    if scheme is Scheme.SYMMETRIC:
-        # NNCF's symmetric preset still quantizes non-negative activations (after ReLU/MaxPool,
-        # softmax probabilities) as UINT8 with zero-point 0; TensorRT takes signed INT8 only.
-        # (Forcing signedness in NNCF conflicts with its hardware configs on CNN stems.)
-        to_signed_int8(quantized)
-    return quantized
-
-
-def _candidate(label: str, model: onnx.ModelProto, evaluation: Evaluation, nodes: list[ComputeNode],
-               float_nodes: list[str] | None = None) -> Candidate:
-    """Evaluate a quantized graph against the FP32 outputs."""
-    fp32, labels = evaluation.fp32, evaluation.labels
-    logits = run_onnx(model, evaluation.data)
-    vectors = compare(fp32, logits, features=True)
-    cosine, rel_error = float(vectors.cosine or 0.0), float(vectors.rel_error or 0.0)
-    if evaluation.features:
-        return Candidate(label, model, logits, 100.0 * (1.0 - cosine), int8_mac_share(model, nodes),
-                         cosine, list(float_nodes or []), cosine, rel_error)
-    return Candidate(label, model, logits, _drop(fp32, logits, labels), int8_mac_share(model, nodes),
-                     _agreement(fp32, logits), list(float_nodes or []), cosine, rel_error)
 
 
 def _resolution_warnings(budget: Budget, samples: int) -> list[str]:
@@ -230,16 +64,6 @@ def _resolution_warnings(budget: Budget, samples: int) -> list[str]:
                         f"evaluation samples: it needs at least "
                         f"{math.ceil(1 / (1 - budget.min_agreement))} samples")
     return warnings
-
-
-def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
-    return float(np.mean(fp32.argmax(1) == int8.argmax(1)))
-
-
-def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> float:
-    if labels is not None:
-        return 100.0 * (topk_accuracy(fp32, labels) - topk_accuracy(int8, labels))
-    return 100.0 * (1.0 - _agreement(fp32, int8))
 
 
 @releasing
@@ -305,7 +129,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
                              "per image", "vitedge compares class logits or pooled features with FP32")
         evaluation = Evaluation(evaluation_data, fp32, None if budget.features else
                                 model_labels(card, evaluation_data), budget.features)
-        search = _search(float_model, nodes, calibration_data, evaluation, settings, budget, warnings_,
+        search = run_search(float_model, nodes, calibration_data, evaluation, settings, budget, warnings_,
                          say, calibration_tick)
         lint = lint_qdq(search.best.model, symmetric=settings.scheme is Scheme.SYMMETRIC,
                         vit_safe=settings.recipe is not Recipe.FULL)
@@ -345,56 +169,6 @@ def _open_data(card: ModelCard, calib: str | Path, eval_data: str | Path | None,
         "held-out images with --eval"]
 
 
-def _search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibration_data: DataSet,
-            evaluation: Evaluation, settings: QuantSettings, budget: Budget, warnings_: list[str],
-            say: Callable[[str], None], tick: Callable[[int, int], None] | None) -> Search:
-    """Quantize the recipe's candidates, keep the one with most INT8 within the budget; over
-    budget (vit-safe), revert the most sensitive Linear nodes to float until it holds."""
-    recipe, scheme = settings.recipe, settings.scheme
-    op_types = {n.op_type for n in float_model.graph.node}
-    dropped: list[str] = []
-
-    def attempt(label: str, with_attention: bool) -> Candidate | None:
-        """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
-        say(f"quantizing ({label})")
-        model = _nncf_quantize(float_model, calibration_data, scheme=scheme, method=settings.calibration,
-                               ignored=ignored_scope(recipe, nodes, list(settings.exclude), op_types,
-                                                     with_attention),
-                               smooth_quant=settings.smooth_quant, bias_correction=settings.bias_correction,
-                               full=recipe is Recipe.FULL, tick=tick)
-        rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
-        if recipe is not Recipe.FULL and not rules:
-            dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
-                           f"{rules.errors[0].node}")
-            return None
-        return _candidate(label, model, evaluation, nodes)
-
-    tried: list[Candidate] = []
-    sensitivity: list[dict[str, Any]] = []
-    if recipe is Recipe.FULL:
-        tried.append(attempt("full", True))  # type: ignore[arg-type]  (full is never dropped)
-    else:
-        first = attempt("linear-only", False)
-        tried += [first] if first else []
-        if recipe is Recipe.VIT_SAFE and first and budget.meets(first) and any(
-                n.kind == "attention" for n in nodes):
-            second = attempt("linear + attention MatMuls", True)
-            tried += [second] if second else []
-    warnings_ += dropped
-    if not tried:
-        raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
-                           "please report this with the model")
-    within = [c for c in tried if budget.meets(c)]
-    if within:
-        best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
-    else:
-        best = min(tried, key=lambda c: c.drop)
-        if recipe is Recipe.VIT_SAFE:
-            say("over budget: ranking layers by sensitivity")
-            best, sensitivity = _budget_search(best, float_model, nodes, evaluation, budget.meets, say)
-    return Search(best, tried, sensitivity, budget.meets(best))
-
-
 class BudgetMissed(VitedgeError):
     """No candidate met the budget; the best one found was still written."""
 
@@ -423,46 +197,6 @@ def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable
     path = Path(calib)
     parity = str(calib) if (path.is_dir() or any(c in str(calib) for c in "*?[")) else None
     return ensure_onnx(loaded, tmp, say, parity_data=parity)
-
-
-def _budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
-                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None]
-                   ) -> tuple[Candidate, list[dict[str, Any]]]:
-    """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
-
-    Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
-    or the relative error of feature vectors.
-    """
-    features = evaluation.features
-    subset = evaluation.data.head(RANKING_SAMPLES)
-    reference = evaluation.fp32[:RANKING_SAMPLES]
-    base = compare(reference, run_onnx(start.model, subset), features=features).error
-    quantized = quantized_node_names(start.model)
-    ranking = []
-    for node in nodes:
-        if node.name not in quantized:
-            continue
-        reverted = revert_to_float(start.model, float_model, {node.name})
-        error = compare(reference, run_onnx(reverted, subset), features=features).error
-        ranking.append({"node": node.name, "op_type": node.op_type, "kind": node.kind,
-                        "macs": node.macs, "error_if_float": error, "error_gain": base - error})
-    ranking.sort(key=lambda row: row["error_gain"], reverse=True)
-    best = start
-    reverted_names: list[str] = []
-    for row in ranking:
-        if row["error_gain"] <= 0:
-            break
-        reverted_names.append(row["node"])
-        model = revert_to_float(start.model, float_model, set(reverted_names))
-        candidate = _candidate(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
-                               model, evaluation, nodes, reverted_names)
-        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
-            f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
-        if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
-            best = candidate
-        if meets(candidate):
-            return candidate, ranking
-    return best, ranking
 
 
 def _quantized_card(parent: ModelCard, report: dict[str, Any], float_path: Path) -> ModelCard:

@@ -10,10 +10,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from vitedge.errors import InputError
+from vitedge.targets import Scheme, Target
 
 if TYPE_CHECKING:
-    from vitedge.quantize.ptq import Candidate
     from vitedge.quantize.qdq import ComputeNode
+    from vitedge.quantize.search import Candidate
 
 
 class Recipe(StrEnum):
@@ -92,3 +93,16 @@ def ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
         else:
             patterns.append(pattern)
     return nncf.IgnoredScope(names=names, types=types, patterns=patterns, validate=False)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """What was asked for: recorded in the report's settings and the card's lineage."""
+
+    recipe: Recipe = Recipe.VIT_SAFE
+    calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX
+    scheme: Scheme = Scheme.SYMMETRIC
+    target: Target | None = None
+    smooth_quant: bool = False
+    bias_correction: bool = True
+    exclude: tuple[str, ...] = ()

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from vitedge.card import ModelCard
     from vitedge.data import DataSet
     from vitedge.quantize.lint import LintResult
-    from vitedge.quantize.ptq import Evaluation, QuantSettings, Search
     from vitedge.quantize.qdq import ComputeNode
-    from vitedge.quantize.recipes import Budget
+    from vitedge.quantize.recipes import Budget, QuantSettings
+    from vitedge.quantize.search import Evaluation, Search
 
 
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,

@@ -1,0 +1,189 @@
+"""The candidate search: quantize the recipe's candidates, judge each against FP32, keep the one
+with most INT8 within the budget; over budget, revert the most sensitive Linear nodes to float.
+
+vitedge's own rather than NNCF's accuracy-control loop: that re-runs calibration per attempt,
+while reverting single nodes of the finished QDQ graph costs one ONNX Runtime pass each and
+yields the per-layer sensitivity table of the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from vitedge.data import DataSet
+from vitedge.drift import compare, topk_accuracy
+from vitedge.errors import VitedgeError
+from vitedge.quantize.calibrate import nncf_quantize
+from vitedge.quantize.lint import lint_qdq
+from vitedge.quantize.qdq import (
+    ComputeNode,
+    int8_mac_share,
+    quantized_node_names,
+    revert_to_float,
+)
+from vitedge.quantize.recipes import Budget, QuantSettings, Recipe, ignored_scope
+from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.targets import Scheme
+
+if TYPE_CHECKING:
+    import onnx
+
+RANKING_SAMPLES = 64
+
+
+@dataclass
+class Candidate:
+    """One quantized graph and how it compares with FP32 on the evaluation data."""
+
+    label: str
+    model: onnx.ModelProto
+    logits: np.ndarray
+    drop: float  # points of top-1 (labeled) or of FP32 agreement (unlabeled); features: of cosine
+    int8_share: float
+    agreement: float = 0.0  # top-1 agreement with FP32 (features: the mean cosine)
+    float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
+    cosine: float = 0.0  # mean cosine to the FP32 outputs
+    rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The samples candidates are judged on, the FP32 outputs there and (labeled data) the labels."""
+
+    data: DataSet
+    fp32: np.ndarray
+    labels: np.ndarray | None = None
+    features: bool = False  # a feature extractor: judged by cosine, not by classes
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the candidate search found: the chosen graph, everything tried, the sensitivity ranking."""
+
+    best: Candidate
+    tried: list[Candidate]
+    sensitivity: list[dict[str, Any]]
+    met: bool
+
+
+def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits of a graph over a data set, on ONNX Runtime's CPU provider."""
+    return OnnxRuntimeSession(model).infer_all(data, batch_size)
+
+
+def judge(label: str, model: onnx.ModelProto, evaluation: Evaluation, nodes: list[ComputeNode],
+               float_nodes: list[str] | None = None) -> Candidate:
+    """Evaluate a quantized graph against the FP32 outputs."""
+    fp32, labels = evaluation.fp32, evaluation.labels
+    logits = run_onnx(model, evaluation.data)
+    vectors = compare(fp32, logits, features=True)
+    cosine, rel_error = float(vectors.cosine or 0.0), float(vectors.rel_error or 0.0)
+    if evaluation.features:
+        return Candidate(label, model, logits, 100.0 * (1.0 - cosine), int8_mac_share(model, nodes),
+                         cosine, list(float_nodes or []), cosine, rel_error)
+    return Candidate(label, model, logits, _drop(fp32, logits, labels), int8_mac_share(model, nodes),
+                     _agreement(fp32, logits), list(float_nodes or []), cosine, rel_error)
+
+
+def _agreement(fp32: np.ndarray, int8: np.ndarray) -> float:
+    return float(np.mean(fp32.argmax(1) == int8.argmax(1)))
+
+
+def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> float:
+    if labels is not None:
+        return 100.0 * (topk_accuracy(fp32, labels) - topk_accuracy(int8, labels))
+    return 100.0 * (1.0 - _agreement(fp32, int8))
+
+
+def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibration_data: DataSet,
+            evaluation: Evaluation, settings: QuantSettings, budget: Budget, warnings_: list[str],
+            say: Callable[[str], None], tick: Callable[[int, int], None] | None) -> Search:
+    """Quantize the recipe's candidates, keep the one with most INT8 within the budget; over
+    budget (vit-safe), revert the most sensitive Linear nodes to float until it holds."""
+    recipe, scheme = settings.recipe, settings.scheme
+    op_types = {n.op_type for n in float_model.graph.node}
+    dropped: list[str] = []
+
+    def attempt(label: str, with_attention: bool) -> Candidate | None:
+        """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
+        say(f"quantizing ({label})")
+        model = nncf_quantize(float_model, calibration_data, scheme=scheme, method=settings.calibration,
+                               ignored=ignored_scope(recipe, nodes, list(settings.exclude), op_types,
+                                                     with_attention),
+                               smooth_quant=settings.smooth_quant, bias_correction=settings.bias_correction,
+                               full=recipe is Recipe.FULL, tick=tick)
+        rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
+        if recipe is not Recipe.FULL and not rules:
+            dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
+                           f"{rules.errors[0].node}")
+            return None
+        return judge(label, model, evaluation, nodes)
+
+    tried: list[Candidate] = []
+    sensitivity: list[dict[str, Any]] = []
+    if recipe is Recipe.FULL:
+        tried.append(attempt("full", True))  # type: ignore[arg-type]  (full is never dropped)
+    else:
+        first = attempt("linear-only", False)
+        tried += [first] if first else []
+        if recipe is Recipe.VIT_SAFE and first and budget.meets(first) and any(
+                n.kind == "attention" for n in nodes):
+            second = attempt("linear + attention MatMuls", True)
+            tried += [second] if second else []
+    warnings_ += dropped
+    if not tried:
+        raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
+                           "please report this with the model")
+    within = [c for c in tried if budget.meets(c)]
+    if within:
+        best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
+    else:
+        best = min(tried, key=lambda c: c.drop)
+        if recipe is Recipe.VIT_SAFE:
+            say("over budget: ranking layers by sensitivity")
+            best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget.meets, say)
+    return Search(best, tried, sensitivity, budget.meets(best))
+
+
+def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
+                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None]
+                   ) -> tuple[Candidate, list[dict[str, Any]]]:
+    """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
+
+    Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
+    or the relative error of feature vectors.
+    """
+    features = evaluation.features
+    subset = evaluation.data.head(RANKING_SAMPLES)
+    reference = evaluation.fp32[:RANKING_SAMPLES]
+    base = compare(reference, run_onnx(start.model, subset), features=features).error
+    quantized = quantized_node_names(start.model)
+    ranking = []
+    for node in nodes:
+        if node.name not in quantized:
+            continue
+        reverted = revert_to_float(start.model, float_model, {node.name})
+        error = compare(reference, run_onnx(reverted, subset), features=features).error
+        ranking.append({"node": node.name, "op_type": node.op_type, "kind": node.kind,
+                        "macs": node.macs, "error_if_float": error, "error_gain": base - error})
+    ranking.sort(key=lambda row: row["error_gain"], reverse=True)
+    best = start
+    reverted_names: list[str] = []
+    for row in ranking:
+        if row["error_gain"] <= 0:
+            break
+        reverted_names.append(row["node"])
+        model = revert_to_float(start.model, float_model, set(reverted_names))
+        candidate = judge(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
+                               model, evaluation, nodes, reverted_names)
+        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
+            f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
+        if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
+            best = candidate
+        if meets(candidate):
+            return candidate, ranking
+    return best, ranking
