@@ -35,7 +35,7 @@ from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.prune.distill import DistillConfig  # noqa: E402
 from vitedge.prune.pipeline import PrunePlan, prune  # noqa: E402
-from vitedge.prune.structured import PruneRatios  # noqa: E402
+from vitedge.prune.plan import PruneRatios  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 

@@ -16,7 +16,9 @@ from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.models.structure import count_macs
-from vitedge.prune.structured import PruneRatios, prune_model, rebuild, structure_of
+from vitedge.prune.layouts import structure_of
+from vitedge.prune.plan import PruneRatios
+from vitedge.prune.structured import prune_model, rebuild
 
 
 def _pruned(ratios: PruneRatios, **kwargs):
@@ -117,7 +119,7 @@ def test_distillation_recovers_agreement_and_resumes(tmp_path):
 def test_feature_distillation_pulls_the_final_tokens_together():
     from vitedge.data import open_data
     from vitedge.prune.distill import DistillConfig, distill
-    from vitedge.prune.structured import final_norm
+    from vitedge.prune.layouts import final_norm
 
     loaded = load("builtin:digits-vit")
     teacher = loaded.module.eval()

@@ -16,7 +16,9 @@ from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.models.load import load
 from vitedge.models.structure import count_macs, onnx_summary
-from vitedge.prune.structured import PruneRatios, prune_model, structure_of
+from vitedge.prune.layouts import structure_of
+from vitedge.prune.plan import PruneRatios
+from vitedge.prune.structured import prune_model
 
 TV_KWARGS = {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 4, "hidden_dim": 64,
              "mlp_dim": 128, "num_classes": 10}

@@ -25,8 +25,8 @@ from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.prune.distill import DistillConfig
+from vitedge.prune.layouts import FAMILIES
 from vitedge.prune.plan import Importance, PrunePlan, PruneRatios
-from vitedge.prune.structured import FAMILIES
 
 
 @releasing
@@ -88,7 +88,7 @@ def _check(plan: PrunePlan, distill: DistillConfig, data: str | Path | None) -> 
 
 def _teacher(loaded: LoadedModel, plan: PrunePlan) -> Any:
     """The original module, once the source is known to be one this plan can prune."""
-    from vitedge.prune.structured import check_prunable
+    from vitedge.prune.layouts import check_prunable
 
     source = loaded.card.source
     kind = source.get("kind")
@@ -156,7 +156,7 @@ class _Run:
     def distill(self, config: DistillConfig, checkpoint: Path,
                 tick: Callable[[int, int, float | None], None] | None, data: str | Path | None) -> None:
         from vitedge.prune.distill import distill
-        from vitedge.prune.structured import final_norm
+        from vitedge.prune.layouts import final_norm
 
         assert self.train is not None and self.holdout is not None
         self.say(f"distilling {config.steps} steps on {len(self.train)} images "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vitedge.prune.structured import FAMILIES
+from vitedge.prune.layouts import FAMILIES
 
 if TYPE_CHECKING:
     import torch
