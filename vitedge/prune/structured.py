@@ -1,8 +1,8 @@
 """Structured pruning of ViTs with Torch-Pruning (DepGraph), and rebuilding pruned models.
 
 Three families (layouts.py finds their layers): timm `VisionTransformer` (ViT, DeiT) and BEiT,
-torchvision `VisionTransformer`, and Hugging Face ViT/DeiT (`ViTForImageClassification`, `DeiTForImageClassification[WithTeacher]`,
-`ViTModel`/`DeiTModel`, as wrapped by hf.py). Torch-Pruning finds which tensors move together
+torchvision `VisionTransformer`, and Hugging Face ViT/DeiT (`ViTForImageClassification`,
+`DeiTForImageClassification[WithTeacher]`, `ViTModel`/`DeiTModel`, as wrapped by hf.py). Torch-Pruning finds which tensors move together
 (q/k/v rows of a head and the output-projection columns that read them; fc1 rows and fc2
 columns; the embedding width through every block) and removes them. vitedge chooses per-group
 ratios, computes Taylor or magnitude importance, and afterwards sets what each family reads at
