@@ -178,3 +178,19 @@ def test_every_command_that_takes_a_model_takes_the_same_source_options(tiny_ckp
     assert compiled.exit_code == 0, compiled.output
     assert_user_error(run("predict", tmp_path / "b", samples, "-w", tiny_ckpt),
                       "weights cannot apply to the bundle")
+
+
+def test_every_command_that_loads_a_model_takes_the_shared_source_options():
+    import typer.main
+
+    loading = {"weights", "model_kwargs", "trust_pickle"}
+    preprocessing = {"mean", "std", "crop_pct", "interpolation", "input_size", "labels"}
+    group = typer.main.get_command(app)
+    params = {name: {p.name for p in command.params} for name, command in group.commands.items()}
+    for name in ("inspect", "export", "prune", "quantize", "compile", "predict"):
+        assert loading | preprocessing <= params[name], name
+    for name in ("eval", "bench", "run"):
+        assert loading <= params[name] and not preprocessing & params[name], name
+    # parsed once, before the command runs: a bad value is one line on every command
+    assert_user_error(run("bench", "builtin:digits-vit", "-k", "no_equals_sign"), "key=value")
+    assert_user_error(run("eval", "builtin:digits-vit", "--data", "nowhere", "-o", "ev", "-k", "x"), "key=value")

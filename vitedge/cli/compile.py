@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from vitedge.cli.shared import (
-    CropPct,
-    InputSize,
-    Interp,
-    Labels,
-    Mean,
-    ModelKwargs,
     Quiet,
     Source,
-    Std,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     err_console,
     progress_printer,
-    source_options,
     styled,
+    takes_source_options,
     user_errors,
 )
 from vitedge.targets import CompilePrecision
 
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
 
+
+@takes_source_options()
 def compile_command(
     source: Source,
     target: Annotated[str, typer.Option(help="Target profile name or .toml (see `vitedge targets`).")],
@@ -42,11 +37,9 @@ def compile_command(
         help="Run on this DLA core with GPU fallback (targets with DLA).")] = None,
     build: Annotated[bool, typer.Option(
         help="Build the TensorRT engine here when this machine is the target.")] = True,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
-    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
-    input_size: InputSize = None, labels: Labels = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     quiet: Quiet = False, verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Prepare a model for a target: an ONNX Runtime bundle, or a TensorRT build (+ trtexec line).
 
@@ -57,8 +50,7 @@ def compile_command(
     with user_errors(verbose):
         result = compile_bundle(source, target, out, precision=precision, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
-                                options=source_options(weights, model_kwargs, trust_pickle, mean, std,
-                                                       crop_pct, interpolation, input_size, labels),
+                                options=options,
                                 progress=progress_printer(quiet))
     for finding in result.findings:
         err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),

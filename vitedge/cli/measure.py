@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from vitedge.cli.shared import (
-    CropPct,
-    InputSize,
-    Interp,
-    Labels,
-    Mean,
-    ModelKwargs,
-    Std,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     print_table,
-    source_options,
+    takes_source_options,
     user_errors,
 )
 from vitedge.formatting import number, percent
 from vitedge.targets import Backend
+
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
 
 Rebuild = Annotated[bool, typer.Option(
     "--rebuild", help="Rebuild a bundle whose passport does not match this machine, instead of refusing.")]
@@ -35,16 +29,15 @@ BackendOption = Annotated[Optional[Backend], typer.Option(
     "--backend", help="Force a backend: onnxruntime runs a TensorRT bundle's ONNX on CPU (a check, not the engine).")]
 
 
+@takes_source_options()
 def predict(
     model: Annotated[str, typer.Argument(help="Bundle, artifact or model source.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 5,
     rebuild: Rebuild = False, backend: BackendOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
-    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
-    input_size: InputSize = None, labels: Labels = None,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Top-k labels and confidences per image, with per-image latency.
 
@@ -55,8 +48,7 @@ def predict(
     with user_errors(verbose):
         result = run_predict(
             model, images, top_k, rebuild=rebuild, backend=backend,
-            options=source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
-                                   interpolation, input_size, labels))
+            options=options)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return
@@ -86,6 +78,7 @@ def predict(
                   + (f"; {len(skipped)} unreadable skipped" if skipped else ""), highlight=False)
 
 
+@takes_source_options(preprocessing=False)
 def bench(
     models: Annotated[list[str], typer.Argument(
         help="Bundles, artifacts or sources; the first is the reference for agreement.")],
@@ -97,8 +90,8 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed runs first.")] = 5,
     rebuild: Rebuild = False, backend: BackendOption = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Latency p50/p95, throughput, size, top-1 and agreement across formats, side by side.
 
@@ -110,7 +103,7 @@ def bench(
     with user_errors(verbose):
         result = run_bench(models, batches=batch, data=data, samples=samples, runs=runs,
                            warmup=warmup, rebuild=rebuild, backend=backend, json_out=as_json,
-                           options=source_options(weights, model_kwargs, trust_pickle))
+                           options=options)
     table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
                                            if data and result.rows else ""))
     for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",
@@ -124,14 +117,15 @@ def bench(
     print_table(table)
 
 
+@takes_source_options(preprocessing=False)
 def eval_command(
     models: Annotated[list[str], typer.Argument(help="Artifacts, bundles or sources; the first is the reference.")],
     data: Annotated[str, typer.Option(help="Labeled ImageFolder (top-1/top-5) or unlabeled images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Eval directory to write.")],
     samples: Annotated[Optional[int], typer.Option(min=1, help="Seeded subset of the data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Top-1/top-5 per model and agreement, KL, cosine, per-class deltas against the first.
 
@@ -141,7 +135,7 @@ def eval_command(
 
     with user_errors(verbose):
         result = evaluate(models, data, out, samples=samples, overwrite=overwrite,
-                          options=source_options(weights, model_kwargs, trust_pickle))
+                          options=options)
     for row in result.models:
         vs = row.vs_first
         what = ("features" if result.features else f"top-1 {100 * row.top1:.2f}%, top-5 {100 * (row.top5 or 0):.2f}%"

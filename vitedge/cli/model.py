@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from vitedge.cli.shared import (
-    CropPct,
-    InputSize,
-    Interp,
-    Labels,
-    Mean,
-    ModelKwargs,
     Overwrite,
     Source,
-    Std,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     floats,
     print_warnings,
-    source_options,
     styled,
+    takes_source_options,
     user_errors,
 )
 from vitedge.formatting import count
+
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
 
 
 def render_card(card: Any) -> Table:
@@ -83,12 +77,9 @@ def render_card(card: Any) -> Table:
 
 
 
-def inspect(source: Source, weights: Weights = None, model_kwargs: ModelKwargs = None,
-            trust_pickle: TrustPickle = False, mean: Mean = None, std: Std = None,
-            crop_pct: CropPct = None, interpolation: Interp = None, input_size: InputSize = None,
-            labels: Labels = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
-            verbose: Verbose = False) -> None:
+@takes_source_options()
+def inspect(source: Source,            as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
+            verbose: Verbose = False, *, options: SourceOptions) -> None:
     """Load a model and print its card: structure, size, MACs, preprocessing, labels.
 
     Example: vitedge inspect timm:deit_tiny_patch16_224 --weights deit_tiny.safetensors
@@ -96,8 +87,7 @@ def inspect(source: Source, weights: Weights = None, model_kwargs: ModelKwargs =
     from vitedge.models.load import load
 
     with user_errors(verbose):
-        loaded = load(source, **source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
-                                               interpolation, input_size, labels).kwargs())
+        loaded = load(source, **options.kwargs())
     if as_json:
         typer.echo(loaded.card.to_json(), nl=False)
         return
@@ -105,12 +95,9 @@ def inspect(source: Source, weights: Weights = None, model_kwargs: ModelKwargs =
     print_warnings(loaded.card.warnings)
 
 
+@takes_source_options()
 def export(source: Source,
            out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
-           weights: Weights = None, model_kwargs: ModelKwargs = None,
-           trust_pickle: TrustPickle = False, mean: Mean = None, std: Std = None,
-           crop_pct: CropPct = None, interpolation: Interp = None, input_size: InputSize = None,
-           labels: Labels = None,
            opset: Annotated[int, typer.Option(min=17, help="ONNX opset (>= 17 keeps LayerNorm one node).")] = 18,
            dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension.")] = True,
            simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxslim.")] = True,
@@ -120,7 +107,7 @@ def export(source: Source,
            atol: Annotated[float, typer.Option(callback=floats(0), help="Parity absolute tolerance on logits.")] = 1e-3,
            rtol: Annotated[float, typer.Option(callback=floats(0), help="Parity relative tolerance on logits.")] = 1e-3,
            overwrite: Overwrite = False,
-           verbose: Verbose = False) -> None:
+           verbose: Verbose = False, *, options: SourceOptions) -> None:
     """Export to ONNX (opset >= 17, dynamic batch, onnxslim) and check it against PyTorch.
 
     Example: vitedge export builtin:digits-vit -o artifacts/digits-onnx
@@ -131,8 +118,7 @@ def export(source: Source,
         result = export_onnx(source, out, opset=opset, dynamic_batch=dynamic_batch,
                              simplify=simplify, parity_data=data, parity_samples=parity_samples,
                              atol=atol, rtol=rtol, overwrite=overwrite,
-                             options=source_options(weights, model_kwargs, trust_pickle, mean, std,
-                                                    crop_pct, interpolation, input_size, labels))
+                             options=options)
     print_warnings(result.card.warnings)
     parity = result.parity
     agreement = "n/a" if parity.top1_agreement is None else f"{100 * parity.top1_agreement:.1f}%"

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from vitedge.cli.shared import (
-    CropPct,
-    InputSize,
-    Interp,
-    Labels,
-    Mean,
-    ModelKwargs,
     Overwrite,
     Quiet,
-    Std,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     err_console,
     floats,
     progress_printer,
-    source_options,
+    takes_source_options,
     user_errors,
 )
 from vitedge.prune.plan import Allocation, Importance
 
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
 
+
+@takes_source_options()
 def prune(
     source: Annotated[str, typer.Argument(help="A ViT: timm:NAME -w CKPT, torchvision:NAME -w CKPT, a Hugging Face ViT/DeiT folder, builtin:digits-vit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
@@ -53,12 +48,10 @@ def prune(
     lr: Annotated[float, typer.Option(callback=floats(0, 10, low_open=True), help="Distillation peak learning rate.")] = 5e-4,
     distill_features: Annotated[float, typer.Option(callback=floats(0, 1e6),
         help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
-    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
-    input_size: InputSize = None, labels: Labels = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
 
@@ -85,8 +78,7 @@ def prune(
         metrics = run_prune(source, out, plan, data=data, samples=samples,
                             distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
                                                   features=distill_features),
-                            options=source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
-                                                   interpolation, input_size, labels),
+                            options=options,
                             overwrite=overwrite, progress=progress_printer(quiet), tick=tick)
     print_summary(metrics, out)
 

@@ -10,34 +10,27 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from vitedge.cli.shared import (
-    CropPct,
-    InputSize,
-    Interp,
-    Labels,
-    Mean,
-    ModelKwargs,
     Overwrite,
     Quiet,
     Source,
-    Std,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     err_console,
     floats,
     print_warnings,
     progress_printer,
-    source_options,
+    takes_source_options,
     user_errors,
 )
 from vitedge.quantize.recipes import CalibrationMethod, Recipe
 from vitedge.targets import Scheme
 
 if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
     from vitedge.schemas.results import QuantReport
 
 
+@takes_source_options()
 def quantize(
     source: Source,
     calib: Annotated[str, typer.Option(
@@ -69,12 +62,10 @@ def quantize(
     smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
     bias_correction: Annotated[bool, typer.Option(help="NNCF fast bias correction.")] = True,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for sampling the data.")] = 0,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
-    mean: Mean = None, std: Std = None, crop_pct: CropPct = None, interpolation: Interp = None,
-    input_size: InputSize = None, labels: Labels = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """INT8 post-training quantization (NNCF, QDQ ONNX) within an accuracy budget.
 
@@ -92,8 +83,7 @@ def quantize(
                 max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine,
                 exclude=exclude, smooth_quant=smooth_quant, bias_correction=bias_correction, seed=seed,
                 overwrite=overwrite, progress=progress_printer(quiet), calibration_tick=tick,
-                options=source_options(weights, model_kwargs, trust_pickle, mean, std, crop_pct,
-                                       interpolation, input_size, labels))
+                options=options)
         except BudgetMissed as missed:
             _print_summary(missed.result.report, missed.result.out_dir)
             raise

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
 
 from vitedge.cli.shared import (
-    ModelKwargs,
-    TrustPickle,
     Verbose,
-    Weights,
     console,
     err_console,
     floats,
     progress_printer,
-    source_options,
+    takes_source_options,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from vitedge.models.options import SourceOptions
 
 SourceOption = Annotated[str, typer.Option(
     "--source", "-s", help="Camera index (0), /dev/videoN, video file, image folder or glob, "
@@ -41,6 +41,7 @@ def _address(value: str | None) -> str | None:
     return value
 
 
+@takes_source_options(preprocessing=False)
 def run(
     bundle: Annotated[str, typer.Argument(help="The deployed model: a bundle (or any artifact/source).")],
     source: SourceOption,
@@ -71,8 +72,8 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Rebuild a bundle whose passport does not match.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the summary.")] = False,
-    weights: Weights = None, model_kwargs: ModelKwargs = None, trust_pickle: TrustPickle = False,
     verbose: Verbose = False,
+    *, options: SourceOptions,
 ) -> None:
     """Live inference with a full-precision shadow that measures drift as it runs.
 
@@ -102,7 +103,7 @@ def run(
                                min_agreement=min_agreement, max_kl=max_kl, min_cosine=min_cosine,
                                overwrite=overwrite),
             camera=CameraOptions(width=width, height=height, fps=fps, loop=loop, reconnect_s=reconnect_s),
-            source_options=source_options(weights, model_kwargs, trust_pickle),
+            source_options=options,
             on_frame=progress, progress=progress_printer(quiet))
     drift, counts, latency = summary.drift, summary.frames, summary.deployed.latency_ms
     console.print(f"{summary.stop_reason}: {counts.logged} frames ({counts.dropped} dropped, "

@@ -6,11 +6,13 @@ Nothing heavy is imported at module level: `vitedge --help` must not pay for tor
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -157,6 +159,51 @@ def source_options(weights: Path | None = None, model_kwargs: list[str] | None =
     return SourceOptions.parse(weights=weights, model_kwargs=model_kwargs, trust_pickle=trust_pickle,
                                mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation,
                                input_size=input_size, labels=labels)
+
+
+# The shared source options, declared once: (parameter, its option type, default).
+_LOADING_OPTIONS = (("weights", Weights, None), ("model_kwargs", ModelKwargs, None),
+                    ("trust_pickle", TrustPickle, False))
+_PREPROCESSING_OPTIONS = (("mean", Mean, None), ("std", Std, None), ("crop_pct", CropPct, None),
+                          ("interpolation", Interp, None), ("input_size", InputSize, None),
+                          ("labels", Labels, None))
+
+
+def takes_source_options(*, preprocessing: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command decorator: Typer sees the shared source options (--weights, -k, --trust-pickle
+    and, with `preprocessing`, the preprocessing and label overrides) after the command's leading
+    required parameters, and the command receives them parsed as its keyword `options`.
+
+    Bad values (e.g. --mean 0.5) are refused as one-line errors before the command runs.
+    """
+    shared = _LOADING_OPTIONS + (_PREPROCESSING_OPTIONS if preprocessing else ())
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        if "options" not in signature.parameters:
+            raise TypeError(f"{command.__name__} must take a keyword `options` to use the source options")
+        # Typer needs the annotations as objects; `options` (a TYPE_CHECKING import) is not one of its.
+        own = [p.replace(annotation=eval(p.annotation, command.__globals__)  # noqa: S307 (our own source)
+                         if isinstance(p.annotation, str) else p.annotation)
+               for name, p in signature.parameters.items() if name != "options"]
+        lead = next((i for i, p in enumerate(own) if p.default is not inspect.Parameter.empty), len(own))
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                   annotation=kind) for name, kind, default in shared]
+        parameters = own[:lead] + added + own[lead:]
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> Any:
+            given = {name: values.pop(name) for name, _, _ in shared if name in values}
+            with user_errors(bool(values.get("verbose", False))):
+                options = source_options(**given)
+            return command(**values, options=options)
+
+        del wrapper.__wrapped__  # Typer must read the signature below, not the command's
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print the result.")]
