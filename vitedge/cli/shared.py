@@ -11,6 +11,7 @@ import inspect
 import logging
 import math
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,9 +183,9 @@ def takes_source_options(*, preprocessing: bool = True) -> Callable[[Callable[..
         signature = inspect.signature(command)
         if "options" not in signature.parameters:
             raise TypeError(f"{command.__name__} must take a keyword `options` to use the source options")
-        # Typer needs the annotations as objects; `options` (a TYPE_CHECKING import) is not one of its.
-        own = [p.replace(annotation=eval(p.annotation, command.__globals__)  # noqa: S307 (our own source)
-                         if isinstance(p.annotation, str) else p.annotation)
+        # Typer needs the annotations as objects; `options` names a TYPE_CHECKING import.
+        hints = typing.get_type_hints(command, localns={"SourceOptions": Any}, include_extras=True)
+        own = [p.replace(annotation=hints.get(name, p.annotation))
                for name, p in signature.parameters.items() if name != "options"]
         lead = next((i for i, p in enumerate(own) if p.default is not inspect.Parameter.empty), len(own))
         added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
