@@ -1,4 +1,5 @@
-"""Runtimes: `load(anything)` returns a Session (ONNX Runtime, TensorRT or the PyTorch reference).
+"""Runtimes: `load(anything)` returns a Session (ONNX Runtime, OpenVINO, TensorRT or the PyTorch
+reference).
 
 A bundle is verified first (file hashes, then its passport against this machine): a bundle made
 for another runtime version or GPU is refused with the reason, or rebuilt when `rebuild=True`.
@@ -23,6 +24,8 @@ def load(source: str | Path, options: SourceOptions | None = None, *, rebuild: b
 
     backend="onnxruntime" runs a TensorRT bundle's ONNX with ONNX Runtime instead of its engine
     (to check the graph on a machine without TensorRT; the session says so in its description).
+    backend="openvino" runs an ONNX graph, or a bundle's plain ONNX, on OpenVINO's CPU plugin with
+    FP32 requested (OpenVINO would pick BF16 on CPUs that have it; the session reports what runs).
     The session's `card` holds the model card (labels, preprocessing).
     """
     from vitedge.compile.bundle import is_bundle
@@ -42,18 +45,30 @@ def load(source: str | Path, options: SourceOptions | None = None, *, rebuild: b
     from vitedge.models.load import load as load_model
 
     loaded = load_model(source, **options.kwargs())
+    if backend is Backend.OPENVINO and loaded.onnx_path is None:
+        raise InputError(f"backend openvino runs ONNX graphs; {source} is a PyTorch model",
+                         f"export it first (vitedge export {source} -o DIR), or use torch or onnxruntime")
     if loaded.onnx_path is not None and backend is not Backend.TORCH:
-        import onnx
+        int8 = _has_qdq(loaded.onnx_path)
+        if backend is Backend.OPENVINO:
+            from vitedge.runtime.openvino import OpenVinoSession
 
-        from vitedge.quantize.qdq import quantized_node_names
+            return OpenVinoSession(loaded.onnx_path, int8=int8, card=loaded.card, origin=loaded.origin)
         from vitedge.runtime.onnxrt import OnnxRuntimeSession
 
-        int8 = bool(quantized_node_names(onnx.load(str(loaded.onnx_path), load_external_data=False)))
         return OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32",
                                   card=loaded.card, origin=loaded.origin)
     from vitedge.runtime.torch import TorchSession
 
     return TorchSession(loaded)
+
+
+def _has_qdq(path: Path) -> bool:
+    import onnx
+
+    from vitedge.quantize.qdq import quantized_node_names
+
+    return bool(quantized_node_names(onnx.load(str(path), load_external_data=False)))
 
 
 def _backend(value: Backend | str | None) -> Backend | None:
@@ -67,7 +82,7 @@ def _backend(value: Backend | str | None) -> Backend | None:
 
 
 def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Session:
-    from vitedge.compile.bundle import MODEL, read_bundle
+    from vitedge.compile.bundle import MODEL, SOURCE, read_bundle
     from vitedge.compile.passport import machine_facts, mismatches
     from vitedge.compile.rebuild import build_bundle, reoptimize_bundle
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
@@ -79,6 +94,16 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
     if backend is Backend.TORCH:
         raise InputError(f"backend torch cannot run the bundle {path} (it holds ONNX or an engine)",
                          "use onnxruntime, or pass the PyTorch artifact the bundle came from")
+    if backend is Backend.OPENVINO:
+        from vitedge.runtime.openvino import OpenVinoSession
+
+        # An ONNX Runtime bundle's model.onnx may hold ONNX Runtime's own fused operators: OpenVINO
+        # reads the plain graph it was made from; a TensorRT bundle's model.onnx is plain ONNX.
+        plain = bundle.member(SOURCE if bundle.runtime == "onnxruntime" else MODEL)
+        session = OpenVinoSession(plain, int8=_has_qdq(plain), min_batch=low, max_batch=high,
+                                  card=bundle.card, origin=origin)
+        session.description += f" on the bundle's {plain.name} (NOT its {bundle.runtime} runtime)"
+        return session
     if bundle.runtime == "onnxruntime" or backend is Backend.ONNXRUNTIME:
         if bundle.runtime == "onnxruntime":
             if backend is Backend.TENSORRT:

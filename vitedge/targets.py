@@ -27,6 +27,7 @@ class Backend(StrEnum):
     ONNXRUNTIME = "onnxruntime"
     TORCH = "torch"
     TENSORRT = "tensorrt"
+    OPENVINO = "openvino"  # ONNX graphs (and a bundle's plain ONNX) on OpenVINO's CPU plugin, FP32
 
 
 class Precision(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any
 
 from vitedge import __version__
 
-DOCTOR_PACKAGES = ("torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime",
+DOCTOR_PACKAGES = ("torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "openvino",
                    "onnxslim", "onnxscript", "nncf", "opencv-python-headless", "opencv-python",
                    "tensorrt", "numpy")
 # /proc/cpuinfo flags that decide whether INT8 can be fast on a CPU.

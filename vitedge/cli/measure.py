@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 Rebuild = Annotated[bool, typer.Option(
     "--rebuild", help="Rebuild a bundle whose passport does not match this machine, instead of refusing.")]
 BackendOption = Annotated[Optional[Backend], typer.Option(
-    "--backend", help="Force a backend: onnxruntime runs a TensorRT bundle's ONNX on CPU (a check, not the engine).")]
+    "--backend", help="Force a backend: onnxruntime runs a TensorRT bundle's ONNX on CPU (a check, not the "
+               "engine); openvino runs an ONNX graph (or a bundle's plain ONNX) on OpenVINO's CPU plugin in FP32.")]
 
 
 @takes_source_options()
