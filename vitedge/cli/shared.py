@@ -15,7 +15,7 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -25,10 +25,6 @@ from typer.core import TyperGroup
 
 from vitedge.card import Interpolation
 from vitedge.errors import VitedgeError
-
-if TYPE_CHECKING:
-    from vitedge.models.options import SourceOptions
-
 
 # Markup off: labels, paths and architectures are user strings; "[/]" in one must print as is.
 console = Console(markup=False, highlight=False)
@@ -150,18 +146,6 @@ Labels = Annotated[Optional[Path], typer.Option(
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings.")]
 
 
-def source_options(weights: Path | None = None, model_kwargs: list[str] | None = None,
-                   trust_pickle: bool = False, mean: str | None = None, std: str | None = None,
-                   crop_pct: float | None = None, interpolation: Interpolation | None = None,
-                   input_size: str | None = None, labels: Path | None = None) -> SourceOptions:
-    """The shared source options as the library's `SourceOptions` (parsed there, once)."""
-    from vitedge.models.options import SourceOptions
-
-    return SourceOptions.parse(weights=weights, model_kwargs=model_kwargs, trust_pickle=trust_pickle,
-                               mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation,
-                               input_size=input_size, labels=labels)
-
-
 # The shared source options, declared once: (parameter, its option type, default).
 _LOADING_OPTIONS = (("weights", Weights, None), ("model_kwargs", ModelKwargs, None),
                     ("trust_pickle", TrustPickle, False))
@@ -194,9 +178,11 @@ def takes_source_options(*, preprocessing: bool = True) -> Callable[[Callable[..
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
+            from vitedge.models.options import SourceOptions
+
             given = {name: values.pop(name) for name, _, _ in shared if name in values}
             with user_errors(bool(values.get("verbose", False))):
-                options = source_options(**given)
+                options = SourceOptions.parse(**given)  # parsed there, once
             return command(**values, options=options)
 
         del wrapper.__wrapped__  # Typer must read the signature below, not the command's

@@ -27,7 +27,7 @@ import numpy as np
 
 from vitedge.artifact import sha256_file
 from vitedge.documents import write_document
-from vitedge.drift import compare, per_sample, softmax
+from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.live.camera import Frame, FrameSource
 from vitedge.live.options import RunOptions, check_run_output
 from vitedge.live.shadow import SHADOW_KEYS, Shadow, check_reference
@@ -88,7 +88,7 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
     """
     options = options or RunOptions()
     options.check()
-    options.thresholds(deployed.card)  # refused before anything is written
+    thresholds = options.thresholds(deployed.card)  # refused before anything is written
     if reference is not None:
         check_reference(deployed, reference)
     reads = (deployed.origin, reference.origin if reference is not None else (), source.uri)
@@ -105,7 +105,7 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
             write_document(folder / "summary.json", {"kind": "run", "state": "running",
                                                      "source": source.uri, "pid": os.getpid(),
                                                      "started": time.time()})
-            state = _Loop(deployed, source, folder, reference, options, server, on_frame, record)
+            state = _Loop(deployed, source, folder, reference, options, thresholds, server, on_frame, record)
             try:
                 with _Stopper() as stopper:
                     state.loop(stopper)
@@ -119,13 +119,14 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
 
 class _Loop:
     def __init__(self, deployed: Session, source: FrameSource, out: Path, reference: Session | None,
-                 options: RunOptions, server: Any, on_frame: Callable[[dict[str, Any]], None] | None,
+                 options: RunOptions, thresholds: DriftThresholds, server: Any,
+                 on_frame: Callable[[dict[str, Any]], None] | None,
                  record: tuple[Path, str | None] | None = None):
         self.deployed, self.source, self.out, self.options = deployed, source, out, options
         self.record = record
         self.server, self.on_frame = server, on_frame
         self.card = deployed.card
-        self.thresholds = options.thresholds(self.card)
+        self.thresholds = thresholds
         self.features = self.card.num_classes is None  # no classifier head: compare vectors
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
         self.shadow = Shadow(reference) if reference is not None and options.shadow_every else None

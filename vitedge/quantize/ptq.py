@@ -45,8 +45,11 @@ class QuantizeResult:
     out_dir: Path
     card: ModelCard
     report: QuantReport
-    within_budget: bool
     seconds: float
+
+    @property
+    def within_budget(self) -> bool:
+        return self.report.budget.met
 
 
 def _resolution_warnings(budget: Budget, samples: int) -> list[str]:
@@ -130,7 +133,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
         evaluation = Evaluation(evaluation_data, fp32, None if budget.features else
                                 model_labels(card, evaluation_data), budget.features)
         search = run_search(float_model, nodes, calibration_data, evaluation, settings, budget, warnings_,
-                         say, calibration_tick)
+                            say, calibration_tick)
         lint = lint_qdq(search.best.model, symmetric=settings.scheme is Scheme.SYMMETRIC,
                         vit_safe=settings.recipe is not Recipe.FULL)
         if settings.recipe is not Recipe.FULL and not lint:
@@ -147,7 +150,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
             atomic_write_text(staging / "quant_report.md", markdown(raw))
             write_card(staging, new_card)  # hashes the model and the reports
     report = QuantReport.from_dict(raw)
-    result = QuantizeResult(Path(out), new_card, report, report.budget.met, time.perf_counter() - started)
+    result = QuantizeResult(Path(out), new_card, report, time.perf_counter() - started)
     if not result.within_budget:
         raise BudgetMissed(result)
     return result

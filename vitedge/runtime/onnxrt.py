@@ -72,10 +72,10 @@ class OnnxRuntimeSession(Session):
 
     backend = "onnxruntime"
 
-    def __init__(self, model: onnx.ModelProto | str | Path, *, providers: list[str] | None = None, threads: int = 0,
-                 optimization: str = "all", precision: str = "fp32", max_batch: int | None = None,
-                 min_batch: int = 1, description: str = "", card: Any = None,
-                 origin: tuple[Path, ...] = ()) -> None:
+    def __init__(self, model: onnx.ModelProto | str | Path, *, providers: list[str] | None = None,
+                 threads: int = 0, optimization: str = "all", precision: str = "fp32",
+                 max_batch: int | None = None, min_batch: int = 1, description: str = "",
+                 card: Any = None, origin: tuple[Path, ...] = ()) -> None:
         self.model_path = Path(model) if isinstance(model, (str, Path)) else None
         self.session = create_session(model, providers or ["CPUExecutionProvider"],
                                       threads=threads, optimization=optimization)

@@ -11,15 +11,12 @@ OpenVINO, never the one requested. A graph with Q/DQ nodes runs its quantized la
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from vitedge.errors import InputError
 from vitedge.runtime.base import Session, TensorInfo
-
-if TYPE_CHECKING:
-    import onnx
 
 # OpenVINO's element type names (str(ov.Type)) -> vitedge's precision names.
 _PRECISIONS = {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "bf16": "bf16",
@@ -37,11 +34,13 @@ def openvino_version() -> str | None:
     return openvino.get_version().split("-")[0]
 
 
-def cpu_capabilities() -> list[str]:
+def cpu_capabilities(core: Any = None) -> list[str]:
     """What OpenVINO's CPU plugin says this CPU can run fast (e.g. FP32, BF16, INT8)."""
-    import openvino
+    if core is None:
+        import openvino
 
-    return list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        core = openvino.Core()
+    return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def _type_name(value: Any) -> str:
@@ -63,7 +62,7 @@ class OpenVinoSession(Session):
 
     backend = "openvino"
 
-    def __init__(self, model: onnx.ModelProto | str | Path, *, precision: str | None = "fp32",
+    def __init__(self, model: str | Path, *, precision: str | None = "fp32",
                  threads: int = 0, performance_hint: str = "LATENCY", int8: bool = False,
                  max_batch: int | None = None, min_batch: int = 1, description: str = "",
                  card: Any = None, origin: tuple[Path, ...] = ()) -> None:
@@ -79,14 +78,11 @@ class OpenVinoSession(Session):
             raise InputError(f"performance hint {performance_hint!r} is not one of "
                              f"{', '.join(PERFORMANCE_HINTS)}")
         core = openvino.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and "BF16" not in cpu_capabilities(core):
             raise InputError("this CPU has no native BF16 (AVX512_BF16 or AMX), so OpenVINO cannot run bf16",
                              "use fp32 here, or run bf16 on a CPU that has it")
-        self.model_path = Path(model) if isinstance(model, (str, Path)) else None
-        if self.model_path is not None:
-            graph = core.read_model(str(self.model_path))
-        else:
-            graph = core.read_model(model.SerializeToString(), b"")
+        self.model_path = Path(model)
+        graph = core.read_model(str(self.model_path))
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
