@@ -61,7 +61,7 @@ def test_user_profile_and_validation(tmp_path):
         GOOD.replace('default_precision = "int8"', 'default_precision = "fp16"'):
             "default_precision fp16 is not among precisions",
         GOOD.replace("opt = 2", "opt = 9"): "1 <= min <= opt <= max",
-        GOOD.replace('"onnxruntime"', '"openvino"'): "runtime = 'openvino' is not one of",
+        GOOD.replace('"onnxruntime"', '"tflite"'): "runtime = 'tflite' is not one of",
         GOOD.replace('runtime = "onnxruntime"', 'runtime = "tensorrt"'): "needs compute_capability",
         GOOD.replace('name = "mine"\n', ""): "missing key(s) name",
         "name = [": "not valid TOML",

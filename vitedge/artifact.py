@@ -52,10 +52,11 @@ def required_files(card: ModelCard) -> set[str]:
         return {"model.onnx"}
     if card.format == "bundle":
         runtime = (card.source.get("bundle") or {}).get("runtime")
-        extra = {"onnxruntime": {"source.onnx"}, "tensorrt": {"trtexec.sh"}}.get(runtime)
-        if extra is None:
+        files = {"onnxruntime": {"model.onnx", "source.onnx"}, "tensorrt": {"model.onnx", "trtexec.sh"},
+                 "openvino": {"model.xml", "model.bin", "source.onnx"}}.get(runtime)
+        if files is None:
             raise InputError(f"the card of this bundle records runtime {runtime!r}", RECREATE)
-        return {"model.onnx", "bundle.json", "passport.json", *extra}
+        return {"bundle.json", "passport.json", *files}
     return {"model.safetensors"}
 
 

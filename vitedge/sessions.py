@@ -15,6 +15,7 @@ from vitedge.models.options import SourceOptions
 from vitedge.targets import Backend
 
 if TYPE_CHECKING:
+    from vitedge.compile.bundle import Bundle
     from vitedge.runtime.base import Session
 
 
@@ -94,6 +95,8 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
     if backend is Backend.TORCH:
         raise InputError(f"backend torch cannot run the bundle {path} (it holds ONNX or an engine)",
                          "use onnxruntime, or pass the PyTorch artifact the bundle came from")
+    if bundle.runtime == "openvino" and backend in (None, Backend.OPENVINO):
+        return _openvino_bundle(bundle, rebuild=rebuild, origin=origin)
     if backend is Backend.OPENVINO:
         from vitedge.runtime.openvino import OpenVinoSession
 
@@ -104,28 +107,33 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
                                   card=bundle.card, origin=origin)
         session.description += f" on the bundle's {plain.name} (NOT its {bundle.runtime} runtime)"
         return session
-    if bundle.runtime == "onnxruntime" or backend is Backend.ONNXRUNTIME:
-        if bundle.runtime == "onnxruntime":
-            if backend is Backend.TENSORRT:
-                raise InputError(f"backend tensorrt cannot run the ONNX Runtime bundle {path}",
-                                 "compile for a TensorRT target, or drop --backend")
-            problems = mismatches(bundle.passport, machine_facts())
-            if problems and not rebuild:
-                raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
-                                 "pass --rebuild to re-optimize it here from its source.onnx")
-            if problems:
-                bundle = reoptimize_bundle(path)
-                settings = bundle.settings
-            assert settings.session is not None  # an ONNX Runtime bundle's settings have it (schema)
-            return OnnxRuntimeSession(
-                bundle.file("model"), providers=available_providers(list(settings.session.providers)),
-                threads=settings.session.intra_op_threads,
-                optimization=settings.session.optimization, precision=bundle.passport.precision,
-                min_batch=low, max_batch=high, card=bundle.card, origin=origin)
+    if bundle.runtime == "onnxruntime":
+        if backend is Backend.TENSORRT:
+            raise InputError(f"backend tensorrt cannot run the ONNX Runtime bundle {path}",
+                             "compile for a TensorRT target, or drop --backend")
+        problems = mismatches(bundle.passport, machine_facts())
+        if problems and not rebuild:
+            raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
+                             "pass --rebuild to re-optimize it here from its source.onnx")
+        if problems:
+            bundle = reoptimize_bundle(path)
+            settings = bundle.settings
+        assert settings.session is not None  # an ONNX Runtime bundle's settings have it (schema)
         return OnnxRuntimeSession(
-            bundle.member(MODEL), precision=bundle.passport.precision, min_batch=low,
+            bundle.file("model"), providers=available_providers(list(settings.session.providers)),
+            threads=settings.session.intra_op_threads,
+            optimization=settings.session.optimization, precision=bundle.passport.precision,
+            min_batch=low, max_batch=high, card=bundle.card, origin=origin)
+    if backend is Backend.ONNXRUNTIME:  # a TensorRT or OpenVINO bundle's plain ONNX
+        plain = bundle.member(SOURCE if bundle.runtime == "openvino" else MODEL)
+        what = "OpenVINO IR" if bundle.runtime == "openvino" else "TensorRT engine"
+        return OnnxRuntimeSession(
+            plain, precision="int8" if _has_qdq(plain) else "fp32", min_batch=low,
             max_batch=high, card=bundle.card, origin=origin,
-            description="ONNX Runtime CPU on the bundle's ONNX (NOT the TensorRT engine)")
+            description=f"ONNX Runtime CPU on the bundle's {plain.name} (NOT the {what})")
+    if bundle.runtime == "openvino":
+        raise InputError(f"backend {backend} cannot run the OpenVINO bundle {path}",
+                         "drop --backend, or use onnxruntime to check its source.onnx")
     from vitedge.runtime.tensorrt import TensorRTSession
 
     if not settings.engine:
@@ -144,6 +152,36 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
         bundle = build_bundle(path)
     return TensorRTSession(bundle.file("engine"), precision=bundle.passport.precision,
                            card=bundle.card, origin=origin)
+
+
+def _openvino_bundle(bundle: Bundle, *, rebuild: bool, origin: tuple[Path, ...]) -> Session:
+    """An OpenVINO bundle's IR compiled here as its passport says, or refused (or rebuilt)."""
+    from vitedge.compile.passport import machine_facts, mismatches
+    from vitedge.compile.rebuild import reoptimize_bundle
+    from vitedge.runtime.openvino import OpenVinoSession
+
+    path = bundle.path
+    problems = mismatches(bundle.passport, machine_facts())
+    if problems and not rebuild:
+        raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
+                         "pass --rebuild to convert its source.onnx again with this OpenVINO")
+    if problems:
+        bundle = reoptimize_bundle(path)
+    settings, passport = bundle.settings, bundle.passport
+    assert settings.openvino is not None  # an OpenVINO bundle's settings have it (schema)
+    low, _opt, high = settings.batch
+    session = OpenVinoSession(bundle.file("model"), weights=bundle.file("weights"),
+                              precision=settings.openvino.precision, threads=settings.openvino.threads,
+                              performance_hint=settings.openvino.performance_hint,
+                              int8=passport.precision in ("int8", "best"), min_batch=low,
+                              max_batch=high, card=bundle.card, origin=origin)
+    recorded = passport.built.openvino.inference_precision if passport.built.openvino else None
+    if recorded and session.inference_precision != recorded:
+        session.close()
+        raise InputError(f"bundle {path} was compiled to run its float layers in {recorded}; "
+                         f"OpenVINO runs them in {session.inference_precision} here",
+                         "pass --rebuild to convert it again here, or compile it for this machine")
+    return session
 
 
 def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:

@@ -19,6 +19,17 @@ TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
 class Runtime(StrEnum):
     TENSORRT = "tensorrt"
     ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+class CompileRuntime(StrEnum):
+    """What `vitedge compile --runtime` asks for: a runtime, or auto (measure the target's runtimes
+    on this machine and keep the fastest; the profile's own runtime on another ISA)."""
+
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
 
 
 class Backend(StrEnum):
@@ -33,6 +44,7 @@ class Backend(StrEnum):
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"  # OpenVINO on CPUs with native BF16 (AVX512_BF16, AMX)
     INT8 = "int8"
 
 
@@ -41,6 +53,7 @@ class CompilePrecision(StrEnum):
 
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"
     INT8 = "int8"
     BEST = "best"  # INT8 from a QDQ graph (FP16 for its float layers on TensorRT), else the fastest float
 
@@ -76,11 +89,13 @@ class Target:
     tensorrt: str | None = None
     cuda: str | None = None
     cpu_threads: int = 0
+    runtimes: tuple[Runtime, ...] = ()  # every runtime a bundle may use (first: `runtime`)
     path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["runtime"] = str(self.runtime)
+        data["runtimes"] = [str(r) for r in self.runtimes]
         data["precisions"] = [str(p) for p in self.precisions]
         data["default_precision"] = str(self.default_precision)
         data["int8_scheme"] = str(self.int8_scheme)
@@ -127,10 +142,23 @@ def parse_target(data: dict[str, Any], where: str) -> Target:
     if runtime is Runtime.TENSORRT and "compute_capability" not in data:
         raise InputError(f"{where}: a TensorRT target needs compute_capability (e.g. \"8.7\" or "
                          "\"detect\")")
-    values = {key: data[key] for key in data if key not in ("runtime", "precisions",
+    listed = data.get("runtimes", [runtime.value])
+    if not isinstance(listed, list) or not listed:
+        raise InputError(f"{where}: runtimes = {listed!r} must be a list, e.g. [\"onnxruntime\", \"openvino\"]")
+    runtimes = tuple(_choice(Runtime, r, "runtimes", where) for r in listed)
+    if runtimes[:1] != (runtime,):
+        raise InputError(f"{where}: runtimes = {data['runtimes']!r} must start with runtime = "
+                         f"{runtime.value!r} (the runtime used when no other is measured)")
+    if Runtime.TENSORRT in runtimes and len(runtimes) > 1:
+        raise InputError(f"{where}: runtimes = {data['runtimes']!r}: a TensorRT target runs TensorRT only")
+    if Precision.BF16 in precisions and Runtime.OPENVINO not in runtimes:
+        raise InputError(f"{where}: precision bf16 needs openvino among runtimes (ONNX Runtime's "
+                         "CPU provider runs fp32)")
+    values = {key: data[key] for key in data if key not in ("runtime", "runtimes", "precisions",
                                                            "default_precision", "int8_scheme",
                                                            "batch")}
-    return Target(**values, runtime=runtime, precisions=precisions, default_precision=default,
+    return Target(**values, runtime=runtime, runtimes=runtimes, precisions=precisions,
+                  default_precision=default,
                   int8_scheme=_choice(Scheme, data["int8_scheme"], "int8_scheme", where),
                   batch=BatchProfile(**batch), path=where)
 

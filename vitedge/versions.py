@@ -20,7 +20,7 @@ DOCTOR_PACKAGES = ("torch", "torchvision", "timm", "transformers", "onnx", "onnx
                    "tensorrt", "numpy")
 # /proc/cpuinfo flags that decide whether INT8 can be fast on a CPU.
 X86_FEATURES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_vnni": "AVX-512 VNNI",
-                "avx_vnni": "AVX-VNNI", "avx512_bf16": "AVX-512 BF16", "amx_int8": "AMX-INT8"}
+                "avx_vnni": "AVX-VNNI", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
 ARM_FEATURES = {"asimd": "NEON", "asimddp": "NEON dot-product", "i8mm": "INT8 matmul (i8mm)",
                 "sve": "SVE", "bf16": "BF16"}
 

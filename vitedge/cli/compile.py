@@ -18,7 +18,7 @@ from vitedge.cli.shared import (
     takes_source_options,
     user_errors,
 )
-from vitedge.targets import CompilePrecision
+from vitedge.targets import CompilePrecision, CompileRuntime
 
 if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
@@ -30,7 +30,11 @@ def compile_command(
     target: Annotated[str, typer.Option(help="Target profile name or .toml (see `vitedge targets`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")],
     precision: Annotated[Optional[CompilePrecision], typer.Option(
-        help="best lets TensorRT pick per layer (default: int8 for a quantized model, else the target's).")] = None,
+        help="best: TensorRT picks per layer (FP16 float layers); on OpenVINO, BF16 float layers "
+             "where the CPU has BF16 (default: int8 for a quantized model, else the target's).")] = None,
+    runtime: Annotated[Optional[CompileRuntime], typer.Option(
+        help="CPU targets: onnxruntime, openvino, or auto (default: build the target's runtimes, "
+             "time them here and keep the fastest; on another ISA the profile's runtime).")] = None,
     batch: Annotated[Optional[str], typer.Option(
         help="Batch size (fixed) or min:opt:max, e.g. 1:8:16 (default: the target's profile).")] = None,
     dla_core: Annotated[Optional[int], typer.Option(min=0,
@@ -41,14 +45,15 @@ def compile_command(
     quiet: Quiet = False, verbose: Verbose = False,
     *, options: SourceOptions,
 ) -> None:
-    """Prepare a model for a target: an ONNX Runtime bundle, or a TensorRT build (+ trtexec line).
+    """Prepare a model for a target: a CPU bundle (ONNX Runtime or OpenVINO, the faster one here),
+    or a TensorRT build (+ trtexec line).
 
     Example: vitedge compile artifacts/digits-int8 --target x86-cpu -o bundles/digits-cpu
     """
     from vitedge.compile.prepare import compile_bundle
 
     with user_errors(verbose):
-        result = compile_bundle(source, target, out, precision=precision, batch=batch,
+        result = compile_bundle(source, target, out, precision=precision, runtime=runtime, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
                                 options=options,
                                 progress=progress_printer(quiet))
@@ -56,13 +61,26 @@ def compile_command(
         err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),
                           highlight=False)
     built, settings = result.passport.built, result.settings
-    console.print(f"bundle: {result.path}  target {result.passport.target.name}  precision "
-                  f"{result.passport.precision}  batch {':'.join(map(str, settings.batch))}",
-                  highlight=False)
-    if settings.runtime == "onnxruntime":
+    console.print(f"bundle: {result.path}  target {result.passport.target.name}  runtime "
+                  f"{settings.runtime}  precision {result.passport.precision}  batch "
+                  f"{':'.join(map(str, settings.batch))}", highlight=False)
+    if built.runtime_choice is not None:
+        console.print(f"runtime chosen by measurement ({built.runtime_choice.rounds} alternating "
+                      f"rounds): {built.runtime_choice.why}", highlight=False, soft_wrap=True)
+    if built.note:
+        console.print(f"note: {built.note}", highlight=False, soft_wrap=True)
+    if settings.runtime == "openvino":
+        openvino = built.openvino
+        runs = openvino.inference_precision if openvino else None
+        console.print(f"OpenVINO {openvino.version if openvino else '?'} IR; float layers run "
+                      + (f"{runs} (read back from OpenVINO)" if runs else
+                         "as OpenVINO picks on the device within the "
+                         f"{settings.openvino.precision if settings.openvino else '?'} hint"),
+                      highlight=False)
+    elif settings.runtime == "onnxruntime":
         console.print("ONNX Runtime graph " + ("optimized offline here "
                       f"(max |diff| vs source {(built.parity_vs_source or {}).get('max_abs_diff', 0):.2g})"
-                      if built.optimized_offline else f"kept as is: {built.note}"),
+                      if built.optimized_offline else "kept as is, optimized when the session starts"),
                       highlight=False)
     elif built.engine:
         console.print(f"TensorRT engine built: {built.engine.layers_by_precision}", highlight=False)

@@ -25,13 +25,13 @@ def targets_list(ctx: typer.Context) -> None:
     with user_errors():
         profiles = list_targets()
     table = Table()
-    for column in ("target", "runtime", "GPU SM / ISA", "precisions (default)", "INT8", "DLA",
+    for column in ("target", "runtimes", "GPU SM / ISA", "precisions (default)", "INT8", "DLA",
                    "software"):
-        table.add_column(column, no_wrap=column in ("target", "runtime"))
+        table.add_column(column, no_wrap=column in ("target", "runtimes"))
     for t in profiles:
         software = ", ".join(f"{k} {v}" for k, v in (("JetPack", t.jetpack), ("TensorRT", t.tensorrt))
                              if v) or "-"
-        table.add_row(t.name, str(t.runtime), t.compute_capability or t.isa or "-",
+        table.add_row(t.name, ", ".join(map(str, t.runtimes)), t.compute_capability or t.isa or "-",
                       ", ".join(map(str, t.precisions)) + f" ({t.default_precision})",
                       str(t.int8_scheme), str(t.dla_cores), software)
     print_table(table)

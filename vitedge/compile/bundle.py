@@ -42,7 +42,8 @@ class Bundle:
 
     def file(self, key: str) -> Path:
         """The file bundle.json names under `key`, inside the bundle and hashed by its card."""
-        name = getattr(self.settings, key) if key in ("model", "engine", "layers", "source_model") else \
+        name = getattr(self.settings, key) if key in ("model", "weights", "engine", "layers",
+                                                      "source_model") else \
             getattr(self.settings.build, key, None)
         return self.member(name, what=f"{self.path}/{BUNDLE_NAME} ({key})")
 
@@ -79,7 +80,9 @@ def read_bundle(path: str | Path) -> Bundle:
             raise InputError(f"{path / name} does not match the hash in its passport",
                              "the bundle was changed after it was made; re-create it")
     result = Bundle(path, card, settings, passport)
-    result.file("model" if settings.runtime == "onnxruntime" else "onnx")
+    for key in {"onnxruntime": ("model",), "openvino": ("model", "weights", "source_model"),
+                "tensorrt": ("onnx",)}[settings.runtime]:
+        result.file(key)
     return result
 
 

@@ -35,7 +35,8 @@ def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
 
     facts: dict[str, Any] = {
         "arch": machine_arch(), "cpu_features": sorted(k for k, v in cpu_features().items() if v),
-        "onnxruntime": package_version("onnxruntime"), "tensorrt": tensorrt_version(),
+        "onnxruntime": package_version("onnxruntime"), "openvino": package_version("openvino"),
+        "tensorrt": tensorrt_version(),
         "l4t": l4t_release(), "jetpack": None, "gpu": None,
     }
     if facts["l4t"]:
@@ -54,6 +55,15 @@ def make_passport(*, target: dict[str, Any], precision: str, source_hash: str,
             "input": input_info, "runtime": runtime, "files": files, "built": built}
 
 
+# cpu_features labels (vitedge.versions) of CPUs that run BF16 natively.
+BF16_FEATURES = {"AVX-512 BF16", "AMX-BF16", "BF16"}
+
+
+def _base(version: str | None) -> str | None:
+    """'2026.4.1' from an OpenVINO package version such as '2026.4.1.20426' or '2026.4.1-…'."""
+    return version.split("-")[0] if version else None
+
+
 def _minor(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
@@ -62,6 +72,18 @@ def mismatches(passport: Passport, facts: dict[str, Any]) -> list[str]:
     """Why this machine cannot run what the bundle holds (empty when it can)."""
     built = passport.built
     problems: list[str] = []
+    if passport.runtime["name"] == "openvino":
+        openvino = built.openvino
+        if built.compiled_here and built.arch != facts["arch"]:
+            problems.append(f"compiled and timed by OpenVINO on {built.arch}, this machine is {facts['arch']}")
+        version = openvino.version if openvino else None
+        if _minor(version) != _minor(_base(facts.get("openvino"))):
+            problems.append(f"IR converted by OpenVINO {version}, this machine has "
+                            f"{facts.get('openvino') or 'no OpenVINO'}")
+        if passport.precision in ("bf16", "best") and not BF16_FEATURES & set(facts["cpu_features"]):
+            problems.append(f"the bundle runs {passport.precision} (BF16 float layers), this CPU has "
+                            "no native BF16 (AVX512_BF16, AMX or Arm BF16)")
+        return problems
     if passport.runtime["name"] == "onnxruntime":
         if not built.optimized_offline:
             return problems  # a plain ONNX graph runs on any ONNX Runtime that has its opset

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import artifact_hash, atomic_write_text, derive_card, sha256_file
 from vitedge.card import ModelCard
-from vitedge.compile.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
+from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
+from vitedge.compile.cpu import bf16_here, cpu_bundle
 from vitedge.compile.passport import machine_facts, make_passport
 from vitedge.documents import write_document
-from vitedge.errors import ExportError, InputError
+from vitedge.errors import InputError
 from vitedge.locks import releasing, temporary_directory
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
@@ -29,6 +30,7 @@ from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import (
     CompilePrecision,
+    CompileRuntime,
     Precision,
     Runtime,
     Scheme,
@@ -69,16 +71,24 @@ def is_qdq(model: onnx.ModelProto) -> bool:
 
 
 def resolve_precision(requested: CompilePrecision | None, target: Target, int8_graph: bool,
-                      source: str) -> CompilePrecision:
+                      source: str, *, bf16: bool | None = False) -> CompilePrecision:
     """What the bundle runs: the request checked against the target and the graph (BEST is
-    resolved to what it means here; it stays BEST only for INT8 with FP16 float layers)."""
+    resolved to what it means here; it stays BEST only for INT8 with FP16 float layers on
+    TensorRT, or BF16 float layers on OpenVINO). `bf16`: whether this machine, which has the
+    target's ISA, runs bf16 natively (None: another ISA, unknown until the device runs it)."""
     if requested is None:  # a quantized graph runs INT8 (+ FP16 float layers where the target has it)
-        requested = CompilePrecision.BEST if int8_graph else CompilePrecision(target.default_precision)
+        requested = CompilePrecision.BEST if int8_graph and target.runtime is Runtime.TENSORRT \
+            else CompilePrecision.INT8 if int8_graph else CompilePrecision(target.default_precision)
     if requested is CompilePrecision.BEST:
+        half = Precision.FP16 if target.runtime is Runtime.TENSORRT else Precision.BF16
+        has_half = half in target.precisions and (half is Precision.FP16 or bool(bf16))
         if int8_graph:
-            fp16 = target.runtime is Runtime.TENSORRT and Precision.FP16 in target.precisions
-            return CompilePrecision.BEST if fp16 else CompilePrecision.INT8
-        return CompilePrecision.FP16 if Precision.FP16 in target.precisions else CompilePrecision.FP32
+            return CompilePrecision.BEST if has_half else CompilePrecision.INT8
+        return CompilePrecision(half.value) if has_half else CompilePrecision.FP32
+    if requested is CompilePrecision.BF16 and Precision.BF16 in target.precisions and bf16 is False:
+        raise InputError("--precision bf16: this CPU has no native BF16 (AVX512_BF16 or AMX), so "
+                         "OpenVINO would not run it as bf16 here",
+                         "compile bf16 on a CPU that has it, or use --precision fp32")
     if Precision(requested.value) not in target.precisions:
         raise InputError(f"target {target.name} cannot run {requested} (it supports "
                          f"{', '.join(target.precisions)})",
@@ -150,12 +160,16 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @releasing
 def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path, out: str | Path, *,
-                   precision: CompilePrecision | None = None, batch: str | None = None,
+                   precision: CompilePrecision | None = None,
+                   runtime: CompileRuntime | str | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,
                    source_label: str | None = None, options: SourceOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the bundle of `model` (loaded, or a source read with `options`) for `target` (a
-    profile, or its name / .toml path) at `out`, atomically: nothing is left on failure."""
+    profile, or its name / .toml path) at `out`, atomically: nothing is left on failure.
+
+    `runtime` (CPU targets): onnxruntime, openvino, or auto (the default: every runtime the
+    target lists is built and timed here when this machine has the target's ISA, the fastest kept)."""
     import onnx
 
     from vitedge.models.load import as_loaded
@@ -166,6 +180,7 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
     if source_label is None and not isinstance(model, LoadedModel):
         source_label = str(model)
     batch_profile = parse_batch(batch, target)
+    requested_runtime = _runtime(runtime, target)
     if dla_core is not None and not 0 <= dla_core < target.dla_cores:
         raise InputError(f"--dla-core {dla_core} does not exist on {target.name} "
                          f"({target.dla_cores} DLA core(s))",
@@ -180,8 +195,13 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
         source_path = ensure_onnx(loaded, Path(tmp), say)
         model = onnx.load(str(source_path))
         int8_graph = is_qdq(model)
+        facts = machine_facts()
+        same_isa = target.isa in (None, facts["arch"])
+        bf16 = None if not same_isa else Precision.BF16 in target.precisions and bf16_here()
+        if requested_runtime is CompileRuntime.ONNXRUNTIME and precision is CompilePrecision.BEST:
+            bf16 = False  # ONNX Runtime's best on the CPU is fp32 (int8 for a quantized graph)
         resolved = resolve_precision(precision, target, int8_graph,
-                                     source_label or loaded.card.architecture)
+                                     source_label or loaded.card.architecture, bf16=bf16)
         if dla_core is not None and resolved == "fp32":
             raise InputError("DLA cores run FP16 or INT8, not fp32",
                              "pass --precision fp16 (or int8 with a quantized model)")
@@ -193,10 +213,10 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                              f"(at {errors[0].node}" + (f"; {len(errors) - 1} more finding(s)"
                                                         if len(errors) > 1 else "") + ")",
                              _fix_hint(errors[0], target))
-        facts = machine_facts()
         with writing(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs) as staging:
-            if target.runtime is Runtime.ONNXRUNTIME:
-                bundle, built = _onnxruntime_bundle(staging, source_path, target, facts, say)
+            if target.runtime is not Runtime.TENSORRT:
+                bundle, built, resolved = cpu_bundle(staging, source_path, target, requested_runtime,
+                                                     resolved, int8_graph, batch_profile, facts, say)
             else:
                 bundle, built = _tensorrt_bundle(staging, model, source_path, target, resolved,
                                                  batch_profile, dla_core, build, say)
@@ -217,68 +237,24 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
     return written
 
 
+def _runtime(value: CompileRuntime | str | None, target: Target) -> CompileRuntime:
+    try:
+        runtime = CompileRuntime(value) if value is not None else CompileRuntime.AUTO
+    except ValueError:
+        raise InputError(f"--runtime {value!r} is not one of "
+                         f"{', '.join(r.value for r in CompileRuntime)}") from None
+    if target.runtime is Runtime.TENSORRT and runtime not in (CompileRuntime.AUTO, CompileRuntime.TENSORRT):
+        raise InputError(f"target {target.name} runs TensorRT engines, not {runtime}",
+                         "drop --runtime, or pick a CPU --target (x86-cpu, arm64-cpu)")
+    return runtime
+
+
 def _fix_hint(finding: Finding, target: Target) -> str:
     if finding.rule.startswith("tensorrt"):
         return (f"TensorRT {target.tensorrt} cannot parse it; vitedge exports opset 17/18 with "
                 "LayerNormalization, which needs TensorRT >= 8.6 (JetPack 6 for Jetson)")
     return ("re-quantize for this target: vitedge quantize SRC --calib DATA "
             f"--target {target.name} (TensorRT needs symmetric INT8: zero-points 0)")
-
-
-def optimize_here(directory: Path, facts: dict[str, Any]) -> dict[str, Any]:
-    """Optimize directory/source.onnx into model.onnx for this machine; the passport's `built`."""
-    from vitedge.runtime.onnxrt import OFFLINE_LEVEL, optimize_offline
-
-    optimize_offline(directory / SOURCE, directory / MODEL)
-    return {"optimized_offline": True, "optimization_level": OFFLINE_LEVEL, "arch": facts["arch"],
-            "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
-            "parity_vs_source": _offline_parity(directory / SOURCE, directory / MODEL), "note": None}
-
-
-def _onnxruntime_bundle(staging: Path, source_path: Path, target: Target, facts: dict[str, Any],
-                        say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from vitedge.runtime.onnxrt import OFFLINE_LEVEL
-
-    shutil.copyfile(source_path, staging / SOURCE)
-    optimized = target.isa in (None, facts["arch"])
-    if optimized:
-        say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
-        built = optimize_here(staging, facts)
-    else:
-        shutil.copyfile(source_path, staging / MODEL)
-        built = {"optimized_offline": False, "optimization_level": None, "arch": facts["arch"],
-                 "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
-                 "parity_vs_source": None,
-                 "note": f"not optimized offline: the target is {target.isa}, this machine is "
-                         f"{facts['arch']}; ONNX Runtime optimizes it when the session starts on "
-                         "the device"}
-    bundle = {"runtime": "onnxruntime",
-              "session": {"providers": ["CPUExecutionProvider"] if target.isa else
-                          ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                           "CPUExecutionProvider"],
-                          "intra_op_threads": target.cpu_threads,
-                          "optimization": "disabled" if optimized else "all"},
-              "model": MODEL, "source_model": SOURCE}
-    return bundle, built
-
-
-def _offline_parity(source: Path, optimized: Path) -> dict[str, float]:
-    """Max |difference| between the saved optimized graph and its source on seeded inputs."""
-    import numpy as np
-
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
-
-    sessions = [OnnxRuntimeSession(source), OnnxRuntimeSession(optimized, optimization="disabled")]
-    shape = [d if isinstance(d, int) else 2 for d in sessions[0].input.shape]
-    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    outs = [s.infer(batch) for s in sessions]
-    diff = float(np.abs(outs[0] - outs[1]).max())
-    scale = float(np.abs(outs[0]).max()) or 1.0
-    if diff > 1e-3 * scale + 1e-4:
-        raise ExportError(f"ONNX Runtime's offline optimization changed the outputs (max |diff| "
-                          f"{diff:.3g} vs largest logit {scale:.3g})",
-                          "report this with the model; compile with the onnxruntime of the device")
-    return {"max_abs_diff": diff, "samples": shape[0]}
 
 
 def _tensorrt_bundle(staging: Path, model: onnx.ModelProto, source_path: Path, target: Target,
@@ -326,10 +302,10 @@ def build_in(directory: Path, settings: BuildSettings, bundle: dict[str, Any],
 
 def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple[int, int, int],
                  bundle: dict[str, Any], source_path: Path) -> ModelCard:
-    params = {"target": target.name, "runtime": str(target.runtime), "precision": str(precision),
+    params = {"target": target.name, "runtime": bundle["runtime"], "precision": str(precision),
               "batch": list(batch)}
     card = derive_card(parent, "compile", format="bundle", params=params,
-                       tools=("onnx", "onnxruntime", "tensorrt"),
+                       tools=("onnx", "onnxruntime", "openvino", "tensorrt"),
                        unsaved_parent={"onnx_sha256": sha256_file(source_path)})
     card.source = {**parent.source, "bundle": params}
     return card

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
-from vitedge.compile.passport import PASSPORT_NAME, machine_facts
-from vitedge.compile.prepare import build_in, local_tensorrt_match, optimize_here
+from vitedge.compile.cpu import OV_MODEL, OV_WEIGHTS, openvino_here, optimize_here
+from vitedge.compile.passport import BF16_FEATURES, PASSPORT_NAME, machine_facts
+from vitedge.compile.prepare import build_in, local_tensorrt_match
 from vitedge.documents import write_document
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.outputs import OutputKind, writing
@@ -26,7 +27,7 @@ def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = N
     say = progress or (lambda _message: None)
     current = read_bundle(path)
     if current.runtime != "tensorrt":
-        raise InputError(f"{path} is an ONNX Runtime bundle; only TensorRT bundles are built",
+        raise InputError(f"{path} is an {current.runtime} bundle; only TensorRT bundles are built",
                          "load it directly (vitedge predict / bench), or --rebuild to re-optimize")
     from vitedge.targets import parse_target
 
@@ -56,14 +57,33 @@ def _rewriting(current: Bundle, replaced: tuple[str, ...]) -> Iterator[Path]:
 
 
 def reoptimize_bundle(path: str | Path) -> Bundle:
-    """`--rebuild` for ONNX Runtime bundles: re-optimize source.onnx for this machine's runtime."""
+    """`--rebuild` for CPU bundles: re-optimize source.onnx for this machine's ONNX Runtime, or
+    convert it again to IR with this machine's OpenVINO (and read back what precision it runs).
+    The runtime stays the one the bundle was made for; compile again to measure the others."""
     current = read_bundle(path)
-    with _rewriting(current, replaced=(MODEL,)) as staging:
+    facts = machine_facts()
+    openvino = current.runtime == "openvino"
+    if openvino and current.passport.precision in ("bf16", "best") and \
+            not BF16_FEATURES & set(facts["cpu_features"]):
+        raise InputError(f"{path} runs BF16 float layers and this CPU has no native BF16; "
+                         "--rebuild cannot change its precision",
+                         "compile its source again here with --precision fp32 (or int8)")
+    int8 = current.passport.precision in ("int8", "best")
+    with _rewriting(current, replaced=(OV_MODEL, OV_WEIGHTS) if openvino else (MODEL,)) as staging:
         passport = current.passport.to_dict()
-        passport["built"].update({**optimize_here(staging, machine_facts()),
-                                  "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         bundle = current.settings.to_dict()
-        bundle["session"] = {**bundle["session"], "optimization": "disabled"}
+        if openvino:
+            assert current.settings.openvino is not None  # an OpenVINO bundle has them (schema)
+            settings = current.settings.openvino
+            built, session = openvino_here(staging, facts, settings.precision or "fp32",
+                                           settings.threads, compile_here=True, int8=int8,
+                                           say=lambda _message: None)
+            if session is not None:
+                session.close()
+        else:
+            built = optimize_here(staging, facts, int8=int8)
+            bundle["session"] = {**bundle["session"], "optimization": "disabled"}
+        passport["built"] = {**built, "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_document(staging / BUNDLE_NAME, bundle)
         seal(staging, current.card, passport)
     return read_bundle(path)

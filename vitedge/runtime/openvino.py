@@ -34,6 +34,15 @@ def openvino_version() -> str | None:
     return openvino.get_version().split("-")[0]
 
 
+def convert_to_ir(source: Path, xml: Path) -> None:
+    """Convert an ONNX graph to OpenVINO IR (xml + bin beside it), keeping FP32 weights
+    (OpenVINO's save_model compresses them to FP16 unless told not to)."""
+    import openvino
+
+    model = openvino.convert_model(str(source))
+    openvino.save_model(model, str(xml), compress_to_fp16=False)
+
+
 def cpu_capabilities(core: Any = None) -> list[str]:
     """What OpenVINO's CPU plugin says this CPU can run fast (e.g. FP32, BF16, INT8)."""
     if core is None:
@@ -58,11 +67,16 @@ def _info(ports: Any) -> list[TensorInfo]:
 
 
 class OpenVinoSession(Session):
-    """An ONNX graph (or OpenVINO IR .xml) compiled by OpenVINO for the CPU."""
+    """An ONNX graph, or OpenVINO IR (.xml with its `weights` .bin), compiled by OpenVINO for the CPU.
+
+    `precision` is the hint for the float layers (None: OpenVINO's pick); with `int8` (a graph
+    holding Q/DQ layers) the session's precision is "int8", or "int8+bf16" when the float layers
+    run BF16."""
 
     backend = "openvino"
 
-    def __init__(self, model: str | Path, *, precision: str | None = "fp32",
+    def __init__(self, model: str | Path, *, weights: str | Path | None = None,
+                 precision: str | None = "fp32",
                  threads: int = 0, performance_hint: str = "LATENCY", int8: bool = False,
                  max_batch: int | None = None, min_batch: int = 1, description: str = "",
                  card: Any = None, origin: tuple[Path, ...] = ()) -> None:
@@ -82,7 +96,9 @@ class OpenVinoSession(Session):
             raise InputError("this CPU has no native BF16 (AVX512_BF16 or AMX), so OpenVINO cannot run bf16",
                              "use fp32 here, or run bf16 on a CPU that has it")
         self.model_path = Path(model)
-        graph = core.read_model(str(self.model_path))
+        # An IR's .bin is named explicitly: OpenVINO would otherwise look for it beside the .xml
+        graph = core.read_model(str(self.model_path), str(weights)) if weights else \
+            core.read_model(str(self.model_path))
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
@@ -95,7 +111,8 @@ class OpenVinoSession(Session):
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         version = openvino_version()
         super().__init__(inputs=_info(self.compiled.inputs), outputs=_info(self.compiled.outputs[:1]),
-                         precision="int8" if int8 else self.inference_precision,
+                         precision=(("int8+bf16" if self.inference_precision == "bf16" else "int8")
+                                    if int8 else self.inference_precision),
                          max_batch=max_batch, min_batch=min_batch,
                          description=description or (
                              f"OpenVINO {version} CPU ({self.inference_precision}"

@@ -27,12 +27,21 @@ class SessionDoc(Doc):
     optimization: Literal["disabled", "basic", "extended", "all"]
 
 
+class OpenVinoDoc(Doc):
+    """How an OpenVINO bundle is compiled on the CPU: the float layers' precision hint (None:
+    OpenVINO's own pick), the performance hint and the inference threads (0: OpenVINO's)."""
+
+    precision: Literal["fp32", "bf16"] | None
+    performance_hint: Literal["LATENCY", "THROUGHPUT"]
+    threads: Annotated[int, Field(ge=0, le=1024)]
+
+
 class BuildDoc(Doc):
     onnx: RelPath
     input_name: str
     input_shape: tuple[Positive, Positive, Positive]
     batch: tuple[Positive, Positive, Positive]
-    precision: Literal["fp32", "fp16", "int8", "best"]
+    precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
     workspace_mib: Positive
     strongly_typed: bool
     fp32_layers: list[str]
@@ -48,14 +57,16 @@ class BuildDoc(Doc):
 class BundleSettings(Doc):
     """bundle.json: how a device runs the bundle (runtime, input, batch profile, session or build)."""
 
-    runtime: Literal["onnxruntime", "tensorrt"]
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
     target: str
-    precision: Literal["fp32", "fp16", "int8", "best"]
+    precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
     input: TensorDoc
     batch: tuple[Positive, Positive, Positive]
     model: RelPath | None = None
     source_model: RelPath | None = None
     session: SessionDoc | None = None
+    openvino: OpenVinoDoc | None = None
+    weights: RelPath | None = None  # OpenVINO IR: the .bin beside model (the .xml)
     build: BuildDoc | None = None
     trtexec: str | None = None
     engine: RelPath | None = None
@@ -72,6 +83,9 @@ class BundleSettings(Doc):
             raise ValueError("an ONNX Runtime bundle needs session and model")
         if self.runtime == "tensorrt" and self.build is None:
             raise ValueError("a TensorRT bundle needs build")
+        if self.runtime == "openvino" and (self.openvino is None or self.model is None
+                                           or self.weights is None):
+            raise ValueError("an OpenVINO bundle needs openvino, model and weights")
         return self
 
 
@@ -84,10 +98,37 @@ class EngineDoc(Doc):
     build_seconds: float | None = None
 
 
+class OpenVinoBuiltDoc(Doc):
+    version: str | None
+    inference_precision: str | None  # what OpenVINO said its float layers run (None: not compiled here)
+    capabilities: list[str] = []  # the CPU plugin's OPTIMIZATION_CAPABILITIES where it was compiled
+
+
+class CandidateTiming(Doc):
+    runtime: Literal["onnxruntime", "openvino"]
+    variant: str  # e.g. "offline-optimized graph", "session-optimized graph", "fp32"
+    p50_ms: float | None
+    error: str | None = None  # why the candidate could not run (then p50_ms is None)
+
+
+class RuntimeChoice(Doc):
+    """compile --runtime auto: every candidate timed in alternating rounds on one batch."""
+
+    batch: Positive
+    rounds: Positive
+    candidates: list[CandidateTiming]
+    chosen: int  # index into candidates
+    why: str
+
+
 class BuiltDoc(Doc):
     optimized_offline: bool | None = None
     arch: str | None = None
+    cpu_features: list[str] = []
     onnxruntime: str | None = None
+    openvino: OpenVinoBuiltDoc | None = None
+    compiled_here: bool | None = None  # OpenVINO: compiled (precision read back, timed) where made
+    runtime_choice: RuntimeChoice | None = None
     parity_vs_source: dict[str, float | int] | None = None
     note: str | None = None
     engine: EngineDoc | None = None
@@ -96,7 +137,7 @@ class BuiltDoc(Doc):
 
 class PassportTarget(Doc):
     name: str
-    runtime: Literal["onnxruntime", "tensorrt"]
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
 
 
 class PassportInput(Doc):
@@ -112,9 +153,9 @@ class Passport(Doc):
     vitedge: str
     source_artifact_hash: Sha256
     target: PassportTarget
-    precision: Literal["fp32", "fp16", "int8", "best"]
+    precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
     input: PassportInput
-    runtime: dict[Literal["name"], Literal["onnxruntime", "tensorrt"]]
+    runtime: dict[Literal["name"], Literal["onnxruntime", "openvino", "tensorrt"]]
     files: dict[RelPath, Sha256]
     built: BuiltDoc
 

@@ -1,0 +1,337 @@
+"""CPU bundles: ONNX Runtime or OpenVINO, chosen by measuring both on this machine.
+
+Which CPU runtime is faster depends on the CPU (OpenVINO's BF16/AMX kernels on a Sapphire Rapids
+Xeon, ONNX Runtime's MLAS on many AMD and Arm CPUs), so `--runtime auto` builds every runtime
+the target lists, times them in alternating rounds on the bundle's batch profile and keeps the
+fastest; the passport records every figure and why. On another ISA nothing can be measured: the
+profile's own runtime is kept and the passport says so.
+
+ONNX Runtime candidates are the graph optimized offline (saved at OFFLINE_LEVEL, loaded with
+optimization disabled) and the plain graph optimized when the session starts (level "all", which
+adds CPU-specific layouts that must not be saved): on some CPUs the second is faster. OpenVINO
+bundles hold the graph as OpenVINO IR (model.xml/model.bin, FP32 weights) and the precision
+hint for its float layers; the precision OpenVINO actually runs is read back and recorded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitedge.compile.bundle import MODEL, SOURCE
+from vitedge.errors import ExportError, InputError, VitedgeError
+from vitedge.targets import CompilePrecision, CompileRuntime, Runtime, Target
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vitedge.runtime.base import Session
+
+OV_MODEL = "model.xml"
+OV_WEIGHTS = "model.bin"
+# What an OpenVINO bundle asks for its float layers, by the bundle's precision.
+OV_HINTS = {CompilePrecision.FP32: "fp32", CompilePrecision.INT8: "fp32",
+            CompilePrecision.BF16: "bf16", CompilePrecision.BEST: "bf16"}
+TIMING_SECONDS = 10.0  # at most this long timing the candidates (at least two rounds)
+
+
+@dataclass
+class Candidate:
+    runtime: Runtime
+    variant: str  # how it runs, for the passport and the compile line
+    precision: CompilePrecision  # what the bundle runs with this runtime
+    session: Session | None = None
+    built: dict[str, Any] = field(default_factory=dict)
+    p50_ms: float | None = None
+    error: str | None = None
+
+
+def bf16_here() -> bool:
+    """Whether OpenVINO's CPU plugin says this CPU runs BF16 natively (False without OpenVINO)."""
+    try:
+        from vitedge.runtime.openvino import cpu_capabilities
+
+        return "BF16" in cpu_capabilities()
+    except ImportError:
+        return False
+
+
+def openvino_importable() -> str | None:
+    """None when OpenVINO imports, else why not."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return f"OpenVINO is not importable ({exc})"
+    return None
+
+
+def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePrecision,
+                 same_isa: bool) -> tuple[list[Runtime], str | None]:
+    """The runtimes to build for a CPU target, and a note when auto could not measure them all."""
+    if requested is CompileRuntime.TENSORRT:
+        raise InputError(f"{target.name} is a CPU target; TensorRT runs on NVIDIA GPUs",
+                         f"use --runtime {' or '.join(target.runtimes)} (or auto), or a GPU --target")
+    if requested is not CompileRuntime.AUTO:
+        runtime = Runtime(requested.value)
+        if runtime not in target.runtimes:
+            raise InputError(f"target {target.name} lists runtimes {', '.join(target.runtimes)}, "
+                             f"not {runtime}", "pick one of them, or --runtime auto")
+        if precision is CompilePrecision.BF16 and runtime is Runtime.ONNXRUNTIME:
+            raise InputError("ONNX Runtime's CPU provider runs fp32 and int8 here, not bf16",
+                             "use --runtime openvino (or auto) for bf16, or --precision fp32")
+        return [runtime], None
+    if precision is CompilePrecision.BF16:
+        return [Runtime.OPENVINO], "bf16 runs on OpenVINO only"
+    if not same_isa:
+        return [target.runtime], (f"the target is {target.isa}, this machine is not: runtimes are "
+                                  f"only measured on the target's ISA, so the profile's "
+                                  f"{target.runtime} is kept")
+    runtimes = list(target.runtimes)
+    missing = openvino_importable() if Runtime.OPENVINO in runtimes else None
+    if missing:
+        runtimes.remove(Runtime.OPENVINO)
+        return runtimes, f"{missing}: only {', '.join(runtimes)} measured"
+    return runtimes, None
+
+
+def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: CompileRuntime,
+               precision: CompilePrecision, int8_graph: bool, batch: tuple[int, int, int],
+               facts: dict[str, Any], say: Callable[[str], None]
+               ) -> tuple[dict[str, Any], dict[str, Any], CompilePrecision]:
+    """Write the CPU bundle's model files into `staging`; return bundle.json, the passport's
+    `built` and the precision the bundle runs."""
+    shutil.copyfile(source_path, staging / SOURCE)
+    same_isa = target.isa in (None, facts["arch"])
+    runtimes, note = runtimes_for(target, requested, precision, same_isa)
+    candidates: list[Candidate] = []
+    measuring = requested is CompileRuntime.AUTO and same_isa
+    for runtime in runtimes:
+        if runtime is Runtime.ONNXRUNTIME:
+            ort_precision = CompilePrecision.INT8 if int8_graph else CompilePrecision.FP32
+            candidates.append(Candidate(runtime, "offline-optimized graph" if same_isa else
+                                        "graph optimized on the device", ort_precision))
+            if measuring:
+                candidates.append(Candidate(runtime, "session-optimized graph", ort_precision))
+        else:
+            hint = OV_HINTS[precision]
+            candidates.append(Candidate(runtime, f"int8, {hint} float layers" if int8_graph else hint,
+                                        precision))
+    try:
+        for candidate in candidates:
+            _prepare(candidate, staging, target, facts, same_isa, int8_graph, say,
+                     tolerate=len(candidates) > 1)
+        working = [c for c in candidates if c.error is None]
+        if not working:
+            raise ExportError(f"no runtime could run the graph: {candidates[0].error}")
+        rounds = 0
+        if len(working) > 1:
+            say(f"timing {len(working)} candidates in alternating rounds at batch {batch[1]}")
+            from vitedge.runtime.base import time_alternating
+
+            assert all(c.session is not None for c in working)
+            medians, rounds = time_alternating([c.session for c in working], batch[1],  # type: ignore[misc]
+                                               seconds=TIMING_SECONDS)
+            for candidate, median in zip(working, medians):
+                candidate.p50_ms = round(median, 4)
+        chosen = min(working, key=lambda c: c.p50_ms if c.p50_ms is not None else 0.0)
+    finally:
+        for candidate in candidates:
+            if candidate.session is not None:
+                candidate.session.close()
+    _keep_only(staging, chosen)
+    built = dict(chosen.built)
+    if rounds:
+        built["runtime_choice"] = {
+            "batch": batch[1], "rounds": rounds, "chosen": candidates.index(chosen),
+            "why": _why(chosen, candidates, batch[1]),
+            "candidates": [{"runtime": str(c.runtime), "variant": c.variant, "p50_ms": c.p50_ms,
+                            "error": c.error} for c in candidates]}
+    if note:
+        built["note"] = "; ".join(n for n in (built.get("note"), note) if n)
+    return _settings(chosen, target), built, chosen.precision
+
+
+def _why(chosen: Candidate, candidates: list[Candidate], batch: int) -> str:
+    others = ", ".join(f"{c.runtime} {c.variant} {c.p50_ms:.2f} ms" if c.p50_ms is not None
+                       else f"{c.runtime} {c.variant} failed ({c.error})"
+                       for c in candidates if c is not chosen)
+    return f"fastest at batch {batch}: {chosen.runtime} {chosen.variant} {chosen.p50_ms:.2f} ms; {others}"
+
+
+def _prepare(candidate: Candidate, staging: Path, target: Target, facts: dict[str, Any],
+             same_isa: bool, int8_graph: bool, say: Callable[[str], None], *, tolerate: bool) -> None:
+    """Build the candidate's files and (on this ISA) its session; on failure record why when
+    other candidates remain (`tolerate`), else raise."""
+    try:
+        if candidate.runtime is Runtime.OPENVINO:
+            candidate.built, candidate.session = openvino_here(
+                staging, facts, OV_HINTS[candidate.precision], target.cpu_threads,
+                compile_here=same_isa, int8=int8_graph, say=say)
+        elif candidate.variant == "session-optimized graph":
+            from vitedge.runtime.onnxrt import OnnxRuntimeSession
+
+            candidate.session = OnnxRuntimeSession(staging / SOURCE, optimization="all",
+                                                   threads=target.cpu_threads)
+            candidate.built = {"optimized_offline": False, "optimization_level": None,
+                               "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+                               "onnxruntime": facts["onnxruntime"], "parity_vs_source": None,
+                               "note": "the plain graph, optimized by ONNX Runtime when the session "
+                                       "starts (level all): faster here than the saved optimization"}
+        elif same_isa:
+            from vitedge.runtime.onnxrt import OFFLINE_LEVEL, OnnxRuntimeSession
+
+            say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
+            candidate.built = optimize_here(staging, facts, int8=int8_graph)
+            candidate.session = OnnxRuntimeSession(staging / MODEL, optimization="disabled",
+                                                   threads=target.cpu_threads)
+        else:
+            shutil.copyfile(staging / SOURCE, staging / MODEL)
+            candidate.built = {
+                "optimized_offline": False, "optimization_level": None, "arch": facts["arch"],
+                "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
+                "parity_vs_source": None,
+                "note": f"not optimized offline: the target is {target.isa}, this machine is "
+                        f"{facts['arch']}; ONNX Runtime optimizes it when the session starts on "
+                        "the device"}
+    except VitedgeError as exc:
+        if not tolerate:
+            raise
+        candidate.error = exc.message
+    except Exception as exc:  # a runtime that cannot take this graph is one candidate less
+        if not tolerate:
+            raise ExportError(f"{candidate.runtime} could not prepare the graph: {exc}",
+                              f"compile with --runtime {'onnxruntime' if candidate.runtime is Runtime.OPENVINO else 'openvino'}") from None
+        candidate.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _keep_only(staging: Path, chosen: Candidate) -> None:
+    """Remove the files of the candidates not chosen (staging is vitedge's own folder)."""
+    if chosen.runtime is Runtime.OPENVINO:
+        (staging / MODEL).unlink(missing_ok=True)
+        return
+    for name in (OV_MODEL, OV_WEIGHTS):
+        (staging / name).unlink(missing_ok=True)
+    if chosen.variant == "session-optimized graph":
+        shutil.copyfile(staging / SOURCE, staging / MODEL)
+
+
+def _settings(chosen: Candidate, target: Target) -> dict[str, Any]:
+    if chosen.runtime is Runtime.OPENVINO:
+        return {"runtime": "openvino", "model": OV_MODEL, "weights": OV_WEIGHTS,
+                "source_model": SOURCE,
+                "openvino": {"precision": OV_HINTS[chosen.precision], "performance_hint": "LATENCY",
+                             "threads": target.cpu_threads}}
+    optimized = bool(chosen.built.get("optimized_offline"))
+    return {"runtime": "onnxruntime", "model": MODEL, "source_model": SOURCE,
+            "session": {"providers": ["CPUExecutionProvider"],
+                        "intra_op_threads": target.cpu_threads,
+                        "optimization": "disabled" if optimized else "all"}}
+
+
+# ------------------------------------------------------------------------- building blocks
+def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool) -> dict[str, Any]:
+    """Optimize directory/source.onnx into model.onnx for this machine; the passport's `built`."""
+    from vitedge.runtime.onnxrt import (
+        OFFLINE_LEVEL,
+        OnnxRuntimeSession,
+        optimize_offline,
+    )
+
+    optimize_offline(directory / SOURCE, directory / MODEL)
+    saved = OnnxRuntimeSession(directory / MODEL, optimization="disabled")
+    same_level = OnnxRuntimeSession(directory / SOURCE, optimization=OFFLINE_LEVEL)
+    parity = check_parity(directory / SOURCE, saved, int8=int8, bf16=False,
+                          what="ONNX Runtime's offline optimization", same_level=same_level)
+    return {"optimized_offline": True, "optimization_level": OFFLINE_LEVEL, "arch": facts["arch"],
+            "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
+            "parity_vs_source": parity, "note": None}
+
+
+def openvino_here(directory: Path, facts: dict[str, Any], hint: str, threads: int, *,
+                  compile_here: bool, int8: bool, say: Callable[[str], None]
+                  ) -> tuple[dict[str, Any], Session | None]:
+    """Convert directory/source.onnx to OpenVINO IR; on this ISA also compile it, read back the
+    precision it runs and check it against the source. The passport's `built`, and the session."""
+    from vitedge.runtime.openvino import (
+        OpenVinoSession,
+        convert_to_ir,
+        cpu_capabilities,
+        openvino_version,
+    )
+
+    version = openvino_version()
+    say(f"converting the graph to OpenVINO {version} IR")
+    convert_to_ir(directory / SOURCE, directory / OV_MODEL)
+    built: dict[str, Any] = {"arch": facts["arch"], "cpu_features": facts["cpu_features"],
+                             "compiled_here": compile_here, "parity_vs_source": None, "note": None,
+                             "openvino": {"version": version, "inference_precision": None,
+                                          "capabilities": []}}
+    if not compile_here:
+        built["note"] = ("OpenVINO IR converted here; OpenVINO compiles it, and picks how its "
+                         f"float layers run within the {hint} hint, on the device")
+        return built, None
+    session = OpenVinoSession(directory / OV_MODEL, weights=directory / OV_WEIGHTS, precision=hint,
+                              threads=threads, int8=int8)
+    built["openvino"].update(inference_precision=session.inference_precision,
+                             capabilities=cpu_capabilities())
+    built["parity_vs_source"] = check_parity(directory / SOURCE, session, int8=int8,
+                                             bf16=session.inference_precision == "bf16",
+                                             what=f"OpenVINO {version}")
+    return built, session
+
+
+def check_parity(source: Path, session: Session, *, int8: bool, bf16: bool, what: str,
+                 same_level: Session | None = None) -> dict[str, float | int]:
+    """Max |difference| of `session` from the unoptimized source graph on seeded inputs.
+
+    A float graph run in FP32 must agree to 1e-3 of its largest logit. BF16 float layers lose
+    precision by design (recorded, not refused). An INT8 graph cannot be held to 1e-3: integer
+    kernels round differently from the Q/DQ reference, and a float difference in the last bit
+    before a QuantizeLinear flips its rounding, which the layers after amplify (on a real
+    DeiT-Tiny a 1e-6 difference from ONNX Runtime's NCHWc convolution moved logits by 0.4 and
+    flipped 2 % of top-1). So an INT8 graph is held to: bit-for-bit agreement with the same
+    optimization run online (`same_level`, which catches what saving lost), and a difference
+    from the reference below half its largest logit (which catches broken kernels, as does the
+    same bound for BF16).
+    """
+    import numpy as np
+
+    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+
+    reference = OnnxRuntimeSession(source, optimization="disabled")
+    shape = [d if isinstance(d, int) else 2 for d in reference.input.shape]
+    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    expected = reference.infer(batch)
+    reference.close()
+    got = session.infer(batch)
+    result: dict[str, float | int] = {"max_abs_diff": _diff(got, expected), "samples": shape[0],
+                                      "largest_logit": float(np.abs(expected).max())}
+    scale = float(np.abs(expected).max()) or 1.0
+    if not np.isfinite(got).all():
+        raise ExportError(f"{what} gives non-finite outputs on this graph",
+                          "report this with the model; compile with the other --runtime")
+    if same_level is not None:
+        online = same_level.infer(batch)
+        same_level.close()
+        result["max_abs_diff_same_level"] = _diff(got, online)
+        if result["max_abs_diff_same_level"] > 1e-5 * scale:
+            raise ExportError(f"{what} changed the outputs when saved (max |diff| "
+                              f"{result['max_abs_diff_same_level']:.3g} from the same optimization "
+                              f"run in a session, largest logit {scale:.3g})",
+                              "report this with the model; compile with the onnxruntime of the device")
+    limit = 0.5 * scale if (int8 or bf16) else 1e-3 * scale + 1e-4
+    if result["max_abs_diff"] > limit:
+        raise ExportError(f"{what} changed the outputs (max |diff| {result['max_abs_diff']:.3g} vs "
+                          f"largest logit {scale:.3g})",
+                          "report this with the model; compile with the other --runtime or the "
+                          "runtime version of the device")
+    return result
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
+    return float(np.abs(a - b).max())
