@@ -1,13 +1,15 @@
 """INT8 quantization of the shipped (trained) digits ViT: graph structure and numbers vs FP32."""
 
 import json
+import os
 import re
+import shutil
 from collections import Counter
 
 import numpy as np
 import onnx
 import pytest
-from conftest import HELDOUT, REPO
+from conftest import HELDOUT, TRAIN
 from typer.testing import CliRunner
 
 from vitedge.cli.app import app
@@ -25,7 +27,6 @@ from vitedge.quantize.recipes import Recipe
 from vitedge.quantize.search import run_onnx
 from vitedge.targets import Scheme, load_target
 
-TRAIN = REPO / "calibration" / "digits" / "train"
 FAST = {"samples": 64, "eval_samples": 200}
 
 
@@ -152,6 +153,12 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
     assert ranking[0]["node"] == victim.name and ranking[0]["error_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
     assert best.int8_share < 1.0 and best.int8_share > 0.8
+    # an unreachable budget: the search says why it stopped, on the console and in the warnings
+    said, warned = [], []
+    budget_search(start, float_model, nodes, Evaluation(evaluation, fp32), meets=lambda c: False,
+                  say=said.append, warnings_=warned)
+    assert len(warned) == 1 and warned[0].strip() in " ".join(said)
+    assert "sensitivity search stopped after" in warned[0] or "every one of the" in warned[0]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -205,10 +212,30 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
     assert missed.exit_code == 1, missed.output
     text = " ".join(missed.output.split())
     assert "cannot be met" in text and "Traceback" not in text
+    assert "try --scheme asymmetric" in text  # symmetric INT8 without a target: worth a try
     agreement = float(re.search(r"agrees with FP32 on ([\d.]+)%", text).group(1))
     report = json.loads((tmp_path / "o7" / "quant_report.json").read_text())
     assert agreement < 90 and abs(100 * report["budget"]["agreement"] - agreement) < 0.01
     assert not report["budget"]["met"] and (tmp_path / "o7" / "model.onnx").is_file()
+    # already asymmetric: the hint does not suggest it again
+    missed = runner.invoke(app, [
+        "quantize", str(digits_onnx), "-q", "--calib", str(TRAIN), "--samples", "16", "--eval",
+        str(HELDOUT), "--eval-samples", "60", "--recipe", "linear-only", "--min-agreement", "0.9",
+        "--scheme", "asymmetric", "-o", str(tmp_path / "o8")])
+    assert missed.exit_code == 1 and "cannot be met" in missed.output, missed.output
+    assert "--scheme asymmetric" not in " ".join(missed.output.split())
+
+
+def test_eval_on_the_calibration_images_is_warned(digits_onnx, tmp_path):
+    linked = tmp_path / "linked"  # the same images through symbolic links still count
+    shutil.copytree(TRAIN, linked, symlinks=False, copy_function=os.symlink)
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "q", eval_data=linked,
+                      recipe=Recipe.LINEAR_ONLY, samples=16, eval_samples=30, max_drop=100)
+    overlap = [w for w in result.report.warnings if "come from the calibration data" in w]
+    assert len(overlap) == 1 and overlap[0].startswith("30 of the 30 --eval samples"), result.report.warnings
+    held_out = quantize(load(digits_onnx), TRAIN, tmp_path / "h", eval_data=HELDOUT,
+                        recipe=Recipe.LINEAR_ONLY, samples=16, eval_samples=30, max_drop=100)
+    assert not [w for w in held_out.report.warnings if "calibration data" in w]
 
 
 def _corrupt_head(monkeypatch):

@@ -166,10 +166,32 @@ def _open_data(card: ModelCard, calib: str | Path, eval_data: str | Path | None,
     say(f"calibration: {len(calibration_data)} samples from {calibration_data.origin}"
         + (f" ({len(calibration_data.skipped)} unreadable skipped)" if calibration_data.skipped else ""))
     if eval_data is not None:
-        return calibration_data, open_data(eval_data, pre, samples=eval_samples, seed=seed + 1, role="eval"), []
+        evaluation = open_data(eval_data, pre, samples=eval_samples, seed=seed + 1, role="eval")
+        return calibration_data, evaluation, _overlap(calibration_data, evaluation)
     return calibration_data, calibration_data, [
         "no --eval data: metrics are measured on the calibration samples, which flatters INT8; pass "
         "held-out images with --eval"]
+
+
+def _overlap(calibration: DataSet, evaluation: DataSet) -> list[str]:
+    """A warning when the --eval samples come from the calibration data: files inside the
+    calibration folder (through links too) or among the calibration samples, or the same video
+    or tensor file."""
+    calibrated = {p.resolve() for p in calibration.paths() if p is not None}
+    evaluated = [p.resolve() for p in evaluation.paths() if p is not None]
+    folder = Path(calibration.origin).resolve() if calibration.origin else None
+    inside = [p for p in evaluated if p in calibrated or (
+        folder is not None and folder.is_dir() and p.is_relative_to(folder))]
+    if inside:
+        shared = sum(p in calibrated for p in inside)
+        return [f"{len(inside)} of the {len(evaluation)} --eval samples come from the calibration "
+                f"data {calibration.origin} ({shared} of them are calibration samples): the "
+                "held-out figures are flattered; evaluate on images quantize does not calibrate on"]
+    if calibration.kind != "images" and evaluation.kind == calibration.kind and folder is not None \
+            and folder == Path(evaluation.origin).resolve():
+        return [f"--eval {evaluation.origin} is the calibration source: frames or tensors of it are "
+                "both calibrated on and evaluated, which flatters INT8; evaluate on other data"]
+    return []
 
 
 class BudgetMissed(VitedgeError):
@@ -188,8 +210,11 @@ class BudgetMissed(VitedgeError):
                        f"points ({max(0.0, budget.drop - (budget.max_drop or 0.0)):.2f} over), agrees with "
                        f"FP32 on {100 * (budget.agreement or 0.0):.2f}% of samples, with {share}; it was "
                        f"written to {result.out_dir}")
+            settings = result.report.settings
+            cpu = settings.target in (None, "x86-cpu", "arm64-cpu")
             hint = ("raise --max-drop or lower --min-agreement, calibrate on data closer to the "
-                    "deployment, or try --scheme asymmetric on CPU targets")
+                    "deployment" + (", or try --scheme asymmetric (CPU targets)"
+                                    if settings.scheme == "symmetric" and cpu else ""))
         super().__init__(message, hint)
         self.result = result
 

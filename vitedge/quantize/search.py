@@ -145,17 +145,19 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
         best = min(tried, key=lambda c: c.drop)
         if recipe is Recipe.VIT_SAFE:
             say("over budget: ranking layers by sensitivity")
-            best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget.meets, say)
+            best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget.meets, say,
+                                              warnings_)
     return Search(best, tried, sensitivity, budget.meets(best))
 
 
 def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
-                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None]
-                   ) -> tuple[Candidate, list[dict[str, Any]]]:
+                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None],
+                   warnings_: list[str] | None = None) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
 
     Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
-    or the relative error of feature vectors.
+    or the relative error of feature vectors. When it stops short of the budget it says why (and
+    adds it to `warnings_`): the next node would not lower the error, or none is left.
     """
     features = evaluation.features
     subset = evaluation.data.head(RANKING_SAMPLES)
@@ -173,8 +175,14 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
     ranking.sort(key=lambda row: row["error_gain"], reverse=True)
     best = start
     reverted_names: list[str] = []
+    why = (f"every one of the {len(ranking)} INT8 Linear node(s) was reverted to float and the "
+           "budget still does not hold: the loss is not in the Linear layers alone (calibration "
+           "data, preprocessing, or the float parts)")
     for row in ranking:
         if row["error_gain"] <= 0:
+            why = (f"the sensitivity search stopped after {len(reverted_names)} of {len(ranking)} "
+                   f"node(s): reverting the next one ({row['node']}) alone does not lower the error "
+                   f"on the {len(subset)} ranking samples, so no further revert is expected to help")
             break
         reverted_names.append(row["node"])
         model = revert_to_float(start.model, float_model, set(reverted_names))
@@ -186,4 +194,7 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
             best = candidate
         if meets(candidate):
             return candidate, ranking
+    say(f"  {why}")
+    if warnings_ is not None:
+        warnings_.append(why)
     return best, ranking
