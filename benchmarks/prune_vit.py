@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
 
-from vitedge.bench import interleaved_latency  # noqa: E402
 from vitedge.data import model_labels, open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
@@ -37,6 +36,7 @@ from vitedge.prune.distill import DistillConfig  # noqa: E402
 from vitedge.prune.pipeline import PrunePlan, prune  # noqa: E402
 from vitedge.prune.plan import PruneRatios  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
+from vitedge.runtime.base import interleaved_latency  # noqa: E402
 from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 
 

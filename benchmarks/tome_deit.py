@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
 
-from vitedge.bench import interleaved_latency  # noqa: E402
 from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.models.structure import count_macs  # noqa: E402
 from vitedge.prune.tome import apply_tome  # noqa: E402
+from vitedge.runtime.base import interleaved_latency  # noqa: E402
 from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
 
 

@@ -89,7 +89,7 @@ def test_runtime_load_matches_the_artifact(cpu_bundle, digits_onnx, heldout):
 
 
 def test_interleaved_latency_times_every_session(cpu_bundle, digits_onnx):
-    from vitedge.bench import interleaved_latency
+    from vitedge.runtime.base import interleaved_latency
 
     sessions = {"bundle": load_session(cpu_bundle), "artifact": load_session(digits_onnx)}
     times = interleaved_latency(sessions, 2, rounds=3, runs=4, warmup=1)

@@ -220,15 +220,3 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
     return result
 
 
-def interleaved_latency(sessions: dict[str, Session], batch: int, *, rounds: int = 6, runs: int = 10,
-                        warmup: int = 3) -> dict[str, float]:
-    """p50 ms per session at one batch size, measured in alternating rounds (median of the rounds).
-
-    On a shared or thermally throttled machine, timing A fully and then B measures the machine's
-    mood as much as the models; alternating short rounds exposes both to the same conditions.
-    """
-    measured: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            measured[name].append(session.latency(batch, runs, warmup)["p50_ms"])
-    return {name: float(np.median(values)) for name, values in measured.items()}

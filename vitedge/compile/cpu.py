@@ -35,7 +35,7 @@ OV_WEIGHTS = "model.bin"
 # What an OpenVINO bundle asks for its float layers, by the bundle's precision.
 OV_HINTS = {CompilePrecision.FP32: "fp32", CompilePrecision.INT8: "fp32",
             CompilePrecision.BF16: "bf16", CompilePrecision.BEST: "bf16"}
-TIMING_SECONDS = 10.0  # at most this long timing the candidates (at least two rounds)
+TIMING_ROUNDS = 12  # alternating rounds of 3 timed calls per candidate
 
 
 @dataclass
@@ -128,14 +128,15 @@ def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: Comp
             raise ExportError(f"no runtime could run the graph: {candidates[0].error}")
         rounds = 0
         if len(working) > 1:
-            say(f"timing {len(working)} candidates in alternating rounds at batch {batch[1]}")
-            from vitedge.runtime.base import time_alternating
+            say(f"timing {len(working)} candidates in {TIMING_ROUNDS} alternating rounds at batch {batch[1]}")
+            from vitedge.runtime.base import interleaved_latency
 
             assert all(c.session is not None for c in working)
-            medians, rounds = time_alternating([c.session for c in working], batch[1],  # type: ignore[misc]
-                                               seconds=TIMING_SECONDS)
-            for candidate, median in zip(working, medians):
-                candidate.p50_ms = round(median, 4)
+            medians = interleaved_latency({str(i): c.session for i, c in enumerate(working)},  # type: ignore[misc]
+                                          batch[1], rounds=TIMING_ROUNDS, runs=3, warmup=1)
+            rounds = TIMING_ROUNDS
+            for i, candidate in enumerate(working):
+                candidate.p50_ms = round(medians[str(i)], 4)
         chosen = min(working, key=lambda c: c.p50_ms if c.p50_ms is not None else 0.0)
     finally:
         for candidate in candidates:

@@ -151,39 +151,23 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "(" + ", ".join("N" if not isinstance(d, int) else str(d) for d in shape) + ")"
 
 
-def time_alternating(sessions: list[Session], batch: int, *, rounds: int = 12, calls: int = 3,
-                     seconds: float = 10.0, pause: float = 0.05, seed: int = 0
-                     ) -> tuple[list[float], int]:
-    """Median ms per call of each session on one seeded batch, timed in alternating rounds (each
-    round runs every session `calls` times, the order rotating) so that a machine's drift in
-    clock speed or load falls on all of them alike. Before each switch the machine idles for
-    `pause` seconds and the first call after it is not timed: the previous runtime's worker
-    threads keep spinning on the same cores for a while (two ONNX Runtime sessions timed back
-    to back measured 16 ms instead of 9.8 ms each on a 2-core EPYC; with a 50 ms pause, 9.8). Stops after `rounds` or once `seconds` have
-    passed (at least two rounds). Returns the medians and the rounds run."""
-    shapes = []
-    for session in sessions:
-        shape = [d if isinstance(d, int) else batch for d in session.input.shape]
-        shape[0] = batch
-        shapes.append(tuple(shape))
-    if len(set(shapes)) != 1:
-        raise InputError(f"the sessions take different inputs {sorted(set(shapes))}; "
-                         "they cannot be timed on one batch")
-    inputs = np.random.default_rng(seed).standard_normal(shapes[0], dtype=np.float32)
-    for session in sessions:  # warm-up: first calls allocate and pack weights
-        session.infer(inputs)
-        session.infer(inputs)
-    times: list[list[float]] = [[] for _ in sessions]
-    started = time.perf_counter()
-    done = 0
-    while done < rounds and (done < 2 or time.perf_counter() - started < seconds):
-        for k in range(len(sessions)):
-            index = (k + done) % len(sessions)
+
+def interleaved_latency(sessions: dict[str, Session], batch: int, *, rounds: int = 6, runs: int = 10,
+                        warmup: int = 3, pause: float = 0.05) -> dict[str, float]:
+    """p50 ms per session at one batch size, measured in alternating rounds (median of the rounds).
+
+    On a shared or thermally throttled machine, timing A fully and then B measures the machine's
+    mood as much as the models; alternating short rounds exposes both to the same conditions.
+    Before each switch the machine idles `pause` seconds and `warmup` calls go untimed: the
+    previous runtime's worker threads keep spinning on the same cores for a while (two ONNX
+    Runtime sessions alternated back to back measured 16 ms instead of 9.8 ms each on a 2-core
+    EPYC; with a 50 ms pause, 9.8 ms).
+    """
+    measured: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
             time.sleep(pause)
-            sessions[index].infer(inputs)
-            for _ in range(calls):
-                begin = time.perf_counter()
-                sessions[index].infer(inputs)
-                times[index].append((time.perf_counter() - begin) * 1000)
-        done += 1
-    return [float(np.median(t)) for t in times], done
+            p50 = session.latency(batch, runs, warmup)["p50_ms"]
+            assert p50 is not None  # runs >= 1
+            measured[name].append(p50)
+    return {name: float(np.median(values)) for name, values in measured.items()}
