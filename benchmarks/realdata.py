@@ -50,3 +50,22 @@ def split_image_folders(root: Path, labels: list[str], calibration: int = 300) -
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, folder / path.name)
     return root / "calib", root / "eval"
+
+
+def two_folds(root: Path, labels: list[str]) -> tuple[Path, Path]:
+    """Copy the images into root/fold0 and root/fold1 ImageFolders (a seeded half each), for
+    two-fold cross-validation: calibrate on one, evaluate on the other, swap."""
+    import shutil
+
+    import numpy as np
+
+    items = sorted(labels_by_path().items())
+    order = np.random.default_rng(0).permutation(len(items))
+    half = len(items) // 2
+    for split, indices in {"fold0": order[:half], "fold1": order[half:]}.items():
+        for index in indices:
+            path, label = items[index]
+            folder = root / split / labels[label].replace("/", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
+    return root / "fold0", root / "fold1"

@@ -176,6 +176,32 @@ class DataSet:
             return [r.path for r in self._images.records]
         return [None] * len(self)
 
+    def split(self, first: float, seed: int = 0) -> tuple[DataSet, DataSet]:
+        """Two disjoint, seeded parts (`first` of the samples, and the rest), e.g. calibration
+        and held-out evaluation from one folder. Image sets and tensors only."""
+        if self._video is not None:
+            raise InputError(f"{self.origin} is a video: frames next to each other are near-copies, "
+                             "so a split of it is not held out", "give separate calibration data")
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = int(round(first * len(self)))
+        if not 0 < cut < len(self):
+            raise InputError(f"{self.origin} has {len(self)} samples: too few to split into "
+                             "calibration and evaluation", "add images, or give separate calibration data")
+        return self._subset(np.sort(order[:cut]), "first part"), self._subset(np.sort(order[cut:]), "second part")
+
+    def _subset(self, indices: np.ndarray, part: str) -> DataSet:
+        part_of = DataSet(f"{self.origin} ({part}, {len(indices)} of {len(self)})", self.kind, self.pre,
+                          labels=None if self.labels is None else self.labels[indices],
+                          class_names=self.class_names)
+        if self._images is not None:
+            part_of._images = ImageSet([self._images.records[i] for i in indices],
+                                       self._images.class_names, self._images.origin)
+        if self._tensors is not None:
+            part_of._tensors = self._tensors[indices]
+        if self._cache is not None:
+            part_of._cache = self._cache[indices]
+        return part_of
+
     def head(self, count: int) -> np.ndarray:
         """The first `count` samples as one array, decoding no more than needed."""
         return next(self.batches(count), np.zeros((0, 3, *self.pre.input_size), np.float32))

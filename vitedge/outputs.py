@@ -55,14 +55,17 @@ class OutputKind(StrEnum):
     RUN = "run"
     EVAL = "eval"
     CAPTURE = "capture"
+    OPTIMIZE = "optimize"
 
 
 KIND_NAMES = {OutputKind.ARTIFACT: "artifact", OutputKind.BUNDLE: "bundle",
               OutputKind.RUN: "run directory", OutputKind.EVAL: "eval directory",
-              OutputKind.CAPTURE: "capture folder"}
-# The file that says what a folder is, and (for the last three) the key a legacy one had.
+              OutputKind.CAPTURE: "capture folder", OutputKind.OPTIMIZE: "optimize folder"}
+# The file that says what a folder is, and (for the run, eval and capture) the key a legacy one had.
 _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL, "eval.json", "models"),
-              (OutputKind.CAPTURE, "capture.json", "kept"))
+              (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None))
+# An optimize folder: its manifest, and artifact / bundle folders of its own (each checked as one).
+OPTIMIZE_FOLDERS = ("candidates", "best")
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
     OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|disagreements/"
@@ -71,6 +74,7 @@ _PATTERNS = {
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),
     OutputKind.ARTIFACT: re.compile(r"^(card\.json|quant_report\.json|quant_report\.md)$"),
     OutputKind.BUNDLE: re.compile(r"^card\.json$"),
+    OutputKind.OPTIMIZE: re.compile(r"^optimize\.json$"),
 }
 
 
@@ -139,7 +143,7 @@ def recognize(folder: Path) -> OutputKind | None:
     for kind, manifest, legacy_key in _MANIFESTS:
         if (folder / manifest).is_file():
             data = json_object(folder / manifest)
-            ok = data is not None and (data.get("kind") == kind or legacy_key in data)
+            ok = data is not None and (data.get("kind") == kind or (legacy_key is not None and legacy_key in data))
             return kind if ok else None
     return None
 
@@ -160,6 +164,8 @@ def _report_files(folder: Path) -> set[str]:
 
 def _foreign(folder: Path, kind: OutputKind) -> list[str]:
     """What `folder` holds that a vitedge output of `kind` does not write (relative paths)."""
+    if kind is OutputKind.OPTIMIZE:
+        return _optimize_foreign(folder)
     allowed: set[str] = _report_files(folder)
     if kind in (OutputKind.ARTIFACT, OutputKind.BUNDLE):
         files = (json_object(folder / "card.json") or {}).get("files")
@@ -180,6 +186,32 @@ def _foreign(folder: Path, kind: OutputKind) -> list[str]:
             rel = (base / name).as_posix()
             if os.path.islink(os.path.join(root, name)) or not (rel in allowed or pattern.match(rel)):
                 foreign.append(rel)
+    return foreign
+
+
+def _optimize_foreign(folder: Path) -> list[str]:
+    """An optimize folder holds optimize.json, report sets, and in candidates/ (and best/) only
+    artifacts and bundles, each holding only what vitedge writes in one."""
+    foreign: list[str] = []
+    reports = _report_files(folder)
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.is_file():
+            if entry.name != "optimize.json" and entry.name not in reports:
+                foreign.append(entry.name)
+        elif entry.name == "best":
+            kind = recognize(entry)
+            foreign += [f"best/{n}" for n in (_foreign(entry, kind) if kind is OutputKind.BUNDLE else ["(not a bundle)"])]
+        elif entry.name == "candidates":
+            for child in sorted(entry.iterdir()):
+                kind = recognize(child) if child.is_dir() and not child.is_symlink() else None
+                if kind not in (OutputKind.ARTIFACT, OutputKind.BUNDLE):
+                    foreign.append(f"candidates/{child.name}")
+                else:
+                    foreign += [f"candidates/{child.name}/{n}" for n in _foreign(child, kind)]
+        else:
+            foreign.append(entry.name + "/")
     return foreign
 
 
@@ -227,14 +259,17 @@ def check_output(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
 
 @contextlib.contextmanager
 def writing(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
-            inputs: Iterable[Path] = (), live: bool = False) -> Iterator[Path]:
+            inputs: Iterable[Path] = (), live: bool = False, resume: bool = False) -> Iterator[Path]:
     """Yield the folder to fill; it becomes `out` only when the block succeeds.
 
     `live=True` (runs) yields `out` itself: an existing output is moved aside first and removed
-    when the block ends, and what the block wrote stays even when it fails.
+    when the block ends, and what the block wrote stays even when it fails. With `resume=True`
+    too, an existing output of the same kind (holding only what vitedge wrote) is kept and
+    written on in place.
     """
     given = Path(out)
     inputs = list(inputs)
+    overwrite = overwrite or resume  # resume: the same checks as replacing, then nothing replaced
     out = check_output(given, kind, overwrite=overwrite, inputs=inputs)
     space = _disk_space(given)
     try:
@@ -243,6 +278,9 @@ def writing(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
             claim(out)
             clean_leftovers(out.parent, out.name)
             check_output(given, kind, overwrite=overwrite, inputs=inputs)  # again, under the lock
+            if live and resume and out.is_dir():
+                yield out
+                return
             with (_live(out) if live else _staged(out)) as folder:
                 yield folder
     finally:

@@ -52,6 +52,16 @@ def cpu_features(cpuinfo: str | None = None) -> dict[str, bool]:
     return {label: flag in flags for flag, label in table.items()}
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (x86 'model name', Arm 'Model'), else platform's."""
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine_arch(machine: str | None = None) -> str:
     """The ISA name the target profiles use: x86-64 or arm64."""
     machine = (machine or platform.machine()).lower()
@@ -127,16 +137,10 @@ def doctor() -> DoctorReport:
     """Collect what vitedge can use on this machine. Import failures are reported with their cause."""
     import os
 
-    cpu_name = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                cpu_name = line.partition(":")[2].strip()
-                break
     report = DoctorReport(
         python=sys.version.split()[0], platform=platform.platform(), vitedge=__version__,
         packages={name: package_version(name) for name in DOCTOR_PACKAGES},
-        cpu={"name": cpu_name or platform.processor(), "machine": platform.machine(),
+        cpu={"name": cpu_name(), "machine": platform.machine(),
              "cores": os.cpu_count(), "features": cpu_features()},
     )
     try:

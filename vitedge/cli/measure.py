@@ -155,7 +155,7 @@ def eval_command(
 
 def report_command(
     directory: Annotated[Path, typer.Argument(
-        help="A run directory (vitedge run), eval directory (vitedge eval) or pruned artifact (vitedge prune).")],
+        help="A run directory (vitedge run), eval directory (vitedge eval), optimize folder (vitedge optimize) or pruned artifact (vitedge prune).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html).")] = None,
     verbose: Verbose = False,
 ) -> None:

@@ -160,7 +160,7 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @releasing
 def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path, out: str | Path, *,
-                   precision: CompilePrecision | None = None,
+                   precision: CompilePrecision | str | None = None,
                    runtime: CompileRuntime | str | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,
                    source_label: str | None = None, options: SourceOptions | None = None,
@@ -181,6 +181,12 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
         source_label = str(model)
     batch_profile = parse_batch(batch, target)
     requested_runtime = _runtime(runtime, target)
+    if precision is not None and not isinstance(precision, CompilePrecision):
+        try:
+            precision = CompilePrecision(precision)
+        except ValueError:
+            raise InputError(f"--precision {precision!r} is not one of "
+                             f"{', '.join(p.value for p in CompilePrecision)}") from None
     if dla_core is not None and not 0 <= dla_core < target.dla_cores:
         raise InputError(f"--dla-core {dla_core} does not exist on {target.name} "
                          f"({target.dla_cores} DLA core(s))",

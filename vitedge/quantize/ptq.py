@@ -70,7 +70,7 @@ def _resolution_warnings(budget: Budget, samples: int) -> list[str]:
 
 
 @releasing
-def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path, *,
+def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: str | Path, *,
              eval_data: str | Path | None = None, recipe: Recipe = Recipe.VIT_SAFE,
              calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX,
              scheme: Scheme | None = None, target: Target | str | Path | None = None,
@@ -113,7 +113,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
     loaded = as_loaded(model, options)
     card = loaded.card
     budget = Budget.of(card.num_classes is None, max_drop, min_agreement, min_cosine)
-    inputs = [*loaded.origin, *input_paths(calib, eval_data)]
+    inputs = [*loaded.origin, *input_paths(calib.origin if isinstance(calib, DataSet) else calib, eval_data)]
     check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)  # before minutes of work
     calibration_data, evaluation_data, warnings_ = _open_data(card, calib, eval_data, samples, eval_samples,
                                                              seed, say)
@@ -156,13 +156,19 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path, out: str | Path
     return result
 
 
-def _open_data(card: ModelCard, calib: str | Path, eval_data: str | Path | None, samples: int,
+def _open_data(card: ModelCard, calib: str | Path | DataSet, eval_data: str | Path | None, samples: int,
                eval_samples: int | None, seed: int, say: Callable[[str], None]
                ) -> tuple[DataSet, DataSet, list[str]]:
     """The calibration samples, the evaluation samples (the calibration ones without --eval, with
     a warning that says what that flatters) and the warnings so far."""
     pre = card.preprocessing
-    calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
+    if isinstance(calib, DataSet):  # already opened (vitedge optimize's split of one folder)
+        if calib.pre != pre:
+            raise InputError(f"the calibration data {calib.origin} was prepared for other preprocessing "
+                             "than the model's card says", "open it with the model's card.preprocessing")
+        calibration_data = calib
+    else:
+        calibration_data = open_data(calib, pre, samples=samples, seed=seed, role="calibration")
     say(f"calibration: {len(calibration_data)} samples from {calibration_data.origin}"
         + (f" ({len(calibration_data.skipped)} unreadable skipped)" if calibration_data.skipped else ""))
     if eval_data is not None:
@@ -219,9 +225,12 @@ class BudgetMissed(VitedgeError):
         self.result = result
 
 
-def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path, say: Callable[[str], None]) -> Path:
+def _float_onnx(loaded: LoadedModel, tmp: Path, calib: str | Path | DataSet,
+                say: Callable[[str], None]) -> Path:
     from vitedge.export import ensure_onnx
 
+    if isinstance(calib, DataSet):
+        return ensure_onnx(loaded, tmp, say)
     path = Path(calib)
     parity = str(calib) if (path.is_dir() or any(c in str(calib) for c in "*?[")) else None
     return ensure_onnx(loaded, tmp, say, parity_data=parity)

@@ -10,6 +10,7 @@ from vitedge.errors import InputError
 from vitedge.locks import json_object
 from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
 from vitedge.report.evals import eval_sections
+from vitedge.report.optimized import is_optimize_folder, optimize_sections
 from vitedge.report.page import html_page, markdown_page
 from vitedge.report.pruned import prune_sections, pruned_card
 from vitedge.report.runs import run_sections
@@ -30,12 +31,15 @@ def write_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
         sections = run_sections(directory)
     elif (directory / "eval.json").is_file():
         sections = eval_sections(directory)
+    elif is_optimize_folder(directory):
+        sections = optimize_sections(directory)
     elif (card := pruned_card(directory)) is not None:
         sections = prune_sections(directory, card)
     else:
         raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
-                         "(eval.json) nor a pruned artifact (card.json from vitedge prune)",
-                         "pass what vitedge run --out, vitedge eval -o or vitedge prune -o wrote")
+                         "(eval.json), an optimize folder (optimize.json) nor a pruned artifact "
+                         "(card.json from vitedge prune)",
+                         "pass what vitedge run --out, eval -o, optimize -o or prune -o wrote")
     md, index = out.with_suffix(".md"), out.with_suffix(".json")
     data = {"generator": REPORT_GENERATOR, "html": out.name, "md": md.name, **sections.data}
 

@@ -1,0 +1,113 @@
+"""vitedge optimize end to end on the shipped model: every candidate an ordinary bundle, measured
+on held-out data, the fastest within the budget copied to best/, the report, --resume after a
+--time-budget stop, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target
+from typer.testing import CliRunner
+
+from vitedge.cli.app import app
+from vitedge.compile.bundle import read_bundle
+from vitedge.sessions import load as load_session
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory):
+    out = tmp_path_factory.mktemp("opt") / "digits"
+    result = cli("optimize", "builtin:digits-vit", "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
+                 "--samples", "64", "--eval-samples", "120", "--tome", "0,4", "--max-drop", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_every_candidate_is_a_measured_bundle_and_the_fastest_within_budget_is_chosen(optimized):
+    out, result = optimized
+    document = json.loads((out / "optimize.json").read_text())
+    assert document["kind"] == "optimize" and document["finished"] and document["eval_samples"] == 120
+    names = [c["name"] for c in document["candidates"]]
+    assert {"r0-fp32-onnxruntime", "r0-fp32-openvino", "r0-int8-onnxruntime", "r0-int8-openvino",
+            "r4-fp32-onnxruntime", "r4-int8-openvino"} <= set(names)
+    measured = [c for c in document["candidates"] if c["status"] == "measured"]
+    assert len(measured) == len(names)  # nothing failed on the shipped model
+    for c in measured:
+        bundle = read_bundle(out / c["bundle"])  # an ordinary, verified bundle
+        assert bundle.runtime == c["runtime"] and c["p50_ms"] > 0
+        assert 0 <= c["agreement"] <= 1 and c["top1"] is not None
+    base = next(c for c in measured if c["name"] == "r0-fp32-onnxruntime")
+    assert base["agreement"] == 1.0 and abs(base["drop"]) < 1e-9  # the FP32 graph agrees with itself
+    int8 = next(c for c in measured if c["name"] == "r0-int8-onnxruntime")
+    assert 0 < int8["int8_share"] <= 1 and int8["precision_run"] == "int8"
+    merged = next(c for c in measured if c["name"] == "r4-fp32-onnxruntime")
+    assert merged["macs"] < base["macs"]  # token merging really removed work
+    within = [c for c in measured if c["drop"] <= 2]
+    chosen = next(c for c in measured if c["name"] == document["chosen"])
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in within)
+    assert document["chosen"] in document["pareto"]
+    best = read_bundle(out / "best")
+    assert best.card.files == read_bundle(out / chosen["bundle"]).card.files
+    with load_session(out / "best") as session:
+        assert session.backend == chosen["runtime"]
+    text = " ".join(result.output.split())
+    assert f"best: {out / 'best'} {chosen['name']}" in text and "candidates measured on 120 held-out" in text
+
+
+def test_report_lists_every_candidate_with_its_verdict(optimized):
+    out, _ = optimized
+    html = (out / "report.html").read_text()
+    document = json.loads((out / "optimize.json").read_text())
+    for c in document["candidates"]:
+        assert c["name"] in html
+    assert "chosen: the fastest within the budget" in html and "data:image/png;base64," in html
+    again = cli("report", out, "-o", out / "again.html")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "again.json").read_text())["kind"] == "optimize"
+
+
+def test_time_budget_stops_and_resume_goes_on(digits_onnx, tmp_path):
+    out = tmp_path / "o"
+    first = cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
+                "--samples", "32", "--eval-samples", "60", "--tome", "0", "--time-budget", "1s", "-o", out)
+    assert first.exit_code == 0, first.output
+    stopped = json.loads((out / "optimize.json").read_text())
+    assert stopped["not_tried"] and not stopped["finished"] and "--resume" in first.output
+    done = {c["name"]: (out / c["bundle"] / "card.json").stat().st_mtime_ns
+            for c in stopped["candidates"] if c["status"] == "measured"}
+    again = cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
+                "--samples", "32", "--eval-samples", "60", "--tome", "0", "--resume", "-o", out)
+    assert again.exit_code == 0, again.output
+    finished = json.loads((out / "optimize.json").read_text())
+    assert finished["finished"] and not finished["not_tried"]
+    assert {c["name"] for c in finished["candidates"]} >= set(stopped["not_tried"]) | set(done)
+    for name, mtime in done.items():  # what was measured before was not rebuilt
+        assert (out / "candidates" / name / "card.json").stat().st_mtime_ns == mtime
+    # a resume with other data is refused, and so is a plain rerun without --overwrite
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--calib", TRAIN, "--samples", "32", "--eval-samples", "50", "--tome", "0",
+                          "--resume", "-o", out), "was optimized for another source, target or data")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "-o", out), "already exists")
+
+
+def test_refusals(digits_onnx, tmp_path):
+    assert_user_error(cli("optimize", digits_onnx, "--target", "jetson-orin-nano", "--data", HELDOUT,
+                          "-o", tmp_path / "a"), "optimize measures CPU targets")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--tome", "0,x", "-o", tmp_path / "a"), "--tome '0,x' is not a list")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--time-budget", "soon", "-o", tmp_path / "a"), "--time-budget 'soon' is not a duration")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--overwrite", "-o", tmp_path / "mine"), "is not a vitedge output")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,373 @@
+"""`vitedge optimize`: the fastest bundle within an accuracy budget, measured.
+
+The search covers what vitedge can do to a ViT for a CPU target: token merging (`r` tokens per
+block, training-free), precision (FP32, BF16 where the CPU has it, INT8 from `vitedge quantize`
+with the target's scheme, INT8 with BF16 float layers) and runtime (every runtime the target
+lists: ONNX Runtime, OpenVINO). Every candidate is an ordinary artifact or bundle under
+OUT/candidates/, written by the same steps a user would run (export, prune --tome, quantize,
+compile --runtime R --precision P) and loaded as `predict` loads it. Accuracy is top-1 agreement
+with the FP32 source (and top-1 when the data is labeled) on held-out images: `--data`, split
+in two (seeded, disjoint files) unless `--calib` is given. Latency is measured here, all
+candidates in the same alternating rounds at the profile's `opt` batch, when this machine has
+the target's ISA; otherwise each candidate gets a MAC-weighted cost estimate (FP32 1, BF16 0.5,
+INT8 0.25 per MAC), labelled as such. The fastest candidate within the budget is copied to
+OUT/best; optimize.json holds every figure and is updated after each candidate, so a run that
+was stopped (or ran out of --time-budget) goes on with `--resume`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge.errors import InputError, VitedgeError
+from vitedge.locks import releasing
+from vitedge.models.options import SourceOptions
+from vitedge.outputs import OutputKind, input_paths, writing
+from vitedge.schemas.optimize import CandidateDoc, OptimizeDoc
+from vitedge.targets import Precision, Runtime, Target, load_target
+
+MANIFEST = "optimize.json"
+CANDIDATES = "candidates"
+BEST = "best"
+# Relative cost per MAC where latency cannot be measured here (an estimate, labelled as such).
+COST_PER_MAC = {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    out: Path
+    document: OptimizeDoc
+    best: Path | None
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds from '90s', '20m', '1.5h' or a plain number of seconds (None: no limit)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise InputError(f"--time-budget {text!r} is not a duration", "e.g. 90s, 20m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+@releasing
+def optimize(source: str | Path, target: Target | str | Path, data: str | Path, out: str | Path, *,
+             calib: str | Path | None = None, max_drop: float = 1.0, min_agreement: float | None = None,
+             time_budget: float | None = None, tome: tuple[int, ...] = (0, 8, 16), samples: int = 300,
+             eval_samples: int | None = None, resume: bool = False, overwrite: bool = False,
+             options: SourceOptions | None = None,
+             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Search, measure and choose (see the module docstring); write OUT; return its document."""
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    if not isinstance(target, Target):
+        target = load_target(target)
+    if target.runtime is Runtime.TENSORRT:
+        raise InputError(f"optimize measures CPU targets; {target.name} runs TensorRT engines, which "
+                         "cannot be built or timed here",
+                         "for TensorRT: vitedge quantize --target T, then compile, and bench on the device")
+    if max_drop < 0 or (min_agreement is not None and not 0 <= min_agreement <= 1):
+        raise InputError("--max-drop must be >= 0 and --min-agreement within [0, 1]")
+    tome = tuple(sorted(set(tome)))
+    if any(r < 0 for r in tome):
+        raise InputError(f"--tome {','.join(map(str, tome))}: token counts must be >= 0", "e.g. --tome 0,8,16")
+    from vitedge.models.load import as_loaded
+
+    loaded = as_loaded(source, options)
+    inputs = [*loaded.origin, *input_paths(data, calib)]
+    with writing(out, OutputKind.OPTIMIZE, overwrite=overwrite, inputs=inputs, live=True,
+                 resume=resume) as folder:
+        search = _Search(folder, loaded, target, say, started, time_budget)
+        search.open_data(data, calib, samples, eval_samples)
+        search.start(str(source), max_drop, min_agreement, resume)
+        for r in tome:
+            search.variant(r, int8=False)
+        for r in tome:
+            search.variant(r, int8=True)
+        document = search.finish()
+    best = Path(out) / BEST if document.chosen else None
+    return OptimizeResult(Path(out), document, best)
+
+
+class _Search:
+    def __init__(self, folder: Path, loaded: Any, target: Target, say: Callable[[str], None],
+                 started: float, time_budget: float | None) -> None:
+        from vitedge.compile.cpu import bf16_here, openvino_importable
+        from vitedge.versions import machine_arch
+
+        self.folder, self.loaded, self.target, self.say = folder, loaded, target, say
+        self.started, self.time_budget = started, time_budget
+        self.same_isa = target.isa in (None, machine_arch())
+        self.runtimes = [r for r in target.runtimes
+                         if r is not Runtime.OPENVINO or openvino_importable() is None]
+        self.bf16 = Precision.BF16 in target.precisions and Runtime.OPENVINO in self.runtimes and bf16_here()
+        self.candidates: dict[str, dict[str, Any]] = {}
+        self.not_tried: list[str] = []
+        self.previous: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ data and reference
+    def open_data(self, data: str | Path, calib: str | Path | None, samples: int,
+                  eval_samples: int | None) -> None:
+        from vitedge.data import model_labels, open_data
+
+        pre = self.loaded.card.preprocessing
+        if calib is None:
+            whole = open_data(data, pre, samples=None, role="data")
+            self.calibration, self.evaluation = whole.split(0.5)
+            if eval_samples is not None and eval_samples < len(self.evaluation):
+                self.evaluation = self.evaluation.split(eval_samples / len(self.evaluation), seed=1)[0]
+        else:
+            self.calibration = open_data(calib, pre, samples=samples, role="calibration")
+            self.evaluation = open_data(data, pre, samples=eval_samples, seed=1, role="eval")
+        self.labels = model_labels(self.loaded.card, self.evaluation)
+
+    def start(self, source: str, max_drop: float, min_agreement: float | None, resume: bool) -> None:
+        from vitedge.artifact import sha256_file
+        from vitedge.export import export_onnx
+        from vitedge.runtime.onnxrt import OnnxRuntimeSession
+
+        self.max_drop, self.min_agreement = max_drop, min_agreement
+        if self.loaded.onnx_path is not None:  # an ONNX source is its own FP32 candidate model
+            self.base: Any = self.loaded
+            graph = self.loaded.onnx_path
+        else:
+            self.base = self._path("r0-onnx")
+            if not (resume and self._usable(self.base)):
+                self.say("exporting the FP32 source")
+                export_onnx(self.loaded, self.base, overwrite=True)
+            graph = self.base / "model.onnx"
+        self.source_hash = sha256_file(graph)
+        manifest = self.folder / MANIFEST
+        if resume and manifest.is_file():
+            from vitedge.documents import read_model
+
+            previous = read_model(manifest, OptimizeDoc, hint="run optimize again without --resume")
+            if (previous.source_hash, previous.target) != (self.source_hash, self.target.name) or \
+                    (previous.eval_samples, previous.calibration_samples) != (len(self.evaluation),
+                                                                              len(self.calibration)):
+                raise InputError(f"{self.folder} was optimized for another source, target or data "
+                                 f"({previous.source}, {previous.target}, {previous.data})",
+                                 "resume with the same arguments, or write to another -o")
+            self.previous = {c.name: c.to_dict() for c in previous.candidates if c.status != "failed"}
+        with OnnxRuntimeSession(graph) as reference:
+            self.fp32 = reference.infer_all(self.evaluation, 16)
+        self.settings = {"source": source, "target": self.target.name, "data": self.evaluation.origin,
+                         "calibration": self.calibration.origin}
+        self.say(f"held-out: {len(self.evaluation)} samples; calibration: {len(self.calibration)}")
+        self._write(finished=False)
+
+    # ------------------------------------------------------------------ candidates
+    def variant(self, r: int, *, int8: bool) -> None:
+        """The float (or INT8) model with `r` merged tokens, and its bundles."""
+        precisions = (["int8", *(["best"] if self.bf16 else [])] if int8 else
+                      ["fp32", *(["bf16"] if self.bf16 else [])])
+        names = [(f"r{r}-{p}-{rt}", p, rt) for p in precisions for rt in self._runtimes_for(p)]
+        done = {name for name, _p, _rt in names if name in self.previous and (
+            self.previous[name]["status"] == "skipped" or self._usable(self._path(name)))}
+        pending = [n for n in names if n[0] not in done]
+        for name in sorted(done, key=[n for n, _p, _rt in names].index):
+            self.candidates[name] = self.previous[name]
+        if not pending:
+            return
+        if self._out_of_time():
+            self.not_tried += [n for n, _p, _rt in pending]
+            return
+        try:
+            model = self._model(r, int8)
+        except VitedgeError as exc:
+            for name, precision, runtime in pending:
+                self._record(name, r, precision, runtime, status="skipped", reason=exc.message)
+            return
+        for name, precision, runtime in pending:
+            if self._out_of_time():
+                self.not_tried.append(name)
+                continue
+            self._bundle(name, r, precision, runtime, model)
+
+    def _runtimes_for(self, precision: str) -> list[str]:
+        return [str(rt) for rt in self.runtimes if precision in ("fp32", "int8") or rt is Runtime.OPENVINO]
+
+    def _model(self, r: int, int8: bool) -> Any:
+        """The model the bundles of this variant compile (FP32 ONNX, or its INT8 QDQ artifact)."""
+        from vitedge.export import export_onnx
+
+        onnx_dir = self._path(f"r{r}-onnx") if r else self.base
+        if r and self.loaded.module is None:
+            raise InputError("token merging needs the PyTorch model; the source is an ONNX graph",
+                             "optimize the torch source (timm:NAME --weights ..., a vitedge torch artifact)")
+        if r and not self._usable(onnx_dir):
+            from vitedge.prune.pipeline import prune
+            from vitedge.prune.plan import PrunePlan
+
+            self.say(f"merging {r} tokens per block (ToMe)")
+            prune(self.loaded, self._path(f"r{r}-tome"), PrunePlan(tome=r), overwrite=True)
+            export_onnx(self._path(f"r{r}-tome"), onnx_dir, overwrite=True)
+        if not int8:
+            return onnx_dir
+        int8_dir = self._path(f"r{r}-int8")
+        if not self._usable(int8_dir):
+            from vitedge.models.load import load
+            from vitedge.quantize.ptq import BudgetMissed, quantize
+
+            self.say(f"quantizing r{r} for {self.target.name} ({self.target.int8_scheme})")
+            try:
+                quantize(onnx_dir if not isinstance(onnx_dir, Path) else load(onnx_dir), self.calibration,
+                         int8_dir, target=self.target,
+                         max_drop=self.max_drop, min_agreement=self.min_agreement, overwrite=True,
+                         progress=lambda m: self.say(f"  {m}"))
+            except BudgetMissed:
+                pass  # the best model quantize found was written; it is measured like the others
+        return int8_dir
+
+    def _bundle(self, name: str, r: int, precision: str, runtime: str, model: Any) -> None:
+        from vitedge.artifact import read_card
+        from vitedge.compile.prepare import compile_bundle
+        from vitedge.drift import topk_accuracy
+        from vitedge.sessions import load as load_session
+
+        begun = time.perf_counter()
+        self.say(f"[{len(self.candidates) + 1}] {name}: compiling and measuring")
+        try:
+            bundle = compile_bundle(model, self.target, self._path(name), precision=precision,
+                                    runtime=runtime, overwrite=True)
+            with load_session(bundle.path) as session:
+                logits = session.infer_all(self.evaluation, 16)
+                precision_run = session.precision
+        except VitedgeError as exc:
+            self._record(name, r, precision, runtime, status="failed", reason=exc.message)
+            return
+        agreement = float(np.mean(logits.argmax(1) == self.fp32.argmax(1)))
+        top1 = topk_accuracy(logits, self.labels) if self.labels is not None else None
+        drop = 100 * (topk_accuracy(self.fp32, self.labels) - top1) if top1 is not None \
+            else 100 * (1 - agreement)
+        card = read_card(model) if isinstance(model, Path) else model.card
+        quantization = card.metrics.get("quantization") or {}
+        self._record(name, r, precision, runtime, status="measured", bundle=f"{CANDIDATES}/{name}",
+                     precision_run=precision_run, macs=self._macs(r), agreement=agreement, top1=top1,
+                     drop=drop, int8_share=quantization.get("int8_linear_mac_share", 0.0),
+                     seconds=time.perf_counter() - begun)
+        self.say(f"  agreement {100 * agreement:.1f}%" + (f", top-1 {100 * top1:.1f}%" if top1 is not None else "")
+                 + f", {precision_run} on {runtime}")
+
+    def _macs(self, r: int) -> int:
+        """MACs of one image in the float graph of variant r (MatMul/Gemm/Conv, ToMe's matching
+        included), counted on the ONNX graph the same way for every variant."""
+        import onnx
+
+        from vitedge.quantize.qdq import compute_nodes
+
+        path = self.loaded.onnx_path if (r == 0 and not isinstance(self.base, Path)) else \
+            (self._path(f"r{r}-onnx") if r else self.base) / "model.onnx"
+        return int(sum(n.macs for n in compute_nodes(onnx.load(str(path), load_external_data=False))))
+
+    def _record(self, name: str, r: int, precision: str, runtime: str, **fields: Any) -> None:
+        self.candidates[name] = {"name": name, "tome": r, "precision": precision, "runtime": runtime,
+                                 **fields}
+        self._write(finished=False)
+
+    # ------------------------------------------------------------------ choosing
+    def finish(self) -> OptimizeDoc:
+        measured = [c for c in self.candidates.values() if c["status"] == "measured"]
+        batch = self.target.batch.opt
+        if self.same_isa and measured:
+            self._time(measured, batch)
+        else:
+            base = max((c["macs"] or 0) for c in measured) if measured else 0
+            for c in measured:
+                float_cost = COST_PER_MAC["bf16" if c["precision_run"] in ("bf16", "int8+bf16") else "fp32"]
+                share = c.get("int8_share") or 0.0
+                c["estimated_cost"] = ((c["macs"] or 0) / (base or 1)) * (
+                    share * COST_PER_MAC["int8"] + (1 - share) * float_cost)
+        within = [c for c in measured if self._meets(c)]
+        key = (lambda c: c["p50_ms"]) if self.same_isa else (lambda c: c["estimated_cost"])
+        chosen = min(within, key=key) if within else None
+        pareto = [c["name"] for c in measured if not any(
+            key(o) <= key(c) and o["agreement"] >= c["agreement"] and (key(o), o["agreement"]) != (key(c), c["agreement"])
+            for o in measured)]
+        if chosen is not None:
+            self._copy_best(chosen["bundle"])
+        self.chosen, self.pareto = (chosen["name"] if chosen else None), pareto
+        return self._write(finished=not self.not_tried)
+
+    def _meets(self, candidate: dict[str, Any]) -> bool:
+        return candidate["drop"] <= self.max_drop and (
+            self.min_agreement is None or candidate["agreement"] >= self.min_agreement)
+
+    def _time(self, measured: list[dict[str, Any]], batch: int) -> None:
+        from vitedge.runtime.base import interleaved_latency
+        from vitedge.sessions import load as load_session
+
+        self.say(f"timing {len(measured)} bundles in alternating rounds at batch {batch}")
+        sessions = {c["name"]: load_session(self.folder / c["bundle"]) for c in measured}
+        try:
+            times = interleaved_latency(sessions, batch, rounds=6, runs=5, warmup=1)
+        finally:
+            for session in sessions.values():
+                session.close()
+        for c in measured:
+            c["p50_ms"] = times[c["name"]]
+
+    def _copy_best(self, bundle: str) -> None:
+        from vitedge.artifact import read_card
+        from vitedge.compile.bundle import read_bundle
+
+        source = self.folder / bundle
+        card = read_card(source)
+        with writing(self.folder / BEST, OutputKind.BUNDLE, overwrite=True) as staging:
+            for name in (*card.files, "card.json"):
+                shutil.copy2(source / name, staging / name)
+        read_bundle(self.folder / BEST)  # what a device will read
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _path(self, name: str) -> Path:
+        return self.folder / CANDIDATES / name
+
+    def _usable(self, path: Path) -> bool:
+        """An artifact a previous run finished (its files verify)."""
+        from vitedge.artifact import is_artifact, read_card, verify_files
+
+        if not is_artifact(path):
+            return False
+        try:
+            verify_files(path, read_card(path))
+        except InputError:
+            return False
+        return True
+
+    def _out_of_time(self) -> bool:
+        return self.time_budget is not None and time.perf_counter() - self.started > self.time_budget
+
+    def _write(self, *, finished: bool) -> OptimizeDoc:
+        from vitedge.compile.passport import machine_facts
+        from vitedge.documents import write_document
+        from vitedge.versions import cpu_name
+
+        facts = machine_facts()
+        fp32_top1 = None
+        if self.labels is not None:
+            from vitedge.drift import topk_accuracy
+
+            fp32_top1 = topk_accuracy(self.fp32, self.labels)
+        document = {"kind": "optimize", **self.settings, "source_hash": self.source_hash,
+                    "eval_samples": len(self.evaluation), "calibration_samples": len(self.calibration),
+                    "labeled": self.labels is not None, "max_drop": self.max_drop,
+                    "min_agreement": self.min_agreement, "batch": self.target.batch.opt,
+                    "measured_here": self.same_isa,
+                    "machine": {"cpu": cpu_name(), "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+                                "onnxruntime": facts["onnxruntime"], "openvino": facts["openvino"]},
+                    "fp32_top1": fp32_top1,
+                    "candidates": [CandidateDoc.from_dict(c).to_dict() for c in self.candidates.values()],
+                    "chosen": getattr(self, "chosen", None), "pareto": getattr(self, "pareto", []),
+                    "not_tried": self.not_tried, "seconds": time.perf_counter() - self.started,
+                    "finished": finished}
+        OptimizeDoc.from_dict(document)  # what a resume will read back
+        write_document(self.folder / MANIFEST, document)
+        return OptimizeDoc.from_dict(document)
