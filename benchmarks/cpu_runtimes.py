@@ -220,17 +220,23 @@ def main() -> None:
 
         ours = [(r, a, t) for r, a, t in results if r.name.startswith("vitedge") and eligible(a, t)]
         peers = [(r, a, t) for r, a, t in results if not r.name.startswith("vitedge")]
-        print("\ntargets (vitedge's best bundle within 1 point top-1 and >= 98.5% agreement vs the fastest peer row):")
+        print("\ntargets (vitedge's best bundle within 1 point top-1 and >= 98.5% agreement vs the fastest "
+              "peer row, and vs the fastest peer row within the same bounds):")
         for batch in (1, 8):
             if not ours:
                 print(f"  bs{batch}: MISSED: no vitedge bundle is within the accuracy bounds")
                 continue
             best = min(ours, key=lambda x: x[0].ms[batch])
-            fastest = min(peers, key=lambda x: x[0].ms[batch])
-            ratio = fastest[0].ms[batch] / best[0].ms[batch]
-            print(f"  bs{batch}: {'MET' if ratio >= 1 else 'MISSED'}: {best[0].name} {best[0].ms[batch]:.2f} ms "
-                  f"vs {fastest[0].name} {fastest[0].ms[batch]:.2f} ms ({ratio:.2f}×; peer agreement "
-                  f"{100 * fastest[1]:.1f}%)")
+            for label, pool in (("any peer", peers), ("peers within the bounds",
+                                                      [p for p in peers if eligible(p[1], p[2])])):
+                if not pool:
+                    print(f"  bs{batch} vs {label}: none")
+                    continue
+                fastest = min(pool, key=lambda x: x[0].ms[batch])
+                ratio = fastest[0].ms[batch] / best[0].ms[batch]
+                print(f"  bs{batch} vs {label}: {'MET' if ratio >= 1 else f'MISSED by {100 * (1 - ratio):.0f}%'}: "
+                      f"{best[0].name} {best[0].ms[batch]:.2f} ms vs {fastest[0].name} "
+                      f"{fastest[0].ms[batch]:.2f} ms ({ratio:.2f}×; peer agreement {100 * fastest[1]:.1f}%)")
         if "AMX-INT8" in features or "AMX-BF16" in features:
             if ours:
                 best = min(ours, key=lambda x: x[0].ms[1])

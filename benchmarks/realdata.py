@@ -37,35 +37,28 @@ def split_image_folders(root: Path, labels: list[str], calibration: int = 300) -
     or distill on, the rest to evaluate. Folder names are the labels ('/' replaced by '_'), so
     vitedge reads the labels as it would from a user's data.
     """
-    import shutil
-
-    import numpy as np
-
-    items = sorted(labels_by_path().items())
-    order = np.random.default_rng(0).permutation(len(items))
-    for split, indices in {"calib": order[:calibration], "eval": order[calibration:]}.items():
-        for index in indices:
-            path, label = items[index]
-            folder = root / split / labels[label].replace("/", "_")
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, folder / path.name)
-    return root / "calib", root / "eval"
+    return _split(root, labels, {"calib": slice(None, calibration), "eval": slice(calibration, None)})
 
 
 def two_folds(root: Path, labels: list[str]) -> tuple[Path, Path]:
     """Copy the images into root/fold0 and root/fold1 ImageFolders (a seeded half each), for
     two-fold cross-validation: calibrate on one, evaluate on the other, swap."""
+    half = len(labels_by_path()) // 2
+    return _split(root, labels, {"fold0": slice(None, half), "fold1": slice(half, None)})
+
+
+def _split(root: Path, labels: list[str], parts: dict[str, slice]) -> tuple[Path, ...]:
+    """Copy the images, in one seeded order, into root/<part> ImageFolders named after the labels."""
     import shutil
 
     import numpy as np
 
     items = sorted(labels_by_path().items())
     order = np.random.default_rng(0).permutation(len(items))
-    half = len(items) // 2
-    for split, indices in {"fold0": order[:half], "fold1": order[half:]}.items():
-        for index in indices:
+    for split, part in parts.items():
+        for index in order[part]:
             path, label = items[index]
             folder = root / split / labels[label].replace("/", "_")
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, folder / path.name)
-    return root / "fold0", root / "fold1"
+    return tuple(root / split for split in parts)

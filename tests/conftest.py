@@ -96,3 +96,16 @@ def digits_onnx(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits") / "digits-onnx"
     export_onnx(load("builtin:digits-vit"), out, parity_samples=4)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_int8(digits_onnx, tmp_path_factory) -> Path:
+    """The shipped digits ViT quantized (linear-only, 64 calibration images): compile and runtime tests."""
+    from vitedge.models.load import load
+    from vitedge.quantize.ptq import quantize
+    from vitedge.quantize.recipes import Recipe
+
+    out = tmp_path_factory.mktemp("digits") / "int8"
+    quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, recipe=Recipe.LINEAR_ONLY,
+             samples=64, eval_samples=100)
+    return out

@@ -34,14 +34,6 @@ SAMPLES = REPO / "vitedge" / "assets" / "samples"
 
 
 @pytest.fixture(scope="module")
-def digits_int8(digits_onnx, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("c") / "int8"
-    quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, recipe=Recipe.LINEAR_ONLY,
-             samples=64, eval_samples=100)
-    return out
-
-
-@pytest.fixture(scope="module")
 def cpu_bundle(digits_onnx, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("c") / "cpu"
     compile_bundle(load(digits_onnx), load_target(native_cpu_target()), out, runtime="onnxruntime")

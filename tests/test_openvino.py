@@ -116,14 +116,6 @@ def ov_bundle(digits_onnx, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def digits_int8(digits_onnx, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ov") / "int8"
-    quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, recipe=Recipe.LINEAR_ONLY,
-             samples=64, eval_samples=64)
-    return out
-
-
 def test_openvino_bundle_files_passport_and_numbers(ov_bundle, digits_onnx, images):
     from vitedge.compile.bundle import read_bundle
     from vitedge.runtime.openvino import openvino_version

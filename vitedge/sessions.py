@@ -85,7 +85,7 @@ def _backend(value: Backend | str | None) -> Backend | None:
 def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Session:
     from vitedge.compile.bundle import MODEL, SOURCE, read_bundle
     from vitedge.compile.passport import machine_facts, mismatches
-    from vitedge.compile.rebuild import build_bundle, reoptimize_bundle
+    from vitedge.compile.rebuild import build_bundle
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
 
     bundle = read_bundle(path)
@@ -111,13 +111,8 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
         if backend is Backend.TENSORRT:
             raise InputError(f"backend tensorrt cannot run the ONNX Runtime bundle {path}",
                              "compile for a TensorRT target, or drop --backend")
-        problems = mismatches(bundle.passport, machine_facts())
-        if problems and not rebuild:
-            raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
-                             "pass --rebuild to re-optimize it here from its source.onnx")
-        if problems:
-            bundle = reoptimize_bundle(path)
-            settings = bundle.settings
+        bundle = _matching_cpu_bundle(bundle, rebuild, "re-optimize it here from its source.onnx")
+        settings = bundle.settings
         assert settings.session is not None  # an ONNX Runtime bundle's settings have it (schema)
         return OnnxRuntimeSession(
             bundle.file("model"), providers=available_providers(list(settings.session.providers)),
@@ -154,19 +149,25 @@ def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Sessi
                            card=bundle.card, origin=origin)
 
 
-def _openvino_bundle(bundle: Bundle, *, rebuild: bool, origin: tuple[Path, ...]) -> Session:
-    """An OpenVINO bundle's IR compiled here as its passport says, or refused (or rebuilt)."""
+def _matching_cpu_bundle(bundle: Bundle, rebuild: bool, fix: str) -> Bundle:
+    """The CPU bundle if its passport matches this machine, rebuilt in place with `rebuild`,
+    else refused with the first mismatch."""
     from vitedge.compile.passport import machine_facts, mismatches
     from vitedge.compile.rebuild import reoptimize_bundle
+
+    problems = mismatches(bundle.passport, machine_facts())
+    if problems and not rebuild:
+        raise InputError(f"bundle {bundle.path} does not match this machine: {problems[0]}",
+                         f"pass --rebuild to {fix}")
+    return reoptimize_bundle(bundle.path) if problems else bundle
+
+
+def _openvino_bundle(bundle: Bundle, *, rebuild: bool, origin: tuple[Path, ...]) -> Session:
+    """An OpenVINO bundle's IR compiled here as its passport says, or refused (or rebuilt)."""
     from vitedge.runtime.openvino import OpenVinoSession
 
     path = bundle.path
-    problems = mismatches(bundle.passport, machine_facts())
-    if problems and not rebuild:
-        raise InputError(f"bundle {path} does not match this machine: {problems[0]}",
-                         "pass --rebuild to convert its source.onnx again with this OpenVINO")
-    if problems:
-        bundle = reoptimize_bundle(path)
+    bundle = _matching_cpu_bundle(bundle, rebuild, "convert its source.onnx again with this OpenVINO")
     settings, passport = bundle.settings, bundle.passport
     assert settings.openvino is not None  # an OpenVINO bundle's settings have it (schema)
     low, _opt, high = settings.batch
