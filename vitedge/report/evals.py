@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.documents import read_document
+from vitedge.documents import read_model
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
 from vitedge.report.page import Sections, figure, flip_matrix, image_uri, png, verified
@@ -105,7 +105,8 @@ def read_eval(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
     path = directory / "eval.json"
     hint = "re-run vitedge eval"
-    report = read_document(path, EvalResult, hint=hint)
+    # the validated document: optional keys a writer left out read as their defaults
+    report = read_model(path, EvalResult, hint=hint).to_dict()
     verified(directory, report["files"], str(path))
     if "logits.npz" not in report["files"]:
         raise InputError(f"{path} does not list logits.npz", hint)
