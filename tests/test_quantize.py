@@ -355,3 +355,42 @@ def test_a_candidate_that_breaks_the_rules_is_dropped_not_fatal(digits_onnx, tmp
     assert result.report.chosen == "linear-only"
     assert any("candidate 'linear + attention MatMuls' was dropped: UINT8 quantization (test)" in w
                for w in result.report.warnings)
+
+
+def test_shift_centres_post_gelu_inputs_and_keeps_the_function(digits_onnx, tmp_path):
+    """The OS+ shift: the shifted float graph computes the same logits; the fc2 inputs (post-GELU,
+    skewed) are among the shifted; quantize --shift keeps the Subs float and stays ViT-safe."""
+    from vitedge.data import open_data
+    from vitedge.quantize.equalize import SHIFT_PREFIX, shift_linear_inputs
+
+    float_model = onnx.load(digits_onnx / "model.onnx")
+    card = load(digits_onnx).card
+    calibration = open_data(TRAIN, card.preprocessing, samples=32)
+    shifted, shifts = shift_linear_inputs(float_model, calibration)
+    assert shifts and all(s.gain >= 1.25 for s in shifts)
+    onnx.checker.check_model(shifted)
+    subs = [n for n in shifted.graph.node if n.name.startswith(SHIFT_PREFIX)]
+    assert len(subs) == len(shifts) and all(n.op_type == "Sub" for n in subs)
+    # the fc2 layers follow GELU (Erf in the exported graph): every one of them is shifted
+    producers = {o: n for n in float_model.graph.node for o in n.output}
+    fc2 = [n.name for n in float_model.graph.node if n.op_type == "MatMul"
+           and producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "Mul"
+           and any(producers.get(i) is not None and producers[i].op_type in ("Add", "Erf")
+                   for i in producers[n.input[0]].input)]
+    assert fc2 and set(fc2) <= {s.node for s in shifts}
+    images = np.concatenate(list(open_data(HELDOUT, card.preprocessing, samples=64).batches()))
+    reference, after = run_onnx(float_model, images), run_onnx(shifted, images)
+    assert np.abs(after - reference).max() <= 1e-4 * np.abs(reference).max() + 1e-5
+    result = quantize(load(digits_onnx), TRAIN, tmp_path / "q", eval_data=HELDOUT, shift=True,
+                      samples=64, eval_samples=100, max_drop=100)
+    model = onnx.load(tmp_path / "q" / "model.onnx")
+    assert result.report.settings.shift is True
+    assert not {n.name for n in model.graph.node if n.name.startswith(SHIFT_PREFIX)} & quantized_node_names(model)
+    assert lint_qdq(model, symmetric=True, vit_safe=True)
+    agreement = float(np.mean(run_onnx(model, images).argmax(1) == reference.argmax(1)))
+    assert agreement >= 0.9  # a bound: INT8 kernels differ between CPUs
+    from vitedge.quantize.recipes import CalibrationMethod
+
+    with pytest.raises(InputError, match="--shift with --calibration percentile"):
+        quantize(load(digits_onnx), TRAIN, tmp_path / "p", shift=True, calibration=CalibrationMethod.PERCENTILE)
+    assert not (tmp_path / "p").exists()

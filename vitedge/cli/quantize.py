@@ -60,6 +60,9 @@ def quantize(
     exclude: Annotated[Optional[list[str]], typer.Option(
         help="Keep float: node-name regex or op type, repeatable.")] = None,
     smooth_quant: Annotated[bool, typer.Option(help="Apply NNCF SmoothQuant to MatMuls.")] = False,
+    shift: Annotated[bool, typer.Option(
+        help="Centre skewed Linear inputs (post-GELU fc2) with a per-channel shift folded into the "
+             "bias (Outlier Suppression+), so symmetric INT8 uses its whole range.")] = False,
     bias_correction: Annotated[bool, typer.Option(help="NNCF fast bias correction.")] = True,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for sampling the data.")] = 0,
     overwrite: Overwrite = False,
@@ -81,7 +84,7 @@ def quantize(
                 source, calib, out, eval_data=eval_data, recipe=recipe, calibration=calibration,
                 scheme=scheme, target=target, samples=samples, eval_samples=eval_samples,
                 max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine,
-                exclude=exclude, smooth_quant=smooth_quant, bias_correction=bias_correction, seed=seed,
+                exclude=exclude, smooth_quant=smooth_quant, bias_correction=bias_correction, shift=shift, seed=seed,
                 overwrite=overwrite, progress=progress_printer(quiet), calibration_tick=tick,
                 options=options)
         except BudgetMissed as missed:

@@ -79,7 +79,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
              max_drop: float | None = None, min_agreement: float | None = None,
              min_cosine: float | None = None,
              exclude: list[str] | None = None, smooth_quant: bool = False,
-             bias_correction: bool = True, seed: int = 0, overwrite: bool = False,
+             bias_correction: bool = True, shift: bool = False, seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None,
              calibration_tick: Callable[[int, int], None] | None = None) -> QuantizeResult:
     """Quantize `model` (loaded, or a source read with `options`) to a QDQ INT8 artifact at
@@ -104,7 +104,11 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
     settings = QuantSettings(recipe, calibration, scheme or (target.int8_scheme if target else Scheme.SYMMETRIC),
-                             target, smooth_quant, bias_correction, tuple(exclude or ()))
+                             target, smooth_quant, bias_correction, tuple(exclude or ()), shift)
+    if shift and calibration is CalibrationMethod.PERCENTILE:
+        # measured on DeiT-Tiny: 0.2 % agreement with FP32 (min/max ranges: 97 %); cause not found
+        raise InputError("--shift with --calibration percentile breaks the model (measured: DeiT-Tiny "
+                         "fell to 0.2 % agreement with FP32)", "use --shift with mean-minmax or minmax")
     for pattern in settings.exclude:
         try:
             re.compile(pattern)
@@ -130,6 +134,11 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
         if fp32.ndim != 2:
             raise InputError(f"{card.architecture} outputs shape {fp32.shape[1:]}, not one vector "
                              "per image", "vitedge compares class logits or pooled features with FP32")
+        if settings.shift:
+            from vitedge.quantize.equalize import shift_linear_inputs
+
+            float_model, shifts = shift_linear_inputs(float_model, calibration_data)
+            say(f"centred the inputs of {len(shifts)} Linear layer(s) (OS+ shift)")
         evaluation = Evaluation(evaluation_data, fp32, None if budget.features else
                                 model_labels(card, evaluation_data), budget.features)
         search = run_search(float_model, nodes, calibration_data, evaluation, settings, budget, warnings_,

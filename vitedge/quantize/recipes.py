@@ -106,3 +106,4 @@ class QuantSettings:
     smooth_quant: bool = False
     bias_correction: bool = True
     exclude: tuple[str, ...] = ()
+    shift: bool = False  # centre skewed Linear inputs (OS+ shift, folded into the bias)

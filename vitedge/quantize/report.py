@@ -98,6 +98,7 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
                      "calibration_data": calibration_data.origin, "eval_samples": len(evaluation.data),
                      "eval_data": evaluation.data.origin, "labeled": labels is not None,
                      "smooth_quant": settings.smooth_quant, "bias_correction": settings.bias_correction,
+                     "shift": settings.shift,
                      "exclude": list(settings.exclude), "engine": tool_versions("nncf", "onnxruntime", "onnx")},
         "budget": {"features": budget.features, "wanted": budget.describe(), "met": met,
                    "max_drop": None if budget.features else budget.max_drop, "drop": best.drop,

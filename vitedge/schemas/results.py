@@ -23,6 +23,7 @@ class QuantSettingsDoc(Doc):
     labeled: bool
     smooth_quant: bool
     bias_correction: bool
+    shift: bool = False
     exclude: list[str]
     engine: dict[str, str | None] = {}
 
