@@ -90,7 +90,8 @@ def test_every_step(key, tmp_path, photos):
         assert report["budget"]["met"] and report["lint"]["passed"] and report["int8_linear_mac_share"] > 0
         _close_to_fp32(report["drift"], row.features)
 
-    run("compile x86-cpu", "compile", out / "int8x86", "--target", "x86-cpu", "-o", out / "x86", "-q")
+    run("compile x86-cpu", "compile", out / "int8x86", "--target", "x86-cpu", "--runtime", "onnxruntime",
+        "-o", out / "x86", "-q")
     assert _json(out / "x86" / "passport.json")["precision"] == "int8"
     run("compile jetson-orin-nano", "compile", out / "int8", "--target", "jetson-orin-nano", "-o", out / "nano", "-q")
     assert "--int8" in _json(out / "nano" / "bundle.json")["trtexec"]
