@@ -42,7 +42,7 @@ def load(source: str | Path, options: SourceOptions | None = None, *, rebuild: b
         return _load_bundle(path, rebuild=rebuild, backend=backend)
     if backend is Backend.TENSORRT:
         raise InputError(f"backend tensorrt runs TensorRT bundles; {source} is not one",
-                         "compile it for a TensorRT target first, or use onnxruntime or torch")
+                         "compile it for a TensorRT target first, or use onnxruntime, openvino or torch")
     from vitedge.models.load import load as load_model
 
     loaded = load_model(source, **options.kwargs())
