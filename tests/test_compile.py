@@ -470,3 +470,20 @@ def test_a_float_graph_is_still_held_to_1e3(digits_onnx, tmp_path, monkeypatch):
         compile_bundle(load(digits_onnx), load_target(native_cpu_target()), tmp_path / "b",
                        runtime="onnxruntime")
     assert not (tmp_path / "b").exists()
+
+
+def test_an_onnxruntime_profile_without_an_isa_keeps_the_gpu_providers(digits_onnx, tmp_path):
+    """A CPU profile names its ISA and runs the CPU provider; an ONNX Runtime profile without one
+    may be a GPU machine, so its bundle prefers TensorRT EP, then CUDA EP (where the build has them)."""
+    text = Path(load_target("x86-cpu").path).read_text()
+    profile = tmp_path / "any.toml"
+    profile.write_text("\n".join(line for line in text.splitlines()
+                                 if not line.startswith(("isa =", "runtimes =")))
+                       .replace('name = "x86-cpu"', 'name = "any"')
+                       .replace('precisions = ["fp32", "bf16", "int8"]', 'precisions = ["fp32", "int8"]'))
+    bundle = compile_bundle(load(digits_onnx), load_target(profile), tmp_path / "b")
+    assert bundle.settings.session.providers == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                 "CPUExecutionProvider"]
+    cpu = compile_bundle(load(digits_onnx), load_target(native_cpu_target()), tmp_path / "c",
+                         runtime="onnxruntime")
+    assert cpu.settings.session.providers == ["CPUExecutionProvider"]

@@ -176,27 +176,21 @@ def _prepare(candidate: Candidate, staging: Path, target: Target, facts: dict[st
 
             candidate.session = OnnxRuntimeSession(staging / SOURCE, optimization="all",
                                                    threads=target.cpu_threads)
-            candidate.built = {"optimized_offline": False, "optimization_level": None,
-                               "arch": facts["arch"], "cpu_features": facts["cpu_features"],
-                               "onnxruntime": facts["onnxruntime"], "parity_vs_source": None,
-                               "note": "the plain graph, optimized by ONNX Runtime when the session "
-                                       "starts (level all): faster here than the saved optimization"}
+            candidate.built = _onnxruntime_built(
+                facts, note="the plain graph, optimized by ONNX Runtime when the session starts "
+                            "(level all): faster here than the saved optimization")
         elif same_isa:
-            from vitedge.runtime.onnxrt import OFFLINE_LEVEL, OnnxRuntimeSession
+            from vitedge.runtime.onnxrt import OFFLINE_LEVEL
 
             say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
-            candidate.built = optimize_here(staging, facts, int8=int8_graph)
-            candidate.session = OnnxRuntimeSession(staging / MODEL, optimization="disabled",
-                                                   threads=target.cpu_threads)
+            candidate.built, candidate.session = optimize_here(staging, facts, int8=int8_graph,
+                                                               threads=target.cpu_threads)
         else:
             shutil.copyfile(staging / SOURCE, staging / MODEL)
-            candidate.built = {
-                "optimized_offline": False, "optimization_level": None, "arch": facts["arch"],
-                "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
-                "parity_vs_source": None,
-                "note": f"not optimized offline: the target is {target.isa}, this machine is "
-                        f"{facts['arch']}; ONNX Runtime optimizes it when the session starts on "
-                        "the device"}
+            candidate.built = _onnxruntime_built(
+                facts, note=f"not optimized offline: the target is {target.isa}, this machine is "
+                            f"{facts['arch']}; ONNX Runtime optimizes it when the session starts "
+                            "on the device")
     except VitedgeError as exc:
         if not tolerate:
             raise
@@ -227,14 +221,31 @@ def _settings(chosen: Candidate, target: Target) -> dict[str, Any]:
                              "threads": target.cpu_threads}}
     optimized = bool(chosen.built.get("optimized_offline"))
     return {"runtime": "onnxruntime", "model": MODEL, "source_model": SOURCE,
-            "session": {"providers": ["CPUExecutionProvider"],
+            # a CPU profile (it names an ISA) runs the CPU provider; an ONNX Runtime profile
+            # without one may be a GPU machine: TensorRT EP, then CUDA EP, where the build has them
+            "session": {"providers": ["CPUExecutionProvider"] if target.isa else
+                        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
                         "intra_op_threads": target.cpu_threads,
                         "optimization": "disabled" if optimized else "all"}}
 
 
 # ------------------------------------------------------------------------- building blocks
-def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool) -> dict[str, Any]:
-    """Optimize directory/source.onnx into model.onnx for this machine; the passport's `built`."""
+def _onnxruntime_built(facts: dict[str, Any], *, optimized_offline: bool = False,
+                       parity: dict[str, float | int] | None = None,
+                       note: str | None = None) -> dict[str, Any]:
+    """The passport's `built` of an ONNX Runtime bundle made on this machine."""
+    from vitedge.runtime.onnxrt import OFFLINE_LEVEL
+
+    return {"optimized_offline": optimized_offline,
+            "optimization_level": OFFLINE_LEVEL if optimized_offline else None,
+            "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+            "onnxruntime": facts["onnxruntime"], "parity_vs_source": parity, "note": note}
+
+
+def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool, threads: int = 0
+                  ) -> tuple[dict[str, Any], Session]:
+    """Optimize directory/source.onnx into model.onnx for this machine and check it; the
+    passport's `built`, and the session of the saved graph (as the bundle will run it)."""
     from vitedge.runtime.onnxrt import (
         OFFLINE_LEVEL,
         OnnxRuntimeSession,
@@ -242,13 +253,11 @@ def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool) -> dict
     )
 
     optimize_offline(directory / SOURCE, directory / MODEL)
-    saved = OnnxRuntimeSession(directory / MODEL, optimization="disabled")
+    saved = OnnxRuntimeSession(directory / MODEL, optimization="disabled", threads=threads)
     same_level = OnnxRuntimeSession(directory / SOURCE, optimization=OFFLINE_LEVEL)
     parity = check_parity(directory / SOURCE, saved, int8=int8, bf16=False,
                           what="ONNX Runtime's offline optimization", same_level=same_level)
-    return {"optimized_offline": True, "optimization_level": OFFLINE_LEVEL, "arch": facts["arch"],
-            "cpu_features": facts["cpu_features"], "onnxruntime": facts["onnxruntime"],
-            "parity_vs_source": parity, "note": None}
+    return _onnxruntime_built(facts, optimized_offline=True, parity=parity), saved
 
 
 def openvino_here(directory: Path, facts: dict[str, Any], hint: str, threads: int, *,

@@ -59,6 +59,12 @@ def make_passport(*, target: dict[str, Any], precision: str, source_hash: str,
 BF16_FEATURES = {"AVX-512 BF16", "AMX-BF16", "BF16"}
 
 
+def native_bf16(facts: dict[str, Any]) -> bool:
+    """Whether the machine `facts` describe runs BF16 natively, by its CPU flags (what a passport
+    can be checked against; compile asks OpenVINO itself, `vitedge.compile.cpu.bf16_here`)."""
+    return bool(BF16_FEATURES & set(facts["cpu_features"]))
+
+
 def _base(version: str | None) -> str | None:
     """'2026.4.1' from an OpenVINO package version such as '2026.4.1.20426' or '2026.4.1-…'."""
     return version.split("-")[0] if version else None
@@ -80,7 +86,7 @@ def mismatches(passport: Passport, facts: dict[str, Any]) -> list[str]:
         if _minor(version) != _minor(_base(facts.get("openvino"))):
             problems.append(f"IR converted by OpenVINO {version}, this machine has "
                             f"{facts.get('openvino') or 'no OpenVINO'}")
-        if passport.precision in ("bf16", "best") and not BF16_FEATURES & set(facts["cpu_features"]):
+        if passport.precision in ("bf16", "best") and not native_bf16(facts):
             problems.append(f"the bundle runs {passport.precision} (BF16 float layers), this CPU has "
                             "no native BF16 (AVX512_BF16, AMX or Arm BF16)")
         return problems

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
 from vitedge.compile.cpu import OV_MODEL, OV_WEIGHTS, openvino_here, optimize_here
-from vitedge.compile.passport import BF16_FEATURES, PASSPORT_NAME, machine_facts
+from vitedge.compile.passport import PASSPORT_NAME, machine_facts, native_bf16
 from vitedge.compile.prepare import build_in, local_tensorrt_match
 from vitedge.documents import write_document
 from vitedge.errors import InputError, MissingDependencyError
@@ -63,8 +63,7 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
     current = read_bundle(path)
     facts = machine_facts()
     openvino = current.runtime == "openvino"
-    if openvino and current.passport.precision in ("bf16", "best") and \
-            not BF16_FEATURES & set(facts["cpu_features"]):
+    if openvino and current.passport.precision in ("bf16", "best") and not native_bf16(facts):
         raise InputError(f"{path} runs BF16 float layers and this CPU has no native BF16; "
                          "--rebuild cannot change its precision",
                          "compile its source again here with --precision fp32 (or int8)")
@@ -78,11 +77,11 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
             built, session = openvino_here(staging, facts, settings.precision or "fp32",
                                            settings.threads, compile_here=True, int8=int8,
                                            say=lambda _message: None)
-            if session is not None:
-                session.close()
         else:
-            built = optimize_here(staging, facts, int8=int8)
+            built, session = optimize_here(staging, facts, int8=int8)
             bundle["session"] = {**bundle["session"], "optimization": "disabled"}
+        if session is not None:
+            session.close()
         passport["built"] = {**built, "rebuilt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_document(staging / BUNDLE_NAME, bundle)
         seal(staging, current.card, passport)
