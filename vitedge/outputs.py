@@ -64,8 +64,6 @@ KIND_NAMES = {OutputKind.ARTIFACT: "artifact", OutputKind.BUNDLE: "bundle",
 # The file that says what a folder is, and (for the run, eval and capture) the key a legacy one had.
 _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL, "eval.json", "models"),
               (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None))
-# An optimize folder: its manifest, and artifact / bundle folders of its own (each checked as one).
-OPTIMIZE_FOLDERS = ("candidates", "best")
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
     OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|disagreements/"
@@ -74,7 +72,6 @@ _PATTERNS = {
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),
     OutputKind.ARTIFACT: re.compile(r"^(card\.json|quant_report\.json|quant_report\.md)$"),
     OutputKind.BUNDLE: re.compile(r"^card\.json$"),
-    OutputKind.OPTIMIZE: re.compile(r"^optimize\.json$"),
 }
 
 
@@ -192,25 +189,22 @@ def _foreign(folder: Path, kind: OutputKind) -> list[str]:
 def _optimize_foreign(folder: Path) -> list[str]:
     """An optimize folder holds optimize.json, report sets, and in candidates/ (and best/) only
     artifacts and bundles, each holding only what vitedge writes in one."""
+    def output(entry: Path, name: str, kinds: tuple[OutputKind, ...]) -> list[str]:
+        kind = recognize(entry) if entry.is_dir() and not entry.is_symlink() else None
+        return [f"{name}/{n}" for n in _foreign(entry, kind)] if kind in kinds else [name]
+
     foreign: list[str] = []
     reports = _report_files(folder)
     for entry in sorted(folder.iterdir()):
-        if entry.is_symlink():
+        if entry.is_symlink() or (entry.is_file() and entry.name != "optimize.json"
+                                  and entry.name not in reports):
             foreign.append(entry.name)
-        elif entry.is_file():
-            if entry.name != "optimize.json" and entry.name not in reports:
-                foreign.append(entry.name)
         elif entry.name == "best":
-            kind = recognize(entry)
-            foreign += [f"best/{n}" for n in (_foreign(entry, kind) if kind is OutputKind.BUNDLE else ["(not a bundle)"])]
+            foreign += output(entry, "best", (OutputKind.BUNDLE,))
         elif entry.name == "candidates":
             for child in sorted(entry.iterdir()):
-                kind = recognize(child) if child.is_dir() and not child.is_symlink() else None
-                if kind not in (OutputKind.ARTIFACT, OutputKind.BUNDLE):
-                    foreign.append(f"candidates/{child.name}")
-                else:
-                    foreign += [f"candidates/{child.name}/{n}" for n in _foreign(child, kind)]
-        else:
+                foreign += output(child, f"candidates/{child.name}", (OutputKind.ARTIFACT, OutputKind.BUNDLE))
+        elif not entry.is_file():
             foreign.append(entry.name + "/")
     return foreign
 

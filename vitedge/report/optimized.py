@@ -4,7 +4,6 @@ Pareto front of latency against agreement, and the chosen bundle."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from vitedge.documents import read_model
 from vitedge.formatting import percent
@@ -109,9 +108,3 @@ def _plot(measured: list[CandidateDoc], document: OptimizeDoc) -> str | None:
     fig.tight_layout()
     return png(fig)
 
-
-def is_optimize_folder(directory: Path) -> bool:
-    from vitedge.locks import json_object
-
-    data: dict[str, Any] | None = json_object(directory / "optimize.json") if (directory / "optimize.json").is_file() else None
-    return bool(data) and data.get("kind") == "optimize"  # type: ignore[union-attr]

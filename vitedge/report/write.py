@@ -8,9 +8,15 @@ from typing import Any
 from vitedge.documents import sealed_json
 from vitedge.errors import InputError
 from vitedge.locks import json_object
-from vitedge.outputs import REPORT_GENERATOR, is_report_document, write_files
+from vitedge.outputs import (
+    REPORT_GENERATOR,
+    OutputKind,
+    is_report_document,
+    recognize,
+    write_files,
+)
 from vitedge.report.evals import eval_sections
-from vitedge.report.optimized import is_optimize_folder, optimize_sections
+from vitedge.report.optimized import optimize_sections
 from vitedge.report.page import html_page, markdown_page
 from vitedge.report.pruned import prune_sections, pruned_card
 from vitedge.report.runs import run_sections
@@ -31,7 +37,7 @@ def write_report(directory: str | Path, out: str | Path) -> dict[str, Any]:
         sections = run_sections(directory)
     elif (directory / "eval.json").is_file():
         sections = eval_sections(directory)
-    elif is_optimize_folder(directory):
+    elif recognize(directory) is OutputKind.OPTIMIZE:
         sections = optimize_sections(directory)
     elif (card := pruned_card(directory)) is not None:
         sections = prune_sections(directory, card)
