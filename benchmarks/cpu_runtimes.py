@@ -135,13 +135,12 @@ def main() -> None:
 
         def bundle(name: str, src: Path, out: Path, *extra: str) -> Session:
             started = time.perf_counter()
-            printed = vitedge("compile", src, "--target", "x86-cpu", "-o", out, "-q", *extra)
+            vitedge("compile", src, "--target", "x86-cpu", "-o", out, "-q", *extra)
             seconds = time.perf_counter() - started
             passport = json.loads((out / "passport.json").read_text())
             choice = passport["built"].get("runtime_choice")
             compile_lines[name] = (f"{passport['runtime']['name']} {passport['precision']}, compile "
                                    f"{seconds:.0f} s" + (f"; {choice['why']}" if choice else ""))
-            del printed
             return load_session(out)
 
         rows.append(Row("vitedge x86-cpu FP32 bundle, --runtime onnxruntime",

@@ -65,7 +65,8 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
              eval_samples: int | None = None, resume: bool = False, overwrite: bool = False,
              options: SourceOptions | None = None,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
-    """Search, measure and choose (see the module docstring); write OUT; return its document."""
+    """Search, measure and choose (see the module docstring); write OUT and OUT/report.html;
+    return its document."""
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     if not isinstance(target, Target):
@@ -112,6 +113,8 @@ class _Search:
         self.candidates: dict[str, dict[str, Any]] = {}
         self.not_tried: list[str] = []
         self.previous: dict[str, dict[str, Any]] = {}
+        self.chosen: str | None = None
+        self.pareto: list[str] = []
 
     # ------------------------------------------------------------------ data and reference
     def open_data(self, data: str | Path, calib: str | Path | None, samples: int,
@@ -159,6 +162,14 @@ class _Search:
             self.previous = {c.name: c.to_dict() for c in previous.candidates if c.status != "failed"}
         with OnnxRuntimeSession(graph) as reference:
             self.fp32 = reference.infer_all(self.evaluation, 16)
+        from vitedge.compile.passport import machine_facts
+        from vitedge.drift import topk_accuracy
+        from vitedge.versions import cpu_name
+
+        self.fp32_top1 = topk_accuracy(self.fp32, self.labels) if self.labels is not None else None
+        facts = machine_facts()
+        self.machine = {"cpu": cpu_name(), "arch": facts["arch"], "cpu_features": facts["cpu_features"],
+                        "onnxruntime": facts["onnxruntime"], "openvino": facts["openvino"]}
         self.settings = {"source": source, "target": self.target.name, "data": self.evaluation.origin,
                          "calibration": self.calibration.origin}
         self.say(f"held-out: {len(self.evaluation)} samples; calibration: {len(self.calibration)}")
@@ -214,13 +225,11 @@ class _Search:
             return onnx_dir
         int8_dir = self._path(f"r{r}-int8")
         if not self._usable(int8_dir):
-            from vitedge.models.load import load
             from vitedge.quantize.ptq import BudgetMissed, quantize
 
             self.say(f"quantizing r{r} for {self.target.name} ({self.target.int8_scheme})")
             try:
-                quantize(onnx_dir if not isinstance(onnx_dir, Path) else load(onnx_dir), self.calibration,
-                         int8_dir, target=self.target,
+                quantize(onnx_dir, self.calibration, int8_dir, target=self.target,
                          max_drop=self.max_drop, min_agreement=self.min_agreement, overwrite=True,
                          progress=lambda m: self.say(f"  {m}"))
             except BudgetMissed:
@@ -246,7 +255,7 @@ class _Search:
             return
         agreement = float(np.mean(logits.argmax(1) == self.fp32.argmax(1)))
         top1 = topk_accuracy(logits, self.labels) if self.labels is not None else None
-        drop = 100 * (topk_accuracy(self.fp32, self.labels) - top1) if top1 is not None \
+        drop = 100 * (self.fp32_top1 - top1) if top1 is not None and self.fp32_top1 is not None \
             else 100 * (1 - agreement)
         card = read_card(model) if isinstance(model, Path) else model.card
         quantization = card.metrics.get("quantization") or {}
@@ -295,7 +304,11 @@ class _Search:
         if chosen is not None:
             self._copy_best(chosen["bundle"])
         self.chosen, self.pareto = (chosen["name"] if chosen else None), pareto
-        return self._write(finished=not self.not_tried)
+        document = self._write(finished=not self.not_tried)
+        from vitedge.report.write import write_report
+
+        write_report(self.folder, self.folder / "report.html")
+        return document
 
     def _meets(self, candidate: dict[str, Any]) -> bool:
         return candidate["drop"] <= self.max_drop and (
@@ -346,28 +359,18 @@ class _Search:
         return self.time_budget is not None and time.perf_counter() - self.started > self.time_budget
 
     def _write(self, *, finished: bool) -> OptimizeDoc:
-        from vitedge.compile.passport import machine_facts
         from vitedge.documents import write_document
-        from vitedge.versions import cpu_name
 
-        facts = machine_facts()
-        fp32_top1 = None
-        if self.labels is not None:
-            from vitedge.drift import topk_accuracy
-
-            fp32_top1 = topk_accuracy(self.fp32, self.labels)
         document = {"kind": "optimize", **self.settings, "source_hash": self.source_hash,
                     "eval_samples": len(self.evaluation), "calibration_samples": len(self.calibration),
                     "labeled": self.labels is not None, "max_drop": self.max_drop,
                     "min_agreement": self.min_agreement, "batch": self.target.batch.opt,
                     "measured_here": self.same_isa,
-                    "machine": {"cpu": cpu_name(), "arch": facts["arch"], "cpu_features": facts["cpu_features"],
-                                "onnxruntime": facts["onnxruntime"], "openvino": facts["openvino"]},
-                    "fp32_top1": fp32_top1,
+                    "machine": self.machine, "fp32_top1": self.fp32_top1,
                     "candidates": [CandidateDoc.from_dict(c).to_dict() for c in self.candidates.values()],
-                    "chosen": getattr(self, "chosen", None), "pareto": getattr(self, "pareto", []),
+                    "chosen": self.chosen, "pareto": self.pareto,
                     "not_tried": self.not_tried, "seconds": time.perf_counter() - self.started,
                     "finished": finished}
-        OptimizeDoc.from_dict(document)  # what a resume will read back
+        checked = OptimizeDoc.from_dict(document)  # what a resume will read back
         write_document(self.folder / MANIFEST, document)
-        return OptimizeDoc.from_dict(document)
+        return checked

@@ -67,9 +67,6 @@ def optimize(
                               min_agreement=min_agreement, time_budget=parse_duration(time_budget),
                               tome=values, samples=samples, eval_samples=eval_samples, resume=resume,
                               overwrite=overwrite, options=options, progress=progress_printer(quiet))
-        from vitedge.report.write import write_report
-
-        write_report(out, Path(out) / "report.html")
     document = result.document
     measured = [c for c in document.candidates if c.status == "measured"]
     console.print(f"{len(measured)} candidates measured on {document.eval_samples} held-out samples"
