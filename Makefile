@@ -30,29 +30,31 @@ test: install browser
 	$(PY) -m pytest -q
 
 demo: install
-	@echo "== 1/11 inspect the shipped default model (a ViT trained on real handwritten digits)"
+	@echo "== 1/12 inspect the shipped default model (a ViT trained on real handwritten digits)"
 	$(VITEDGE) inspect builtin:digits-vit
-	@echo "== 2/11 export to ONNX and check parity with PyTorch on the held-out images"
+	@echo "== 2/12 export to ONNX and check parity with PyTorch on the held-out images"
 	$(VITEDGE) export builtin:digits-vit -o $(DEMO_OUT)/digits-onnx --data calibration/digits/heldout --parity-samples 64 --overwrite
-	@echo "== 3/11 INT8 quantization (vit-safe, TensorRT-compatible symmetric) within a 0.5-point budget"
+	@echo "== 3/12 INT8 quantization (vit-safe, TensorRT-compatible symmetric) within a 0.5-point budget"
 	$(VITEDGE) quantize $(DEMO_OUT)/digits-onnx --calib calibration/digits/train --eval calibration/digits/heldout -o $(DEMO_OUT)/digits-int8 --overwrite
-	@echo "== 4/11 compile the INT8 model for this CPU (ONNX Runtime or OpenVINO, the faster one here, + passport)"
+	@echo "== 4/12 compile the INT8 model for this CPU (ONNX Runtime or OpenVINO, the faster one here, + passport)"
 	$(VITEDGE) compile $(DEMO_OUT)/digits-int8 --target x86-cpu -o $(DEMO_OUT)/digits-x86 --overwrite
-	@echo "== 5/11 predict with the bundle"
+	@echo "== 5/12 predict with the bundle"
 	$(VITEDGE) predict $(DEMO_OUT)/digits-x86 vitedge/assets/samples --top-k 3
-	@echo "== 6/11 prepare a Jetson Orin Nano bundle here (the engine is built on the device)"
+	@echo "== 6/12 prepare a Jetson Orin Nano bundle here (the engine is built on the device)"
 	$(VITEDGE) compile $(DEMO_OUT)/digits-int8 --target jetson-orin-nano -o $(DEMO_OUT)/digits-orin-nano --overwrite
-	@echo "== 7/11 bench: PyTorch FP32 vs ONNX FP32 vs the INT8 CPU bundle, on the held-out digits"
+	@echo "== 7/12 bench: PyTorch FP32 vs ONNX FP32 vs the INT8 CPU bundle, on the held-out digits"
 	$(VITEDGE) bench builtin:digits-vit $(DEMO_OUT)/digits-onnx $(DEMO_OUT)/digits-x86 --batch 1,16 --data calibration/digits/heldout --runs 30
-	@echo "== 8/11 a camera-like video from the held-out digits (moving, noisy, changing light)"
+	@echo "== 8/12 a camera-like video from the held-out digits (moving, noisy, changing light)"
 	$(PY) scripts/make_digits_video.py $(DEMO_OUT)/digits-camera.mp4 --frames 600
-	@echo "== 9/11 run the INT8 bundle on it, shadowed by the FP32 model every 5th frame"
+	@echo "== 9/12 run the INT8 bundle on it, shadowed by the FP32 model every 5th frame"
 	$(VITEDGE) run $(DEMO_OUT)/digits-x86 --source $(DEMO_OUT)/digits-camera.mp4 --record $(DEMO_OUT)/run/annotated.mp4 -o $(DEMO_OUT)/run --overwrite -q
-	@echo "== 10/11 the drift report"
+	@echo "== 10/12 the drift report"
 	$(VITEDGE) report $(DEMO_OUT)/run -o $(DEMO_OUT)/report.html
-	@echo "== 11/11 optimize: token merging x precision x runtime, each candidate measured here; the fastest within 1 point"
+	@echo "== 11/12 optimize: token merging x precision x runtime, each candidate measured here; the fastest within 1 point"
 	$(VITEDGE) optimize builtin:digits-vit --target x86-cpu --data calibration/digits/heldout --calib calibration/digits/train --samples 128 --tome 0,4 -o $(DEMO_OUT)/digits-opt --overwrite -q
-	@echo "done: open $(DEMO_OUT)/report.html (quantization report: $(DEMO_OUT)/digits-int8/quant_report.md; optimize: $(DEMO_OUT)/digits-opt/report.html)"
+	@echo "== 12/12 package the CPU bundle as a Triton model repository (config checked against Triton's schema)"
+	$(VITEDGE) package $(DEMO_OUT)/digits-x86 --for triton -o $(DEMO_OUT)/digits-triton --overwrite
+	@echo "done: open $(DEMO_OUT)/report.html (quantization report: $(DEMO_OUT)/digits-int8/quant_report.md; optimize: $(DEMO_OUT)/digits-opt/report.html; Triton: $(DEMO_OUT)/digits-triton/README.md)"
 
 # A second demo: structured pruning + distillation of the shipped model, then the usual path.
 demo-prune: install

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("vitedge.quantize",),
     ("vitedge.compile",),
     ("vitedge.sessions",),
-    ("vitedge.evaluate", "vitedge.bench", "vitedge.report", "vitedge.optimize"),
+    ("vitedge.evaluate", "vitedge.bench", "vitedge.report", "vitedge.optimize", "vitedge.package"),
     ("vitedge.live",),
     ("vitedge.cli",),
 ]

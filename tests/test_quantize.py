@@ -24,6 +24,7 @@ from vitedge.quantize.qdq import (
     revert_to_float,
 )
 from vitedge.quantize.recipes import Recipe
+from vitedge.quantize.report import float_layers_run_as
 from vitedge.quantize.search import run_onnx
 from vitedge.targets import Scheme, load_target
 
@@ -293,6 +294,11 @@ def test_target_sets_the_scheme(digits_onnx, tmp_path):
     assert result.report.settings.scheme == "asymmetric"
     assert result.report.settings.target == "x86-cpu"
     assert any(np.any(z != 0) for z in _zero_points(onnx.load(tmp_path / "cpu" / "model.onnx")))
+    # what the float layers run as, once compiled for the target, is stated (BF16 is opt-in there)
+    assert "BF16 with vitedge compile --precision best" in result.report.float_nodes.run_as
+    assert "Float layers run as: FP32 on x86-cpu" in (tmp_path / "cpu" / "quant_report.md").read_text()
+    assert "FP16 on jetson-orin-nano" in float_layers_run_as(load_target("jetson-orin-nano"))
+    assert float_layers_run_as(load_target("jetson-orin-nano")).count("--fp16 --int8") == 1
     bad = runner.invoke(app, ["quantize", str(digits_onnx), "--calib", str(TRAIN), "--target",
                               "jetson-nano-classic", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown target" in bad.output and not (tmp_path / "x").exists()

@@ -56,14 +56,17 @@ class OutputKind(StrEnum):
     EVAL = "eval"
     CAPTURE = "capture"
     OPTIMIZE = "optimize"
+    PACKAGE = "package"
 
 
 KIND_NAMES = {OutputKind.ARTIFACT: "artifact", OutputKind.BUNDLE: "bundle",
               OutputKind.RUN: "run directory", OutputKind.EVAL: "eval directory",
-              OutputKind.CAPTURE: "capture folder", OutputKind.OPTIMIZE: "optimize folder"}
+              OutputKind.CAPTURE: "capture folder", OutputKind.OPTIMIZE: "optimize folder",
+              OutputKind.PACKAGE: "package folder"}
 # The file that says what a folder is, and (for the run, eval and capture) the key a legacy one had.
 _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL, "eval.json", "models"),
-              (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None))
+              (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None),
+              (OutputKind.PACKAGE, "package.json", None))
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
     OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|disagreements/"
@@ -72,6 +75,9 @@ _PATTERNS = {
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),
     OutputKind.ARTIFACT: re.compile(r"^(card\.json|quant_report\.json|quant_report\.md)$"),
     OutputKind.BUNDLE: re.compile(r"^card\.json$"),
+    # a package's files are the ones its package.json hashes; these are its folders
+    OutputKind.PACKAGE: re.compile(r"^(package\.json|model_repository/|model_repository/[^/]+/"
+                                   r"|model_repository/[^/]+/\d+/)$"),
 }
 
 
@@ -164,8 +170,9 @@ def _foreign(folder: Path, kind: OutputKind) -> list[str]:
     if kind is OutputKind.OPTIMIZE:
         return _optimize_foreign(folder)
     allowed: set[str] = _report_files(folder)
-    if kind in (OutputKind.ARTIFACT, OutputKind.BUNDLE):
-        files = (json_object(folder / "card.json") or {}).get("files")
+    if kind in (OutputKind.ARTIFACT, OutputKind.BUNDLE, OutputKind.PACKAGE):
+        manifest = "package.json" if kind is OutputKind.PACKAGE else "card.json"
+        files = (json_object(folder / manifest) or {}).get("files")
         allowed |= set(files) if isinstance(files, dict) else set()
     if kind is OutputKind.RUN:
         record = (json_object(folder / "summary.json") or {}).get("record")

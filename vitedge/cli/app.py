@@ -13,7 +13,7 @@ import typer
 
 from vitedge import __version__
 from vitedge.cli import compile as compile_commands
-from vitedge.cli import device, measure, model, optimize, prune, quantize, run
+from vitedge.cli import device, measure, model, optimize, package, prune, quantize, run
 from vitedge.cli.shared import OneLineErrors, console
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ COMMANDS = [  # (name, function): load -> prune -> export -> quantize -> compile
     ("compile", compile_commands.compile_command),
     ("build", compile_commands.build_command),
     ("optimize", optimize.optimize),
+    ("package", package.package),
     ("run", run.run),
     ("capture", run.capture),
     ("predict", measure.predict),

@@ -136,6 +136,8 @@ def _print_summary(report: QuantReport, out_dir: Path) -> None:
                   + ("" if drift.features else f", KL {drift.kl:.4f}, cosine {drift.cosine:.4f}")
                   + f"; {100 * report.int8_linear_mac_share:.1f}% of Linear MACs in INT8 "
                   f"({report.chosen})")
+    if report.float_nodes.run_as:
+        console.print(f"layers kept float run as: {report.float_nodes.run_as}", highlight=False)
     console.print(f"ONNX Runtime CPU p50 batch {latency.batch}: FP32 {latency.fp32['p50']:.2f} ms, "
                   f"INT8 {latency.int8['p50']:.2f} ms; lint "
                   f"{'passed' if report.lint['passed'] else 'FAILED'}", highlight=False)

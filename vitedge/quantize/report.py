@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vitedge.quantize.qdq import ComputeNode
     from vitedge.quantize.recipes import Budget, QuantSettings
     from vitedge.quantize.search import Evaluation, Search
+    from vitedge.targets import Target
 
 
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
@@ -62,6 +63,24 @@ def layer_sqnr(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: 
         signal = float(np.sum(reference ** 2))
         results[name] = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
     return results
+
+
+def float_layers_run_as(target: Target | None) -> str:
+    """What the layers kept out of INT8 run as once `vitedge compile` builds the graph for target."""
+    from vitedge.targets import Precision, Runtime
+
+    if target is None:
+        return ("FP32 in ONNX Runtime; compiled for a TensorRT target they run FP16 (the default "
+                "--precision best), for a CPU target BF16 with --precision best where the CPU has it")
+    if target.runtime is Runtime.TENSORRT:
+        if Precision.FP16 in target.precisions:
+            return (f"FP16 on {target.name}: vitedge compile builds INT8 graphs with --precision best "
+                    "(trtexec --fp16 --int8)")
+        return f"FP32 on {target.name} (it has no FP16)"
+    if Precision.BF16 in target.precisions:
+        return (f"FP32 on {target.name} by default; BF16 with vitedge compile --precision best on a "
+                "CPU with AVX512-BF16 or AMX (OpenVINO)")
+    return f"FP32 on {target.name}"
 
 
 def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[ComputeNode],
@@ -110,7 +129,8 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
         "accuracy": accuracy,
         "drift": drift.to_dict(),
         "int8_linear_mac_share": best.int8_share,
-        "float_nodes": {"linear": float_linear, "attention": float_attention},
+        "float_nodes": {"linear": float_linear, "attention": float_attention,
+                        "run_as": float_layers_run_as(settings.target)},
         "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
                       "top1_agreement": None if budget.features else c.agreement, "cosine": c.cosine,
                       "rel_error": c.rel_error} for c in tried],
@@ -179,7 +199,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"Attention MatMuls: {len(floats['attention'])} "
               f"({', '.join(floats['attention'][:6])}{' …' if len(floats['attention']) > 6 else ''}).",
               "Residual adds, LayerNorm, Softmax and GELU stay float in linear-only and vit-safe "
-              "graphs.", "",
+              "graphs.", "", f"Float layers run as: {floats['run_as']}." if floats.get("run_as") else "",
+              "",
               "## Per-layer error (SQNR of each INT8 node's output vs FP32; lower is worse)", "",
               "| node | op | kind | MACs | SQNR dB |", "| --- | --- | --- | --- | --- |"]
     for layer in sorted(report["layers"], key=lambda r: r["sqnr_db"]):

@@ -52,6 +52,7 @@ class QuantAccuracy(Doc):
 class FloatNodes(Doc):
     linear: list[str]
     attention: list[str]
+    run_as: str | None = None  # what they run as on the target once compiled (FP16 on TensorRT)
 
 
 class QuantLatency(Doc):

@@ -1,0 +1,1 @@
+"""`vitedge package`: bundles laid out for the serving engines fleets run (Triton first)."""
