@@ -67,6 +67,7 @@ KIND_NAMES = {OutputKind.ARTIFACT: "artifact", OutputKind.BUNDLE: "bundle",
 _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL, "eval.json", "models"),
               (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None),
               (OutputKind.PACKAGE, "package.json", None))
+MANIFEST_FILES = {kind: manifest for kind, manifest, _legacy in _MANIFESTS}
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
     OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|disagreements/"
@@ -171,7 +172,7 @@ def _foreign(folder: Path, kind: OutputKind) -> list[str]:
         return _optimize_foreign(folder)
     allowed: set[str] = _report_files(folder)
     if kind in (OutputKind.ARTIFACT, OutputKind.BUNDLE, OutputKind.PACKAGE):
-        manifest = "package.json" if kind is OutputKind.PACKAGE else "card.json"
+        manifest = MANIFEST_FILES[kind] if kind is OutputKind.PACKAGE else "card.json"
         files = (json_object(folder / manifest) or {}).get("files")
         allowed |= set(files) if isinstance(files, dict) else set()
     if kind is OutputKind.RUN:

@@ -317,7 +317,7 @@ def check_parity(source: Path, session: Session, *, int8: bool, bf16: bool, what
     expected = reference.infer(batch)
     reference.close()
     got = session.infer(batch)
-    result: dict[str, float | int] = {"max_abs_diff": _diff(got, expected), "samples": shape[0],
+    result: dict[str, float | int] = {"max_abs_diff": max_abs_diff(got, expected), "samples": shape[0],
                                       "largest_logit": float(np.abs(expected).max())}
     scale = float(np.abs(expected).max()) or 1.0
     if not np.isfinite(got).all():
@@ -326,7 +326,7 @@ def check_parity(source: Path, session: Session, *, int8: bool, bf16: bool, what
     if same_level is not None:
         online = same_level.infer(batch)
         same_level.close()
-        result["max_abs_diff_same_level"] = _diff(got, online)
+        result["max_abs_diff_same_level"] = max_abs_diff(got, online)
         if result["max_abs_diff_same_level"] > 1e-5 * scale:
             raise ExportError(f"{what} changed the outputs when saved (max |diff| "
                               f"{result['max_abs_diff_same_level']:.3g} from the same optimization "
@@ -341,7 +341,8 @@ def check_parity(source: Path, session: Session, *, int8: bool, bf16: bool, what
     return result
 
 
-def _diff(a: np.ndarray, b: np.ndarray) -> float:
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest |a - b| (the figure parity checks record and bound)."""
     import numpy as np
 
     return float(np.abs(a - b).max())

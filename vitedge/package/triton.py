@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from vitedge.errors import InputError
+from vitedge.errors import InputError, VitedgeError
+from vitedge.outputs import MANIFEST_FILES, OutputKind
 
 if TYPE_CHECKING:
     from vitedge.compile.bundle import Bundle
 
-MANIFEST = "package.json"
+MANIFEST = MANIFEST_FILES[OutputKind.PACKAGE]
 REPOSITORY = "model_repository"
 LABELS = "labels.txt"
 TRITON_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin"),
@@ -106,7 +107,7 @@ def triton_config(bundle: Bundle, name: str, options: TritonOptions) -> Any:
     """The bundle's Triton ModelConfig (a model_config_pb2.ModelConfig message)."""
     model_config_pb2 = _model_config_pb2()
     runtime, settings = bundle.runtime, bundle.settings
-    graph_input, graph_output, dynamic = _graph_io(bundle)
+    graph_input, graph_output, batched = _graph_io(bundle)
     if graph_input.name != settings.input.name:
         raise InputError(f"{bundle.path}: bundle.json names the input {settings.input.name!r}, the graph "
                          f"{graph_input.name!r}", "re-create the bundle with vitedge compile")
@@ -128,9 +129,8 @@ def triton_config(bundle: Bundle, name: str, options: TritonOptions) -> Any:
         config.platform = "tensorrt_plan"
     else:
         config.backend = "openvino"
-    low, opt, high = settings.batch
+    _low, opt, high = settings.batch
     input_dims, output_dims = _dims(graph_input), _dims(graph_output)
-    batched = dynamic and high >= 1
     config.max_batch_size = high if batched else 0
     dtype = _ONNX_TYPES.get(graph_input.type.tensor_type.elem_type)
     out_dtype = _ONNX_TYPES.get(graph_output.type.tensor_type.elem_type)
@@ -138,9 +138,9 @@ def triton_config(bundle: Bundle, name: str, options: TritonOptions) -> Any:
         raise InputError(f"{bundle.path}: the graph's input/output types have no Triton equivalent here",
                          "package a bundle whose input and output are float32")
     tensor_in = config.input.add(name=graph_input.name, data_type=getattr(model_config_pb2, dtype))
-    tensor_in.dims.extend(input_dims[1:] if batched else [low, *input_dims[1:]])
+    tensor_in.dims.extend(input_dims[1:] if batched else input_dims)  # fixed batch: the graph's own
     tensor_out = config.output.add(name=graph_output.name, data_type=getattr(model_config_pb2, out_dtype))
-    tensor_out.dims.extend(output_dims[1:] if batched else [low, *output_dims[1:]])
+    tensor_out.dims.extend(output_dims[1:] if batched else output_dims)
     labels = bundle.card.labels or []
     if labels and output_dims[1:] == [len(labels)]:
         tensor_out.label_filename = LABELS
@@ -217,9 +217,9 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
                    overwrite: bool = False, say: Callable[[str], None] | None = None) -> PackageResult:
     """Write a Triton model repository for the bundle at `bundle_path` to `out` (see the module)."""
     from vitedge.artifact import sha256_file
-    from vitedge.compile.bundle import SOURCE, read_bundle
+    from vitedge.compile.bundle import read_bundle
     from vitedge.locks import atomic_write_text
-    from vitedge.outputs import OutputKind, check_output, writing
+    from vitedge.outputs import check_output, writing
 
     say = say or (lambda _message: None)
     options = options or TritonOptions()
@@ -230,7 +230,7 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
     check_output(out, OutputKind.PACKAGE, overwrite=overwrite, inputs=[Path(bundle_path)])
     name = model_name(bundle, options.name)
     config = triton_config(bundle, name, options)
-    sources = _model_files(bundle, SOURCE)
+    sources = _model_files(bundle)
     with writing(out, OutputKind.PACKAGE, overwrite=overwrite, inputs=[Path(bundle_path)]) as staging:
         model_dir = staging / REPOSITORY / name
         version_dir = model_dir / str(options.version)
@@ -248,7 +248,7 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
         atomic_write_text(staging / "README.md", _readme(bundle, name, config, options, parity))
         files = {p.relative_to(staging).as_posix(): sha256_file(p)
                  for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        manifest = {"kind": "package", "for": "triton", "model_name": name, "version": options.version,
+        manifest = {"kind": OutputKind.PACKAGE.value, "for": "triton", "model_name": name, "version": options.version,
                     "bundle": {"runtime": bundle.runtime, "target": bundle.passport.target.name,
                                "precision": bundle.passport.precision,
                                "source_artifact_hash": bundle.passport.source_artifact_hash},
@@ -259,10 +259,12 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
                          parity)
 
 
-def _model_files(bundle: Bundle, source: str) -> dict[str, Path]:
+def _model_files(bundle: Bundle) -> dict[str, Path]:
     """The repository file name -> the bundle file it is copied from."""
+    from vitedge.compile.bundle import SOURCE
+
     if bundle.runtime == "onnxruntime":
-        return {"model.onnx": bundle.member(source)}
+        return {"model.onnx": bundle.member(SOURCE)}
     if bundle.runtime == "openvino":
         return {"model.xml": bundle.file("model"), "model.bin": bundle.file("weights")}
     if not bundle.settings.engine:
@@ -278,7 +280,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
     seeded inputs; refuse the package when they differ (see the module docstring)."""
     import numpy as np
 
-    from vitedge.errors import VitedgeError
+    from vitedge.compile.cpu import max_abs_diff
     from vitedge.sessions import load as load_session
 
     if bundle.runtime == "tensorrt":
@@ -314,7 +316,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
     got = packaged.infer(batch)
     packaged.close()
     scale = float(np.abs(expected).max()) or 1.0
-    diff = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+    diff = max_abs_diff(got, expected)
     if not np.isfinite(got).all() or diff > relative * scale + 1e-6:
         raise VitedgeError(f"the packaged model differs from the bundle (max |diff| {diff:.3g}, largest "
                            f"output {scale:.3g})", "report this with the bundle; re-create the bundle")
