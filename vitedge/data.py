@@ -20,7 +20,12 @@ import numpy as np
 
 from vitedge.card import ModelCard, Preprocessing
 from vitedge.errors import InputError
-from vitedge.preprocess import UnreadableImageError, check_image_size, preprocess
+from vitedge.preprocess import (
+    PixelInput,
+    UnreadableImageError,
+    check_image_size,
+    preprocess,
+)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".jfif"})
@@ -98,16 +103,17 @@ def open_images(source: str | Path) -> ImageSet:
 
 
 def iter_batches(images: ImageSet | Sequence[ImageRecord], pre: Preprocessing, batch_size: int,
-                 stats: BatchStats | None = None
+                 stats: BatchStats | None = None, *, pixels: PixelInput | None = None
                  ) -> Iterator[tuple[np.ndarray, list[ImageRecord]]]:
-    """Yield (NCHW float32 batch, records in it), skipping and counting unreadable files."""
+    """Yield (NCHW float32 batch, records in it), skipping and counting unreadable files; with
+    `pixels`, batches of raw pixels as a graph with the preprocessing inside takes them."""
     records = images.records if isinstance(images, ImageSet) else list(images)
     stats = stats if stats is not None else BatchStats()
     arrays: list[np.ndarray] = []
     kept: list[ImageRecord] = []
     for record in records:
         try:
-            arrays.append(preprocess(record.path, pre))
+            arrays.append(preprocess(record.path, pre) if pixels is None else pixels.from_image(record.path, pre))
         except UnreadableImageError as exc:
             stats.skipped.append(f"{record.path}: {exc.message}")
             continue

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,32 +172,40 @@ def _as_pil(image: Any, channel_order: str) -> PILImage.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def resize_and_crop(image: PILImage.Image, pre: Preprocessing) -> PILImage.Image:
-    """Geometry only, exactly as timm/torchvision eval transforms (or the Hugging Face image
-    processor the card was read from) do it."""
+def geometry(source_size: tuple[int, int], pre: Preprocessing) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) for an image of `source_size`
+    (width, height): the one computation of the card's geometry, used by `resize_and_crop` and
+    by graphs that resize inside (vitedge.compile.ingraph)."""
     height, width = pre.input_size
-    resample = _pil_resample(pre.interpolation)
     if pre.resize_mode is ResizeMode.SQUASH:
-        return image.resize((width, height), resample=resample)
+        return width, height, 0, 0
     if pre.resize_mode is ResizeMode.SQUASH_CROP:
         new_h, new_w = pre.resize_size or (math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct))
     elif height == width or pre.resize_size is not None:
         # timm: scale_size = floor(size / crop_pct); torchvision Resize(int) and Hugging Face
         # `shortest_edge` scale the shorter side to it and the longer to int(scale * long / short).
         scale = pre.resize_size[0] if pre.resize_size else math.floor(height / pre.crop_pct)
-        src_w, src_h = image.size
+        src_w, src_h = source_size
         if src_w <= src_h:
             new_w, new_h = scale, int(scale * src_h / src_w)
         else:
             new_w, new_h = int(scale * src_w / src_h), scale
     else:
         new_h, new_w = math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), resample=resample)
     if pre.crop_rounding is CropRounding.FLOOR:
         left, top = (new_w - width) // 2, (new_h - height) // 2
     else:
         left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
+    return new_w, new_h, left, top
+
+
+def resize_and_crop(image: PILImage.Image, pre: Preprocessing) -> PILImage.Image:
+    """Geometry only, exactly as timm/torchvision eval transforms (or the Hugging Face image
+    processor the card was read from) do it."""
+    height, width = pre.input_size
+    new_w, new_h, left, top = geometry(image.size, pre)
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), resample=_pil_resample(pre.interpolation))
     return image.crop((left, top, left + width, top + height))
 
 
@@ -219,3 +229,96 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, *,
                      frame_channel_order: str = "RGB") -> np.ndarray:
     return np.stack([preprocess(img, pre, frame_channel_order=frame_channel_order)
                      for img in images])
+
+
+# ------------------------------------------------------------ graphs with the preprocessing inside
+class Layout(StrEnum):
+    NHWC = "NHWC"  # what cameras, OpenCV and most clients hold
+    NCHW = "NCHW"
+
+
+class PixelType(StrEnum):
+    UINT8 = "uint8"
+    FLOAT32 = "float32"  # still raw 0..255 values (DeepStream's nvinfer feeds float tensors)
+
+
+@dataclass(frozen=True)
+class PixelInput:
+    """What a bundle compiled with `--preprocess-in-graph` takes: raw pixel values 0..255.
+
+    `size` is (height, width) of the frames the graph takes. Without `resize` it is the model's
+    input size and the client resizes and crops (the graph does scale, mean/std and channel
+    order); with `resize` the graph also resizes and crops from `size` (a fixed capture size) as
+    the card's geometry says.
+    """
+
+    size: tuple[int, int]
+    layout: Layout = Layout.NHWC
+    channel_order: str = "RGB"  # of the frames the graph takes
+    dtype: PixelType = PixelType.UINT8
+    resize: bool = False
+
+    def shape(self) -> tuple[int, int, int]:
+        height, width = self.size
+        return (height, width, 3) if self.layout is Layout.NHWC else (3, height, width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "layout": str(self.layout), "channel_order": self.channel_order,
+                "dtype": str(self.dtype), "resize": self.resize}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PixelInput:
+        return cls(size=(int(data["size"][0]), int(data["size"][1])), layout=Layout(data["layout"]),
+                   channel_order=data["channel_order"], dtype=PixelType(data["dtype"]),
+                   resize=bool(data["resize"]))
+
+    def describe(self) -> str:
+        height, width = self.size
+        return (f"{self.dtype} {self.layout} {self.channel_order} {height}x{width} pixels"
+                + (" (resized and cropped in the graph)" if self.resize else ""))
+
+    def _arrange(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 RGB uint8 -> this contract's channel order, layout and dtype."""
+        if self.channel_order == "BGR":
+            rgb = rgb[:, :, ::-1]
+        if self.layout is Layout.NCHW:
+            rgb = rgb.transpose(2, 0, 1)
+        return np.ascontiguousarray(rgb, dtype=np.dtype(str(self.dtype)))
+
+    def from_image(self, image: Any, pre: Preprocessing, *, frame_channel_order: str = "RGB") -> np.ndarray:
+        """One image (path, Pillow image or frame) as this graph takes it. Without `resize` the
+        geometry is vitedge's own (Pillow); with it, a frame of the capture size goes in as it is
+        and any other size is first resized to it (aspect not kept: compile for the camera's size)."""
+        height, width = self.size
+        array = np.asarray(image) if isinstance(image, np.ndarray) else None
+        if self.resize and array is not None and array.dtype == np.uint8 and \
+                array.shape == (height, width, 3):  # a camera frame at the capture size: as is
+            if frame_channel_order != self.channel_order:
+                array = array[:, :, ::-1]
+            if self.layout is Layout.NCHW:
+                array = array.transpose(2, 0, 1)
+            return np.ascontiguousarray(array, dtype=np.dtype(str(self.dtype)))
+        pil = _as_pil(image, frame_channel_order)
+        if not self.resize:
+            pil = resize_and_crop(pil, pre)
+        elif pil.size != (width, height):
+            pil = pil.resize((width, height), resample=_pil_resample(pre.interpolation))
+        return self._arrange(np.asarray(pil))
+
+    def from_normalized(self, batch: np.ndarray, pre: Preprocessing) -> np.ndarray:
+        """A normalized NCHW float32 batch (what `preprocess` returns) back to the pixels it was
+        made from: exact, since those were whole 0..255 values and float32 keeps them to ~1e-4.
+        Graphs that resize inside take frames at their capture size, which a normalized batch no
+        longer holds."""
+        if self.resize:
+            height, width = self.size
+            raise InputError(f"this bundle resizes inside its graph and takes raw {height}x{width} "
+                             "frames, not images already preprocessed to the model's size",
+                             "use vitedge predict or run (they send raw frames), or compile a "
+                             "bundle without --frame-size to compare it on preprocessed images")
+        mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
+        pixels = np.clip(np.rint((batch * std + mean) / np.float32(pre.scale)), 0, 255).astype(np.uint8)
+        if pre.channel_order == "BGR":
+            pixels = pixels[:, ::-1]  # the model's order -> RGB
+        return np.stack([self._arrange(image.transpose(1, 2, 0)) for image in pixels])

@@ -83,13 +83,23 @@ def _backend(value: Backend | str | None) -> Backend | None:
 
 
 def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Session:
-    from vitedge.compile.bundle import MODEL, SOURCE, read_bundle
+    from vitedge.compile.bundle import read_bundle
+    from vitedge.preprocess import PixelInput
+
+    bundle = read_bundle(path)
+    session = _bundle_session(bundle, rebuild=rebuild, backend=backend)
+    if bundle.settings.pixels is not None:  # every graph of the bundle takes the raw pixels
+        session.pixels = PixelInput.from_dict(bundle.settings.pixels.to_dict())
+    return session
+
+
+def _bundle_session(bundle: Bundle, *, rebuild: bool, backend: Backend | None) -> Session:
+    from vitedge.compile.bundle import MODEL, SOURCE
     from vitedge.compile.passport import machine_facts, mismatches
     from vitedge.compile.rebuild import build_bundle
     from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
 
-    bundle = read_bundle(path)
-    settings = bundle.settings
+    path, settings = bundle.path, bundle.settings
     low, _opt, high = settings.batch
     origin = (path.resolve(),)
     if backend is Backend.TORCH:

@@ -18,6 +18,7 @@ from vitedge.cli.shared import (
     takes_source_options,
     user_errors,
 )
+from vitedge.preprocess import Layout, PixelInput, PixelType
 from vitedge.targets import CompilePrecision, CompileRuntime
 
 if TYPE_CHECKING:
@@ -41,6 +42,18 @@ def compile_command(
         help="Run on this DLA core with GPU fallback (targets with DLA).")] = None,
     build: Annotated[bool, typer.Option(
         help="Build the TensorRT engine here when this machine is the target.")] = True,
+    preprocess_in_graph: Annotated[bool, typer.Option(
+        help="Put the card's preprocessing in the graph: it takes raw 0..255 pixels, so Triton, "
+             "DeepStream or C++ clients send frames.")] = False,
+    frame_size: Annotated[Optional[str], typer.Option(
+        help="With --preprocess-in-graph: the frames' fixed HEIGHTxWIDTH (e.g. 480x640); the "
+             "resize and crop happen in the graph (default: the model's size, resized by the client).")] = None,
+    channel_order: Annotated[str, typer.Option(
+        help="With --preprocess-in-graph: the frames' channel order, RGB or BGR (OpenCV).")] = "RGB",
+    input_layout: Annotated[Layout, typer.Option(
+        help="With --preprocess-in-graph: NHWC (frames as cameras hold them) or NCHW.")] = Layout.NHWC,
+    input_dtype: Annotated[PixelType, typer.Option(
+        help="With --preprocess-in-graph: uint8, or float32 holding 0..255 (DeepStream).")] = PixelType.UINT8,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     quiet: Quiet = False, verbose: Verbose = False,
     *, options: SourceOptions,
@@ -49,13 +62,17 @@ def compile_command(
     or a TensorRT build (+ trtexec line).
 
     Example: vitedge compile artifacts/digits-int8 --target x86-cpu -o bundles/digits-cpu
+    Raw frames: vitedge compile MODEL --target x86-cpu --preprocess-in-graph --frame-size 480x640
+    --channel-order BGR -o bundles/camera
     """
     from vitedge.compile.prepare import compile_bundle
 
     with user_errors(verbose):
         result = compile_bundle(source, target, out, precision=precision, runtime=runtime, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
-                                options=options,
+                                options=options, preprocess_in_graph=preprocess_in_graph,
+                                frame_size=frame_size, channel_order=channel_order,
+                                input_layout=input_layout, input_dtype=input_dtype,
                                 progress=progress_printer(quiet))
     for finding in result.findings:
         err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),
@@ -64,6 +81,9 @@ def compile_command(
     console.print(f"bundle: {result.path}  target {result.passport.target.name}  runtime "
                   f"{settings.runtime}  precision {result.passport.precision}  batch "
                   f"{':'.join(map(str, settings.batch))}", highlight=False)
+    if settings.pixels is not None:
+        console.print(f"input {settings.input.name}: {PixelInput.from_dict(settings.pixels.to_dict()).describe()}; "
+                      "the graph normalizes (send raw frames)", highlight=False, soft_wrap=True)
     if built.runtime_choice is not None:
         console.print(f"runtime chosen by measurement ({built.runtime_choice.rounds} alternating "
                       f"rounds): {built.runtime_choice.why}", highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import artifact_hash, atomic_write_text, derive_card, sha256_file
-from vitedge.card import ModelCard
+from vitedge.card import ModelCard, Preprocessing
 from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
 from vitedge.compile.cpu import bf16_here, cpu_bundle
 from vitedge.compile.passport import machine_facts, make_passport
@@ -26,6 +26,7 @@ from vitedge.locks import releasing, temporary_directory
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.outputs import OutputKind, check_output, writing
+from vitedge.preprocess import Layout, PixelInput, PixelType
 from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import (
@@ -64,6 +65,36 @@ def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
         raise InputError(f"--batch {text!r} is not a batch size or min:opt:max",
                          "give e.g. 1 (fixed) or 1:8:16 (1 <= min <= opt <= max)")
     return values[0], values[1], values[2]
+
+
+def pixel_input(pre: Preprocessing, in_graph: bool, size: str | tuple[int, int] | None,
+                channel_order: str, layout: Layout | str, dtype: PixelType | str) -> PixelInput | None:
+    """The raw-pixel input asked for, checked (None without --preprocess-in-graph)."""
+    asked = [name for name, value, default in (("--frame-size", size, None),
+                                               ("--channel-order", channel_order, "RGB"),
+                                               ("--input-layout", layout, Layout.NHWC),
+                                               ("--input-dtype", dtype, PixelType.UINT8))
+             if value is not None and str(value) != str(default)]
+    if not in_graph:
+        if asked:
+            raise InputError(f"{', '.join(asked)} describe(s) the raw frames of a graph with the "
+                             "preprocessing inside", "add --preprocess-in-graph")
+        return None
+    if isinstance(size, str):
+        parts = size.lower().replace(",", "x").split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise InputError(f"--frame-size {size!r} is not HEIGHTxWIDTH",
+                             "give the capture size, e.g. 480x640")
+        size = (int(parts[0]), int(parts[1]))
+    if str(channel_order).upper() not in ("RGB", "BGR"):
+        raise InputError(f"--channel-order {channel_order!r} is not RGB or BGR",
+                         "BGR for OpenCV frames, RGB for most others")
+    try:
+        layout, dtype = Layout(str(layout).upper()), PixelType(str(dtype).lower())
+    except ValueError as exc:
+        raise InputError(f"{exc}", "--input-layout NHWC|NCHW, --input-dtype uint8|float32") from None
+    return PixelInput(size=size or pre.input_size, layout=layout,
+                      channel_order=str(channel_order).upper(), dtype=dtype, resize=size is not None)
 
 
 def is_qdq(model: onnx.ModelProto) -> bool:
@@ -109,7 +140,8 @@ def _input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise InputError(f"the model's input {graph_input.name} has shape {shape}, expected "
-                         "(batch, channels, height, width) with fixed channels and size",
+                         "(batch, channels, height, width) with fixed channels and size "
+                         "(or height, width, channels with the preprocessing in the graph)",
                          "export with vitedge export, which fixes the image size")
     return graph_input.name, (shape[1], shape[2], shape[3])
 
@@ -164,12 +196,18 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                    runtime: CompileRuntime | str | None = None, batch: str | None = None,
                    dla_core: int | None = None, overwrite: bool = False, build: bool = True,
                    source_label: str | None = None, options: SourceOptions | None = None,
+                   preprocess_in_graph: bool = False, frame_size: str | tuple[int, int] | None = None,
+                   channel_order: str = "RGB", input_layout: Layout | str = Layout.NHWC,
+                   input_dtype: PixelType | str = PixelType.UINT8,
                    progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the bundle of `model` (loaded, or a source read with `options`) for `target` (a
     profile, or its name / .toml path) at `out`, atomically: nothing is left on failure.
 
     `runtime` (CPU targets): onnxruntime, openvino, or auto (the default: every runtime the
-    target lists is built and timed here when this machine has the target's ISA, the fastest kept)."""
+    target lists is built and timed here when this machine has the target's ISA, the fastest kept).
+    `preprocess_in_graph`: the card's preprocessing goes into the graph, which then takes raw
+    0..255 pixels (`input_dtype`, `input_layout`, frames in `channel_order`) at the model's size,
+    or at `frame_size` (height, width or 'HxW': a capture size, resized and cropped inside)."""
     import onnx
 
     from vitedge.models.load import as_loaded
@@ -193,6 +231,16 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                          "leave --dla-core out to run on the GPU" if not target.dla_cores else
                          f"pick 0..{target.dla_cores - 1}")
     loaded = as_loaded(model, options)
+    pixels = pixel_input(loaded.card.preprocessing, preprocess_in_graph, frame_size, channel_order,
+                         input_layout, input_dtype)
+    if pixels is not None:  # refused before anything is done or said
+        from vitedge.compile.ingraph import NO_ANTIALIAS, resize_problem, resize_refusal
+
+        if target.runtime is not Runtime.TENSORRT and requested_runtime is CompileRuntime.AUTO \
+                and resize_problem(loaded.card.preprocessing, pixels, "openvino"):
+            say("keeping ONNX Runtime: " + NO_ANTIALIAS["openvino"])
+            requested_runtime = CompileRuntime.ONNXRUNTIME
+        resize_refusal(loaded.card.preprocessing, pixels, _graph_runtime(target, requested_runtime))
     inputs = loaded.origin
     check_output(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs)
     with temporary_directory("compile") as tmp:
@@ -200,6 +248,18 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
 
         source_path = ensure_onnx(loaded, Path(tmp), say)
         model = onnx.load(str(source_path))
+        if pixels is not None:
+            from vitedge.compile.ingraph import (
+                NO_ANTIALIAS,
+                resize_problem,
+                with_preprocessing,
+            )
+
+            say(f"putting the preprocessing in the graph: it takes {pixels.describe()}")
+            model = with_preprocessing(model, loaded.card.preprocessing, pixels,
+                                       runtime=_graph_runtime(target, requested_runtime))
+            source_path = Path(tmp) / "preprocessed.onnx"
+            onnx.save_model(model, str(source_path))
         int8_graph = is_qdq(model)
         facts = machine_facts()
         same_isa = target.isa in (None, facts["arch"])
@@ -228,7 +288,8 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                                                  batch_profile, dla_core, build, say)
             bundle.update({"target": target.name, "precision": resolved,
                            "input": {"name": input_name, "shape": list(input_shape)},
-                           "batch": list(batch_profile)})
+                           "batch": list(batch_profile),
+                           "pixels": pixels.to_dict() if pixels is not None else None})
             write_document(staging / BUNDLE_NAME, bundle)
             card = _bundle_card(loaded.card, target, resolved, batch_profile, bundle, source_path)
             passport = make_passport(
@@ -253,6 +314,10 @@ def _runtime(value: CompileRuntime | str | None, target: Target) -> CompileRunti
         raise InputError(f"target {target.name} runs TensorRT engines, not {runtime}",
                          "drop --runtime, or pick a CPU --target (x86-cpu, arm64-cpu)")
     return runtime
+
+
+def _graph_runtime(target: Target, requested: CompileRuntime) -> str:
+    return "tensorrt" if target.runtime is Runtime.TENSORRT else str(requested)
 
 
 def _fix_hint(finding: Finding, target: Target) -> str:
@@ -309,7 +374,7 @@ def build_in(directory: Path, settings: BuildSettings, bundle: dict[str, Any],
 def _bundle_card(parent: ModelCard, target: Target, precision: str, batch: tuple[int, int, int],
                  bundle: dict[str, Any], source_path: Path) -> ModelCard:
     params = {"target": target.name, "runtime": bundle["runtime"], "precision": str(precision),
-              "batch": list(batch)}
+              "batch": list(batch), **({"preprocess_in_graph": bundle["pixels"]} if bundle["pixels"] else {})}
     card = derive_card(parent, "compile", format="bundle", params=params,
                        tools=("onnx", "onnxruntime", "openvino", "tensorrt"),
                        unsaved_parent={"onnx_sha256": sha256_file(source_path)})

@@ -181,8 +181,13 @@ class _Loop:
             self.size_changes += 1
             self.event("frame size changed", {"from": list(self.last_size), "to": list(size)})
         self.last_size = size
-        batch = preprocess(frame.image, self.card.preprocessing, frame_channel_order="BGR")[None]
-        logits = self.deployed.infer(batch)
+        pre, pixels = self.card.preprocessing, self.deployed.pixels
+        if pixels is None:
+            batch = preprocess(frame.image, pre, frame_channel_order="BGR")[None]
+            logits = self.deployed.infer(batch)
+        else:  # the graph preprocesses: the frame goes in as it is (at the capture size)
+            logits = self.deployed.infer_pixels(pixels.from_image(frame.image, pre,
+                                                                  frame_channel_order="BGR")[None])
         infer_ms = self.deployed.timing.calls_ms[-1]
         if self.features:  # a feature vector has no classes to rank
             line["norm"] = round(float(np.linalg.norm(logits[0])), 5)
@@ -192,7 +197,8 @@ class _Loop:
             line["top"] = [[int(i), self._label(i), round(float(probabilities[i]), 5)] for i in order]
         line["latency_ms"] = round(infer_ms, 3)
         if self.shadow is not None and frame.index % self.options.shadow_every == 0 and \
-                self.shadow.offer(frame.index, batch, logits, frame):
+                self.shadow.offer(frame.index, batch if pixels is None else
+                                  preprocess(frame.image, pre, frame_channel_order="BGR")[None], logits, frame):
             self.pending[frame.index] = line
         status = self.status()
         if self.record or self.options.show or self.server is not None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vitedge.errors import InputError, VitedgeError
 from vitedge.outputs import MANIFEST_FILES, OutputKind
+from vitedge.preprocess import PixelInput
 
 if TYPE_CHECKING:
     from vitedge.compile.bundle import Bundle
@@ -291,8 +292,8 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
     except InputError as exc:
         return {"checked": False, "how": f"the bundle cannot run here ({exc.message})"}
     low, opt, _high = bundle.settings.batch
-    batch = np.random.default_rng(0).standard_normal((opt, *bundle.settings.input.shape), dtype=np.float32)
-    expected = reference.infer(batch)
+    batch = reference.random_batch(opt)  # of what the graph takes (raw pixels when it preprocesses)
+    expected = (reference.infer if reference.pixels is None else reference.infer_pixels)(batch)
     reference.close()
     int8 = bundle.passport.precision in ("int8", "best")
     if bundle.runtime == "openvino":
@@ -326,12 +327,25 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
 def _client(bundle: Bundle, name: str, config: Any) -> str:
     pre = repr(bundle.card.preprocessing.to_dict())  # a Python literal (None, not null)
     dims = list(config.input[0].dims)
+    pixels = bundle.settings.pixels
+    if pixels is None:
+        takes = (f"preprocessed float32 {dims} tensors; this client preprocesses exactly as the\n"
+                 "bundle's card says, with vitedge's own preprocessing")
+        prepare = "preprocess(path, PREPROCESSING)[None].astype(np.float32)"
+        imports, datatype = "from vitedge.preprocess import preprocess", "FP32"
+    else:
+        described = PixelInput.from_dict(pixels.to_dict()).describe()
+        takes = (f"raw {described} and normalizes inside;\nthis client "
+                 + ("sends images resized to that size" if pixels.resize else
+                    "resizes and crops them with vitedge's own preprocessing") + " (a camera frame of that size goes as it is)")
+        prepare = "PIXELS.from_image(path, PREPROCESSING)[None]"
+        imports = f"from vitedge.preprocess import PixelInput\n\nPIXELS = PixelInput.from_dict({pixels.to_dict()!r})"
+        datatype = "UINT8" if pixels.dtype == "uint8" else "FP32"
     return f'''"""Classify images with the Triton model {name!r} (written by vitedge package).
 
     python client.py IMAGE [IMAGE ...] [--url localhost:8000] [--top 5]
 
-The model takes preprocessed float32 {dims} tensors; this client preprocesses exactly as the
-bundle's card says, with vitedge's own preprocessing (pip install vitedge tritonclient[http]).
+The model takes {takes} (pip install vitedge tritonclient[http]).
 """
 
 import argparse
@@ -339,15 +353,15 @@ import argparse
 import numpy as np
 
 from vitedge.card import Preprocessing
-from vitedge.preprocess import preprocess
+{imports}
 
 PREPROCESSING = Preprocessing.from_dict({pre})
 MODEL, INPUT, OUTPUT = {name!r}, {config.input[0].name!r}, {config.output[0].name!r}
 
 
 def batch_of(path: str) -> np.ndarray:
-    """One image as the model's input: vitedge's preprocessing, a batch of one."""
-    return preprocess(path, PREPROCESSING)[None].astype(np.float32)
+    """One image as the model's input, a batch of one."""
+    return {prepare}
 
 
 def main() -> None:
@@ -361,7 +375,7 @@ def main() -> None:
     client = httpclient.InferenceServerClient(url=args.url)
     for path in args.images:
         batch = batch_of(path)
-        tensor = httpclient.InferInput(INPUT, list(batch.shape), "FP32")
+        tensor = httpclient.InferInput(INPUT, list(batch.shape), "{datatype}")
         tensor.set_data_from_numpy(batch)
         wanted = httpclient.InferRequestedOutput(OUTPUT, class_count=args.top)
         result = client.infer(MODEL, [tensor], outputs=[wanted])
@@ -398,10 +412,13 @@ def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, pari
         f"  -v \"$PWD/{REPOSITORY}\":/models {image} \\",
         "  tritonserver --model-repository=/models", "```", "",
         "## Call it", "",
-        f"Input `{config.input[0].name}`: float32 {list(config.input[0].dims)} per image, already "
-        f"preprocessed: resize ({pre.resize_mode}, {pre.interpolation}, crop_pct {pre.crop_pct}) to "
-        f"{pre.input_size[0]}x{pre.input_size[1]}, {pre.channel_order}, x * {pre.scale:.6g}, minus mean "
-        f"{list(pre.mean)}, divided by std {list(pre.std)}, channels first. Output "
+        (f"Input `{config.input[0].name}`: float32 {list(config.input[0].dims)} per image, already "
+         f"preprocessed: resize ({pre.resize_mode}, {pre.interpolation}, crop_pct {pre.crop_pct}) to "
+         f"{pre.input_size[0]}x{pre.input_size[1]}, {pre.channel_order}, x * {pre.scale:.6g}, minus mean "
+         f"{list(pre.mean)}, divided by std {list(pre.std)}, channels first." if bundle.settings.pixels is None
+         else f"Input `{config.input[0].name}`: {list(config.input[0].dims)} per image, "
+         f"{PixelInput.from_dict(bundle.settings.pixels.to_dict()).describe()} as they are: the graph "
+         f"does the rest (compiled with --preprocess-in-graph).") + " Output "
         f"`{config.output[0].name}`" + (f" with labels ({LABELS}): ask for `class_count` to get "
                                          "\"score:index:label\" strings." if config.output[0].label_filename
                                          else "."), "",

@@ -10,11 +10,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitedge.errors import InputError
+
+if TYPE_CHECKING:
+    from vitedge.preprocess import PixelInput
 
 
 @dataclass(frozen=True)
@@ -65,20 +68,43 @@ class Session(ABC):
         self.max_batch = max_batch
         self.description = description or self.backend
         self.timing = Timing()
+        self.pixels: PixelInput | None = None  # set for bundles with the preprocessing in the graph
 
     @property
     def input(self) -> TensorInfo:
         return self.inputs[0]
 
     def check(self, batch: Any) -> np.ndarray:
-        """The batch as C-contiguous float32 NCHW, or a clear error saying what was expected."""
+        """The batch as C-contiguous float32 NCHW, or a clear error saying what was expected.
+
+        A bundle with the preprocessing in its graph (`pixels`) takes the same normalized
+        batch here, turned back into the pixels it was made from (exactly), so every caller that
+        compares models on preprocessed images runs such bundles unchanged; `infer_pixels` sends
+        raw frames."""
+        if self.pixels is None:
+            return self._checked(batch, self.input.shape, self._graph_dtype())
+        height, width = self.card.preprocessing.input_size
+        batch = self._checked(batch, (self.input.shape[0], 3, height, width), np.float32)
+        return self.pixels.from_normalized(batch, self.card.preprocessing)
+
+    def check_pixels(self, batch: Any) -> np.ndarray:
+        """A batch of raw pixels as the graph takes them (`pixels`), or a clear error."""
+        if self.pixels is None:
+            raise InputError("this model takes preprocessed float32 images, not raw pixels",
+                             "use infer(), or compile the bundle with --preprocess-in-graph")
+        return self._checked(batch, self.input.shape, self._graph_dtype())
+
+    def _graph_dtype(self) -> Any:
+        return np.uint8 if self.input.dtype == "uint8" else np.float32
+
+    def _checked(self, batch: Any, expected: tuple[int | str | None, ...], dtype: Any) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
             raise InputError(f"infer() got a {type(batch).__name__}, expected a NumPy array",
                              "pass preprocessed images as an NCHW float32 array")
-        if batch.dtype != np.float32:
-            raise InputError(f"infer() got dtype {batch.dtype}, expected float32",
-                             "preprocess with vitedge.preprocess (it returns float32)")
-        expected = self.input.shape
+        if batch.dtype != dtype:
+            raise InputError(f"infer() got dtype {batch.dtype}, expected {np.dtype(dtype)}",
+                             "preprocess with vitedge.preprocess (it returns float32)"
+                             if self.pixels is None else f"send {self.pixels.describe()}")
         if batch.ndim != len(expected):
             raise InputError(f"infer() got a {batch.ndim}-d array of shape {batch.shape}, expected "
                              f"{len(expected)}-d {_shape_text(expected)}",
@@ -96,7 +122,13 @@ class Session(ABC):
         return np.ascontiguousarray(batch)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        batch = self.check(batch)
+        return self._timed(self.check(batch))
+
+    def infer_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for raw frames (a bundle compiled with --preprocess-in-graph)."""
+        return self._timed(self.check_pixels(batch))
+
+    def _timed(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         logits = self._infer(batch)
         self.timing.calls_ms.append((time.perf_counter() - start) * 1000)
@@ -113,18 +145,27 @@ class Session(ABC):
 
     def latency(self, batch: int, runs: int, warmup: int, seed: int = 0) -> dict[str, float | None]:
         """Median and p95 milliseconds of `runs` calls on one seeded random batch (after `warmup`)."""
-        shape = [d if isinstance(d, int) else batch for d in self.input.shape]
-        shape[0] = batch
-        inputs = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        inputs = self.random_batch(batch, seed)
+        run = self.infer if self.pixels is None else self.infer_pixels
         for _ in range(warmup):
-            self.infer(inputs)
+            run(inputs)
         self.timing = Timing()
         for _ in range(runs):
-            self.infer(inputs)
+            run(inputs)
         summary = self.timing.summary()
         p50 = summary["p50_ms"]
         return {"p50_ms": p50, "p95_ms": summary["p95_ms"],
                 "images_per_s": batch * 1000 / p50 if p50 else None}
+
+    def random_batch(self, batch: int, seed: int = 0) -> np.ndarray:
+        """A seeded batch of what the graph takes: normal noise, or whole pixel values (raw
+        pixels, of either dtype)."""
+        shape = [d if isinstance(d, int) else batch for d in self.input.shape]
+        shape[0] = batch
+        rng = np.random.default_rng(seed)
+        if self.pixels is None and self._graph_dtype() is np.float32:
+            return rng.standard_normal(shape, dtype=np.float32)
+        return rng.integers(0, 256, shape).astype(self._graph_dtype())
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

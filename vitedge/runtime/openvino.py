@@ -62,7 +62,8 @@ def _info(ports: Any) -> list[TensorInfo]:
     for port in ports:
         shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
         name = _type_name(port.get_element_type())
-        infos.append(TensorInfo(port.get_any_name(), shape, "float" if name == "float32" else name))
+        # ONNX Runtime's names for the two image input types ("uint8_t" is OpenVINO's)
+        infos.append(TensorInfo(port.get_any_name(), shape, {"float32": "float", "uint8_t": "uint8"}.get(name, name)))
     return infos
 
 
@@ -119,7 +120,7 @@ class OpenVinoSession(Session):
                              + (" float layers, INT8 Q/DQ layers" if int8 else "")
                              + f", {performance_hint.lower()} hint, {self.threads} threads)"),
                          card=card, origin=origin)
-        if self.inputs[0].dtype != "float":
+        if self.inputs[0].dtype not in ("float", "uint8"):  # uint8: preprocessing in the graph
             raise InputError(f"the model's input is {self.inputs[0].dtype}, expected float32 images",
                              "export the model with a float32 image input")
 

@@ -15,6 +15,16 @@ class TensorDoc(Doc):
     shape: tuple[Positive, Positive, Positive]
 
 
+class PixelsDoc(Doc):
+    """What a bundle with the preprocessing in its graph takes (vitedge.preprocess.PixelInput)."""
+
+    size: tuple[Positive, Positive]
+    layout: Literal["NHWC", "NCHW"]
+    channel_order: Literal["RGB", "BGR"]
+    dtype: Literal["uint8", "float32"]
+    resize: bool
+
+
 def _batch_ok(batch: tuple[int, int, int]) -> tuple[int, int, int]:
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise ValueError("batch must be min <= opt <= max, all >= 1")
@@ -71,6 +81,7 @@ class BundleSettings(Doc):
     trtexec: str | None = None
     engine: RelPath | None = None
     layers: RelPath | None = None
+    pixels: PixelsDoc | None = None  # compiled with --preprocess-in-graph
 
     @field_validator("batch")
     @classmethod
