@@ -48,6 +48,18 @@ class CropRounding(StrEnum):
     FLOOR = "floor"
 
 
+class Layout(StrEnum):
+    """How a graph with the preprocessing inside takes its frames (vitedge.preprocess.PixelInput)."""
+
+    NHWC = "NHWC"  # what cameras, OpenCV and most clients hold
+    NCHW = "NCHW"
+
+
+class PixelType(StrEnum):
+    UINT8 = "uint8"
+    FLOAT32 = "float32"  # still raw 0..255 values (DeepStream's nvinfer feeds float tensors)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     input_size: tuple[int, int]  # (height, width) the model takes

@@ -14,13 +14,19 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitedge.card import CropRounding, Interpolation, Preprocessing, ResizeMode
+from vitedge.card import (
+    CropRounding,
+    Interpolation,
+    Layout,
+    PixelType,
+    Preprocessing,
+    ResizeMode,
+)
 from vitedge.errors import InputError
 
 if TYPE_CHECKING:
@@ -232,16 +238,6 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, *,
 
 
 # ------------------------------------------------------------ graphs with the preprocessing inside
-class Layout(StrEnum):
-    NHWC = "NHWC"  # what cameras, OpenCV and most clients hold
-    NCHW = "NCHW"
-
-
-class PixelType(StrEnum):
-    UINT8 = "uint8"
-    FLOAT32 = "float32"  # still raw 0..255 values (DeepStream's nvinfer feeds float tensors)
-
-
 @dataclass(frozen=True)
 class PixelInput:
     """What a bundle compiled with `--preprocess-in-graph` takes: raw pixel values 0..255.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from vitedge.card import Layout, PixelType
 from vitedge.cli.shared import (
     Quiet,
     Source,
@@ -18,7 +19,6 @@ from vitedge.cli.shared import (
     takes_source_options,
     user_errors,
 )
-from vitedge.preprocess import Layout, PixelInput, PixelType
 from vitedge.targets import CompilePrecision, CompileRuntime
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ def compile_command(
                   f"{settings.runtime}  precision {result.passport.precision}  batch "
                   f"{':'.join(map(str, settings.batch))}", highlight=False)
     if settings.pixels is not None:
+        from vitedge.preprocess import PixelInput
+
         console.print(f"input {settings.input.name}: {PixelInput.from_dict(settings.pixels.to_dict()).describe()}; "
                       "the graph normalizes (send raw frames)", highlight=False, soft_wrap=True)
     if built.runtime_choice is not None:
