@@ -110,3 +110,117 @@ def test_bad_inputs(digits_onnx, ort_bundle, tmp_path):
     assert_user_error(_package(ort_bundle, tmp_path / "d", "--for", "deepstream"), "deepstream")
     for name in "abcd":
         assert not (tmp_path / name).exists()
+
+
+def test_kserve_inference_service_checked_against_the_crd(ort_bundle, tmp_path):
+    import yaml
+
+    from vitedge.errors import InputError
+    from vitedge.package.kserve import STORAGE_PLACEHOLDER, validate
+
+    out = tmp_path / "kserve"
+    result = runner.invoke(app, ["package", str(ort_bundle), "--for", "kserve", "-o", str(out), "--instances", "2"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model_repository").is_dir() and "kubectl apply" in (out / "README.md").read_text()
+    service = yaml.safe_load((out / "inferenceservice.yaml").read_text())
+    validate(service)
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == "kserve-tritonserver" and model["modelFormat"] == {"name": "triton"}
+    assert model["storageUri"] == STORAGE_PLACEHOLDER and model["protocolVersion"] == "v2"
+    assert model["resources"]["limits"]["memory"].endswith("Mi") and "nvidia.com/gpu" not in model["resources"]["limits"]
+    assert json.loads((out / "package.json").read_text())["for"] == "kserve"
+    # what the CRD refuses is refused: an unknown field, a bad quantity, a missing model format,
+    # a name Kubernetes would not take
+    bad = [("spec.predictor.model.storageUrl", "not a field of the CRD"),
+           ("quantity", "does not match"), ("format", "modelFormat.name is required"),
+           ("name", "DNS-1035")]
+    for case, fragment in bad:
+        broken = json.loads(json.dumps(service))
+        target = broken["spec"]["predictor"]["model"]
+        if case == "quantity":
+            target["resources"]["limits"]["memory"] = "1 GB"
+        elif case == "format":
+            target["modelFormat"] = {"version": "2"}
+        elif case == "name":
+            broken["metadata"]["name"] = "Digits_Model"
+        else:
+            target["storageUrl"] = "s3://x"
+        with pytest.raises(InputError, match=fragment):
+            validate(broken)
+
+
+@pytest.fixture(scope="module")
+def orin_bundle(digits_onnx, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pkg") / "orin"
+    compile_bundle(load(digits_onnx), load_target("jetson-orin-nano"), out)
+    return out
+
+
+def test_deepstream_configs_for_a_tensorrt_bundle(orin_bundle, digits_onnx, tmp_path):
+    import onnx
+
+    from vitedge.package.deepstream import known_keys, parse_config
+
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["package", str(orin_bundle), "--for", "deepstream", "-o", str(out),
+                                 "--camera-size", "480x640", "--classifier-threshold", "0.3"])
+    assert result.exit_code == 0, result.output
+    infer = parse_config((out / "config_infer_primary.txt").read_text())["property"]
+    app_config = parse_config((out / "deepstream_app_config.txt").read_text())
+    table = known_keys()
+    assert set(infer) <= set(table["nvinfer"]["property"])
+    for section, values in app_config.items():
+        assert set(values) <= set(table["deepstream_app"][section.rstrip("0123456789")]), section
+    settings = json.loads((orin_bundle / "bundle.json").read_text())
+    assert infer["network-type"] == "1" and infer["batch-size"] == str(settings["batch"][2])
+    assert infer["network-mode"] == {"fp16": "2", "fp32": "0"}[settings["precision"]]
+    assert infer["classifier-threshold"] == "0.3" and infer["output-blob-names"] == "probabilities"
+    assert app_config["source0"]["camera-width"] == "640" and app_config["streammux"]["height"] == "480"
+    assert (out / "labels.txt").read_text().strip() == ";".join(load(orin_bundle).card.labels)
+    # nvinfer's y = net-scale-factor * (x - offset) is vitedge's normalization
+    card = load(orin_bundle).card.preprocessing
+    pixels = np.arange(256, dtype=np.float32)
+    offsets = [float(v) for v in infer["offsets"].split(";")]
+    for channel in range(3):
+        ours = (pixels * card.scale - card.mean[channel]) / card.std[channel]
+        theirs = float(infer["net-scale-factor"]) * (pixels - offsets[channel])
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    # the packaged graph ends in the probabilities nvinfer's classifier parser reads
+    graph = onnx.load(str(out / "model.onnx"))
+    assert graph.graph.output[0].name == "probabilities" and graph.graph.node[-1].op_type == "Softmax"
+    probabilities = OnnxRuntimeSession(out / "model.onnx").infer(
+        preprocess(HELDOUT / "3" / "0045.png", card)[None])
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5) and probabilities.argmax() == 3
+    script = (out / "build_engine.sh").read_text()
+    assert "--onnx=model.onnx" in script and "--saveEngine=model.engine" in script
+    assert "vitedge/softmax:fp32" in script or "--fp16" not in script
+
+
+def test_deepstream_normalization_refusals(digits_onnx, orin_bundle, ort_bundle, tmp_path):
+    imagenet = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+    made = {}
+    for name, extra in (("imagenet", imagenet),
+                        ("uint8", ["--preprocess-in-graph"]),
+                        ("float", [*imagenet, "--preprocess-in-graph", "--input-dtype", "float32",
+                                   "--input-layout", "NCHW"])):
+        made[name] = tmp_path / name
+        result = runner.invoke(app, ["compile", str(digits_onnx), "--target", "jetson-orin-nano",
+                                     "-o", str(made[name]), *extra])
+        assert result.exit_code == 0, result.output
+    for bundle, fragment in ((made["imagenet"], "std [0.229, 0.224, 0.225] differs per channel"),
+                             (made["uint8"], "--input-dtype float32"),
+                             (ort_bundle, "needs a TensorRT bundle")):
+        out = tmp_path / f"ds-{bundle.name}"
+        assert_user_error(runner.invoke(app, ["package", str(bundle), "--for", "deepstream", "-o", str(out)]),
+                          fragment)
+        assert not out.exists()
+    out = tmp_path / "ds-float"
+    result = runner.invoke(app, ["package", str(made["float"]), "--for", "deepstream", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from vitedge.package.deepstream import parse_config
+
+    infer = parse_config((out / "config_infer_primary.txt").read_text())["property"]
+    assert infer["net-scale-factor"] == "1.0" and infer["offsets"] == "0;0;0"  # the graph normalizes
+    assert infer["network-input-order"] == "0"
+    assert_user_error(runner.invoke(app, ["package", str(orin_bundle), "--for", "deepstream", "-o",
+                                          str(tmp_path / "x"), "--camera-size", "720"]), "HEIGHTxWIDTH")

@@ -215,8 +215,10 @@ def _model_config_pb2() -> Any:
 
 
 def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonOptions | None = None,
-                   overwrite: bool = False, say: Callable[[str], None] | None = None) -> PackageResult:
-    """Write a Triton model repository for the bundle at `bundle_path` to `out` (see the module)."""
+                   overwrite: bool = False, say: Callable[[str], None] | None = None,
+                   kserve: bool = False) -> PackageResult:
+    """Write a Triton model repository for the bundle at `bundle_path` to `out` (see the module);
+    with `kserve`, also the InferenceService that serves it on KServe (vitedge.package.kserve)."""
     from vitedge.artifact import sha256_file
     from vitedge.compile.bundle import read_bundle
     from vitedge.locks import atomic_write_text
@@ -245,11 +247,22 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
             atomic_write_text(model_dir / LABELS, "\n".join(bundle.card.labels or []) + "\n")
         say("checking the packaged model against the bundle")
         parity = same_model(bundle, version_dir)
+        service = None
+        if kserve:
+            import yaml
+
+            from vitedge.package import kserve as kserve_manifest
+
+            service = kserve_manifest.inference_service(bundle, name, staging / REPOSITORY, options.instances)
+            text = kserve_manifest.manifest_text(service, bundle)
+            kserve_manifest.validate(yaml.safe_load(text))  # what kubectl will read, against KServe's CRD
+            atomic_write_text(staging / kserve_manifest.MANIFEST_NAME, text)
         atomic_write_text(staging / "client.py", _client(bundle, name, config))
-        atomic_write_text(staging / "README.md", _readme(bundle, name, config, options, parity))
+        atomic_write_text(staging / "README.md", _readme(bundle, name, config, options, parity, service))
         files = {p.relative_to(staging).as_posix(): sha256_file(p)
                  for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        manifest = {"kind": OutputKind.PACKAGE.value, "for": "triton", "model_name": name, "version": options.version,
+        manifest = {"kind": OutputKind.PACKAGE.value, "for": "kserve" if kserve else "triton",
+                    "model_name": name, "version": options.version,
                     "bundle": {"runtime": bundle.runtime, "target": bundle.passport.target.name,
                                "precision": bundle.passport.precision,
                                "source_artifact_hash": bundle.passport.source_artifact_hash},
@@ -388,7 +401,8 @@ if __name__ == "__main__":
 '''
 
 
-def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, parity: dict[str, Any]) -> str:
+def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, parity: dict[str, Any],
+            service: dict[str, Any] | None = None) -> str:
     pre = bundle.card.preprocessing
     image = ("nvcr.io/nvidia/tritonserver:<YY.MM>-py3" if bundle.runtime != "tensorrt" else
              "nvcr.io/nvidia/tritonserver:<the release whose TensorRT matches, below>-py3")
@@ -424,8 +438,29 @@ def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, pari
                                          else "."), "",
         "```", "pip install vitedge 'tritonclient[http]'", "python client.py photo.jpg --url localhost:8000",
         "```", "",
+        *(_kserve_section(service) if service else []),
         "## Checked when packaged", "",
         "- config.pbtxt parsed with Triton's ModelConfig schema (tritonclient's model_config_pb2).",
+        *(["- inferenceservice.yaml checked against KServe's InferenceService CRD schema (v1beta1, "
+           "shipped in vitedge/assets)."] if service else []),
         f"- Same outputs as the bundle: {checked}.",
-        "- Not run here: Triton itself (no server in the packaging environment).", ""]
+        "- Not run here: Triton itself" + (" or KServe" if service else "")
+        + " (no server in the packaging environment).", ""]
     return "\n".join(lines)
+
+
+def _kserve_section(service: dict[str, Any]) -> list[str]:
+    from vitedge.package.kserve import MANIFEST_NAME, STORAGE_PLACEHOLDER
+
+    name = service["metadata"]["name"]
+    resources = service["spec"]["predictor"]["model"]["resources"]
+    return ["## On KServe", "",
+            f"`{MANIFEST_NAME}` runs this repository on KServe's Triton runtime (kserve-tritonserver, "
+            f"protocol v2) with requests {resources['requests']} and limits {resources['limits']} (a "
+            "starting point: the model files, Triton and one runtime arena; tune them with a load test).",
+            "", "```", "# upload model_repository/ (the folder holding the model folder), e.g.",
+            "aws s3 cp --recursive model_repository s3://BUCKET/PATH/model_repository",
+            f"# set storageUri in {MANIFEST_NAME} (now {STORAGE_PLACEHOLDER}) to that URI, then",
+            f"kubectl apply -f {MANIFEST_NAME}",
+            f"kubectl get inferenceservice {name}   # READY True, then: POST $URL/v2/models/{{model}}/infer",
+            "```", ""]
