@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -315,3 +316,54 @@ def test_cli_run_and_bad_inputs(bundle, video, tmp_path):
         assert result.exit_code == 1, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_prometheus_metrics_scraped_during_a_run_match_the_summary(bundle, video, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vitedge.live.serve import free_port
+
+    def samples(text: str) -> dict[str, float]:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                assert sample.labels.get("target") in (None, "x86-cpu", "arm64-cpu") or "le" in sample.labels
+                if "le" not in sample.labels:
+                    found[sample.name] = sample.value
+        return found
+
+    metrics_port, page_port = free_port(), free_port()
+    scraped: dict[str, float] = {}
+
+    def scrape(line: dict) -> None:
+        if line["index"] == 29:  # during the run, over HTTP, as Prometheus does
+            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            scraped.update(samples(body))
+            page = urllib.request.urlopen(f"http://127.0.0.1:{page_port}/metrics", timeout=5).read().decode()
+            assert samples(page)["vitedge_frames_logged_total"] == 30  # --serve has /metrics too
+            with pytest.raises(urllib.error.HTTPError):  # --metrics serves nothing else
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/", timeout=5)
+
+    deployed, reference = load_session(bundle), load_session(bundle.parent / "digits-onnx")
+    summary = run_loop(deployed, FrameSource.open(str(video)), tmp_path / "run", reference=reference,
+                       options=RunOptions(shadow_every=3, metrics=f"127.0.0.1:{metrics_port}",
+                                          serve=f"127.0.0.1:{page_port}"), on_frame=scrape)
+    assert scraped["vitedge_frames_logged_total"] == 30 and scraped["vitedge_frames_read_total"] >= 30
+    assert scraped["vitedge_inference_seconds_count"] == 30
+    # the end: metrics.prom (node_exporter's textfile format) holds summary.json's figures
+    final = samples((tmp_path / "run" / "metrics.prom").read_text())
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "metrics.prom" in written["files"]
+    frames = written["frames"]
+    assert final["vitedge_frames_read_total"] == frames["read"] == 90
+    assert final["vitedge_frames_logged_total"] == frames["logged"]
+    assert final["vitedge_frames_dropped_total"] == frames["dropped"]
+    assert final["vitedge_frames_corrupt_total"] == frames["corrupt"]
+    assert final["vitedge_frames_shadowed_total"] == written["shadow"]["compared"] == summary.drift.samples
+    assert final["vitedge_shadow_skipped_total"] == written["shadow"]["skipped_reference_behind"]
+    assert final["vitedge_inference_seconds_count"] == written["deployed"]["latency_ms"]["calls"] == 90
+    assert final["vitedge_fps"] == pytest.approx(written["fps"], rel=1e-6)
+    assert final["vitedge_drift_alert"] in (0.0, 1.0) and (written["alerts"] or final["vitedge_drift_alert"] == 0.0)
+    assert 0.0 <= final["vitedge_rolling_agreement"] <= 1.0
+    sum_ms = final["vitedge_inference_seconds_sum"] * 1000
+    assert sum_ms == pytest.approx(sum(deployed.timing.calls_ms), rel=1e-6)

@@ -560,6 +560,7 @@ def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
     (["run", "{bundle}", "--source", "{imgs}", "--window", "1000000000000", "-o", "{o}"], "'--window'"),
     (["run", "{bundle}", "--source", "{imgs}", "--serve", "127.0.0.1:99999", "-o", "{o}"], "port 0-65535"),
     (["run", "{bundle}", "--source", "{imgs}", "--serve", ":-1", "-o", "{o}"], "port 0-65535"),
+    (["run", "{bundle}", "--source", "{imgs}", "--metrics", "nope", "-o", "{o}"], "--metrics 'nope' is not HOST:PORT"),
     (["run", "{bundle}", "--source", "{imgs}", "-o", "{file}", "--overwrite"], "is a file, not a run directory"),
     (["export", "builtin:digits-vit", "--opset", "99", "-o", "{o}"], "opset 99 is outside 17.."),
     (["export", "builtin:digits-vit", "--atol", "-1", "-o", "{o}"], "'--atol'"),

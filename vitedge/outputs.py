@@ -70,7 +70,7 @@ _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL,
 MANIFEST_FILES = {kind: manifest for kind, manifest, _legacy in _MANIFESTS}
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
-    OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|disagreements/"
+    OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|metrics\.prom|disagreements/"
                                r"|disagreements/frame\d+\.jpg)$"),
     OutputKind.EVAL: re.compile(r"^(eval\.json|logits\.npz|worst/|worst/\d+\.jpg)$"),
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),

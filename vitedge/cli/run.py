@@ -28,14 +28,14 @@ SourceOption = Annotated[str, typer.Option(
                            "rtsp://, http(s):// (MJPEG) or a GStreamer pipeline.")]
 
 
-def _address(value: str | None) -> str | None:
-    """--serve HOST:PORT, checked before any model is loaded."""
+def _address(context: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """--serve / --metrics HOST:PORT, checked before any model is loaded."""
     if value is not None:
         from vitedge.errors import InputError
         from vitedge.live.serve import parse_address
 
         try:
-            parse_address(value)
+            parse_address(value, f"--{param.name}")
         except InputError as exc:
             raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
     return value
@@ -54,7 +54,8 @@ def run(
     duration: Annotated[Optional[float], typer.Option(callback=floats(0, low_open=True), help="Stop after this many seconds.")] = None,
     loop: Annotated[bool, typer.Option(help="Repeat a video file or folder.")] = False,
     show: Annotated[bool, typer.Option(help="Show the annotated stream in a window (needs a GUI).")] = False,
-    serve: Annotated[Optional[str], typer.Option(callback=_address, help="Serve a live page at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
+    serve: Annotated[Optional[str], typer.Option(callback=_address, help="Serve a live page at HOST:PORT, e.g. 127.0.0.1:8080 (with Prometheus /metrics).")] = None,
+    metrics: Annotated[Optional[str], typer.Option(callback=_address, help="Serve only Prometheus /metrics at HOST:PORT (headless devices).")] = None,
     record: Annotated[Optional[Path], typer.Option(help="Write the annotated stream to this .mp4.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=16384, help="Camera width to request.")] = None,
     height: Annotated[Optional[int], typer.Option(min=1, max=16384, help="Camera height to request.")] = None,
@@ -99,7 +100,7 @@ def run(
         summary = run_live(
             bundle, source, run_dir, reference=reference, rebuild=rebuild, report=report,
             options=RunOptions(shadow_every=shadow_every, top_k=top_k, frames=frames, duration=duration,
-                               show=show, serve=serve, record=record, window=window,
+                               show=show, serve=serve, metrics=metrics, record=record, window=window,
                                min_agreement=min_agreement, max_kl=max_kl, min_cosine=min_cosine,
                                overwrite=overwrite),
             camera=CameraOptions(width=width, height=height, fps=fps, loop=loop, reconnect_s=reconnect_s),

@@ -31,7 +31,7 @@ from vitedge.drift import DriftThresholds, compare, per_sample, softmax
 from vitedge.live.camera import Frame, FrameSource
 from vitedge.live.options import RunOptions, check_run_output
 from vitedge.live.shadow import SHADOW_KEYS, Shadow, check_reference
-from vitedge.locks import releasing
+from vitedge.locks import atomic_write_bytes, releasing
 from vitedge.outputs import OutputKind, input_paths, writing
 from vitedge.preprocess import preprocess
 from vitedge.runtime.base import Session
@@ -93,11 +93,25 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
         check_reference(deployed, reference)
     reads = (deployed.origin, reference.origin if reference is not None else (), source.uri)
     out, record = check_run_output(out_dir, overwrite=options.overwrite, reads=reads, record=options.record)
-    server = None
-    if options.serve:
-        from vitedge.live.serve import LiveServer
+    from vitedge.live.metrics import RunMetrics
+    from vitedge.live.serve import LiveServer
 
-        server = LiveServer(options.serve, f"{deployed.card.architecture} — {source.uri}")
+    metrics = RunMetrics(bundle=str(deployed.origin[0]) if deployed.origin else deployed.card.architecture,
+                         source=source.uri,
+                         target=str((deployed.card.source.get("bundle") or {}).get("target", "none")))
+    title = f"{deployed.card.architecture} — {source.uri}"
+    servers = []
+    try:  # a port in use is refused before the run directory is written
+        if options.serve:
+            servers.append(LiveServer(options.serve, title, metrics=metrics))
+        if options.metrics:
+            servers.append(LiveServer(options.metrics, title, metrics=metrics, with_page=False,
+                                      option="--metrics"))
+    except BaseException:
+        for opened in servers:
+            opened.close()
+        raise
+    server = servers[0] if options.serve else None
     try:
         with writing(out, OutputKind.RUN, overwrite=options.overwrite, inputs=input_paths(*reads),
                      live=True) as folder:
@@ -105,15 +119,16 @@ def run_loop(deployed: Session, source: FrameSource, out_dir: str | Path, *,
             write_document(folder / "summary.json", {"kind": "run", "state": "running",
                                                      "source": source.uri, "pid": os.getpid(),
                                                      "started": time.time()})
-            state = _Loop(deployed, source, folder, reference, options, thresholds, server, on_frame, record)
+            state = _Loop(deployed, source, folder, reference, options, thresholds, server, on_frame, record,
+                          metrics)
             try:
                 with _Stopper() as stopper:
                     state.loop(stopper)
             finally:
                 summary = state.finish()
     finally:
-        if server is not None:
-            server.close()
+        for opened in servers:
+            opened.close()
     return summary
 
 
@@ -121,10 +136,10 @@ class _Loop:
     def __init__(self, deployed: Session, source: FrameSource, out: Path, reference: Session | None,
                  options: RunOptions, thresholds: DriftThresholds, server: Any,
                  on_frame: Callable[[dict[str, Any]], None] | None,
-                 record: tuple[Path, str | None] | None = None):
+                 record: tuple[Path, str | None] | None = None, metrics: Any = None):
         self.deployed, self.source, self.out, self.options = deployed, source, out, options
         self.record = record
-        self.server, self.on_frame = server, on_frame
+        self.server, self.on_frame, self.metrics = server, on_frame, metrics
         self.card = deployed.card
         self.thresholds = thresholds
         self.features = self.card.num_classes is None  # no classifier head: compare vectors
@@ -205,10 +220,23 @@ class _Loop:
             self.sinks(frame, line, status)
         line["loop_ms"] = round((time.perf_counter() - began) * 1000 - infer_ms, 3)
         self.loop_ms.append(line["loop_ms"])
+        if self.metrics is not None:
+            self.metrics.frame(infer_ms, line["loop_ms"])
+            self.publish_metrics()
         if frame.index not in self.pending:
             self._write(line)
         if self.on_frame is not None:
             self.on_frame(line)
+
+    def publish_metrics(self) -> None:
+        """The Prometheus counters and gauges to the loop's figures (summary.json's, at the end)."""
+        stats, rolling = self.source.stats, self.rolling_metrics()
+        elapsed = (getattr(self, "loop_ended", None) or time.monotonic()) - self.started
+        self.metrics.update(
+            {"read": stats.read, "logged": self.frames, "dropped": stats.dropped, "corrupt": stats.corrupt,
+             "shadowed": len(self.reference_logits), "skipped": self.shadow.skipped if self.shadow else 0},
+            {"fps": self.frames / elapsed if elapsed > 0 else None, "agreement": rolling["agreement"],
+             "kl": rolling["kl"], "cosine": rolling["cosine"], "alert": float(self.alerting)})
 
     def _label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
@@ -361,6 +389,11 @@ class _Loop:
             compare(np.zeros((0, 1)), np.zeros((0, 1)), self.thresholds, features=self.features)
         timing = self.deployed.timing
         stats = self.source.stats
+        if self.metrics is not None:  # the last figures, also for a collector after the run
+            from vitedge.live.metrics import METRICS_FILE
+
+            self.publish_metrics()
+            atomic_write_bytes(self.out / METRICS_FILE, self.metrics.text())
         summary = {
             "kind": "run", "state": "finished", "pid": os.getpid(),
             "source": self.source.uri, "live": self.source.live, "stop_reason": self.stop_reason,

@@ -23,7 +23,8 @@ class RunOptions:
     frames: int | None = None  # stop after this many frames
     duration: float | None = None  # stop after this many seconds
     show: bool = False  # an OpenCV window with the annotated stream
-    serve: str | None = None  # HOST:PORT of the live page
+    serve: str | None = None  # HOST:PORT of the live page (and its /metrics)
+    metrics: str | None = None  # HOST:PORT serving only Prometheus /metrics
     record: Path | None = None  # the annotated stream as a video file
     window: int = 50  # shadowed frames in the rolling metrics
     min_agreement: float | None = None  # classifiers: alert below (default 0.95)

@@ -2,7 +2,8 @@
 
 Standard-library HTTP server in a thread (no web framework for three routes): `/` the page,
 `/stream.mjpg` the annotated frames (multipart/x-mixed-replace), `/metrics.json` the numbers the
-page polls. Bound to 127.0.0.1 unless the user asks otherwise.
+page polls, `/metrics` the run's Prometheus metrics (vitedge.live.metrics; `--metrics` serves only
+that). Bound to 127.0.0.1 unless the user asks otherwise.
 """
 
 from __future__ import annotations
@@ -63,34 +64,42 @@ poll(); setInterval(poll, 500);
 """
 
 
-def parse_address(address: str) -> tuple[str, int]:
+def parse_address(address: str, option: str = "--serve") -> tuple[str, int]:
     """'HOST:PORT' (or ':PORT', localhost) -> (host, port), refused unless the port is 0-65535."""
     host, _, port_text = str(address).rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or not host:
-        raise InputError(f"--serve {address!r} is not HOST:PORT with a port 0-65535",
-                         "e.g. --serve 127.0.0.1:8080")
+        raise InputError(f"{option} {address!r} is not HOST:PORT with a port 0-65535",
+                         f"e.g. {option} 127.0.0.1:8080")
     return host, int(port_text)
 
 
 class LiveServer:
     """Serves the newest annotated JPEG and the metrics dict the live loop publishes."""
 
-    def __init__(self, address: str, title: str) -> None:
-        host, port = parse_address(address)
+    def __init__(self, address: str, title: str, *, metrics: Any = None, with_page: bool = True,
+                 option: str = "--serve") -> None:
+        """`metrics`: a RunMetrics served at /metrics; `with_page=False` serves only that."""
+        host, port = parse_address(address, option)
         self._jpeg: bytes | None = None
         self._metrics: dict[str, Any] = {}
         self._changed = threading.Condition()
         self._closing = False
         page = PAGE.format(title=html.escape(title, quote=True)).encode()
-        server = self
+        server, show_page = self, with_page
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # the run's logs are the JSONL, not stderr
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path == "/":
+                if self.path.split("?")[0] == "/metrics" and metrics is not None:
+                    from prometheus_client import CONTENT_TYPE_LATEST
+
+                    self._send(200, CONTENT_TYPE_LATEST, metrics.text())
+                elif not show_page:
+                    self._send(404, "text/plain", b"not found (this server has only /metrics)")
+                elif self.path == "/":
                     self._send(200, "text/html; charset=utf-8", page)
                 elif self.path.startswith("/metrics.json"):
                     with server._changed:
@@ -137,9 +146,9 @@ class LiveServer:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise InputError(f"port {port} on {host} is already in use",
-                                 "pick another --serve port, or stop what is using it") from None
+                                 f"pick another {option} port, or stop what is using it") from None
             raise InputError(f"cannot serve on {host}:{port} ({exc.strerror})",
-                             "use --serve 127.0.0.1:PORT") from None
+                             f"use {option} 127.0.0.1:PORT") from None
         self.httpd.daemon_threads = True
         self.address = f"http://{host}:{self.httpd.server_address[1]}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="vitedge-serve",
