@@ -70,7 +70,7 @@ def _predict(session: Session, sources: list[str | Path], top_k: int) -> tuple[l
     features = card.num_classes is None  # no classifier head: a vector, never softmax "confidences"
     for batch, kept in iter_batches(records, card.preprocessing, batch_size=1, stats=stats,
                                     pixels=session.pixels):
-        output = (session.infer(batch) if session.pixels is None else session.infer_pixels(batch))[0]
+        output = session.infer_native(batch)[0]
         if features:
             vector = np.asarray(output, dtype=np.float64).ravel()
             predictions.append(Prediction(str(kept[0].path), [], session.timing.calls_ms[-1], {

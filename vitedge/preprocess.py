@@ -238,6 +238,14 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, *,
 
 
 # ------------------------------------------------------------ graphs with the preprocessing inside
+def parse_size(text: str, option: str, example: str) -> tuple[int, int]:
+    """'480x640' (or '480,640') -> (height, width), or the one-line error naming `option`."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"{option} {text!r} is not HEIGHTxWIDTH", f"e.g. {option} {example}")
+    return int(parts[0]), int(parts[1])
+
+
 @dataclass(frozen=True)
 class PixelInput:
     """What a bundle compiled with `--preprocess-in-graph` takes: raw pixel values 0..255.

@@ -84,12 +84,10 @@ def _backend(value: Backend | str | None) -> Backend | None:
 
 def _load_bundle(path: Path, *, rebuild: bool, backend: Backend | None) -> Session:
     from vitedge.compile.bundle import read_bundle
-    from vitedge.preprocess import PixelInput
 
     bundle = read_bundle(path)
     session = _bundle_session(bundle, rebuild=rebuild, backend=backend)
-    if bundle.settings.pixels is not None:  # every graph of the bundle takes the raw pixels
-        session.pixels = PixelInput.from_dict(bundle.settings.pixels.to_dict())
+    session.pixels = bundle.pixels  # every graph of the bundle takes the same input
     return session
 
 

@@ -81,10 +81,8 @@ def compile_command(
     console.print(f"bundle: {result.path}  target {result.passport.target.name}  runtime "
                   f"{settings.runtime}  precision {result.passport.precision}  batch "
                   f"{':'.join(map(str, settings.batch))}", highlight=False)
-    if settings.pixels is not None:
-        from vitedge.preprocess import PixelInput
-
-        console.print(f"input {settings.input.name}: {PixelInput.from_dict(settings.pixels.to_dict()).describe()}; "
+    if result.pixels is not None:
+        console.print(f"input {settings.input.name}: {result.pixels.describe()}; "
                       "the graph normalizes (send raw frames)", highlight=False, soft_wrap=True)
     if built.runtime_choice is not None:
         console.print(f"runtime chosen by measurement ({built.runtime_choice.rounds} alternating "

@@ -60,14 +60,12 @@ def package(
     """
     with user_errors(verbose):
         if engine is Engine.DEEPSTREAM:
-            from vitedge.package.deepstream import (
-                DeepStreamOptions,
-                package_deepstream,
-                parse_size,
-            )
+            from vitedge.package.deepstream import DeepStreamOptions, package_deepstream
+            from vitedge.preprocess import parse_size
 
+            size = parse_size(camera_size, "--camera-size", "720x1280") if camera_size else None
             result = package_deepstream(bundle, out, options=DeepStreamOptions(
-                camera=camera, camera_size=parse_size(camera_size), threshold=classifier_threshold),
+                camera=camera, camera_size=size, threshold=classifier_threshold),
                 overwrite=overwrite, say=progress_printer(quiet))
             console.print(f"wrote the DeepStream configs {result['infer_config']} (nvinfer) and "
                           f"{result['app_config']} (deepstream-app); normalization {result['normalization']}; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitedge.artifact import read_card, sha256_file, verify_files, write_card
 from vitedge.card import ModelCard
@@ -19,6 +19,9 @@ from vitedge.documents import confined, read_model, write_document
 from vitedge.errors import InputError
 from vitedge.quantize.lint import Finding
 from vitedge.schemas.bundle import BundleSettings, Passport
+
+if TYPE_CHECKING:
+    from vitedge.preprocess import PixelInput
 
 BUNDLE_NAME = "bundle.json"
 MODEL = "model.onnx"
@@ -39,6 +42,13 @@ class Bundle:
     @property
     def runtime(self) -> str:
         return self.settings.runtime
+
+    @property
+    def pixels(self) -> PixelInput | None:
+        """The raw pixels a bundle compiled with --preprocess-in-graph takes (None otherwise)."""
+        from vitedge.preprocess import PixelInput
+
+        return None if self.settings.pixels is None else PixelInput.from_dict(self.settings.pixels.to_dict())
 
     def file(self, key: str) -> Path:
         """The file bundle.json names under `key`, inside the bundle and hashed by its card."""

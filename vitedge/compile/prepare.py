@@ -26,7 +26,7 @@ from vitedge.locks import releasing, temporary_directory
 from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.outputs import OutputKind, check_output, writing
-from vitedge.preprocess import Layout, PixelInput, PixelType
+from vitedge.preprocess import Layout, PixelInput, PixelType, parse_size
 from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
 from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
 from vitedge.targets import (
@@ -81,11 +81,7 @@ def pixel_input(pre: Preprocessing, in_graph: bool, size: str | tuple[int, int] 
                              "preprocessing inside", "add --preprocess-in-graph")
         return None
     if isinstance(size, str):
-        parts = size.lower().replace(",", "x").split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise InputError(f"--frame-size {size!r} is not HEIGHTxWIDTH",
-                             "give the capture size, e.g. 480x640")
-        size = (int(parts[0]), int(parts[1]))
+        size = parse_size(size, "--frame-size", "480x640 (the capture size)")
     if str(channel_order).upper() not in ("RGB", "BGR"):
         raise InputError(f"--channel-order {channel_order!r} is not RGB or BGR",
                          "BGR for OpenCV frames, RGB for most others")
@@ -249,11 +245,7 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
         source_path = ensure_onnx(loaded, Path(tmp), say)
         model = onnx.load(str(source_path))
         if pixels is not None:
-            from vitedge.compile.ingraph import (
-                NO_ANTIALIAS,
-                resize_problem,
-                with_preprocessing,
-            )
+            from vitedge.compile.ingraph import with_preprocessing
 
             say(f"putting the preprocessing in the graph: it takes {pixels.describe()}")
             model = with_preprocessing(model, loaded.card.preprocessing, pixels,

@@ -157,6 +157,7 @@ class _Loop:
         self.alerting = False
         self.stop_reason = "end of source"
         self.started = time.monotonic()
+        self.loop_ended: float | None = None  # set when the loop stops (finish)
         self.started_wall = time.time()
         self.last_flush = self.started
         self.writer: Any = None
@@ -231,7 +232,7 @@ class _Loop:
     def publish_metrics(self) -> None:
         """The Prometheus counters and gauges to the loop's figures (summary.json's, at the end)."""
         stats, rolling = self.source.stats, self.rolling_metrics()
-        elapsed = (getattr(self, "loop_ended", None) or time.monotonic()) - self.started
+        elapsed = (self.loop_ended or time.monotonic()) - self.started
         self.metrics.update(
             {"read": stats.read, "logged": self.frames, "dropped": stats.dropped, "corrupt": stats.corrupt,
              "shadowed": len(self.reference_logits), "skipped": self.shadow.skipped if self.shadow else 0},

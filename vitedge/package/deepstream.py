@@ -55,16 +55,6 @@ class DeepStreamOptions:
     threshold: float = 0.0  # classifier-threshold: attach the top label when its probability exceeds it
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'720x1280' -> (720, 1280); None stays None."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"--camera-size {text!r} is not HEIGHTxWIDTH", "e.g. 720x1280")
-    return int(parts[0]), int(parts[1])
-
-
 @cache
 def known_keys() -> dict[str, Any]:
     return json.loads(KEYS.read_text())
@@ -107,7 +97,7 @@ def parse_config(text: str) -> dict[str, dict[str, str]]:
 def normalization(bundle: Bundle) -> tuple[dict[str, Any], str]:
     """nvinfer's preprocessing keys for the bundle, and a sentence on how exact they are."""
     pre = bundle.card.preprocessing
-    pixels = bundle.settings.pixels
+    pixels = bundle.pixels
     if pixels is not None:
         if pixels.dtype != "float32":
             raise InputError("nvinfer feeds float tensors, and this bundle's graph takes uint8 pixels",
@@ -176,10 +166,10 @@ def package_deepstream(bundle_path: str | Path, out: str | Path, *, options: Dee
     """Write the nvinfer and deepstream-app configs for the TensorRT bundle at `bundle_path`."""
     import onnx
 
-    from vitedge.artifact import sha256_file
     from vitedge.compile.bundle import read_bundle
     from vitedge.locks import atomic_write_text
-    from vitedge.outputs import MANIFEST_FILES, OutputKind, check_output, writing
+    from vitedge.outputs import OutputKind, check_output, writing
+    from vitedge.package import write_manifest
     from vitedge.runtime.tensorrt import ENGINE, BuildSettings, trtexec_command
 
     say = say or (lambda _message: None)
@@ -203,7 +193,7 @@ def package_deepstream(bundle_path: str | Path, out: str | Path, *, options: Dee
     packaged = with_softmax(onnx.load(str(source)))
     pre = bundle.card.preprocessing
     low, opt, high = settings.batch
-    pixels = settings.pixels
+    pixels = bundle.pixels
     camera = options.camera_size or (tuple(pixels.size) if pixels is not None and pixels.resize else (720, 1280))
     infer = {"property": {
         "gpu-id": 0, "onnx-file": MODEL, "model-engine-file": ENGINE, "labelfile-path": LABELS,
@@ -234,8 +224,6 @@ def package_deepstream(bundle_path: str | Path, out: str | Path, *, options: Dee
         "sink0": {"enable": 1, "type": 2, "sync": 0},
     }
     table = known_keys()
-    check_keys(infer, table["nvinfer"])
-    check_keys(app, table["deepstream_app"])
     with writing(out, OutputKind.PACKAGE, overwrite=overwrite, inputs=[Path(bundle_path)]) as staging:
         onnx.save_model(packaged, str(staging / MODEL))
         say("checking the packaged graph against the bundle's")
@@ -257,14 +245,7 @@ def package_deepstream(bundle_path: str | Path, out: str | Path, *, options: Dee
                                   f"{command}\n")
         script.chmod(0o755)
         atomic_write_text(staging / "README.md", _readme(bundle, exactness, parity, camera))
-        files = {p.relative_to(staging).as_posix(): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        manifest = {"kind": OutputKind.PACKAGE.value, "for": "deepstream",
-                    "bundle": {"runtime": bundle.runtime, "target": bundle.passport.target.name,
-                               "precision": bundle.passport.precision,
-                               "source_artifact_hash": bundle.passport.source_artifact_hash},
-                    "normalization": exactness, "parity": parity, "files": files}
-        atomic_write_text(staging / MANIFEST_FILES[OutputKind.PACKAGE], json.dumps(manifest, indent=2) + "\n")
+        write_manifest(staging, bundle, "deepstream", normalization=exactness, parity=parity)
     return {"out": Path(out), "infer_config": Path(out) / INFER_CONFIG, "app_config": Path(out) / APP_CONFIG,
             "parity": parity, "normalization": exactness}
 

@@ -30,7 +30,6 @@ Triton will optimize the plain graph itself).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -38,13 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vitedge.errors import InputError, VitedgeError
-from vitedge.outputs import MANIFEST_FILES, OutputKind
-from vitedge.preprocess import PixelInput
+from vitedge.outputs import OutputKind
+from vitedge.package import write_manifest
 
 if TYPE_CHECKING:
     from vitedge.compile.bundle import Bundle
 
-MANIFEST = MANIFEST_FILES[OutputKind.PACKAGE]
 REPOSITORY = "model_repository"
 LABELS = "labels.txt"
 TRITON_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin"),
@@ -219,7 +217,6 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
                    kserve: bool = False) -> PackageResult:
     """Write a Triton model repository for the bundle at `bundle_path` to `out` (see the module);
     with `kserve`, also the InferenceService that serves it on KServe (vitedge.package.kserve)."""
-    from vitedge.artifact import sha256_file
     from vitedge.compile.bundle import read_bundle
     from vitedge.locks import atomic_write_text
     from vitedge.outputs import check_output, writing
@@ -259,15 +256,8 @@ def package_triton(bundle_path: str | Path, out: str | Path, *, options: TritonO
             atomic_write_text(staging / kserve_manifest.MANIFEST_NAME, text)
         atomic_write_text(staging / "client.py", _client(bundle, name, config))
         atomic_write_text(staging / "README.md", _readme(bundle, name, config, options, parity, service))
-        files = {p.relative_to(staging).as_posix(): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        manifest = {"kind": OutputKind.PACKAGE.value, "for": "kserve" if kserve else "triton",
-                    "model_name": name, "version": options.version,
-                    "bundle": {"runtime": bundle.runtime, "target": bundle.passport.target.name,
-                               "precision": bundle.passport.precision,
-                               "source_artifact_hash": bundle.passport.source_artifact_hash},
-                    "requirements": requirements(bundle), "parity": parity, "files": files}
-        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(staging, bundle, "kserve" if kserve else "triton", model_name=name,
+                       version=options.version, requirements=requirements(bundle), parity=parity)
     out_dir = Path(out)
     return PackageResult(out_dir, name, out_dir / REPOSITORY, out_dir / REPOSITORY / name / "config.pbtxt",
                          parity)
@@ -306,7 +296,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
         return {"checked": False, "how": f"the bundle cannot run here ({exc.message})"}
     low, opt, _high = bundle.settings.batch
     batch = reference.random_batch(opt)  # of what the graph takes (raw pixels when it preprocesses)
-    expected = (reference.infer if reference.pixels is None else reference.infer_pixels)(batch)
+    expected = reference.infer_native(batch)
     reference.close()
     int8 = bundle.passport.precision in ("int8", "best")
     if bundle.runtime == "openvino":
@@ -340,15 +330,14 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
 def _client(bundle: Bundle, name: str, config: Any) -> str:
     pre = repr(bundle.card.preprocessing.to_dict())  # a Python literal (None, not null)
     dims = list(config.input[0].dims)
-    pixels = bundle.settings.pixels
+    pixels = bundle.pixels
     if pixels is None:
         takes = (f"preprocessed float32 {dims} tensors; this client preprocesses exactly as the\n"
                  "bundle's card says, with vitedge's own preprocessing")
         prepare = "preprocess(path, PREPROCESSING)[None].astype(np.float32)"
         imports, datatype = "from vitedge.preprocess import preprocess", "FP32"
     else:
-        described = PixelInput.from_dict(pixels.to_dict()).describe()
-        takes = (f"raw {described} and normalizes inside;\nthis client "
+        takes = (f"raw {pixels.describe()} and normalizes inside;\nthis client "
                  + ("sends images resized to that size" if pixels.resize else
                     "resizes and crops them with vitedge's own preprocessing") + " (a camera frame of that size goes as it is)")
         prepare = "PIXELS.from_image(path, PREPROCESSING)[None]"
@@ -429,9 +418,9 @@ def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, pari
         (f"Input `{config.input[0].name}`: float32 {list(config.input[0].dims)} per image, already "
          f"preprocessed: resize ({pre.resize_mode}, {pre.interpolation}, crop_pct {pre.crop_pct}) to "
          f"{pre.input_size[0]}x{pre.input_size[1]}, {pre.channel_order}, x * {pre.scale:.6g}, minus mean "
-         f"{list(pre.mean)}, divided by std {list(pre.std)}, channels first." if bundle.settings.pixels is None
+         f"{list(pre.mean)}, divided by std {list(pre.std)}, channels first." if bundle.pixels is None
          else f"Input `{config.input[0].name}`: {list(config.input[0].dims)} per image, "
-         f"{PixelInput.from_dict(bundle.settings.pixels.to_dict()).describe()} as they are: the graph "
+         f"{bundle.pixels.describe()} as they are: the graph "
          f"does the rest (compiled with --preprocess-in-graph).") + " Output "
         f"`{config.output[0].name}`" + (f" with labels ({LABELS}): ask for `class_count` to get "
                                          "\"score:index:label\" strings." if config.output[0].label_filename

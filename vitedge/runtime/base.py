@@ -128,6 +128,11 @@ class Session(ABC):
         """Logits for raw frames (a bundle compiled with --preprocess-in-graph)."""
         return self._timed(self.check_pixels(batch))
 
+    def infer_native(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a batch of what the graph itself takes (`random_batch`'s kind): preprocessed
+        images, or raw pixels for a bundle with the preprocessing inside."""
+        return self.infer(batch) if self.pixels is None else self.infer_pixels(batch)
+
     def _timed(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         logits = self._infer(batch)
@@ -146,12 +151,11 @@ class Session(ABC):
     def latency(self, batch: int, runs: int, warmup: int, seed: int = 0) -> dict[str, float | None]:
         """Median and p95 milliseconds of `runs` calls on one seeded random batch (after `warmup`)."""
         inputs = self.random_batch(batch, seed)
-        run = self.infer if self.pixels is None else self.infer_pixels
         for _ in range(warmup):
-            run(inputs)
+            self.infer_native(inputs)
         self.timing = Timing()
         for _ in range(runs):
-            run(inputs)
+            self.infer_native(inputs)
         summary = self.timing.summary()
         p50 = summary["p50_ms"]
         return {"p50_ms": p50, "p95_ms": summary["p95_ms"],
