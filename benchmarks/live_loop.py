@@ -6,12 +6,17 @@
    every 5th frame; inference time and the loop's own overhead (capture is timed apart, too).
 2. The same loop for `--frames` (default 10,000) frames of the looped video: resident memory
    after warm-up (frame 500) and at the end, and the frame accounting (read = logged + dropped).
+3. Four streams of the video on one model (`vitedge run --source V x4`, frames batched across
+   streams) against four separate `vitedge run` processes at once, each shadowed every 5th frame:
+   aggregate FPS and per-stream frame latency p50/p95 (capture to result logged, `frame_ms`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +38,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_digits_video import make_digits_video  # noqa: E402
 
 from vitedge.targets import load_target  # noqa: E402
+from vitedge.versions import cpu_features, cpu_name  # noqa: E402
+
+STREAMS = 4
 
 
 def rss_mib() -> float:
@@ -51,10 +59,55 @@ def decode_fps(video: Path, frames: int = 300) -> float:
     return frames / (time.perf_counter() - start)
 
 
+def frame_ms(run_dir: Path) -> list[float]:
+    lines = (json.loads(line) for line in (run_dir / "frames.jsonl").read_text().splitlines())
+    return [line["frame_ms"] for line in lines if "frame_ms" in line]
+
+
+def percentiles(values: list[float]) -> str:
+    import numpy as np
+
+    return f"p50 {np.percentile(values, 50):.1f} ms / p95 {np.percentile(values, 95):.1f} ms"
+
+
+def streams(tmp: Path, video: Path) -> None:
+    """Section 3: one process, four sources, against four processes of one source each."""
+    vitedge = Path(sys.executable).with_name("vitedge")
+    common = ["--reference", str(tmp / "fp32"), "--shadow-every", "5", "-q", "--no-report"]
+    command = [str(vitedge), "run", str(tmp / "x86"), *sum((["--source", str(video)] for _ in range(STREAMS)), []),
+               "-o", str(tmp / "multi"), *common]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    summary = json.loads((tmp / "multi" / "summary.json").read_text())
+    multi_fps = summary["frames"]["logged"] / summary["seconds"]
+    multi_latency = sum((frame_ms(tmp / "multi" / f"stream{k}") for k in range(STREAMS)), [])
+    batching = summary["batching"]
+    processes = [subprocess.Popen([str(vitedge), "run", str(tmp / "x86"), "--source", str(video),
+                                   "-o", str(tmp / f"single{k}"), *common], stdout=subprocess.DEVNULL)
+                 for k in range(STREAMS)]
+    for process in processes:
+        if process.wait() != 0:
+            raise SystemExit(f"a vitedge run process failed ({process.returncode})")
+    singles = [json.loads((tmp / f"single{k}" / "summary.json").read_text()) for k in range(STREAMS)]
+    began = min(s["started"] for s in singles)
+    ended = max(s["started"] + s["seconds"] for s in singles)
+    separate_fps = sum(s["frames"]["logged"] for s in singles) / (ended - began)
+    separate_latency = sum((frame_ms(tmp / f"single{k}") for k in range(STREAMS)), [])
+    print(f"\n3. {STREAMS} streams of the 640x480 video, shadow every 5th frame:")
+    print(f"   one process, --source x{STREAMS}: {multi_fps:.1f} FPS together "
+          f"({multi_fps / STREAMS:.1f} per stream); {batching['calls']} model calls, "
+          f"{batching['mean_batch']:.2f} frames per call; frame latency {percentiles(multi_latency)}")
+    print(f"   {STREAMS} processes at once:      {separate_fps:.1f} FPS together "
+          f"({separate_fps / STREAMS:.1f} per stream); frame latency {percentiles(separate_latency)}")
+    print(f"   ratio (one process / {STREAMS} processes): {multi_fps / separate_fps:.2f}x aggregate FPS")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=10000)
+    parser.add_argument("--streams-only", action="store_true", help="only section 3")
     args = parser.parse_args()
+    features = sorted(k for k, v in cpu_features().items() if v)
+    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         export_onnx(load("builtin:digits-vit"), tmp / "fp32", parity_samples=4)
@@ -63,6 +116,9 @@ def main() -> None:
         compile_bundle(load(tmp / "int8"), load_target("x86-cpu"), tmp / "x86")
         video = make_digits_video(tmp / "cam.mp4", frames=600)
         print(f"video: 640x480, 600 frames; decoding alone: {decode_fps(video):.0f} FPS")
+        if args.streams_only:
+            streams(tmp, video)
+            return
 
         deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
         summary = run_loop(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
@@ -99,6 +155,7 @@ def main() -> None:
               f"logged {counts.logged} + dropped {counts.dropped}; frames.jsonl has "
               f"{len(lines)} lines, {len(set(indices))} distinct indices, "
               f"{'each once' if indices == list(range(len(indices))) else 'GAPS OR DUPLICATES'}")
+        streams(tmp, video)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HELDOUT, make_digits_video
+from conftest import HELDOUT, assert_user_error, make_digits_video
 from streams import MjpegServer, video_frames
 from typer.testing import CliRunner
 
 from vitedge.cli.app import app
 from vitedge.errors import InputError
 from vitedge.live.camera import FrameSource
-from vitedge.live.loop import run_loop
+from vitedge.live.loop import ROUND_WAIT_S, run_loop
 from vitedge.live.options import RunOptions
 from vitedge.models.options import SourceOptions
 from vitedge.runtime.base import Session
@@ -367,3 +367,125 @@ def test_prometheus_metrics_scraped_during_a_run_match_the_summary(bundle, video
     assert 0.0 <= final["vitedge_rolling_agreement"] <= 1.0
     sum_ms = final["vitedge_inference_seconds_sum"] * 1000
     assert sum_ms == pytest.approx(sum(deployed.timing.calls_ms), rel=1e-6)
+
+
+def test_several_sources_are_batched_on_one_model(bundle, video, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vitedge.report.write import write_report
+    from vitedge.schemas.results import MultiRunSummary
+
+    deployed, reference = load_session(bundle), load_session(bundle.parent / "digits-onnx")
+    sources = [FrameSource.open(str(video)), FrameSource.open(str(video)), FrameSource.open(str(HELDOUT))]
+    summary = run_loop(deployed, sources, tmp_path / "run", reference=reference,
+                       options=RunOptions(shadow_every=3, frames=60))
+    assert isinstance(summary, MultiRunSummary) and [e.dir for e in summary.streams] == ["stream0", "stream1",
+                                                                                      "stream2"]
+    # files never stall: every round had a frame of each stream, and one model call took all three
+    assert summary.frames.logged == summary.batching.frames == 180
+    assert summary.batching.sizes == {"3": 60} and summary.deployed.latency_ms.calls == 60
+    assert summary.stop_reason == "--frames 60 reached"
+    alone = run_loop(load_session(bundle), FrameSource.open(str(video)), tmp_path / "alone",
+                     options=RunOptions(shadow_every=0, frames=60))
+    assert alone.frames.logged == 60
+    single = {line["index"]: line for line in _lines(tmp_path / "alone")}
+    scraped = {}
+    for number in range(3):
+        folder = tmp_path / "run" / f"stream{number}"
+        stream = json.loads((folder / "summary.json").read_text())
+        lines = _lines(folder)
+        assert stream["stream"] == number and stream["frames"]["logged"] == 60 == len(lines)
+        assert sorted(line["index"] for line in lines) == list(range(60))
+        assert {line["stream"] for line in lines} == {number} and {line["batch"] for line in lines} == {3}
+        shadowed = [line for line in lines if "shadow" in line]
+        assert len(shadowed) + stream["shadow"]["skipped_reference_behind"] == 20
+        assert stream["drift"]["samples"] == len(shadowed) > 0
+        assert all(line["frame_ms"] >= line["latency_ms"] for line in lines)
+        if number < 2:  # the same video as the run of one source: the same outputs, batched or not
+            for line in lines:
+                alone_top = single[line["index"]]["top"]
+                assert line["top"][0][1] == alone_top[0][1]
+                assert line["top"][0][2] == pytest.approx(alone_top[0][2], abs=1e-3)
+    for family in text_string_to_metric_families((tmp_path / "run" / "metrics.prom").read_text()):
+        for sample in family.samples:
+            if sample.name == "vitedge_frames_logged_total":
+                scraped[sample.labels["stream"]] = sample.value
+    assert scraped == {"0": 60, "1": 60, "2": 60}  # one scrape target, a series per stream
+    report = write_report(tmp_path / "run", tmp_path / "run" / "report.html")
+    assert report["kind"] == "fleet" and len(report["streams"]) == 3
+    assert report["runs"][0]["summary"]["batching"]["calls"] == 60
+
+
+def _perturbed(artifact: Path, out: Path, shift: float) -> Session:
+    """The artifact's model with its class-1 logit raised: a deployed model that really disagrees."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+
+    model = onnx.load(artifact / "model.onnx")
+    bias = next(i for i in model.graph.initializer if i.name == "head.bias")
+    values = numpy_helper.to_array(bias).copy()
+    values[1] += shift
+    bias.CopyFrom(numpy_helper.from_array(values, "head.bias"))
+    onnx.save(model, out)
+    return OnnxRuntimeSession(out, card=load_session(artifact).card)
+
+
+def test_fleet_report_puts_the_worst_streams_first(bundle, video, tmp_path):
+    runner = CliRunner()
+    reference_dir = bundle.parent / "digits-onnx"
+    fleet = tmp_path / "fleet <b>"
+    fleet.mkdir()
+    result = runner.invoke(app, ["run", str(bundle), "--source", str(video), "--source", str(video),
+                                 "--frames", "30", "-o", str(fleet / "cams"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "60 frames from 2 streams" in " ".join(result.output.split())
+    assert json.loads((fleet / "cams" / "report.json").read_text())["kind"] == "fleet"
+    drifting = run_loop(_perturbed(reference_dir, tmp_path / "shifted.onnx", 4.0), FrameSource.open(str(video)),
+                        fleet / "bad", reference=load_session(reference_dir),
+                        options=RunOptions(shadow_every=2, frames=60, window=20))
+    assert drifting.drift.verdict == "drift"
+    flips = [(l["shadow"]["reference_top1"], l["top"][0][1]) for l in _lines(fleet / "bad") if "shadow" in l]
+    flips = [pair for pair in flips if pair[0] != pair[1]]
+    assert flips
+    shutil.copytree(fleet / "bad", fleet / "tampered")
+    with open(fleet / "tampered" / "frames.jsonl", "a") as log:
+        log.write("{}\n")
+    result = runner.invoke(app, ["report", str(fleet / "*"), str(fleet / "cams"), "-o", str(tmp_path / "f.html")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "f.json").read_text())
+    streams = data["streams"]
+    assert len(streams) == 3 and streams[0]["run"] == str(fleet / "bad")  # drift first, each run once
+    assert streams[0]["verdict"] == "drift" and streams[0]["alerts"] >= 1 and streams[0]["flips"] == len(flips)
+    assert {s["run"] for s in streams[1:]} == {str(fleet / "cams" / "stream0"), str(fleet / "cams" / "stream1")}
+    assert sum(f["frames"] for f in data["flips"]) == len(flips)
+    assert [f["folder"] for f in data["left_out"]] == [str(fleet / "tampered")]
+    page = (tmp_path / "f.html").read_text()
+    assert "fleet &lt;b&gt;" in page and "fleet <b>" not in page
+    assert_user_error(runner.invoke(app, ["report", str(fleet / "bad"), str(fleet / "cams")]), "add -o")
+    assert_user_error(runner.invoke(app, ["report", str(fleet / "tampered"), str(tmp_path / "nothing*"),
+                                          "-o", str(tmp_path / "g.html")]), "matches no folder")
+    assert_user_error(runner.invoke(app, ["report", str(fleet / "tampered"), str(fleet / "tampered"),
+                                          "-o", str(tmp_path / "g.html")]), "none of the folders is a finished run")
+    assert not (tmp_path / "g.html").exists()
+
+
+def test_a_lost_camera_does_not_stop_the_other_streams(bundle, video, tmp_path):
+    server = MjpegServer(video_frames(video, 30), fps=60)
+    camera = FrameSource.open(server.url, reconnect_s=60)  # still reconnecting when the run ends
+    threading.Timer(1.0, server.kill).start()
+    summary = run_loop(load_session(bundle), [camera, FrameSource.open(str(video), loop=True)], tmp_path / "run",
+                       options=RunOptions(shadow_every=0, duration=3.5))
+    assert summary.stop_reason == "--duration 3.5 s reached" and summary.live
+    live, looped = (json.loads((tmp_path / "run" / f"stream{k}" / "summary.json").read_text()) for k in (0, 1))
+    assert live["frames"]["logged"] > 10 and looped["frames"]["loops"] >= 1
+    events = [json.loads(l)["event"] for l in (tmp_path / "run" / "stream0" / "events.jsonl").read_text().splitlines()]
+    assert "disconnected" in events
+    last_live = _lines(tmp_path / "run" / "stream0")[-1]["t"]
+    file_lines = _lines(tmp_path / "run" / "stream1")
+    assert {line["batch"] for line in file_lines} <= {1, 2} and 2 in {line["batch"] for line in file_lines}
+    # while the camera reconnects the other stream goes on, not held up waiting for it each round
+    stalled = [line for line in file_lines if line["t"] > last_live + 1.1]
+    assert len(stalled) > 10
+    assert len(stalled) / (stalled[-1]["t"] - stalled[0]["t"]) > 1.5 / ROUND_WAIT_S

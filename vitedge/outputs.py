@@ -70,8 +70,9 @@ _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL,
 MANIFEST_FILES = {kind: manifest for kind, manifest, _legacy in _MANIFESTS}
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
-    OutputKind.RUN: re.compile(r"^(summary\.json|frames\.jsonl|events\.jsonl|metrics\.prom|disagreements/"
-                               r"|disagreements/frame\d+\.jpg)$"),
+    # a run of several sources has one run's files per stream, in streamK/
+    OutputKind.RUN: re.compile(r"^(stream\d{1,4}/)?(summary\.json|frames\.jsonl|events\.jsonl|metrics\.prom"
+                               r"|disagreements/|disagreements/frame\d+\.jpg)$|^stream\d{1,4}/$"),
     OutputKind.EVAL: re.compile(r"^(eval\.json|logits\.npz|worst/|worst/\d+\.jpg)$"),
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),
     OutputKind.ARTIFACT: re.compile(r"^(card\.json|quant_report\.json|quant_report\.md)$"),

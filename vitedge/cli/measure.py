@@ -154,24 +154,38 @@ def eval_command(
 
 
 def report_command(
-    directory: Annotated[Path, typer.Argument(
-        help="A run directory (vitedge run), eval directory (vitedge eval), optimize folder (vitedge optimize) or pruned artifact (vitedge prune).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html).")] = None,
+    directories: Annotated[list[str], typer.Argument(
+        help="A run directory (vitedge run), eval directory (vitedge eval), optimize folder (vitedge optimize) "
+             "or pruned artifact (vitedge prune); several run directories or a quoted glob of them: the fleet "
+             "report.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html for one folder).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """One self-contained HTML report (plots embedded), plus Markdown and JSON beside it.
 
     Example: vitedge report runs/20261124-120000 -o report.html
+
+    Fleet: vitedge report 'fleet/*/runs/*' -o fleet.html  (every stream side by side, worst first)
     """
+    from vitedge.errors import InputError
     from vitedge.report.write import write_report
 
     with user_errors(verbose):
-        target = out or directory / "report.html"
-        data = write_report(directory, target)
+        if out is None and len(directories) != 1:
+            raise InputError(f"{len(directories)} folders make one fleet report: say where it goes",
+                             "add -o fleet.html")
+        target = out or Path(directories[0]) / "report.html"
+        data = write_report(directories if len(directories) != 1 else directories[0], target)
     if data["kind"] == "run":
         drift = data["summary"]["drift"]
         console.print(f"drift {drift['verdict']}: {drift['samples']} shadowed frames"
                       + (f", agreement {100 * drift['top1_agreement']:.2f}%" if drift["top1_agreement"] is not None else ""),
+                      highlight=False)
+    if data["kind"] == "fleet":
+        streams = data["streams"]
+        console.print(f"{len(streams)} streams, {sum(s['verdict'] == 'drift' for s in streams)} drifting; worst: "
+                      f"{streams[0]['device']} {streams[0]['source']} ({streams[0]['verdict']})"
+                      + (f"; left out: {len(data['left_out'])} (see the report)" if data["left_out"] else ""),
                       highlight=False)
     console.print(f"report: {target} (+ {target.with_suffix('.md').name}, {target.with_suffix('.json').name})",
                   highlight=False)

@@ -22,10 +22,12 @@ from vitedge.cli.shared import (
 
 if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
+    from vitedge.schemas.results import RunSummary
 
-SourceOption = Annotated[str, typer.Option(
+SourceOption = Annotated[list[str], typer.Option(
     "--source", "-s", help="Camera index (0), /dev/videoN, video file, image folder or glob, "
-                           "rtsp://, http(s):// (MJPEG) or a GStreamer pipeline.")]
+                           "rtsp://, http(s):// (MJPEG) or a GStreamer pipeline. Repeat it to run several "
+                           "streams on the one model, batched together (RUN_DIR/streamK/ per stream).")]
 
 
 def _address(context: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
@@ -79,6 +81,8 @@ def run(
     """Live inference with a full-precision shadow that measures drift as it runs.
 
     Example: vitedge run demo-out/digits-x86 --source demo-out/digits-camera.mp4 --serve 127.0.0.1:8080
+
+    Several cameras: vitedge run BUNDLE --source 0 --source rtsp://cam2/live -o runs/yard
     """
     from vitedge.live.options import RunOptions
     from vitedge.live.watch import CameraOptions, default_run_dir
@@ -92,7 +96,8 @@ def run(
         last[0] = time.monotonic()
         top = line.get("top", [[0, "?", 0]])[0]
         shown = f"feature norm {line['norm']:.2f}" if "norm" in line else f"{top[1]} {100 * top[2]:.0f}%"
-        err_console.print(Text(f"frame {line['index']}: {shown}, {line.get('latency_ms', 0):.1f} ms",
+        stream = f"stream {line['stream']} " if "stream" in line else ""
+        err_console.print(Text(f"{stream}frame {line['index']}: {shown}, {line.get('latency_ms', 0):.1f} ms",
                                style="dim"))
 
     run_dir = out or default_run_dir()
@@ -106,8 +111,30 @@ def run(
             camera=CameraOptions(width=width, height=height, fps=fps, loop=loop, reconnect_s=reconnect_s),
             source_options=options,
             on_frame=progress, progress=progress_printer(quiet))
+    from vitedge.report.runs import read_run
+    from vitedge.schemas.results import MultiRunSummary
+
+    if isinstance(summary, MultiRunSummary):
+        batching = summary.batching
+        console.print(f"{summary.stop_reason}: {summary.frames.logged} frames from {len(summary.streams)} "
+                      f"streams at {summary.fps or 0:.1f} FPS together; {batching.calls} model calls, "
+                      f"{batching.mean_batch or 0:.2f} frames per call (batch profile up to "
+                      f"{batching.max_batch or '?'})", highlight=False)
+        for entry in summary.streams:
+            _print_stream(read_run(run_dir / entry.dir), f"  [{entry.dir}] {entry.source}: ")
+    else:
+        _print_stream(summary, "")
+    console.print(f"run: {run_dir}" + (f"  report: {run_dir / 'report.html'}" if report else ""),
+                  highlight=False)
+    verdicts = [e.verdict for e in summary.streams] if isinstance(summary, MultiRunSummary) else \
+        [summary.drift.verdict]
+    if fail_on_drift and (summary.alerts or "drift" in verdicts):
+        raise typer.Exit(2)
+
+
+def _print_stream(summary: RunSummary, prefix: str) -> None:
     drift, counts, latency = summary.drift, summary.frames, summary.deployed.latency_ms
-    console.print(f"{summary.stop_reason}: {counts.logged} frames ({counts.dropped} dropped, "
+    console.print(f"{prefix}{summary.stop_reason}: {counts.logged} frames ({counts.dropped} dropped, "
                   f"{counts.corrupt} corrupt) at {summary.fps or 0:.1f} FPS; inference p50 "
                   f"{latency.p50_ms or 0:.2f} ms, loop overhead p50 "
                   f"{summary.loop_overhead_ms.p50 or 0:.2f} ms", highlight=False)
@@ -117,13 +144,9 @@ def run(
                       if drift.cosine is not None else "cosine —") if drift.features else
                      "agreement " + (f"{100 * agreement:.2f}%" if agreement is not None else "—")
                      + (f", KL {drift.kl:.4f}" if drift.kl is not None else ""))
-        console.print(f"drift: {drift.verdict} — {drift.samples} shadowed frames, {closeness}"
+        console.print(f"{prefix}drift: {drift.verdict} — {drift.samples} shadowed frames, {closeness}"
                       + f"; {summary.shadow.skipped_reference_behind} skipped (reference behind)",
                       highlight=False)
-    console.print(f"run: {run_dir}" + (f"  report: {run_dir / 'report.html'}" if report else ""),
-                  highlight=False)
-    if fail_on_drift and (summary.alerts or drift.verdict == "drift"):
-        raise typer.Exit(2)
 
 
 def capture(

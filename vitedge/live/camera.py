@@ -294,6 +294,12 @@ class LiveSource(FrameSource):
         self.stats.corrupt += frame.image is None
         return frame
 
+    @property
+    def ended(self) -> bool:
+        """The capture thread gave up (or was stopped) and every frame it had was taken."""
+        with self._ready:
+            return self._ended and self._latest is None
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)

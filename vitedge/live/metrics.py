@@ -5,7 +5,8 @@ serves only /metrics (headless devices). At the end of the run the same registry
 RUN_DIR/metrics.prom, the format node_exporter's textfile collector reads, so the last figures of
 a run that has stopped can still be collected; they equal summary.json's.
 
-Every series is labelled by bundle, source and target, so one Prometheus sees a fleet apart.
+Every series is labelled by bundle, source, stream (its position in `--source`) and target, so one
+Prometheus sees a fleet, and the cameras of one device, apart.
 """
 
 from __future__ import annotations
@@ -18,23 +19,24 @@ METRICS_FILE = "metrics.prom"
 
 
 class RunMetrics:
-    """The live loop's counters, histograms and gauges in their own registry."""
+    """The live loop's counters, histograms and gauges in their own registry, one set of series
+    per stream (`stream(number, source)`): a run with several sources is one target to scrape."""
 
-    def __init__(self, *, bundle: str, source: str, target: str) -> None:
+    def __init__(self, *, bundle: str, target: str) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        names = ("bundle", "source", "target")
-        values = (bundle, source, target)
+        self.bundle, self.target = bundle, target
+        names = ("bundle", "source", "stream", "target")
 
         def counter(name: str, text: str) -> Any:
-            return Counter(name, text, names, registry=self.registry).labels(*values)
+            return Counter(name, text, names, registry=self.registry)
 
         def gauge(name: str, text: str) -> Any:
-            return Gauge(name, text, names, registry=self.registry).labels(*values)
+            return Gauge(name, text, names, registry=self.registry)
 
         def histogram(name: str, text: str) -> Any:
-            return Histogram(name, text, names, registry=self.registry, buckets=LATENCY_BUCKETS).labels(*values)
+            return Histogram(name, text, names, registry=self.registry, buckets=LATENCY_BUCKETS)
 
         self.counters = {
             "read": counter("vitedge_frames_read", "Frames read from the source"),
@@ -44,7 +46,8 @@ class RunMetrics:
             "shadowed": counter("vitedge_frames_shadowed", "Frames also run by the full-precision reference"),
             "skipped": counter("vitedge_shadow_skipped", "Shadow frames skipped because the reference was behind"),
         }
-        self.inference = histogram("vitedge_inference_seconds", "Deployed model call, host to host")
+        self.inference = histogram("vitedge_inference_seconds",
+                                   "Deployed model call a frame was in, host to host (a batch across streams)")
         self.loop_overhead = histogram("vitedge_loop_overhead_seconds",
                                        "Per-frame work besides inference (preprocessing, overlay, sinks, logging)")
         self.gauges = {
@@ -54,6 +57,24 @@ class RunMetrics:
             "cosine": gauge("vitedge_rolling_cosine", "Cosine with the reference (feature models), rolling window"),
             "alert": gauge("vitedge_drift_alert", "1 while the rolling window is past a drift threshold"),
         }
+
+    def stream(self, number: int, source: str) -> StreamMetrics:
+        return StreamMetrics(self, (self.bundle, source, str(number), self.target))
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class StreamMetrics:
+    """One stream's series of a RunMetrics registry."""
+
+    def __init__(self, run: RunMetrics, labels: tuple[str, ...]) -> None:
+        self.counters = {key: family.labels(*labels) for key, family in run.counters.items()}
+        self.gauges = {key: family.labels(*labels) for key, family in run.gauges.items()}
+        self.inference = run.inference.labels(*labels)
+        self.loop_overhead = run.loop_overhead.labels(*labels)
         self._totals = dict.fromkeys(self.counters, 0)
 
     def frame(self, inference_ms: float, loop_ms: float) -> None:
@@ -69,8 +90,3 @@ class RunMetrics:
                 self._totals[key] = total
         for key, value in gauges.items():
             self.gauges[key].set(float("nan") if value is None else float(value))
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)

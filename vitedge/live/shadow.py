@@ -1,5 +1,6 @@
 """The shadow reference: the full-precision model run on sampled frames in a worker thread, never
-in the way of the live path (a two-frame hand-off queue; frames it cannot take are counted)."""
+in the way of the live path (a hand-off queue of two frames per stream; a frame it cannot take is
+refused, and the stream counts it)."""
 
 from __future__ import annotations
 
@@ -27,35 +28,37 @@ def check_reference(deployed: Session, reference: Session) -> None:
                          f"bundle's ({a.num_classes})", "pass the FP32 artifact the bundle was made from")
 
 
-class Shadow:
-    """Runs the reference on sampled frames in a worker thread; results come back by index."""
+Key = tuple[int, int]  # (stream, frame index)
 
-    def __init__(self, reference: Session) -> None:
+
+class Shadow:
+    """Runs the reference on sampled frames in a worker thread; results come back by key."""
+
+    def __init__(self, reference: Session, *, streams: int = 1) -> None:
         self.reference = reference
-        self.inbox: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame] | None] = queue.Queue(maxsize=2)
-        self.results: queue.Queue[tuple[int, np.ndarray, np.ndarray, Frame, float]] = queue.Queue()
-        self.skipped = 0
+        self.inbox: queue.Queue[tuple[Key, np.ndarray, np.ndarray, Frame] | None] = queue.Queue(maxsize=2 * streams)
+        self.results: queue.Queue[tuple[Key, np.ndarray, np.ndarray, Frame, float]] = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="vitedge-shadow", daemon=True)
         self.thread.start()
 
-    def offer(self, index: int, batch: np.ndarray, logits: np.ndarray, frame: Frame) -> bool:
+    def offer(self, key: Key, batch: np.ndarray, logits: np.ndarray, frame: Frame) -> bool:
+        """Hand a frame to the worker; False (not queued) when the reference is behind."""
         try:
-            self.inbox.put_nowait((index, batch, logits, frame))
+            self.inbox.put_nowait((key, batch, logits, frame))
             return True
         except queue.Full:
-            self.skipped += 1
             return False
 
     def _work(self) -> None:
         while (item := self.inbox.get()) is not None:
-            index, batch, logits, frame = item
+            key, batch, logits, frame = item
             try:
                 reference = self.reference.infer(batch)
-                self.results.put((index, reference, logits, frame, self.reference.timing.calls_ms[-1]))
+                self.results.put((key, reference, logits, frame, self.reference.timing.calls_ms[-1]))
             except BaseException as exc:  # reported in the summary; the live path goes on
                 self.error = exc
-                self.results.put((index, np.full_like(logits, np.nan), logits, frame, 0.0))
+                self.results.put((key, np.full_like(logits, np.nan), logits, frame, 0.0))
 
     def close(self) -> None:
         self.inbox.put(None)

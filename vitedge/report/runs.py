@@ -21,11 +21,13 @@ from vitedge.report.page import (
 )
 
 if TYPE_CHECKING:
-    from vitedge.schemas.results import RunSummary
+    from vitedge.schemas.results import MultiRunSummary, RunSummary
 
 
-def read_run(directory: Path) -> RunSummary:
-    from vitedge.schemas.results import RunSummary, RunSummaryDoc
+def read_run(directory: Path) -> RunSummary | MultiRunSummary:
+    """A finished run's summary.json, read through its schema and its files' hashes checked (a run
+    of several sources: the run's own summary; `stream_runs` reads its streams')."""
+    from vitedge.schemas.results import MultiRunSummary, RunSummary, RunSummaryDoc
 
     path = directory / "summary.json"
     summary = read_document(path, RunSummaryDoc, hint="re-run to get a new run directory")
@@ -36,9 +38,24 @@ def read_run(directory: Path) -> RunSummary:
             f"is still going (pid {summary.get('pid')})" if busy(directory) else
             "did not finish (its process stopped before writing the summary)"),
             "its frames.jsonl is readable as it is; a report needs a finished run")
-    finished = validate(RunSummary, summary, what=str(path), hint="re-run to get a new run directory")
+    schema = MultiRunSummary if "streams" in summary else RunSummary
+    finished = validate(schema, summary, what=str(path), hint="re-run to get a new run directory")
     verified(directory, finished.files, str(path))
     return finished
+
+
+def stream_runs(directory: Path, summary: MultiRunSummary) -> list[tuple[Path, RunSummary]]:
+    """The streams of a run of several sources, each read as a run (inside `directory` only)."""
+    from vitedge.schemas.results import RunSummary
+
+    runs = []
+    for entry in summary.streams:
+        folder = confined(directory, entry.dir, what=str(directory / "summary.json"))
+        stream = read_run(folder)
+        if not isinstance(stream, RunSummary):
+            raise InputError(f"{folder} is itself a run of several sources", "re-run to get a new run directory")
+        runs.append((folder, stream))
+    return runs
 
 
 def run_sections(directory: Path) -> Sections:

@@ -164,6 +164,45 @@ class RunSummary(RunSummaryDoc):
     disagreements_saved: Count = 0
     files: dict[RelPath, Sha256]
     record: RelPath | None = None
+    host: str | None = None  # the machine it ran on (runs before 2026-12 have none)
+    target: str | None = None  # the bundle's target profile
+    stream: Count | None = None  # its position in --source, in a run of several sources
+
+
+class StreamEntry(Doc):
+    dir: Annotated[str, StringConstraints(pattern=r"^stream\d{1,4}$")]
+    source: str
+    verdict: str  # its drift verdict
+    alerts: bool
+
+
+class BatchingDoc(Doc):
+    calls: Count
+    frames: Count
+    mean_batch: float | None
+    max_batch: Count | None
+    sizes: dict[Annotated[str, StringConstraints(pattern=r"^\d{1,6}$")], Count]
+
+
+class MultiRunSummary(RunSummaryDoc):
+    """A finished run of several sources on one model: RUN_DIR/summary.json (each stream's own
+    RunSummary is in RUN_DIR/streamK/summary.json)."""
+
+    state: Literal["finished"]
+    streams: Annotated[list[StreamEntry], Field(min_length=2)]
+    stop_reason: str
+    live: bool = False
+    started: float | None = None
+    seconds: float | None = None
+    host: str | None = None
+    target: str | None = None
+    frames: FrameCounts
+    fps: float | None  # all streams together
+    deployed: DeployedDoc  # the model calls (batches across streams)
+    batching: BatchingDoc
+    alerts: bool
+    files: dict[RelPath, Sha256]
+    record: RelPath | None = None
 
 
 class ShadowLine(Doc):
@@ -185,6 +224,9 @@ class FrameLine(Doc):
     norm: float | None = None  # feature extractors: the output vector's L2 norm
     latency_ms: float | None = None
     loop_ms: float | None = None
+    frame_ms: float | None = None  # from capture to the result logged (inference and waiting included)
+    stream: Count | None = None
+    batch: Count | None = None  # frames in the model call it was in (several sources)
     corrupt: bool = False
     shadow: ShadowLine | None = None
     saved: Annotated[str, StringConstraints(pattern=r"^disagreements/frame\d+\.jpg$")] | None = None
