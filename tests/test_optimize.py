@@ -73,29 +73,37 @@ def test_report_lists_every_candidate_with_its_verdict(optimized):
     assert json.loads((out / "again.json").read_text())["kind"] == "optimize"
 
 
-def test_time_budget_stops_and_resume_goes_on(digits_onnx, tmp_path):
+def test_time_budget_stops_and_resume_goes_on_with_pruned_candidates(tmp_path):
     out = tmp_path / "o"
-    first = cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
-                "--samples", "32", "--eval-samples", "60", "--tome", "0", "--time-budget", "1s", "-o", out)
+    args = ("optimize", "builtin:digits-vit", "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
+            "--samples", "64", "--eval-samples", "60", "--tome", "0", "--prune", "0.5", "--distill-steps", "10")
+    first = cli(*args, "--time-budget", "1s", "-o", out)
     assert first.exit_code == 0, first.output
     stopped = json.loads((out / "optimize.json").read_text())
     assert stopped["not_tried"] and not stopped["finished"] and "--resume" in first.output
     done = {c["name"]: (out / c["bundle"] / "card.json").stat().st_mtime_ns
             for c in stopped["candidates"] if c["status"] == "measured"}
-    again = cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
-                "--samples", "32", "--eval-samples", "60", "--tome", "0", "--resume", "-o", out)
+    done["r0-onnx"] = (out / "candidates" / "r0-onnx" / "card.json").stat().st_mtime_ns  # the export
+    again = cli(*args, "--resume", "-o", out)
     assert again.exit_code == 0, again.output
     finished = json.loads((out / "optimize.json").read_text())
     assert finished["finished"] and not finished["not_tried"]
-    assert {c["name"] for c in finished["candidates"]} >= set(stopped["not_tried"]) | set(done)
+    assert {c["name"] for c in finished["candidates"]} >= set(stopped["not_tried"]) | (set(done) - {"r0-onnx"})
     for name, mtime in done.items():  # what was measured before was not rebuilt
         assert (out / "candidates" / name / "card.json").stat().st_mtime_ns == mtime
+    # the pruned variant: half the heads and MLP units gone, distilled, then every precision and runtime
+    pruned = finished["candidates"]
+    assert {c["prune"] for c in pruned} == {0.5} and all(c["status"] == "measured" for c in pruned)
+    assert {"p50-r0-fp32-onnxruntime", "p50-r0-int8-onnxruntime"} <= {c["name"] for c in pruned}
+    card = json.loads((out / "candidates" / "p50-pruned" / "card.json").read_text())
+    assert card["metrics"]["prune"]["distill"]["steps_run"] > 0
+    unpruned = card["metrics"]["prune"]["macs_before"]
+    assert all(c["macs"] < 0.7 * unpruned for c in pruned)  # half the heads and MLP units are gone
+    assert "pruned (heads, MLP)" in (out / "report.html").read_text()
     # a resume with other data is refused, and so is a plain rerun without --overwrite
-    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
-                          "--calib", TRAIN, "--samples", "32", "--eval-samples", "50", "--tome", "0",
-                          "--resume", "-o", out), "was optimized for another source, target or data")
-    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
-                          "-o", out), "already exists")
+    assert_user_error(cli(*args[:-8], "--eval-samples", "50", "--tome", "0", "--resume", "-o", out),
+                      "was optimized for another source, target or data")
+    assert_user_error(cli(*args[:6], "-o", out), "already exists")
 
 
 def test_refusals(digits_onnx, tmp_path):
@@ -103,6 +111,10 @@ def test_refusals(digits_onnx, tmp_path):
                           "-o", tmp_path / "a"), "optimize measures CPU targets")
     assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
                           "--tome", "0,x", "-o", tmp_path / "a"), "--tome '0,x' is not a list")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--prune", "0,1", "-o", tmp_path / "a"), "must be within [0, 1)")
+    assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
+                          "--prune", "half", "-o", tmp_path / "a"), "--prune 'half' is not a list")
     assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
                           "--time-budget", "soon", "-o", tmp_path / "a"), "--time-budget 'soon' is not a duration")
     (tmp_path / "mine").mkdir()

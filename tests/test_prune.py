@@ -114,6 +114,9 @@ def test_distillation_recovers_agreement_and_resumes(tmp_path):
     other = DistillConfig(steps=40, eval_every=40)
     fresh = distill(copy.deepcopy(student), teacher, data[100:], data[:100], other, checkpoint=checkpoint)
     assert fresh["resumed_from"] is None  # another config does not pick up a stale checkpoint
+    for steps in (1, 2, 19):  # too short for one-cycle's warm-up phase (it divided by zero)
+        short = distill(copy.deepcopy(student), teacher, data[100:], data[:100], DistillConfig(steps=steps))
+        assert short["steps_run"] == steps
 
 
 def test_feature_distillation_pulls_the_final_tokens_together():

@@ -1,10 +1,13 @@
 """`vitedge optimize`: the fastest bundle within an accuracy budget, measured.
 
-The search covers what vitedge can do to a ViT for a CPU target: token merging (`r` tokens per
-block, training-free), precision (FP32, BF16 where the CPU has it, INT8 from `vitedge quantize`
+The search covers what vitedge can do to a ViT for a CPU target: structured pruning (`--prune P`:
+a share P of the attention heads and of the MLP units removed, then distilled from the original on
+the calibration images), token merging (`r` tokens per block, training-free, also on top of a
+pruned model), precision (FP32, BF16 where the CPU has it, INT8 from `vitedge quantize`
 with the target's scheme, INT8 with BF16 float layers) and runtime (every runtime the target
 lists: ONNX Runtime, OpenVINO). Every candidate is an ordinary artifact or bundle under
-OUT/candidates/, written by the same steps a user would run (export, prune --tome, quantize,
+OUT/candidates/, written by the same steps a user would run (prune --heads P --mlp P --distill-steps N,
+export, prune --tome, quantize,
 compile --runtime R --precision P) and loaded as `predict` loads it. Accuracy is top-1 agreement
 with the FP32 source (and top-1 when the data is labeled) on held-out images: `--data`, split
 in two (seeded, disjoint files) unless `--calib` is given. Latency is measured here, all
@@ -61,7 +64,8 @@ def parse_duration(text: str | None) -> float | None:
 @releasing
 def optimize(source: str | Path, target: Target | str | Path, data: str | Path, out: str | Path, *,
              calib: str | Path | None = None, max_drop: float = 1.0, min_agreement: float | None = None,
-             time_budget: float | None = None, tome: tuple[int, ...] = (0, 8, 16), samples: int = 300,
+             time_budget: float | None = None, tome: tuple[int, ...] = (0, 8, 16),
+             prune: tuple[float, ...] = (0.0,), distill_steps: int = 300, samples: int = 300,
              eval_samples: int | None = None, resume: bool = False, overwrite: bool = False,
              options: SourceOptions | None = None,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
@@ -80,32 +84,54 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
     tome = tuple(sorted(set(tome)))
     if any(r < 0 for r in tome):
         raise InputError(f"--tome {','.join(map(str, tome))}: token counts must be >= 0", "e.g. --tome 0,8,16")
+    prune = tuple(sorted({round(p, 2) for p in prune}))
+    if any(not 0 <= p < 1 for p in prune):
+        raise InputError(f"--prune {','.join(map(str, prune))}: shares of heads and MLP units to remove "
+                         "must be within [0, 1)", "e.g. --prune 0,0.25,0.5")
+    if distill_steps < 0:
+        raise InputError(f"--distill-steps {distill_steps} must be >= 0")
     from vitedge.models.load import as_loaded
 
     loaded = as_loaded(source, options)
     inputs = [*loaded.origin, *input_paths(data, calib)]
     with writing(out, OutputKind.OPTIMIZE, overwrite=overwrite, inputs=inputs, live=True,
                  resume=resume) as folder:
-        search = _Search(folder, loaded, target, say, started, time_budget)
+        search = _Search(folder, loaded, target, say, started, time_budget, distill_steps)
         search.open_data(data, calib, samples, eval_samples)
         search.start(str(source), max_drop, min_agreement, resume)
-        for r in tome:
-            search.variant(r, int8=False)
-        for r in tome:
-            search.variant(r, int8=True)
+        for int8 in (False, True):
+            for share in prune:
+                for r in tome:
+                    search.variant(Variant(share, r), int8=int8)
         document = search.finish()
     best = Path(out) / BEST if document.chosen else None
     return OptimizeResult(Path(out), document, best)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A model the search builds bundles of: pruned by a share of heads and MLP units, then `r`
+    tokens merged per block."""
+
+    prune: float
+    tome: int
+
+    @property
+    def prefix(self) -> str:  # the names of the unpruned variants are those of earlier releases
+        return f"p{round(100 * self.prune)}-" if self.prune else ""
+
+    def name(self, what: str) -> str:
+        return f"{self.prefix}r{self.tome}-{what}"
+
+
 class _Search:
     def __init__(self, folder: Path, loaded: Any, target: Target, say: Callable[[str], None],
-                 started: float, time_budget: float | None) -> None:
+                 started: float, time_budget: float | None, distill_steps: int = 300) -> None:
         from vitedge.compile.cpu import bf16_here, openvino_importable
         from vitedge.versions import machine_arch
 
         self.folder, self.loaded, self.target, self.say = folder, loaded, target, say
-        self.started, self.time_budget = started, time_budget
+        self.started, self.time_budget, self.distill_steps = started, time_budget, distill_steps
         self.same_isa = target.isa in (None, machine_arch())
         self.runtimes = [r for r in target.runtimes
                          if r is not Runtime.OPENVINO or openvino_importable() is None]
@@ -176,11 +202,11 @@ class _Search:
         self._write(finished=False)
 
     # ------------------------------------------------------------------ candidates
-    def variant(self, r: int, *, int8: bool) -> None:
-        """The float (or INT8) model with `r` merged tokens, and its bundles."""
+    def variant(self, variant: Variant, *, int8: bool) -> None:
+        """The float (or INT8) model of `variant`, and its bundles."""
         precisions = (["int8", *(["best"] if self.bf16 else [])] if int8 else
                       ["fp32", *(["bf16"] if self.bf16 else [])])
-        names = [(f"r{r}-{p}-{rt}", p, rt) for p in precisions for rt in self._runtimes_for(p)]
+        names = [(variant.name(f"{p}-{rt}"), p, rt) for p in precisions for rt in self._runtimes_for(p)]
         done = {name for name, _p, _rt in names if name in self.previous and (
             self.previous[name]["status"] == "skipped" or self._usable(self._path(name)))}
         pending = [n for n in names if n[0] not in done]
@@ -192,42 +218,50 @@ class _Search:
             self.not_tried += [n for n, _p, _rt in pending]
             return
         try:
-            model = self._model(r, int8)
+            model = self._model(variant, int8)
         except VitedgeError as exc:
             for name, precision, runtime in pending:
-                self._record(name, r, precision, runtime, status="skipped", reason=exc.message)
+                self._record(name, variant, precision, runtime, status="skipped", reason=exc.message)
             return
         for name, precision, runtime in pending:
             if self._out_of_time():
                 self.not_tried.append(name)
                 continue
-            self._bundle(name, r, precision, runtime, model)
+            self._bundle(name, variant, precision, runtime, model)
 
     def _runtimes_for(self, precision: str) -> list[str]:
         return [str(rt) for rt in self.runtimes if precision in ("fp32", "int8") or rt is Runtime.OPENVINO]
 
-    def _model(self, r: int, int8: bool) -> Any:
+    def _onnx_dir(self, variant: Variant) -> Any:
+        return self.base if variant == Variant(0.0, 0) else self._path(variant.name("onnx"))
+
+    def _model(self, variant: Variant, int8: bool) -> Any:
         """The model the bundles of this variant compile (FP32 ONNX, or its INT8 QDQ artifact)."""
         from vitedge.export import export_onnx
 
-        onnx_dir = self._path(f"r{r}-onnx") if r else self.base
-        if r and self.loaded.module is None:
-            raise InputError("token merging needs the PyTorch model; the source is an ONNX graph",
+        r = variant.tome
+        onnx_dir = self._onnx_dir(variant)
+        if (r or variant.prune) and self.loaded.module is None:
+            raise InputError(("pruning" if variant.prune else "token merging") + " needs the PyTorch model; "
+                             "the source is an ONNX graph",
                              "optimize the torch source (timm:NAME --weights ..., a vitedge torch artifact)")
-        if r and not self._usable(onnx_dir):
+        if onnx_dir is not self.base and not self._usable(onnx_dir):
             from vitedge.prune.pipeline import prune
             from vitedge.prune.plan import PrunePlan
 
-            self.say(f"merging {r} tokens per block (ToMe)")
-            prune(self.loaded, self._path(f"r{r}-tome"), PrunePlan(tome=r), overwrite=True)
-            export_onnx(self._path(f"r{r}-tome"), onnx_dir, overwrite=True)
+            model = self._pruned(variant.prune) if variant.prune else self.loaded
+            if r:
+                self.say(f"merging {r} tokens per block (ToMe)")
+                prune(model, self._path(variant.name("tome")), PrunePlan(tome=r), overwrite=True)
+                model = self._path(variant.name("tome"))
+            export_onnx(model, onnx_dir, overwrite=True)
         if not int8:
             return onnx_dir
-        int8_dir = self._path(f"r{r}-int8")
+        int8_dir = self._path(variant.name("int8"))
         if not self._usable(int8_dir):
             from vitedge.quantize.ptq import BudgetMissed, quantize
 
-            self.say(f"quantizing r{r} for {self.target.name} ({self.target.int8_scheme})")
+            self.say(f"quantizing {variant.name('')[:-1]} for {self.target.name} ({self.target.int8_scheme})")
             try:
                 quantize(onnx_dir, self.calibration, int8_dir, target=self.target,
                          max_drop=self.max_drop, min_agreement=self.min_agreement, overwrite=True,
@@ -236,7 +270,22 @@ class _Search:
                 pass  # the best model quantize found was written; it is measured like the others
         return int8_dir
 
-    def _bundle(self, name: str, r: int, precision: str, runtime: str, model: Any) -> None:
+    def _pruned(self, share: float) -> Path:
+        """The source with `share` of its heads and MLP units removed, distilled on the calibration
+        images (the held-out data never trains it)."""
+        from vitedge.prune.distill import DistillConfig
+        from vitedge.prune.pipeline import prune
+        from vitedge.prune.plan import PrunePlan, PruneRatios
+
+        path = self._path(f"p{round(100 * share)}-pruned")
+        if not self._usable(path):
+            self.say(f"pruning {share:.0%} of the heads and MLP units, distilling {self.distill_steps} steps")
+            prune(self.loaded, path, PrunePlan(ratios=PruneRatios(heads=share, mlp=share)), data=self.calibration,
+                  distill=DistillConfig(steps=self.distill_steps), overwrite=True,
+                  progress=lambda m: self.say(f"  {m}"))
+        return path
+
+    def _bundle(self, name: str, variant: Variant, precision: str, runtime: str, model: Any) -> None:
         from vitedge.artifact import read_card
         from vitedge.compile.prepare import compile_bundle
         from vitedge.drift import topk_accuracy
@@ -251,7 +300,7 @@ class _Search:
                 logits = session.infer_all(self.evaluation, 16)
                 precision_run = session.precision
         except VitedgeError as exc:
-            self._record(name, r, precision, runtime, status="failed", reason=exc.message)
+            self._record(name, variant, precision, runtime, status="failed", reason=exc.message)
             return
         agreement = float(np.mean(logits.argmax(1) == self.fp32.argmax(1)))
         top1 = topk_accuracy(logits, self.labels) if self.labels is not None else None
@@ -259,27 +308,27 @@ class _Search:
             else 100 * (1 - agreement)
         card = read_card(model) if isinstance(model, Path) else model.card
         quantization = card.metrics.get("quantization") or {}
-        self._record(name, r, precision, runtime, status="measured", bundle=f"{CANDIDATES}/{name}",
-                     precision_run=precision_run, macs=self._macs(r), agreement=agreement, top1=top1,
+        self._record(name, variant, precision, runtime, status="measured", bundle=f"{CANDIDATES}/{name}",
+                     precision_run=precision_run, macs=self._macs(variant), agreement=agreement, top1=top1,
                      drop=drop, int8_share=quantization.get("int8_linear_mac_share", 0.0),
                      seconds=time.perf_counter() - begun)
         self.say(f"  agreement {100 * agreement:.1f}%" + (f", top-1 {100 * top1:.1f}%" if top1 is not None else "")
                  + f", {precision_run} on {runtime}")
 
-    def _macs(self, r: int) -> int:
-        """MACs of one image in the float graph of variant r (MatMul/Gemm/Conv, ToMe's matching
+    def _macs(self, variant: Variant) -> int:
+        """MACs of one image in the float graph of the variant (MatMul/Gemm/Conv, ToMe's matching
         included), counted on the ONNX graph the same way for every variant."""
         import onnx
 
         from vitedge.quantize.qdq import compute_nodes
 
-        path = self.loaded.onnx_path if (r == 0 and not isinstance(self.base, Path)) else \
-            (self._path(f"r{r}-onnx") if r else self.base) / "model.onnx"
+        onnx_dir = self._onnx_dir(variant)
+        path = self.loaded.onnx_path if not isinstance(onnx_dir, Path) else onnx_dir / "model.onnx"
         return int(sum(n.macs for n in compute_nodes(onnx.load(str(path), load_external_data=False))))
 
-    def _record(self, name: str, r: int, precision: str, runtime: str, **fields: Any) -> None:
-        self.candidates[name] = {"name": name, "tome": r, "precision": precision, "runtime": runtime,
-                                 **fields}
+    def _record(self, name: str, variant: Variant, precision: str, runtime: str, **fields: Any) -> None:
+        self.candidates[name] = {"name": name, "tome": variant.tome, "prune": variant.prune,
+                                 "precision": precision, "runtime": runtime, **fields}
         self._write(finished=False)
 
     # ------------------------------------------------------------------ choosing

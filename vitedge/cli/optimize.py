@@ -41,6 +41,10 @@ def optimize(
         help="Stop starting candidates after this long (90s, 20m, 1.5h); --resume goes on.")] = None,
     tome: Annotated[str, typer.Option(
         help="Token-merging r values to try (timm ViTs), comma-separated; 0 = none.")] = "0,8,16",
+    prune: Annotated[str, typer.Option(
+        help="Structured pruning to try: shares of attention heads and MLP units removed, comma-separated "
+             "(each distilled from the original on the calibration images); 0 = none.")] = "0",
+    distill_steps: Annotated[int, typer.Option(min=0, max=1_000_000, help="Distillation steps per pruned model (early stop).")] = 300,
     samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calibration samples with --calib.")] = 300,
     eval_samples: Annotated[Optional[int], typer.Option(min=1, max=10_000_000,
                                                         help="Held-out samples (default: all).")] = None,
@@ -48,10 +52,13 @@ def optimize(
     overwrite: Overwrite = False, quiet: Quiet = False, verbose: Verbose = False,
     *, options: SourceOptions,
 ) -> None:
-    """The fastest bundle within an accuracy budget, measured: token merging x precision x runtime.
+    """The fastest bundle within an accuracy budget, measured: pruning x token merging x precision x runtime.
 
     Example: vitedge optimize demo-out/digits-onnx --target x86-cpu --data calibration/digits/heldout
     --calib calibration/digits/train --tome 0,4 -o demo-out/digits-optimized
+
+    With pruning: vitedge optimize builtin:digits-vit --target x86-cpu --data calibration/digits/heldout
+    --calib calibration/digits/train --prune 0,0.5 --tome 0 -o demo-out/digits-pruned-opt
     """
     from vitedge.optimize import optimize as run_optimize
     from vitedge.optimize import parse_duration
@@ -63,9 +70,15 @@ def optimize(
             from vitedge.errors import InputError
 
             raise InputError(f"--tome {tome!r} is not a list of token counts", "e.g. --tome 0,8,16") from None
+        try:
+            shares = tuple(float(v) for v in prune.split(","))
+        except ValueError:
+            from vitedge.errors import InputError
+
+            raise InputError(f"--prune {prune!r} is not a list of shares", "e.g. --prune 0,0.25,0.5") from None
         result = run_optimize(source, target, data, out, calib=calib, max_drop=max_drop,
                               min_agreement=min_agreement, time_budget=parse_duration(time_budget),
-                              tome=values, samples=samples, eval_samples=eval_samples, resume=resume,
+                              tome=values, prune=shares, distill_steps=distill_steps, samples=samples, eval_samples=eval_samples, resume=resume,
                               overwrite=overwrite, options=options, progress=progress_printer(quiet))
     document = result.document
     measured = [c for c in document.candidates if c.status == "measured"]

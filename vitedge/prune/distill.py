@@ -129,8 +129,11 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
             projection = nn.Linear(widths[0], widths[1], bias=False)
     trained = list(student.parameters()) + list(projection.parameters())
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    # one-cycle warms up over the first 10 % of the steps; under 20 steps that is less than two steps,
+    # which its phase arithmetic cannot take (it divided by zero), so a short run keeps the rate
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                                   pct_start=0.1)
+                                                   pct_start=0.1) if config.steps >= 20 else \
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     key = hashlib.sha256(json.dumps({"config": asdict(config), **(identity or {})},
                                     sort_keys=True, default=str).encode()).hexdigest()
     start = 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from vitedge.artifact import artifact_hash, derive_card, write_card
 from vitedge.card import ModelCard
+from vitedge.data import DataSet
 from vitedge.errors import InputError
 from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
@@ -31,7 +32,7 @@ from vitedge.prune.plan import Importance, PrunePlan, PruneRatios
 
 @releasing
 def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | None = None, *,
-          data: str | Path | None = None, samples: int | None = None,
+          data: str | Path | DataSet | None = None, samples: int | None = None,
           distill: DistillConfig | None = None, options: SourceOptions | None = None,
           overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | No
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
     loaded = as_loaded(model, options)
-    inputs = [*loaded.origin, *input_paths(data)]
+    inputs = [*loaded.origin, *input_paths(data.origin if isinstance(data, DataSet) else data)]
     out = check_output(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs)
     checkpoint = Path(str(out) + ".distill.pt")
     if distill.steps:
@@ -122,7 +123,7 @@ class _Run:
                                         "params_before": _params(teacher)}
         self.shapes: dict[str, Any] = {}
 
-    def split(self, data: str | Path, samples: int | None) -> None:
+    def split(self, data: str | Path | DataSet, samples: int | None) -> None:
         self.train, self.holdout, labels = _split(self.loaded, data, samples)
         self.labels = None if self.features else labels
 
@@ -154,7 +155,7 @@ class _Run:
         self.measure("before_distill")
 
     def distill(self, config: DistillConfig, checkpoint: Path,
-                tick: Callable[[int, int, float | None], None] | None, data: str | Path | None) -> None:
+                tick: Callable[[int, int, float | None], None] | None, data: str | Path | DataSet | None) -> None:
         from vitedge.prune.distill import distill
         from vitedge.prune.layouts import final_norm
 
@@ -166,7 +167,8 @@ class _Run:
             self.student, self.teacher, self.train, self.holdout, replace(config, vectors=self.features),
             feature_norms=(final_norm(self.student), final_norm(self.teacher)) if config.features else None,
             checkpoint=checkpoint, tick=tick,
-            identity={"structure": self.shapes["after"], "data": str(data),
+            identity={"structure": self.shapes["after"],
+                      "data": data.origin if isinstance(data, DataSet) else str(data),
                       "parent": artifact_hash(card) if card.files else card.source})
         self.measure("after_distill")
 
@@ -190,12 +192,14 @@ def _params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _split(loaded: LoadedModel, data: str | Path, samples: int | None
+def _split(loaded: LoadedModel, data: str | Path | DataSet, samples: int | None
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Training images and a held-out slice (20%, at most 200) for agreement and early stopping."""
+    """Training images and a held-out slice (20%, at most 200) for agreement and early stopping
+    (`data`: a path, or images already opened with this model's preprocessing)."""
     from vitedge.data import model_labels, open_data
 
-    dataset = open_data(data, loaded.card.preprocessing, samples=samples, role="prune --data")
+    dataset = data if isinstance(data, DataSet) else \
+        open_data(data, loaded.card.preprocessing, samples=samples, role="prune --data")
     arrays = np.concatenate(list(dataset.batches(64)))
     labels = model_labels(loaded.card, dataset)
     order = np.random.default_rng(0).permutation(len(arrays))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitedge.documents import read_model
-from vitedge.formatting import percent
+from vitedge.formatting import count, percent
 from vitedge.report.page import Sections, figure, png
 from vitedge.schemas.optimize import CandidateDoc, OptimizeDoc
 
@@ -37,14 +37,15 @@ def optimize_sections(directory: Path) -> Sections:
         headline.append(("chosen", "none: no candidate met the budget"))
     if document.not_tried:
         headline.append(("not tried (--time-budget)", ", ".join(document.not_tried)))
-    rows = [[c.name, str(c.tome), c.precision_run or c.precision, c.runtime,
+    rows = [[c.name, f"{c.prune:.0%}" if c.prune else "-", str(c.tome), count(c.macs), c.precision_run or c.precision,
+             c.runtime,
              percent(c.agreement) if c.agreement is not None else "-",
              percent(c.top1) if c.top1 is not None else "-",
              f"{c.drop:.2f}" if c.drop is not None else "-", _speed(c),
              f"{_ratio(base, c):.2f}×" if _ratio(base, c) else "-",
              percent(c.int8_share) if c.int8_share is not None else "-", _verdict(c, chosen, document)]
             for c in document.candidates]
-    tables = [("Candidates", ["candidate", "ToMe r", "precision run", "runtime", "agreement", "top-1",
+    tables = [("Candidates", ["candidate", "pruned (heads, MLP)", "ToMe r", "MACs", "precision run", "runtime", "agreement", "top-1",
                               "drop", speed, "speed-up vs r0 FP32 ONNX Runtime", "Linear MACs INT8",
                               "verdict"], rows)]
     return Sections(title=f"vitedge optimize: {document.source} for {document.target}",

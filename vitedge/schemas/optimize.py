@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from vitedge.schemas.base import Count, Doc, Positive, RelPath, Share
 
@@ -10,6 +12,7 @@ from vitedge.schemas.base import Count, Doc, Positive, RelPath, Share
 class CandidateDoc(Doc):
     name: str  # e.g. "r8-int8-openvino"; its bundle is candidates/<name>
     tome: Count  # tokens merged per block (0: none)
+    prune: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of heads and MLP units removed (0: none)
     precision: Literal["fp32", "bf16", "int8", "best"]
     runtime: Literal["onnxruntime", "openvino"]
     bundle: RelPath | None = None  # candidates/<name>, once written
