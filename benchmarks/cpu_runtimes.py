@@ -10,8 +10,10 @@ in the same alternating rounds (median ms), as a ratio to a plain ONNX Runtime F
 the exported graph. vitedge rows are bundles written by `vitedge compile --target x86-cpu` and
 loaded as `vitedge predict/bench/run` load them; quantized rows come from
 `vitedge quantize --target x86-cpu` (asymmetric INT8, ViT-safe, the budget search on the
-calibration half). Prints the CPU, its ISA and the runtime versions, and checks the issue's
-targets. Needs ../shared/realdata.
+calibration half). Also ToMe r16 + INT8 (merged with `prune --tome 16`, quantized per fold) and
+`vitedge optimize`'s pick per fold (`--tome 0,16`, fold k calibrates, the other fold chooses and is
+then the one it is evaluated on, so that row carries a selection bias, said in its note). Prints
+the CPU, its ISA and the runtime versions, and checks the issue's targets. Needs ../shared/realdata.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--skip-int8", action="store_true", help="float rows only (minutes faster)")
+    parser.add_argument("--skip-optimize", action="store_true",
+                        help="no ToMe + INT8 and no optimize rows (about 10 minutes faster)")
     parser.add_argument("--work", type=Path, help="keep the exported and quantized models here and "
                         "reuse them in the next run (default: a temporary folder)")
     args = parser.parse_args()
@@ -189,6 +193,36 @@ def main() -> None:
                 print(f"NNCF TRANSFORMER on OpenVINO, fold {k}: {seconds:.0f} s")
             rows.append(Row("OpenVINO + NNCF INT8 (ModelType.TRANSFORMER), its own precision pick",
                             [OpenVinoSession(p, precision=None, int8=True) for p in nncf_models]))
+        if not args.skip_int8 and not args.skip_optimize:
+            if not (tmp / "tome16-onnx" / "card.json").is_file():
+                vitedge("prune", "timm:deit_tiny_patch16_224", "-w", realdata.DEIT_WEIGHTS, "--tome", "16",
+                        "-o", tmp / "tome16", "--overwrite", "-q")
+                vitedge("export", tmp / "tome16", "-o", tmp / "tome16-onnx", "--overwrite", "-q")
+            for k, folder in enumerate(folders):
+                if not (tmp / f"tome16-int8-{k}" / "model.onnx").is_file():
+                    vitedge("quantize", tmp / "tome16-onnx", "--calib", folder, "--samples", sizes[k],
+                            "--target", "x86-cpu", "-o", tmp / f"tome16-int8-{k}", "-q")
+            rows.append(Row("vitedge ToMe r16 + INT8 bundle (asymmetric), auto",
+                            [bundle(f"tome16-int8-{k}", tmp / f"tome16-int8-{k}", tmp / f"b-tome16-int8-{k}")
+                             for k in (0, 1)]))
+            rows[-1].note = compile_lines["tome16-int8-0"]
+            picks = []
+            for k, folder in enumerate(folders):
+                out = tmp / f"optimize-{k}"
+                if not (out / "best" / "card.json").is_file():
+                    started = time.perf_counter()
+                    vitedge("optimize", "timm:deit_tiny_patch16_224", "-w", realdata.DEIT_WEIGHTS,
+                            "--target", "x86-cpu", "--data", folders[1 - k], "--calib", folder,
+                            "--samples", sizes[k], "--tome", "0,16", "--max-drop", "1", "-o", out,
+                            "--overwrite", "-q")
+                    print(f"vitedge optimize, fold {k} calibrates: {time.perf_counter() - started:.0f} s")
+                picks.append(json.loads((out / "optimize.json").read_text())["chosen"])
+            if all(picks):
+                rows.append(Row("vitedge optimize's pick (--tome 0,16, --max-drop 1)",
+                                [load_session(tmp / f"optimize-{k}" / "best") for k in (0, 1)],
+                                f"picks: {', '.join(picks)} (chosen on the fold it is evaluated on)"))
+            else:
+                print(f"vitedge optimize found nothing within the budget on a fold: {picks}")
 
         fp32 = rows[0].sessions[0].infer_all(np.concatenate(folds), 8)
         for row in rows:
