@@ -378,7 +378,7 @@ def test_several_sources_are_batched_on_one_model(bundle, video, tmp_path):
     deployed, reference = load_session(bundle), load_session(bundle.parent / "digits-onnx")
     sources = [FrameSource.open(str(video)), FrameSource.open(str(video)), FrameSource.open(str(HELDOUT))]
     summary = run_loop(deployed, sources, tmp_path / "run", reference=reference,
-                       options=RunOptions(shadow_every=3, frames=60))
+                       options=RunOptions(shadow_every=3, frames=60, window=7))
     assert isinstance(summary, MultiRunSummary) and [e.dir for e in summary.streams] == ["stream0", "stream1",
                                                                                       "stream2"]
     # files never stall: every round had a frame of each stream, and one model call took all three
@@ -389,7 +389,14 @@ def test_several_sources_are_batched_on_one_model(bundle, video, tmp_path):
                      options=RunOptions(shadow_every=0, frames=60))
     assert alone.frames.logged == 60
     single = {line["index"]: line for line in _lines(tmp_path / "alone")}
-    scraped = {}
+    scraped, rolling = {}, {}
+    for family in text_string_to_metric_families((tmp_path / "run" / "metrics.prom").read_text()):
+        for sample in family.samples:
+            if sample.name == "vitedge_frames_logged_total":
+                scraped[sample.labels["stream"]] = sample.value
+            if sample.name in ("vitedge_rolling_agreement", "vitedge_rolling_kl"):
+                rolling[sample.name[16:], int(sample.labels["stream"])] = sample.value
+    assert scraped == {"0": 60, "1": 60, "2": 60}  # one scrape target, a series per stream
     for number in range(3):
         folder = tmp_path / "run" / f"stream{number}"
         stream = json.loads((folder / "summary.json").read_text())
@@ -400,17 +407,15 @@ def test_several_sources_are_batched_on_one_model(bundle, video, tmp_path):
         shadowed = [line for line in lines if "shadow" in line]
         assert len(shadowed) + stream["shadow"]["skipped_reference_behind"] == 20
         assert stream["drift"]["samples"] == len(shadowed) > 0
+        last = sorted(shadowed, key=lambda line: line["index"])[-7:]  # the rolling window of 7, at the end
+        assert rolling["agreement", number] == pytest.approx(np.mean([l["shadow"]["agree"] for l in last]))
+        assert rolling["kl", number] == pytest.approx(np.mean([l["shadow"]["kl"] for l in last]), abs=1e-9)
         assert all(line["frame_ms"] >= line["latency_ms"] for line in lines)
         if number < 2:  # the same video as the run of one source: the same outputs, batched or not
             for line in lines:
                 alone_top = single[line["index"]]["top"]
                 assert line["top"][0][1] == alone_top[0][1]
                 assert line["top"][0][2] == pytest.approx(alone_top[0][2], abs=1e-3)
-    for family in text_string_to_metric_families((tmp_path / "run" / "metrics.prom").read_text()):
-        for sample in family.samples:
-            if sample.name == "vitedge_frames_logged_total":
-                scraped[sample.labels["stream"]] = sample.value
-    assert scraped == {"0": 60, "1": 60, "2": 60}  # one scrape target, a series per stream
     report = write_report(tmp_path / "run", tmp_path / "run" / "report.html")
     assert report["kind"] == "fleet" and len(report["streams"]) == 3
     assert report["runs"][0]["summary"]["batching"]["calls"] == 60

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from vitedge.schemas.results import MultiRunSummary, RunSummary
 
 ROUND_WAIT_S = 0.05  # several sources: how long a round waits for live streams that have no frame yet
+ROLLED = ("agree", "kl", "cosine", "rel_error")  # the shadow figures the rolling window averages
 STALLED_S = 1.0  # ... unless the stream has had none this long (reconnecting): then it is not waited for
 MOSAIC_WIDTH = 1280  # several sources: the tiled view (window, recording, live page) is this wide
 
@@ -427,6 +428,8 @@ class _Stream:
         self.events_log = open(out / "events.jsonl", "w")
         self.pending: dict[int, dict[str, Any]] = {}  # frame lines waiting for their shadow result
         self.rolling: deque[dict[str, float]] = deque(maxlen=self.options.window)
+        self.rolling_sums: dict[str, float] = dict.fromkeys(ROLLED, 0.0)  # of what `rolling` holds
+        self.rolled = 0  # shadow results added to the window
         self.reference_logits: list[np.ndarray] = []
         self.deployed_logits: list[np.ndarray] = []
         self.loop_ms: list[float] = []
@@ -553,7 +556,7 @@ class _Stream:
             line["shadow"] = shadow
             self.reference_logits.append(ref[0])
             self.deployed_logits.append(dep[0])
-            self.rolling.append(shadow)
+            self._roll(shadow)
             off = shadow["cosine"] < self.thresholds.min_cosine if self.features else not shadow["agree"]
             if off and self.kept_disagreements < self.options.keep_disagreements:
                 self.keep_disagreement(frame, line)
@@ -568,16 +571,32 @@ class _Stream:
         line["saved"] = f"disagreements/{name}"
         self.kept_disagreements += 1
 
+    def _roll(self, shadow: dict[str, Any]) -> None:
+        """Add a shadow result to the window, keeping its sums: the rolling figures are read on
+        every frame (overlay, page, Prometheus), so they must not cost O(--window) each time."""
+        window = self.rolling
+        if len(window) == window.maxlen:
+            for key in ROLLED:
+                self.rolling_sums[key] -= window[0].get(key) or 0.0
+        window.append(shadow)
+        self.rolled += 1
+        if self.rolled % (window.maxlen or 1) == 0:  # start again from exact sums once per window
+            self.rolling_sums = {key: float(sum(r.get(key) or 0.0 for r in window)) for key in ROLLED}
+        else:
+            for key in ROLLED:
+                self.rolling_sums[key] += shadow.get(key) or 0.0
+
     def rolling_metrics(self) -> dict[str, float | None]:
         if not self.rolling:
             return {"agreement": None, "kl": None, "cosine": None, "rel_error": None, "samples": 0}
+        count = len(self.rolling)
 
         def mean(key: str) -> float | None:
             return None if self.features and key in ("agree", "kl") or not self.features and key == "rel_error" \
-                else float(np.mean([r[key] for r in self.rolling]))
+                else self.rolling_sums[key] / count
 
         return {"agreement": mean("agree"), "kl": mean("kl"), "cosine": mean("cosine"),
-                "rel_error": mean("rel_error"), "samples": len(self.rolling)}
+                "rel_error": mean("rel_error"), "samples": count}
 
     def status(self) -> str:
         if self.run.shadow is None:
