@@ -163,6 +163,8 @@ def test_camera_bundle_resizes_inside_and_runs_live(bundles, tmp_path):
     pre = camera.card.preprocessing
     with pytest.raises(InputError, match="takes raw 480x640 frames"):
         camera.infer(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(InputError, match="cannot run .* resizes in the graph and OpenVINO"):
+        load_session(bundles["camera"], backend="openvino")  # its ONNX frontend ignores antialias
     video = make_digits_video(tmp_path / "cam.mp4", frames=60)
     plain = load_session(bundles["plain"])
     with FrameSource.open(str(video)) as source:

@@ -108,6 +108,13 @@ def _bundle_session(bundle: Bundle, *, rebuild: bool, backend: Backend | None) -
     if backend is Backend.OPENVINO:
         from vitedge.runtime.openvino import OpenVinoSession
 
+        if bundle.pixels is not None and bundle.pixels.resize:  # OpenVINO would not resize as compiled
+            from vitedge.compile.ingraph import resize_problem
+
+            problem = resize_problem(bundle.card.preprocessing, bundle.pixels, "openvino")
+            if problem:
+                raise InputError(f"--backend openvino cannot run {path}: it resizes in the graph and {problem}",
+                                 "run it on its own runtime (drop --backend)")
         # An ONNX Runtime bundle's model.onnx may hold ONNX Runtime's own fused operators: OpenVINO
         # reads the plain graph it was made from; a TensorRT bundle's model.onnx is plain ONNX.
         plain = bundle.member(SOURCE if bundle.runtime == "onnxruntime" else MODEL)
