@@ -106,9 +106,31 @@ def test_time_budget_stops_and_resume_goes_on_with_pruned_candidates(tmp_path):
     assert_user_error(cli(*args[:6], "-o", out), "already exists")
 
 
+def test_a_tensorrt_target_gets_prepared_bundles_and_labelled_estimates(digits_onnx, tmp_path):
+    out = tmp_path / "orin"
+    result = cli("optimize", digits_onnx, "--target", "jetson-orin-nano", "--data", HELDOUT, "--calib", TRAIN,
+                 "--samples", "32", "--eval-samples", "60", "--tome", "0", "-o", out)
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "optimize.json").read_text())
+    candidates = {c["name"]: c for c in document["candidates"]}
+    assert set(candidates) == {"r0-fp16-tensorrt", "r0-best-tensorrt"} and not document["measured_here"]
+    for c in candidates.values():  # no engine here: the bundle's own ONNX on ONNX Runtime, and it says so
+        assert c["status"] == "measured" and not c["native"] and c["p50_ms"] is None
+        assert "NOT the TensorRT engine" in c["ran_on"] and "on the device" in c["precision_run"]
+        assert read_bundle(out / c["bundle"]).runtime == "tensorrt"
+    fp16, int8 = candidates["r0-fp16-tensorrt"], candidates["r0-best-tensorrt"]
+    assert int8["int8_share"] > 0.5 and int8["precision_run"].startswith("int8")
+    # unmeasured, INT8 earns nothing over FP16: the same MACs cost the same, the closer one wins
+    assert int8["estimated_cost"] == pytest.approx(fp16["estimated_cost"]) == pytest.approx(0.5)
+    assert document["chosen"] == max(candidates.values(), key=lambda c: (c["agreement"], c["name"] == fp16["name"]))["name"]
+    assert (out / "best" / "trtexec.sh").is_file()  # what the device builds from
+    report = (out / "report.md").read_text()
+    assert "not measured: TensorRT engines are built and timed on the device" in report
+    assert "FP16 candidates run FP32 there" in report and "lowest estimated cost" in report
+    assert f"vitedge build {out / 'best'}" in " ".join(result.output.split())
+
+
 def test_refusals(digits_onnx, tmp_path):
-    assert_user_error(cli("optimize", digits_onnx, "--target", "jetson-orin-nano", "--data", HELDOUT,
-                          "-o", tmp_path / "a"), "optimize measures CPU targets")
     assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,
                           "--tome", "0,x", "-o", tmp_path / "a"), "--tome '0,x' is not a list")
     assert_user_error(cli("optimize", digits_onnx, "--target", native_cpu_target(), "--data", HELDOUT,

@@ -1,6 +1,6 @@
 """`vitedge optimize`: the fastest bundle within an accuracy budget, measured.
 
-The search covers what vitedge can do to a ViT for a CPU target: structured pruning (`--prune P`:
+The search covers what vitedge can do to a ViT for a target: structured pruning (`--prune P`:
 a share P of the attention heads and of the MLP units removed, then distilled from the original on
 the calibration images), token merging (`r` tokens per block, training-free, also on top of a
 pruned model), precision (FP32, BF16 where the CPU has it, INT8 from `vitedge quantize`
@@ -16,6 +16,14 @@ the target's ISA; otherwise each candidate gets a MAC-weighted cost estimate (FP
 INT8 0.25 per MAC), labelled as such. The fastest candidate within the budget is copied to
 OUT/best; optimize.json holds every figure and is updated after each candidate, so a run that
 was stopped (or ran out of --time-budget) goes on with `--resume`.
+
+A TensorRT target (a Jetson, a desktop GPU) gets FP16 and INT8 (+ FP16 float layers) bundles.
+Where the engine cannot be built here (no TensorRT, another GPU) each candidate's accuracy comes
+from ONNX Runtime running the bundle's own ONNX — the Q/DQ graph TensorRT builds from; an FP16
+candidate runs FP32 there, which each candidate says — and the latency is the MAC estimate (FP16
+0.5 per MAC, and INT8 no cheaper than FP16 until measured: the profiles default to FP16 because
+INT8 ViTs are often no faster there), so the pick is the fewest MACs within the budget, in FP16:
+build and time the candidates on the device (`vitedge build`, `vitedge bench`).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ MANIFEST = "optimize.json"
 CANDIDATES = "candidates"
 BEST = "best"
 # Relative cost per MAC where latency cannot be measured here (an estimate, labelled as such).
-COST_PER_MAC = {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}
+COST_PER_MAC = {"fp32": 1.0, "bf16": 0.5, "fp16": 0.5, "int8": 0.25}
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,6 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
     started = time.perf_counter()
     if not isinstance(target, Target):
         target = load_target(target)
-    if target.runtime is Runtime.TENSORRT:
-        raise InputError(f"optimize measures CPU targets; {target.name} runs TensorRT engines, which "
-                         "cannot be built or timed here",
-                         "for TensorRT: vitedge quantize --target T, then compile, and bench on the device")
     if max_drop < 0 or (min_agreement is not None and not 0 <= min_agreement <= 1):
         raise InputError("--max-drop must be >= 0 and --min-agreement within [0, 1]")
     tome = tuple(sorted(set(tome)))
@@ -132,9 +136,10 @@ class _Search:
 
         self.folder, self.loaded, self.target, self.say = folder, loaded, target, say
         self.started, self.time_budget, self.distill_steps = started, time_budget, distill_steps
-        self.same_isa = target.isa in (None, machine_arch())
-        self.runtimes = [r for r in target.runtimes
-                         if r is not Runtime.OPENVINO or openvino_importable() is None]
+        self.tensorrt = target.runtime is Runtime.TENSORRT
+        self.same_isa = not self.tensorrt and target.isa in (None, machine_arch())
+        self.runtimes = [Runtime.TENSORRT] if self.tensorrt else [
+            r for r in target.runtimes if r is not Runtime.OPENVINO or openvino_importable() is None]
         self.bf16 = Precision.BF16 in target.precisions and Runtime.OPENVINO in self.runtimes and bf16_here()
         self.candidates: dict[str, dict[str, Any]] = {}
         self.not_tried: list[str] = []
@@ -204,8 +209,12 @@ class _Search:
     # ------------------------------------------------------------------ candidates
     def variant(self, variant: Variant, *, int8: bool) -> None:
         """The float (or INT8) model of `variant`, and its bundles."""
-        precisions = (["int8", *(["best"] if self.bf16 else [])] if int8 else
-                      ["fp32", *(["bf16"] if self.bf16 else [])])
+        if self.tensorrt:  # what a TensorRT user deploys: FP16, and INT8 with FP16 float layers
+            half = Precision.FP16 in self.target.precisions
+            precisions = [("best" if half else "int8") if int8 else ("fp16" if half else "fp32")]
+        else:
+            precisions = (["int8", *(["best"] if self.bf16 else [])] if int8 else
+                          ["fp32", *(["bf16"] if self.bf16 else [])])
         names = [(variant.name(f"{p}-{rt}"), p, rt) for p in precisions for rt in self._runtimes_for(p)]
         done = {name for name, _p, _rt in names if name in self.previous and (
             self.previous[name]["status"] == "skipped" or self._usable(self._path(name)))}
@@ -230,7 +239,8 @@ class _Search:
             self._bundle(name, variant, precision, runtime, model)
 
     def _runtimes_for(self, precision: str) -> list[str]:
-        return [str(rt) for rt in self.runtimes if precision in ("fp32", "int8") or rt is Runtime.OPENVINO]
+        return [str(rt) for rt in self.runtimes
+                if precision in ("fp32", "int8") or rt in (Runtime.OPENVINO, Runtime.TENSORRT)]
 
     def _onnx_dir(self, variant: Variant) -> Any:
         return self.base if variant == Variant(0.0, 0) else self._path(variant.name("onnx"))
@@ -296,9 +306,19 @@ class _Search:
         try:
             bundle = compile_bundle(model, self.target, self._path(name), precision=precision,
                                     runtime=runtime, overwrite=True)
-            with load_session(bundle.path) as session:
+            native = True
+            try:
+                session = load_session(bundle.path)
+            except InputError:
+                if not self.tensorrt:
+                    raise
+                native = False  # no engine here: the bundle's own ONNX on ONNX Runtime, said so
+                session = load_session(bundle.path, backend="onnxruntime")
+            with session:
                 logits = session.infer_all(self.evaluation, 16)
-                precision_run = session.precision
+                precision_run = session.precision if native else \
+                    f"{session.precision} on ONNX Runtime ({precision} on the device)"
+                ran_on = session.description
         except VitedgeError as exc:
             self._record(name, variant, precision, runtime, status="failed", reason=exc.message)
             return
@@ -311,7 +331,7 @@ class _Search:
         self._record(name, variant, precision, runtime, status="measured", bundle=f"{CANDIDATES}/{name}",
                      precision_run=precision_run, macs=self._macs(variant), agreement=agreement, top1=top1,
                      drop=drop, int8_share=quantization.get("int8_linear_mac_share", 0.0),
-                     seconds=time.perf_counter() - begun)
+                     native=native, ran_on=ran_on, seconds=time.perf_counter() - begun)
         self.say(f"  agreement {100 * agreement:.1f}%" + (f", top-1 {100 * top1:.1f}%" if top1 is not None else "")
                  + f", {precision_run} on {runtime}")
 
@@ -335,18 +355,25 @@ class _Search:
     def finish(self) -> OptimizeDoc:
         measured = [c for c in self.candidates.values() if c["status"] == "measured"]
         batch = self.target.batch.opt
+        if self.tensorrt:  # TensorRT engines built here (on the device itself) can be timed here
+            self.same_isa = bool(measured) and all(c.get("native") for c in measured)
         if self.same_isa and measured:
             self._time(measured, batch)
         else:
             base = max((c["macs"] or 0) for c in measured) if measured else 0
             for c in measured:
-                float_cost = COST_PER_MAC["bf16" if c["precision_run"] in ("bf16", "int8+bf16") else "fp32"]
+                half = "fp16" if self.tensorrt and c["precision"] in ("fp16", "best") else \
+                    "bf16" if c["precision_run"] in ("bf16", "int8+bf16") else "fp32"
+                float_cost = COST_PER_MAC[half]
+                # TensorRT profiles default to FP16 because INT8 ViTs are often no faster there at
+                # batch 1: unmeasured, INT8 earns nothing over FP16 (fewer MACs still count)
+                int8_cost = COST_PER_MAC["fp16"] if self.tensorrt else COST_PER_MAC["int8"]
                 share = c.get("int8_share") or 0.0
                 c["estimated_cost"] = ((c["macs"] or 0) / (base or 1)) * (
-                    share * COST_PER_MAC["int8"] + (1 - share) * float_cost)
+                    share * int8_cost + (1 - share) * float_cost)
         within = [c for c in measured if self._meets(c)]
         key = (lambda c: c["p50_ms"]) if self.same_isa else (lambda c: c["estimated_cost"])
-        chosen = min(within, key=key) if within else None
+        chosen = min(within, key=lambda c: (key(c), -c["agreement"])) if within else None  # ties: closer to FP32
         pareto = [c["name"] for c in measured if not any(
             key(o) <= key(c) and o["agreement"] >= c["agreement"] and (key(o), o["agreement"]) != (key(c), c["agreement"])
             for o in measured)]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @takes_source_options()
 def optimize(
     source: Source,
-    target: Annotated[str, typer.Option(help="Target profile name or .toml (CPU targets; see `vitedge targets`).")],
+    target: Annotated[str, typer.Option(help="Target profile name or .toml (see `vitedge targets`); TensorRT targets are estimated.")],
     data: Annotated[str, typer.Option(
         "--data", help="Held-out images for accuracy (labeled ImageFolder: top-1 too); split in two "
                        "(calibration / evaluation, seeded) unless --calib is given.")],
@@ -93,6 +93,9 @@ def optimize(
             f"estimated cost {chosen.estimated_cost:.3f}"
         console.print(f"best: {result.best}  {chosen.name} ({chosen.precision_run} on {chosen.runtime}): "
                       f"agreement {100 * (chosen.agreement or 0):.1f}%, {speed}", highlight=False)
+    if chosen is not None and chosen.runtime == "tensorrt" and not chosen.native:
+        console.print(f"TensorRT: accuracy from ONNX Runtime on each bundle's ONNX, latency estimated; on the "
+                      f"device: vitedge build {result.best}, and vitedge bench the candidates there", highlight=False)
     if document.not_tried:
         console.print(f"not tried within --time-budget: {', '.join(document.not_tried)} "
                       "(run again with --resume)", highlight=False)

@@ -17,7 +17,10 @@ def optimize_sections(directory: Path) -> Sections:
     measured = [c for c in document.candidates if c.status == "measured"]
     chosen = next((c for c in measured if c.name == document.chosen), None)
     speed = "p50 ms (measured here)" if document.measured_here else "estimated cost (MAC-weighted)"
-    base = next((c for c in measured if c.name == "r0-fp32-onnxruntime"), None)
+    tensorrt = any(c.runtime == "tensorrt" for c in document.candidates)
+    base = next((c for c in measured if c.name in ("r0-fp32-onnxruntime", "r0-fp16-tensorrt", "r0-fp32-tensorrt")),
+                None)
+    base_name = base.name if base is not None else "r0 FP32 ONNX Runtime"
     budget = f"top-1 drop ≤ {document.max_drop:g} points" if document.labeled else \
         f"agreement drop ≤ {document.max_drop:g} points"
     if document.min_agreement is not None:
@@ -30,9 +33,16 @@ def optimize_sections(directory: Path) -> Sections:
                 ("budget", budget),
                 ("latency", f"batch {document.batch}, " + (
                     "every candidate timed here in the same alternating rounds" if document.measured_here
+                    else "not measured: TensorRT engines are built and timed on the device (vitedge build, "
+                         "vitedge bench there); MAC-weighted estimates only, INT8 no cheaper than FP16 until "
+                         "measured (INT8 ViTs are often no faster at batch 1)" if tensorrt
                     else "not measured: this machine is not the target's ISA; estimates only"))]
+    if tensorrt and not all(c.native for c in measured):
+        headline.append(("accuracy", "ONNX Runtime CPU running each bundle's own ONNX (the Q/DQ graph TensorRT "
+                                     "builds from); FP16 candidates run FP32 there, so their FP16 error is not in "
+                                     "these figures"))
     if chosen is not None:
-        headline.append(("chosen", f"{chosen.name} → best/ ({_figures(chosen, base, document)})"))
+        headline.append(("chosen", f"{chosen.name} → best/ ({_figures(chosen, base, base_name, document)})"))
     else:
         headline.append(("chosen", "none: no candidate met the budget"))
     if document.not_tried:
@@ -46,7 +56,7 @@ def optimize_sections(directory: Path) -> Sections:
              percent(c.int8_share) if c.int8_share is not None else "-", _verdict(c, chosen, document)]
             for c in document.candidates]
     tables = [("Candidates", ["candidate", "pruned (heads, MLP)", "ToMe r", "MACs", "precision run", "runtime", "agreement", "top-1",
-                              "drop", speed, "speed-up vs r0 FP32 ONNX Runtime", "Linear MACs INT8",
+                              "drop", speed, f"speed-up vs {base_name}", "Linear MACs INT8",
                               "verdict"], rows)]
     return Sections(title=f"vitedge optimize: {document.source} for {document.target}",
                     headline=headline, tables=tables, plots=[("Latency against agreement", _plot(measured, document))],
@@ -69,13 +79,13 @@ def _ratio(base: CandidateDoc | None, c: CandidateDoc) -> float | None:
     return _cost(base) / _cost(c)  # type: ignore[operator]
 
 
-def _figures(c: CandidateDoc, base: CandidateDoc | None, document: OptimizeDoc) -> str:
+def _figures(c: CandidateDoc, base: CandidateDoc | None, base_name: str, document: OptimizeDoc) -> str:
     parts = [f"agreement {percent(c.agreement)}"]
     if c.top1 is not None and document.fp32_top1 is not None:
         parts.append(f"top-1 {percent(c.top1)} vs FP32 {percent(document.fp32_top1)}")
     ratio = _ratio(base, c)
     parts.append(f"{_speed(c)}" + (" ms" if c.p50_ms is not None else "") +
-                 (f", {ratio:.2f}× r0 FP32 ONNX Runtime" if ratio else ""))
+                 (f", {ratio:.2f}× {base_name}" if ratio else ""))
     return "; ".join(parts)
 
 
@@ -88,7 +98,8 @@ def _verdict(c: CandidateDoc, chosen: CandidateDoc | None, document: OptimizeDoc
     if document.min_agreement is not None and (c.agreement or 0) < document.min_agreement:
         return f"dropped: agreement {percent(c.agreement)} < {percent(document.min_agreement)}{tag}"
     if chosen is not None and c.name == chosen.name:
-        return f"chosen: the fastest within the budget{tag}"
+        return ("chosen: the fastest within the budget" if document.measured_here else
+                "chosen: the lowest estimated cost within the budget") + tag
     return f"within the budget, slower than {chosen.name if chosen else '-'}{tag}"
 
 

@@ -13,8 +13,8 @@ class CandidateDoc(Doc):
     name: str  # e.g. "r8-int8-openvino"; its bundle is candidates/<name>
     tome: Count  # tokens merged per block (0: none)
     prune: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of heads and MLP units removed (0: none)
-    precision: Literal["fp32", "bf16", "int8", "best"]
-    runtime: Literal["onnxruntime", "openvino"]
+    precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
     bundle: RelPath | None = None  # candidates/<name>, once written
     status: Literal["measured", "failed", "skipped"]
     reason: str | None = None  # why it failed or was skipped
@@ -27,6 +27,8 @@ class CandidateDoc(Doc):
     p50_ms: float | None = None  # measured here (None when the target is not this machine)
     estimated_cost: float | None = None  # MAC-weighted estimate when not measured (relative to FP32)
     seconds: float | None = None  # building and measuring it
+    native: bool = True  # its accuracy came from its own runtime (False: a TensorRT bundle's ONNX on ONNX Runtime)
+    ran_on: str | None = None  # the session that produced its accuracy
 
 
 class OptimizeDoc(Doc):
