@@ -79,7 +79,9 @@ def two_fold_logits(sessions: list[Session], folds: list[np.ndarray], order: lis
 
 def nncf_openvino(float_onnx: Path, calibration: np.ndarray, out: Path) -> tuple[Path, float]:
     """What an Intel user does: NNCF on the OpenVINO model with the transformer preset."""
-    import nncf
+    from vitedge.quantize.nncf_import import import_nncf
+
+    nncf = import_nncf()  # NNCF's usage telemetry off, as in vitedge
     import openvino as ov
 
     started = time.perf_counter()

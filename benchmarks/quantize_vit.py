@@ -71,7 +71,9 @@ class Result:
 
 def peer_methods(float_path: Path, tmp: Path):
     """(name, symmetric, quantize(calib) -> (run(evaluation) -> logits, INT8 share or None))."""
-    import nncf
+    from vitedge.quantize.nncf_import import import_nncf
+
+    nncf = import_nncf()  # NNCF's usage telemetry off, as in vitedge
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,

@@ -707,3 +707,31 @@ def test_a_failed_library_step_gives_its_output_lock_back(made, tmp_path):
     other = subprocess.run([sys.executable, "-c", f"from vitedge import locks; print(locks.busy({str(tmp_path / 'b')!r}))"],
                            capture_output=True, text=True, check=True)
     assert other.stdout.strip() == "False" and list(tmp_path.iterdir()) == []
+
+
+def test_nothing_phones_home(digits_onnx, tmp_path):
+    """ONNX Runtime (1DS), NNCF and OpenVINO send usage telemetry unless told not to, and write a
+    device or client id into the home folder when they do (~/.cache/Microsoft, ~/intel): running
+    ONNX Runtime, NNCF and OpenVINO through vitedge in a fresh process (not under pytest, which NNCF
+    itself exempts) with an empty home must leave that home empty."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        "import sys\n"
+        "from vitedge.models.load import load\n"
+        "from vitedge.quantize.ptq import quantize\n"
+        "from vitedge.runtime.openvino import convert_to_ir\n"
+        "src, calib, out = sys.argv[1:4]\n"
+        "quantize(load(src), calib, out + '/int8', samples=16, eval_data=None)\n"  # NNCF imports OpenVINO first
+        "convert_to_ir(src + '/model.onnx', out + '/ir/model.xml')\n"
+        "from vitedge.runtime.openvino import OpenVinoSession\n"
+        "OpenVinoSession(out + '/ir/model.xml').close()\n")
+    env = {**os.environ, "HOME": str(home)}
+    for switch in ("NNCF_CI", "ORT_DISABLE_TELEMETRY", "JENKINS_URL", "CI"):
+        env.pop(switch, None)
+    (tmp_path / "out" / "ir").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", script, str(digits_onnx), str(TRAIN), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "int8" / "model.onnx").is_file() and (tmp_path / "out" / "ir" / "model.xml").is_file()
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []  # no ~/intel client id

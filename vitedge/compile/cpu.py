@@ -61,8 +61,10 @@ def bf16_here() -> bool:
 
 def openvino_importable() -> str | None:
     """None when OpenVINO imports, else why not."""
+    from vitedge.runtime.openvino import import_openvino
+
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError as exc:
         return f"OpenVINO is not importable ({exc})"
     return None

@@ -59,7 +59,9 @@ def nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Schem
                    method: CalibrationMethod, ignored: Any, smooth_quant: bool,
                    bias_correction: bool, full: bool = False,
                    tick: Callable[[int, int], None] | None = None) -> onnx.ModelProto:
-    import nncf
+    from vitedge.quantize.nncf_import import import_nncf
+
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,

@@ -78,7 +78,9 @@ class Budget:
 
 def ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
                    op_types: set[str], with_attention: bool) -> Any:
-    import nncf
+    from vitedge.quantize.nncf_import import import_nncf
+
+    nncf = import_nncf()
 
     names: list[str] = []
     types: list[str] = []
