@@ -199,7 +199,7 @@ def main() -> None:
             if not (tmp / "tome16-onnx" / "card.json").is_file():
                 vitedge("prune", "timm:deit_tiny_patch16_224", "-w", realdata.DEIT_WEIGHTS, "--tome", "16",
                         "-o", tmp / "tome16", "--overwrite", "-q")
-                vitedge("export", tmp / "tome16", "-o", tmp / "tome16-onnx", "--overwrite", "-q")
+                vitedge("export", tmp / "tome16", "-o", tmp / "tome16-onnx", "--overwrite")
             for k, folder in enumerate(folders):
                 if not (tmp / f"tome16-int8-{k}" / "model.onnx").is_file():
                     vitedge("quantize", tmp / "tome16-onnx", "--calib", folder, "--samples", sizes[k],
