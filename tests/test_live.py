@@ -112,11 +112,14 @@ def test_odd_frames_are_counted_not_fatal(bundle, tmp_path):
     (folder / "c.png").write_bytes(b"\x89PNG broken")
     cv2.imwrite(str(folder / "d.png"), cv2.resize(frame, (640, 480)))
     summary = run_loop(load_session(bundle), FrameSource.open(str(folder)), tmp_path / "run",
-                  options=RunOptions(shadow_every=0))
+                  options=RunOptions(shadow_every=0, show=True))
     counts = summary.frames
     assert counts.logged == 4 and counts.corrupt == 1 and counts.size_changes == 2
     lines = {l["index"]: l for l in _lines(tmp_path / "run")}
     assert lines[2]["corrupt"] and all(lines[i]["top"][0][1] == "3" for i in (0, 1, 3))
+    if "GUI:                           NONE" in cv2.getBuildInformation():  # --show turns itself off, once
+        events = [json.loads(l)["event"] for l in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+        assert events.count("no GUI") == 1
 
 
 class SlowReference(Session):

@@ -175,7 +175,6 @@ class _Item:
     frame: Frame
     line: dict[str, Any]
     input: np.ndarray  # the frame as the deployed graph takes it, without the batch axis
-    batch: np.ndarray | None  # the normalized batch of one (the shadow's input), when made
     work_ms: float = 0.0  # time spent on this frame besides inference
     infer_ms: float = 0.0  # the model call it was in
     status: str = ""
@@ -207,6 +206,7 @@ class _Loop:
             else None
         self.batches: dict[int, int] = {}  # frames per model call -> calls
         self.writer: Any = None
+        self.show = options.show  # turned off when this OpenCV has no window support
         self.tile: tuple[int, int] | None = None  # (width, height) of a stream in the tiled view
         self.stop_reason = "end of source"
 
@@ -249,10 +249,9 @@ class _Loop:
             return None
         pre, pixels = self.card.preprocessing, self.deployed.pixels
         if pixels is None:
-            batch = preprocess(frame.image, pre, frame_channel_order="BGR")[None]
-            item = _Item(stream, frame, line, batch[0], batch)
+            item = _Item(stream, frame, line, preprocess(frame.image, pre, frame_channel_order="BGR"))
         else:  # the graph preprocesses: the frame goes in as it is (at the capture size)
-            item = _Item(stream, frame, line, pixels.from_image(frame.image, pre, frame_channel_order="BGR"), None)
+            item = _Item(stream, frame, line, pixels.from_image(frame.image, pre, frame_channel_order="BGR"))
         item.work_ms = (time.perf_counter() - began) * 1000
         return item
 
@@ -265,7 +264,7 @@ class _Loop:
         for group in groups.values():
             for start in range(0, len(group), size):
                 self.infer(group[start:start + size])
-        if self.record or self.options.show or self.server is not None:
+        if self.record or self.show or self.server is not None:
             began = time.perf_counter()
             self.sinks(items)
             share = (time.perf_counter() - began) * 1000 / len(items)
@@ -303,12 +302,12 @@ class _Loop:
                 self.writer = cv2.VideoWriter(str(self.record[0]), cv2.VideoWriter_fourcc(*"mp4v"),
                                               fps or 30.0, (width, height))
             self.writer.write(view)
-        if self.options.show:
+        if self.show:
             try:
                 cv2.imshow("vitedge run", view)
                 cv2.waitKey(1)
             except cv2.error:
-                self.options.show = False
+                self.show = False
                 for stream in self.streams:
                     stream.event("no GUI", {"message": "this OpenCV has no window support; --show is off"})
         if self.server is not None:
@@ -353,7 +352,7 @@ class _Loop:
                 "latency_p50_ms": timing.percentile(50), "latency_p95_ms": timing.percentile(95),
                 "shadowed": sum(len(s.reference_logits) for s in self.streams),
                 "rolling_agreement": mean("agreement"), "rolling_kl": mean("kl"), "rolling_cosine": mean("cosine"),
-                "status": status, "top1": items[0].stream.top_text if not self.multi else
+                "status": status, "top1": items[0].stream.annotated[1][0] if not self.multi else
                 f"{len(self.streams)} streams, {statuses.count('drift')} drifting"}
 
     # --------------------------------------------------------------------------- shadow side
@@ -386,6 +385,7 @@ class _Loop:
         elapsed = self.loop_ended - self.started
         counts = {key: sum(getattr(s.frames, key) for s in summaries) for key in summaries[0].frames.to_dict()}
         calls = sum(self.batches.values())
+        batched = sum(size * n for size, n in self.batches.items())
         summary = {
             "kind": "run", "state": "finished", "pid": os.getpid(), "source": f"{len(self.streams)} streams",
             "streams": [{"dir": f"stream{n}", "source": s.source.uri, "verdict": summaries[n].drift.verdict,
@@ -396,8 +396,7 @@ class _Loop:
             "fps": counts["logged"] / elapsed if elapsed > 0 else None,
             "deployed": {"backend": self.deployed.description, "precision": self.deployed.precision,
                          "latency_ms": self.deployed.timing.summary()},
-            "batching": {"calls": calls, "frames": sum(size * n for size, n in self.batches.items()),
-                         "mean_batch": sum(size * n for size, n in self.batches.items()) / calls if calls else None,
+            "batching": {"calls": calls, "frames": batched, "mean_batch": batched / calls if calls else None,
                          "max_batch": self.deployed.max_batch,
                          "sizes": {str(size): n for size, n in sorted(self.batches.items())}},
             "alerts": any(s.alerts for s in summaries),
@@ -442,7 +441,6 @@ class _Stream:
         self.ended: float | None = None
         self.last_flush = self.last_frame = time.monotonic()
         self.annotated: tuple[np.ndarray, list[str], str] | None = None  # the latest frame, its overlay text
-        self.top_text = ""
 
     def next_frame(self, wait: float | None) -> Frame | None:
         """The next frame (a live stream: None when none came within `wait`); stop_reason is set
@@ -487,19 +485,17 @@ class _Stream:
         self.timing.images += 1
         if self.features:  # a feature vector has no classes to rank
             line["norm"] = round(float(np.linalg.norm(logits[0])), 5)
-            self.top_text = f"features, norm {line['norm']:.2f}"
         else:
             probabilities = softmax(logits)[0]
             order = np.argsort(-probabilities)[:self.options.top_k]
             line["top"] = [[int(i), self.run.label(i), round(float(probabilities[i]), 5)] for i in order]
-            self.top_text = f"{line['top'][0][1]} {100 * line['top'][0][2]:.1f}%"
         line["latency_ms"] = round(infer_ms, 3)
         if self.run.multi:
             line["batch"] = batch
         shadow = self.run.shadow
         if shadow is not None and frame.index % self.options.shadow_every == 0:
-            reference_input = item.batch if item.batch is not None else preprocess(
-                frame.image, self.run.card.preprocessing, frame_channel_order="BGR")[None]
+            reference_input = (item.input if self.run.deployed.pixels is None else preprocess(
+                frame.image, self.run.card.preprocessing, frame_channel_order="BGR"))[None]
             if shadow.offer((self.number, frame.index), reference_input, logits, frame):
                 self.pending[frame.index] = line
             else:
@@ -536,12 +532,16 @@ class _Stream:
     def publish_metrics(self) -> None:
         """The Prometheus counters and gauges to the stream's figures (summary.json's, at the end)."""
         stats, rolling = self.source.stats, self.rolling_metrics()
-        elapsed = (self.ended or self.run.loop_ended or time.monotonic()) - self.run.started
+        elapsed = self.elapsed()
         self.metrics.update(
             {"read": stats.read, "logged": self.frames, "dropped": stats.dropped, "corrupt": stats.corrupt,
              "shadowed": len(self.reference_logits), "skipped": self.skipped},
             {"fps": self.frames / elapsed if elapsed > 0 else None, "agreement": rolling["agreement"],
              "kl": rolling["kl"], "cosine": rolling["cosine"], "alert": float(self.alerting)})
+
+    def elapsed(self) -> float:
+        """Seconds from the run's start to this stream's end (or the run's, or now)."""
+        return (self.ended or self.run.loop_ended or time.monotonic()) - self.run.started
 
     # --------------------------------------------------------------------------- shadow side
     def compared(self, index: int, ref: np.ndarray, dep: np.ndarray, frame: Frame, ref_ms: float) -> None:
@@ -654,7 +654,7 @@ class _Stream:
     def finish(self, *, metrics_file: bool) -> RunSummary:
         """Write the stream's summary.json (and, for a run of one source, metrics.prom)."""
         run = self.run
-        elapsed = (self.ended or run.loop_ended or time.monotonic()) - run.started
+        elapsed = self.elapsed()
         drift = compare(np.array(self.reference_logits).reshape(len(self.reference_logits), -1),
                         np.array(self.deployed_logits).reshape(len(self.deployed_logits), -1),
                         self.thresholds, features=self.features) if self.reference_logits else \
