@@ -6,13 +6,11 @@ from typing import Any
 
 
 def import_nncf() -> Any:
-    """NNCF, with its usage telemetry off (NNCF_CI, set when vitedge is imported: NNCF reads its
-    only switch once, when it is first imported; without it NNCF sends its calls to Google
-    Analytics and writes a client id into ~/intel unless the user opted out)."""
-    import os
-
-    os.environ.setdefault("NNCF_CI", "1")
-    try:  # NNCF imports OpenVINO when it is installed: first without OpenVINO's import-time telemetry
+    """NNCF, with its usage telemetry off: its only switch, NNCF_CI, is set when vitedge is
+    imported (vitedge/__init__.py), before NNCF reads it at its first import; without it NNCF
+    sends its calls to Google Analytics and writes a client id into ~/intel unless the user
+    opted out. NNCF imports OpenVINO, whose own import-time telemetry is avoided first."""
+    try:
         from vitedge.runtime.openvino import import_openvino
 
         import_openvino()

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.documents import confined
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
-from vitedge.report.page import Sections, figure, jsonl_lines, png
+from vitedge.report.page import Sections, figure, png
+from vitedge.report.runs import read_run, run_lines, stream_runs
 
 if TYPE_CHECKING:
     from vitedge.schemas.results import MultiRunSummary, RunSummary
@@ -79,7 +79,6 @@ def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def fleet_sections(paths: Sequence[str | Path], *, title: str | None = None) -> Sections:
-    from vitedge.report.runs import read_run, stream_runs
     from vitedge.schemas.results import MultiRunSummary
 
     rows: list[StreamRow] = []
@@ -111,12 +110,7 @@ def fleet_sections(paths: Sequence[str | Path], *, title: str | None = None) -> 
 
 
 def _stream_row(folder: Path, summary: RunSummary) -> tuple[StreamRow, dict[tuple[str, str], int]]:
-    from vitedge.schemas.results import EventLine, FrameLine
-
-    frames = jsonl_lines(confined(folder, "frames.jsonl", what=str(folder)), FrameLine) \
-        if "frames.jsonl" in summary.files else []
-    events = jsonl_lines(confined(folder, "events.jsonl", what=str(folder)), EventLine) \
-        if "events.jsonl" in summary.files else []
+    frames, events = run_lines(folder, summary)
     drift = summary.drift
     pairs: dict[tuple[str, str], int] = {}
     if not drift.features:

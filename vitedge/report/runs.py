@@ -58,15 +58,20 @@ def stream_runs(directory: Path, summary: MultiRunSummary) -> list[tuple[Path, R
     return runs
 
 
-def run_sections(directory: Path) -> Sections:
+def run_lines(directory: Path, summary: RunSummary) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A finished run's frame and event lines, each validated (files its summary hashed only)."""
     from vitedge.schemas.results import EventLine, FrameLine
 
+    def lines(name: str, schema: Any) -> list[dict[str, Any]]:
+        return jsonl_lines(confined(directory, name, what=str(directory)), schema) if name in summary.files else []
+
+    return lines("frames.jsonl", FrameLine), lines("events.jsonl", EventLine)
+
+
+def run_sections(directory: Path) -> Sections:
     summary = read_run(directory)
     plt = figure()
-    frames = jsonl_lines(confined(directory, "frames.jsonl", what=str(directory)), FrameLine) \
-        if "frames.jsonl" in summary.files else []
-    events = jsonl_lines(confined(directory, "events.jsonl", what=str(directory)), EventLine) \
-        if "events.jsonl" in summary.files else []
+    frames, events = run_lines(directory, summary)
     drift = summary.drift
     features = drift.features  # a feature extractor: compared by cosine, no classes
     shadowed = sorted((f for f in frames if f.get("shadow")
