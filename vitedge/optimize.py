@@ -142,6 +142,7 @@ class _Search:
             r for r in target.runtimes if r is not Runtime.OPENVINO or openvino_importable() is None]
         self.bf16 = Precision.BF16 in target.precisions and Runtime.OPENVINO in self.runtimes and bf16_here()
         self.candidates: dict[str, dict[str, Any]] = {}
+        self.mac_counts: dict[Variant, int] = {}
         self.not_tried: list[str] = []
         self.previous: dict[str, dict[str, Any]] = {}
         self.chosen: str | None = None
@@ -337,14 +338,18 @@ class _Search:
 
     def _macs(self, variant: Variant) -> int:
         """MACs of one image in the float graph of the variant (MatMul/Gemm/Conv, ToMe's matching
-        included), counted on the ONNX graph the same way for every variant."""
-        import onnx
+        included), counted on the ONNX graph the same way for every variant (once per variant:
+        each of its bundles has them)."""
+        if variant not in self.mac_counts:
+            import onnx
 
-        from vitedge.quantize.qdq import compute_nodes
+            from vitedge.quantize.qdq import compute_nodes
 
-        onnx_dir = self._onnx_dir(variant)
-        path = self.loaded.onnx_path if not isinstance(onnx_dir, Path) else onnx_dir / "model.onnx"
-        return int(sum(n.macs for n in compute_nodes(onnx.load(str(path), load_external_data=False))))
+            onnx_dir = self._onnx_dir(variant)
+            path = self.loaded.onnx_path if not isinstance(onnx_dir, Path) else onnx_dir / "model.onnx"
+            graph = onnx.load(str(path), load_external_data=False)
+            self.mac_counts[variant] = int(sum(n.macs for n in compute_nodes(graph)))
+        return self.mac_counts[variant]
 
     def _record(self, name: str, variant: Variant, precision: str, runtime: str, **fields: Any) -> None:
         self.candidates[name] = {"name": name, "tome": variant.tome, "prune": variant.prune,
