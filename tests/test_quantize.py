@@ -400,3 +400,60 @@ def test_shift_centres_post_gelu_inputs_and_keeps_the_function(digits_onnx, tmp_
     with pytest.raises(InputError, match="--shift with --calibration percentile"):
         quantize(load(digits_onnx), TRAIN, tmp_path / "p", shift=True, calibration=CalibrationMethod.PERCENTILE)
     assert not (tmp_path / "p").exists()
+
+
+def test_tune_ranges_searches_activation_scales_and_writes_what_it_measured(digits_onnx, digits_int8):
+    """--tune-ranges: every per-tensor activation scale is searched; what is written back scores
+    on the fused INT8 graph what the search measured; zero-points, weights and the scheme stay;
+    a check set that any change makes worse leaves the graph as it was."""
+    from onnx import numpy_helper
+
+    from vitedge.data import open_data
+    from vitedge.drift import compare
+    from vitedge.quantize.ranges import activation_scales, tune_ranges
+
+    card = load(digits_onnx).card
+    images = np.concatenate(list(open_data(TRAIN, card.preprocessing, samples=48).batches()))
+    float_model, quantized = onnx.load(digits_onnx / "model.onnx"), onnx.load(digits_int8 / "model.onnx")
+    reference = run_onnx(float_model, images)
+    scales = activation_scales(quantized)
+    activations = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear"
+                   and n.input[0] not in {t.name for t in quantized.graph.initializer}]
+    assert len(scales) == len({n.input[1] for n in activations}) > 0
+
+    def values(model):
+        return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+
+    before = values(quantized)
+    result = tune_ranges(quantized, images, reference, factors=(0.5, 2.0))
+    after = values(quantized)
+    assert result.scales == len(scales) and result.trials == 2 * len(scales)
+    assert result.error_after <= result.error_before
+    assert result.changed and set(result.changed) <= set(scales.values())
+    assert set(result.changed.values()) <= {0.5, 2.0}
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert changed and changed <= set(scales)  # only activation scales moved
+    assert len(changed) == len(result.changed)
+    halves = [slice(None, 24), slice(24, None)]
+    fused = np.mean([compare(reference[h], run_onnx(quantized, images[h])).kl for h in halves])
+    assert fused == pytest.approx(result.error_after, rel=0.05, abs=1e-6)
+    assert lint_qdq(quantized, symmetric=True, vit_safe=True)
+
+    # the same search checked against the untuned graph's own outputs, where every change is
+    # worse: nothing is applied
+    untuned = onnx.load(digits_int8 / "model.onnx")
+    own = run_onnx(untuned, images)
+    rejected = tune_ranges(untuned, images, reference, check=(images, own), factors=(0.5, 2.0))
+    assert rejected.rejected and rejected.changed == {}
+    assert rejected.check_error[0] < rejected.check_error[1]
+    assert all(np.array_equal(before[t.name], numpy_helper.to_array(t)) for t in untuned.graph.initializer)
+
+    # through quantize: the report says what the tuning did (40 samples: none left to check on)
+    result = quantize(load(digits_onnx), TRAIN, digits_int8.parent / "tuned", recipe=Recipe.LINEAR_ONLY,
+                      samples=40, max_drop=100, tune_ranges=True)
+    tuning = result.report.attempts[0]["range_tuning"]
+    assert result.report.settings.tune_ranges is True
+    assert tuning["samples"] == 40 and tuning["check_samples"] == 0 and tuning["scales"] == len(scales)
+    assert tuning["error_after"] <= tuning["error_before"]
+    markdown = (digits_int8.parent / "tuned" / "quant_report.md").read_text()
+    assert "Activation ranges tuned end to end" in markdown and "scales changed" in markdown

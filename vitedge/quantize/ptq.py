@@ -79,9 +79,10 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
              max_drop: float | None = None, min_agreement: float | None = None,
              min_cosine: float | None = None,
              exclude: list[str] | None = None, smooth_quant: bool = False,
-             bias_correction: bool = True, shift: bool = False, seed: int = 0, overwrite: bool = False,
+             bias_correction: bool = True, shift: bool = False, tune_ranges: bool = False,
+             seed: int = 0, overwrite: bool = False,
              progress: Callable[[str], None] | None = None,
-             calibration_tick: Callable[[int, int], None] | None = None) -> QuantizeResult:
+             calibration_tick: Callable[..., None] | None = None) -> QuantizeResult:
     """Quantize `model` (loaded, or a source read with `options`) to a QDQ INT8 artifact at
     `out` within its budget. `target` is a profile (or its name / .toml path).
 
@@ -104,7 +105,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
     if samples < 1:
         raise InputError(f"--samples {samples} must be at least 1")
     settings = QuantSettings(recipe, calibration, scheme or (target.int8_scheme if target else Scheme.SYMMETRIC),
-                             target, smooth_quant, bias_correction, tuple(exclude or ()), shift)
+                             target, smooth_quant, bias_correction, tuple(exclude or ()), shift, tune_ranges)
     if shift and calibration is CalibrationMethod.PERCENTILE:
         # measured on DeiT-Tiny: 0.2 % agreement with FP32 (min/max ranges: 97 %); cause not found
         raise InputError("--shift with --calibration percentile breaks the model (measured: DeiT-Tiny "

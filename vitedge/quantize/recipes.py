@@ -109,3 +109,4 @@ class QuantSettings:
     bias_correction: bool = True
     exclude: tuple[str, ...] = ()
     shift: bool = False  # centre skewed Linear inputs (OS+ shift, folded into the bias)
+    tune_ranges: bool = False  # end-to-end search of the activation scales (quantize.ranges)

@@ -117,7 +117,7 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
                      "calibration_data": calibration_data.origin, "eval_samples": len(evaluation.data),
                      "eval_data": evaluation.data.origin, "labeled": labels is not None,
                      "smooth_quant": settings.smooth_quant, "bias_correction": settings.bias_correction,
-                     "shift": settings.shift,
+                     "shift": settings.shift, "tune_ranges": settings.tune_ranges,
                      "exclude": list(settings.exclude), "engine": tool_versions("nncf", "onnxruntime", "onnx")},
         "budget": {"features": budget.features, "wanted": budget.describe(), "met": met,
                    "max_drop": None if budget.features else budget.max_drop, "drop": best.drop,
@@ -133,7 +133,7 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
                         "run_as": float_layers_run_as(settings.target)},
         "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
                       "top1_agreement": None if budget.features else c.agreement, "cosine": c.cosine,
-                      "rel_error": c.rel_error} for c in tried],
+                      "rel_error": c.rel_error, "range_tuning": c.tuning} for c in tried],
         "chosen": best.label,
         "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
                   "dq_consumers": dict(dq_consumers(best.model))},
@@ -193,6 +193,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {attempt['label']} | {attempt['drop']:.2f} | "
                      f"{_pct(attempt['int8_linear_mac_share'])} | {_pct(attempt['top1_agreement'])} | "
                      f"{_num(attempt.get('cosine'), 5)} |")
+    tuned = [a for a in report["attempts"] if a.get("range_tuning")]
+    if tuned:
+        error = "relative error" if b["features"] else "KL"
+        lines += ["", f"Activation ranges tuned end to end (`--tune-ranges`, {error} to FP32):", ""]
+        for attempt in tuned:
+            t = attempt["range_tuning"]
+            check = (f"; on {t['check_samples']} other calibration samples {t['check_error'][0]:.3g} → "
+                     f"{t['check_error'][1]:.3g}" if t.get("check_error") else "")
+            outcome = ("not applied (worse on the check samples)" if t.get("rejected") else
+                       f"{len(t['changed'])} of {t['scales']} scales changed")
+            lines.append(f"- {attempt['label']}: {t['error_before']:.3g} → {t['error_after']:.3g} on "
+                         f"{t['samples']} samples{check}: {outcome}.")
     floats = report["float_nodes"]
     lines += ["", "## Kept in float", "",
               f"Linear nodes: {', '.join(floats['linear']) or 'none'}.",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import onnx
 
 RANKING_SAMPLES = 64
+TUNING_SAMPLES = 64  # calibration samples --tune-ranges fits the activation scales on
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Candidate:
     float_nodes: list[str] = field(default_factory=list)  # Linear nodes reverted to float
     cosine: float = 0.0  # mean cosine to the FP32 outputs
     rel_error: float = 0.0  # mean |int8 - fp32| / |fp32|
+    tuning: dict[str, Any] | None = None  # what --tune-ranges changed (quantize.ranges.RangeTuning)
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,14 @@ def _drop(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> floa
 
 def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibration_data: DataSet,
             evaluation: Evaluation, settings: QuantSettings, budget: Budget, warnings_: list[str],
-            say: Callable[[str], None], tick: Callable[[int, int], None] | None) -> Search:
+            say: Callable[[str], None], tick: Callable[..., None] | None) -> Search:
     """Quantize the recipe's candidates, keep the one with most INT8 within the budget; over
     budget (vit-safe), revert the most sensitive Linear nodes to float until it holds."""
     recipe, scheme = settings.recipe, settings.scheme
     op_types = {n.op_type for n in float_model.graph.node}
     dropped: list[str] = []
+    tune = _range_tuner(float_model, calibration_data, evaluation.features, say,
+                        tick) if settings.tune_ranges else None
 
     def attempt(label: str, with_attention: bool) -> Candidate | None:
         """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
@@ -121,7 +125,10 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
             dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
                            f"{rules.errors[0].node}")
             return None
-        return judge(label, model, evaluation, nodes)
+        tuning = tune(model) if tune else None
+        candidate = judge(label, model, evaluation, nodes)
+        candidate.tuning = tuning
+        return candidate
 
     tried: list[Candidate] = []
     sensitivity: list[dict[str, Any]] = []
@@ -148,6 +155,41 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
             best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget.meets, say,
                                               warnings_)
     return Search(best, tried, sensitivity, budget.meets(best))
+
+
+def _range_tuner(float_model: onnx.ModelProto, calibration_data: DataSet, features: bool,
+                 say: Callable[[str], None], tick: Callable[..., None] | None
+                 ) -> Callable[[onnx.ModelProto], dict[str, Any]]:
+    """Tunes a candidate's activation scales in place (`--tune-ranges`) on the first calibration
+    samples against the float graph's outputs there, checked on the next ones; returns what it did."""
+    from vitedge.quantize.ranges import tune_ranges
+
+    images = calibration_data.head(2 * TUNING_SAMPLES)
+    outputs = run_onnx(float_model, images)
+    fit, check = slice(None, TUNING_SAMPLES), slice(TUNING_SAMPLES, None)
+    checking = len(images) - TUNING_SAMPLES >= 16  # too few left to check on: fit only
+    metric = "relative error" if features else "KL"
+
+    def tune(model: onnx.ModelProto) -> dict[str, Any]:
+        say(f"tuning activation ranges end to end on {len(images[fit])} calibration samples")
+        progress = None if tick is None else (lambda index, total: tick(index - 1, total, "tuning ranges"))
+        result = tune_ranges(model, images[fit], outputs[fit], features=features, tick=progress,
+                             check=(images[check], outputs[check]) if checking else None)
+        if result.rejected:
+            before, after = result.check_error
+            found = (f"the fit lowered {metric} to FP32 on its samples ({result.error_before:.3g} -> "
+                     f"{result.error_after:.3g}) but raised it on {result.check_samples} other calibration "
+                     f"samples ({before:.3g} -> {after:.3g}): ranges left as calibrated")
+        else:
+            found = (f"{len(result.changed)} of {result.scales} activation ranges changed; {metric} to FP32 "
+                     f"on those samples {result.error_before:.3g} -> {result.error_after:.3g}")
+            if result.check_error is not None:
+                found += (f", on {result.check_samples} other calibration samples "
+                          f"{result.check_error[0]:.3g} -> {result.check_error[1]:.3g}")
+        say(f"  {found}")
+        return result.to_dict()
+
+    return tune
 
 
 def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
@@ -188,6 +230,7 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
         model = revert_to_float(start.model, float_model, set(reverted_names))
         candidate = judge(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
                                model, evaluation, nodes, reverted_names)
+        candidate.tuning = start.tuning
         say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
             f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
         if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):

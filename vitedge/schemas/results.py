@@ -24,6 +24,7 @@ class QuantSettingsDoc(Doc):
     smooth_quant: bool
     bias_correction: bool
     shift: bool = False
+    tune_ranges: bool = False
     exclude: list[str]
     engine: dict[str, str | None] = {}
 
