@@ -119,9 +119,10 @@ def _calibration_bar(quiet: bool) -> Iterator[Any]:
 
         def tick(index: int, total: int, label: str = "calibration") -> None:
             if index == 0:
-                passes[0] += label == "calibration"
-                bar.reset(task, total=total, description=label if label != "calibration" else
-                          f"calibration pass {passes[0]}")
+                if label == "calibration":
+                    passes[0] += 1
+                    label = f"calibration pass {passes[0]}"
+                bar.reset(task, total=total, description=label)
             bar.update(task, completed=index + 1)
 
         yield tick

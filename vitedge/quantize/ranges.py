@@ -128,9 +128,9 @@ def tune_ranges(model: onnx.ModelProto, samples: np.ndarray, reference: np.ndarr
         kept_factor = None
         for factor in factors:
             trial = {**values, name: np.asarray(original[name] * np.float32(factor), dtype=np.float32)}
-            trials += 1
             if tick is not None:
-                tick(trials, total)
+                tick(trials, total)  # as calibration counts: the index of the trial, from 0
+            trials += 1
             candidate = errors(trial)
             if all(c < b for c, b in zip(candidate, best)):
                 best, kept_factor, values = candidate, factor, trial

@@ -109,8 +109,7 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
     recipe, scheme = settings.recipe, settings.scheme
     op_types = {n.op_type for n in float_model.graph.node}
     dropped: list[str] = []
-    tune = _range_tuner(float_model, calibration_data, evaluation.features, say,
-                        tick) if settings.tune_ranges else None
+    tune = _range_tuner(float_model, calibration_data, evaluation, say, tick) if settings.tune_ranges else None
 
     def attempt(label: str, with_attention: bool) -> Candidate | None:
         """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
@@ -157,22 +156,25 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
     return Search(best, tried, sensitivity, budget.meets(best))
 
 
-def _range_tuner(float_model: onnx.ModelProto, calibration_data: DataSet, features: bool,
+def _range_tuner(float_model: onnx.ModelProto, calibration_data: DataSet, evaluation: Evaluation,
                  say: Callable[[str], None], tick: Callable[..., None] | None
                  ) -> Callable[[onnx.ModelProto], dict[str, Any]]:
     """Tunes a candidate's activation scales in place (`--tune-ranges`) on the first calibration
     samples against the float graph's outputs there, checked on the next ones; returns what it did."""
     from vitedge.quantize.ranges import tune_ranges
 
+    features = evaluation.features
     images = calibration_data.head(2 * TUNING_SAMPLES)
-    outputs = run_onnx(float_model, images)
+    # without --eval the evaluation samples are the calibration ones, whose FP32 outputs are known
+    outputs = evaluation.fp32[:len(images)] if evaluation.data is calibration_data else \
+        run_onnx(float_model, images)
     fit, check = slice(None, TUNING_SAMPLES), slice(TUNING_SAMPLES, None)
     checking = len(images) - TUNING_SAMPLES >= 16  # too few left to check on: fit only
     metric = "relative error" if features else "KL"
 
     def tune(model: onnx.ModelProto) -> dict[str, Any]:
         say(f"tuning activation ranges end to end on {len(images[fit])} calibration samples")
-        progress = None if tick is None else (lambda index, total: tick(index - 1, total, "tuning ranges"))
+        progress = None if tick is None else (lambda index, total: tick(index, total, "tuning ranges"))
         result = tune_ranges(model, images[fit], outputs[fit], features=features, tick=progress,
                              check=(images[check], outputs[check]) if checking else None)
         if result.rejected:
