@@ -23,7 +23,7 @@ from vitedge.quantize.qdq import (
     quantized_node_names,
     revert_to_float,
 )
-from vitedge.quantize.recipes import Recipe
+from vitedge.quantize.recipes import Budget, Recipe
 from vitedge.quantize.report import float_layers_run_as
 from vitedge.quantize.search import run_onnx
 from vitedge.targets import Scheme, load_target
@@ -128,15 +128,17 @@ def test_revert_to_float_restores_float_numbers(digits_onnx, vit_safe):
     assert np.abs(run_onnx(reverted, x) - run_onnx(float_model, x)).max() < 1e-4
 
 
-def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit_safe):
+@pytest.fixture(scope="module")
+def corrupted(digits_onnx, vit_safe):
+    """The vit-safe digits graph with one layer's weight scales x4, as a badly calibrated layer
+    would be, as the budget search's starting candidate on 200 held-out images."""
     from vitedge.data import open_data
     from vitedge.quantize.qdq import int8_mac_share
-    from vitedge.quantize.search import Candidate, Evaluation, _drop, budget_search
+    from vitedge.quantize.search import Candidate, Evaluation, _drop
 
     float_model = onnx.load(digits_onnx / "model.onnx")
     nodes = compute_nodes(float_model)
     model = onnx.load(vit_safe.out_dir / "model.onnx")
-    # Corrupt one layer's weight scales, as a badly calibrated layer would be.
     victim = next(n for n in nodes if n.kind == "linear" and n.op_type == "MatMul")
     producers = {o: n for n in model.graph.node for o in n.output}
     node = next(n for n in model.graph.node if n.name == victim.name)
@@ -146,20 +148,126 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(digits_onnx, vit
     evaluation = open_data(HELDOUT, load(digits_onnx).card.preprocessing, samples=200)
     fp32 = run_onnx(float_model, evaluation)
     logits = run_onnx(model, evaluation)
-    start = Candidate("corrupted", model, logits, _drop(fp32, logits, None),
-                      int8_mac_share(model, nodes))
+    start = Candidate("corrupted", model, logits, _drop(fp32, logits, None), int8_mac_share(model, nodes))
+    return float_model, nodes, victim, start, Evaluation(evaluation, fp32)
+
+
+def test_budget_search_reverts_the_layer_that_breaks_the_budget(corrupted):
+    from vitedge.quantize.search import budget_search, judge
+
+    float_model, nodes, victim, start, evaluation = corrupted
     assert start.drop > 2.0
-    best, ranking = budget_search(start, float_model, nodes, Evaluation(evaluation, fp32),
-                                   meets=lambda c: c.drop <= 1.0, say=lambda _m: None)
+    best, ranking = budget_search(start, float_model, nodes, evaluation, Budget(max_drop=1.0),
+                                  say=lambda _m: None)
     assert ranking[0]["node"] == victim.name and ranking[0]["error_gain"] > 0
     assert best.float_nodes[0] == victim.name and best.drop <= 1.0
     assert best.int8_share < 1.0 and best.int8_share > 0.8
-    # an unreachable budget: the search says why it stopped, on the console and in the warnings
+    # an unreachable budget: the search says why it stopped, on the console and in the warnings;
+    # every step is given up on part-way, and the best model's figures are judged in full
     said, warned = [], []
-    budget_search(start, float_model, nodes, Evaluation(evaluation, fp32), meets=lambda c: False,
-                  say=said.append, warnings_=warned)
+    best, _ = budget_search(start, float_model, nodes, evaluation, Budget(max_drop=-1.0),
+                            say=said.append, warnings_=warned)
     assert len(warned) == 1 and warned[0].strip() in " ".join(said)
     assert "sensitivity search stopped after" in warned[0] or "every one of the" in warned[0]
+    assert any("misses the budget" in line for line in said)
+    full = judge("again", best.model, evaluation, nodes, best.float_nodes)
+    assert len(best.logits) == 200 and best.agreement == full.agreement and best.drop == full.drop
+
+
+def test_judging_stops_once_the_budget_cannot_hold(corrupted, vit_safe):
+    from vitedge.quantize.search import (
+        Candidate,
+        Miss,
+        closest_calls_first,
+        judge,
+        judge_or_miss,
+    )
+
+    float_model, nodes, _, start, evaluation = corrupted
+    order = closest_calls_first(evaluation)
+    top2 = np.sort(evaluation.fp32, axis=1)[:, -2:]
+    margins = (top2[:, 1] - top2[:, 0])[order]
+    assert sorted(order) == list(range(200)) and np.all(np.diff(margins) >= 0)
+    missed = judge_or_miss("corrupted", start.model, evaluation, nodes, [], Budget(min_agreement=0.99), order)
+    assert isinstance(missed, Miss) and missed.judged < 100 and "closest calls differ" in missed.why
+    assert start.agreement < 0.99  # judged in full it misses too
+    good = onnx.load(vit_safe.out_dir / "model.onnx")
+    kept = judge_or_miss("good", good, evaluation, nodes, [], Budget(max_drop=100.0), order)
+    full = judge("good", good, evaluation, nodes)
+    assert isinstance(kept, Candidate) and kept.agreement == full.agreement and kept.drop == full.drop
+    assert np.abs(kept.logits - full.logits).max() < 1e-3 * np.abs(full.logits).max()
+
+
+def test_budget_bound_never_gives_up_on_a_candidate_that_meets_it():
+    """Whatever the outputs and the budget, a candidate given up on part-way misses the budget
+    when judged on every sample."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from vitedge.quantize.search import (
+        Candidate,
+        Evaluation,
+        _agreement,
+        _drop,
+        _out_of_reach,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(seed=st.integers(0, 2**32 - 1), samples=st.integers(2, 60), noise=st.floats(0.0, 3.0),
+           labeled=st.booleans(), features=st.booleans(), max_drop=st.floats(0.0, 30.0),
+           min_agreement=st.one_of(st.none(), st.floats(0.5, 1.0)), min_cosine=st.floats(0.5, 1.0))
+    def check(seed, samples, noise, labeled, features, max_drop, min_agreement, min_cosine):
+        rng = np.random.default_rng(seed)
+        fp32 = rng.standard_normal((samples, 5)).astype(np.float32)
+        outputs = (fp32 + noise * rng.standard_normal(fp32.shape)).astype(np.float32)
+        labels = rng.integers(0, 5, samples) if labeled and not features else None
+        evaluation = Evaluation(None, fp32, labels, features)
+        budget = Budget(features, max_drop, min_agreement, min_cosine)
+        cosine = float(np.mean(np.sum(fp32 * outputs, 1) / (np.linalg.norm(fp32, axis=1) *
+                                                           np.linalg.norm(outputs, axis=1) + 1e-12)))
+        whole = Candidate("x", None, outputs, _drop(fp32, outputs, labels), 1.0, _agreement(fp32, outputs),
+                          cosine=cosine)
+        order = rng.permutation(samples)
+        for seen in range(1, samples):
+            if _out_of_reach(budget, evaluation, order[:seen], outputs[order[:seen]]):
+                assert not budget.meets(whole)
+                break
+
+    check()
+
+
+def test_sensitivity_runs_each_reverted_graph_from_its_last_cut(corrupted):
+    from vitedge.drift import compare
+    from vitedge.quantize.qdq import single_cuts, subgraph
+    from vitedge.quantize.sensitivity import revert_errors
+
+    float_model, nodes, _, start, evaluation = corrupted
+    images = evaluation.data.head(24)
+    cuts = single_cuts(start.model)
+    assert cuts[0] == start.model.graph.input[0].name and len(cuts) >= 2 * 4  # before each LayerNorm
+    # running the graph piece by piece from cut to cut gives the whole graph's outputs
+    value = images
+    for here, there in zip(cuts, cuts[1:]):
+        value = _run_piece(subgraph(start.model, here, [there]), value)
+    whole = run_onnx(start.model, images)
+    assert np.abs(_run_piece(subgraph(start.model, cuts[-1]), value) - whole).max() < 1e-3 * np.abs(whole).max()
+    first = next(n for n in start.model.graph.node if n.op_type == "MatMul")
+    with pytest.raises(ValueError, match="does not run after"):
+        subgraph(start.model, cuts[-1], containing={first.name})
+    names = sorted(quantized_node_names(start.model))
+    base, errors = revert_errors(start.model, float_model, names, images, evaluation.fp32[:24], features=False)
+    assert base == pytest.approx(compare(evaluation.fp32[:24], whole).error, rel=1e-3)
+    for name in names:
+        alone = compare(evaluation.fp32[:24], run_onnx(revert_to_float(start.model, float_model, {name}),
+                                                      images)).error
+        assert errors[name] == pytest.approx(alone, rel=1e-2, abs=1e-6), name
+
+
+def _run_piece(model, value):
+    from vitedge.runtime.onnxrt import create_session
+
+    session = create_session(model, ["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: value})[0]
 
 
 # ----------------------------------------------------------------------------- bad input

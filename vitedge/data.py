@@ -195,6 +195,10 @@ class DataSet:
                              "calibration and evaluation", "add images, or give separate calibration data")
         return self._subset(np.sort(order[:cut]), "first part"), self._subset(np.sort(order[cut:]), "second part")
 
+    def take(self, indices: np.ndarray) -> DataSet:
+        """The samples at `indices`, in that order (e.g. the closest calls first)."""
+        return self._subset(np.asarray(indices), "reordered")
+
     def _subset(self, indices: np.ndarray, part: str) -> DataSet:
         part_of = DataSet(f"{self.origin} ({part}, {len(indices)} of {len(self)})", self.kind, self.pre,
                           labels=None if self.labels is None else self.labels[indices],

@@ -205,3 +205,68 @@ def remove_unused_initializers(model: onnx.ModelProto) -> None:
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def single_cuts(model: onnx.ModelProto) -> list[str]:
+    """Tensors that alone carry everything the rest of the graph needs (the graph input, a ViT's
+    residual stream before each LayerNorm), in graph order: the graph can be run from there on
+    with that tensor as its only input (`subgraph`)."""
+    constants = constant_names(model)
+    nodes = list(model.graph.node)
+    last_read: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            if name and name not in constants:
+                last_read[name] = index
+    for output in model.graph.output:
+        last_read[output.name] = len(nodes)
+    live = {i.name for i in model.graph.input if i.name in last_read and i.name not in constants}
+    cuts: list[str] = []
+    for index, node in enumerate(nodes):  # live: made before this node, read by it or later
+        if len(live) == 1 and (not cuts or cuts[-1] not in live):
+            cuts.extend(live)
+        live.difference_update([name for name in node.input if last_read.get(name) == index])
+        live.update(name for name in node.output if last_read.get(name, -1) > index)
+    return cuts
+
+
+def subgraph(model: onnx.ModelProto, start: str, outputs: list[str] | None = None,
+             containing: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """The nodes after tensor `start` (one of `single_cuts`) that compute `outputs` (default: the
+    graph's), as a model whose only input is `start`.
+
+    Raises ValueError when they need another tensor made before `start`, or when a node named in
+    `containing` is not among them (it would not run, e.g. it comes before `start`).
+    """
+    import onnx
+    from onnx import helper
+
+    constants = constant_names(model)
+    nodes = list(model.graph.node)
+    after = next((i + 1 for i, n in enumerate(nodes) if start in n.output), 0)
+    if after == 0 and start not in {i.name for i in model.graph.input}:
+        raise ValueError(f"{start} is not a tensor of the graph")
+    wanted = outputs if outputs is not None else [o.name for o in model.graph.output]
+    needed, kept = set(wanted), []
+    for node in reversed(nodes[after:]):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    made = {o for n in kept for o in n.output}
+    missing = sorted(needed - made - constants - {start})
+    if missing:
+        raise ValueError(f"the graph after {start} also needs {missing[0]}")
+    absent = set(containing) - {n.name for n in kept}
+    if absent:
+        raise ValueError(f"{sorted(absent)[0]} does not run after {start}")
+    constant_nodes = [n for n in nodes[:after] if n.op_type == "Constant" and any(o in needed for o in n.output)]
+    types = {v.name: v for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    start_info = types.get(start) or helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, None)
+    output_infos = [types.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                    for name in wanted]
+    graph = helper.make_graph([*constant_nodes, *kept], f"{model.graph.name}_from_{start}", [start_info],
+                              output_infos, [t for t in model.graph.initializer if t.name in needed])
+    piece = helper.make_model(graph, opset_imports=list(model.opset_import))
+    piece.ir_version = model.ir_version
+    return piece

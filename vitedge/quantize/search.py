@@ -26,13 +26,16 @@ from vitedge.quantize.qdq import (
     revert_to_float,
 )
 from vitedge.quantize.recipes import Budget, QuantSettings, Recipe, ignored_scope
+from vitedge.quantize.sensitivity import revert_errors
 from vitedge.runtime.onnxrt import OnnxRuntimeSession
 from vitedge.targets import Scheme
 
 if TYPE_CHECKING:
     import onnx
 
-RANKING_SAMPLES = 64
+RANKING_SAMPLES = 32
+JUDGE_BATCH = 32
+_SLACK = 1e-9  # a candidate is given up on only when the bound misses by more than rounding
 TUNING_SAMPLES = 64  # calibration samples --tune-ranges fits the activation scales on
 
 
@@ -80,8 +83,81 @@ def run_onnx(model: onnx.ModelProto | Path, data: DataSet | np.ndarray, batch_si
 def judge(label: str, model: onnx.ModelProto, evaluation: Evaluation, nodes: list[ComputeNode],
                float_nodes: list[str] | None = None) -> Candidate:
     """Evaluate a quantized graph against the FP32 outputs."""
+    return _candidate(label, model, run_onnx(model, evaluation.data), evaluation, nodes, float_nodes)
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A candidate given up on part-way through the evaluation: the budget could no longer hold."""
+
+    judged: int  # samples judged, closest calls first
+    why: str
+
+
+def closest_calls_first(evaluation: Evaluation) -> np.ndarray:
+    """Evaluation sample indices, the smallest gap between FP32's two highest logits first: the
+    images INT8 is likeliest to flip, so a candidate that misses the budget shows it early."""
+    fp32 = evaluation.fp32
+    if evaluation.features or fp32.shape[1] < 2:
+        return np.arange(len(fp32))
+    top2 = np.partition(fp32, -2, axis=1)[:, -2:]
+    return np.argsort(top2[:, 1] - top2[:, 0], kind="stable")
+
+
+def judge_or_miss(label: str, model: onnx.ModelProto, evaluation: Evaluation, nodes: list[ComputeNode],
+                  float_nodes: list[str], budget: Budget, order: np.ndarray) -> Candidate | Miss:
+    """`judge`, on the samples in `order`, stopping at the first batch after which the budget can
+    no longer hold whatever the rest of the samples give: a candidate that meets it is judged in
+    full (the same figures as `judge`); one that misses costs a few batches."""
+    session = OnnxRuntimeSession(model)
+    largest = min(JUDGE_BATCH, session.max_batch or JUDGE_BATCH)
+    parts: list[np.ndarray] = []
+    judged = 0
+    while judged < len(order):
+        # small batches first: a miss usually shows within the first closest calls
+        step = session.min_batch if session.min_batch == session.max_batch else \
+            min(largest, max(8, judged))
+        indices = order[judged:judged + step]
+        parts.append(session.infer(evaluation.data.take(indices).head(len(indices))))
+        judged += len(indices)
+        if judged < len(order):
+            why = _out_of_reach(budget, evaluation, order[:judged], np.concatenate(parts))
+            if why:
+                return Miss(judged, why)
+    logits = np.empty((len(order), *parts[0].shape[1:]), np.float32)
+    logits[order] = np.concatenate(parts)
+    return _candidate(label, model, logits, evaluation, nodes, float_nodes)
+
+
+def _out_of_reach(budget: Budget, evaluation: Evaluation, seen: np.ndarray, logits: np.ndarray) -> str | None:
+    """Why the budget cannot hold over all samples given the outputs on `seen` (the rest counted
+    as perfect), or None while it still can."""
+    total, remaining = len(evaluation.fp32), len(evaluation.fp32) - len(seen)
+    fp32 = evaluation.fp32[seen]
+    if evaluation.features:
+        cosine_sum = float(compare(fp32, logits, features=True).cosine or 0.0) * len(seen)
+        best = (cosine_sum + remaining) / total
+        return (f"mean cosine at most {best:.4f} after {len(seen)} samples"
+                if best < budget.min_cosine - _SLACK else None)
+    disagreements = int(np.sum(fp32.argmax(1) != logits.argmax(1)))
+    agreement = (total - disagreements) / total
+    if budget.min_agreement is not None and agreement < budget.min_agreement - _SLACK:
+        return (f"{disagreements} of the {len(seen)} closest calls differ from FP32: agreement at most "
+                f"{100 * agreement:.1f}%")
+    labels = evaluation.labels
+    if labels is None:
+        drop = 100.0 * disagreements / total
+    else:
+        fp32_correct = round(topk_accuracy(evaluation.fp32, labels) * total)
+        int8_correct = round(topk_accuracy(logits, labels[seen]) * len(seen))
+        drop = 100.0 * (fp32_correct - int8_correct - remaining) / total
+    return (f"top-1 drop at least {drop:.2f} points after {len(seen)} samples"
+            if drop > budget.max_drop + _SLACK else None)
+
+
+def _candidate(label: str, model: onnx.ModelProto, logits: np.ndarray, evaluation: Evaluation,
+               nodes: list[ComputeNode], float_nodes: list[str] | None) -> Candidate:
     fp32, labels = evaluation.fp32, evaluation.labels
-    logits = run_onnx(model, evaluation.data)
     vectors = compare(fp32, logits, features=True)
     cosine, rel_error = float(vectors.cosine or 0.0), float(vectors.rel_error or 0.0)
     if evaluation.features:
@@ -151,7 +227,7 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
         best = min(tried, key=lambda c: c.drop)
         if recipe is Recipe.VIT_SAFE:
             say("over budget: ranking layers by sensitivity")
-            best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget.meets, say,
+            best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget, say,
                                               warnings_)
     return Search(best, tried, sensitivity, budget.meets(best))
 
@@ -195,29 +271,29 @@ def _range_tuner(float_model: onnx.ModelProto, calibration_data: DataSet, evalua
 
 
 def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
-                   evaluation: Evaluation, meets: Callable[[Candidate], bool], say: Callable[[str], None],
+                   evaluation: Evaluation, budget: Budget, say: Callable[[str], None],
                    warnings_: list[str] | None = None) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
 
     Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
-    or the relative error of feature vectors. When it stops short of the budget it says why (and
-    adds it to `warnings_`): the next node would not lower the error, or none is left.
+    or the relative error of feature vectors. Each step is judged closest calls first and given
+    up on as soon as the budget cannot hold (`judge_or_miss`). When it stops short of the budget it
+    says why (and adds it to `warnings_`): the next node would not lower the error, or none is left;
+    the best model found is then the best of the steps judged in full, the step that lasted longest
+    before missing judged in full too.
     """
-    features = evaluation.features
     subset = evaluation.data.head(RANKING_SAMPLES)
-    reference = evaluation.fp32[:RANKING_SAMPLES]
-    base = compare(reference, run_onnx(start.model, subset), features=features).error
     quantized = quantized_node_names(start.model)
-    ranking = []
-    for node in nodes:
-        if node.name not in quantized:
-            continue
-        reverted = revert_to_float(start.model, float_model, {node.name})
-        error = compare(reference, run_onnx(reverted, subset), features=features).error
-        ranking.append({"node": node.name, "op_type": node.op_type, "kind": node.kind,
-                        "macs": node.macs, "error_if_float": error, "error_gain": base - error})
+    ranked = [node for node in nodes if node.name in quantized]
+    base, errors = revert_errors(start.model, float_model, [node.name for node in ranked], subset,
+                                 evaluation.fp32[:RANKING_SAMPLES], features=evaluation.features)
+    ranking = [{"node": node.name, "op_type": node.op_type, "kind": node.kind, "macs": node.macs,
+                "error_if_float": errors[node.name], "error_gain": base - errors[node.name]}
+               for node in ranked]
     ranking.sort(key=lambda row: row["error_gain"], reverse=True)
+    order = closest_calls_first(evaluation)
     best = start
+    longest: tuple[Miss, list[str], onnx.ModelProto] | None = None  # the step that lasted longest
     reverted_names: list[str] = []
     why = (f"every one of the {len(ranking)} INT8 Linear node(s) was reverted to float and the "
            "budget still does not hold: the loss is not in the Linear layers alone (calibration "
@@ -230,16 +306,36 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
             break
         reverted_names.append(row["node"])
         model = revert_to_float(start.model, float_model, set(reverted_names))
-        candidate = judge(f"{start.label}, {len(reverted_names)} sensitive node(s) float",
-                               model, evaluation, nodes, reverted_names)
-        candidate.tuning = start.tuning
-        say(f"  {len(reverted_names)} node(s) float: drop {candidate.drop:.2f} points, agreement "
-            f"{100 * candidate.agreement:.1f}%, {100 * candidate.int8_share:.0f}% Linear MACs INT8")
-        if (candidate.drop, -candidate.agreement) < (best.drop, -best.agreement):
-            best = candidate
-        if meets(candidate):
-            return candidate, ranking
+        outcome = judge_or_miss(_reverted_label(start, reverted_names), model, evaluation, nodes,
+                               reverted_names, budget, order)
+        if isinstance(outcome, Miss):
+            share = int8_mac_share(model, nodes)
+            say(f"  {len(reverted_names)} node(s) float: misses the budget ({outcome.why}), "
+                f"{100 * share:.0f}% Linear MACs INT8")
+            if longest is None or outcome.judged > longest[0].judged:
+                longest = (outcome, list(reverted_names), model)
+            continue
+        outcome.tuning = start.tuning
+        say(f"  {len(reverted_names)} node(s) float: drop {outcome.drop:.2f} points, agreement "
+            f"{100 * outcome.agreement:.1f}%, {100 * outcome.int8_share:.0f}% Linear MACs INT8")
+        if _better(outcome, best):
+            best = outcome
+        if budget.meets(outcome):
+            return outcome, ranking
     say(f"  {why}")
     if warnings_ is not None:
         warnings_.append(why)
+    if longest is not None:  # its figures in full, to weigh it against the steps judged in full
+        _, names, model = longest
+        candidate = judge(_reverted_label(start, names), model, evaluation, nodes, names)
+        candidate.tuning = start.tuning
+        best = candidate if _better(candidate, best) else best
     return best, ranking
+
+
+def _reverted_label(start: Candidate, reverted: list[str]) -> str:
+    return f"{start.label}, {len(reverted)} sensitive node(s) float"
+
+
+def _better(candidate: Candidate, than: Candidate) -> bool:
+    return (candidate.drop, -candidate.agreement) < (than.drop, -than.agreement)
