@@ -246,6 +246,32 @@ def test_bf16_bundle_says_bf16_everywhere(digits_onnx, images, tmp_path):
                       "ONNX Runtime's CPU provider runs fp32 and int8 here, not bf16")
 
 
+def test_best_keeps_bf16_float_layers_only_where_they_measure_faster(digits_int8, tmp_path):
+    """--precision best on a CPU with native BF16: OpenVINO's BF16 and FP32 float layers are both
+    timed (BF16 was 1.7x slower on a Xeon without AMX), the faster is kept and says what it runs."""
+    out = tmp_path / "best"
+    result = cli("compile", digits_int8, "--target", native_cpu_target(), "--precision", "best", "-o", out)
+    assert result.exit_code == 0, result.output
+    passport = json.loads((out / "passport.json").read_text())
+    choice = passport["built"].get("runtime_choice")
+    if "BF16" not in cpu_capabilities():  # best is INT8 with FP32 float layers: nothing to weigh
+        assert passport["precision"] == "int8"
+        assert not choice or all("bf16" not in c["variant"] for c in choice["candidates"])
+        return
+    variants = {c["variant"]: c for c in choice["candidates"] if c["runtime"] == "openvino"}
+    assert set(variants) == {"int8, bf16 float layers", "int8, fp32 float layers"}
+    assert all(c["p50_ms"] > 0 for c in variants.values())
+    chosen = choice["candidates"][choice["chosen"]]
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in choice["candidates"] if c["p50_ms"] is not None)
+    runs_bf16 = chosen["variant"] == "int8, bf16 float layers"
+    assert passport["precision"] == ("best" if runs_bf16 else "int8")
+    if chosen["runtime"] == "openvino":
+        assert passport["built"]["openvino"]["inference_precision"] == ("bf16" if runs_bf16 else "fp32")
+        with load_session(out) as session:
+            assert session.precision == ("int8+bf16" if runs_bf16 else "int8")
+    assert "runtime chosen by measurement" in result.stdout
+
+
 def test_int8_openvino_bundle(digits_int8, digits_onnx, images, tmp_path):
     out = tmp_path / "i8"
     compile_bundle(load(digits_int8), load_target(native_cpu_target()), out, runtime="openvino")

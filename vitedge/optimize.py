@@ -306,7 +306,7 @@ class _Search:
         self.say(f"[{len(self.candidates) + 1}] {name}: compiling and measuring")
         try:
             bundle = compile_bundle(model, self.target, self._path(name), precision=precision,
-                                    runtime=runtime, overwrite=True)
+                                    runtime=runtime, overwrite=True, weigh_best=False)
             native = True
             try:
                 session = load_session(bundle.path)

@@ -32,7 +32,8 @@ def compile_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")],
     precision: Annotated[Optional[CompilePrecision], typer.Option(
         help="best: TensorRT picks per layer (FP16 float layers); on OpenVINO, BF16 float layers "
-             "where the CPU has BF16 (default: int8 for a quantized model, else the target's).")] = None,
+             "where the CPU has BF16 and they time faster here than FP32 ones (default: int8 for a "
+             "quantized model, else the target's).")] = None,
     runtime: Annotated[Optional[CompileRuntime], typer.Option(
         help="CPU targets: onnxruntime, openvino, or auto (default: build the target's runtimes, "
              "time them here and keep the fastest; on another ISA the profile's runtime).")] = None,

@@ -71,8 +71,9 @@ def openvino_importable() -> str | None:
 
 
 def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePrecision,
-                 same_isa: bool) -> tuple[list[Runtime], str | None]:
-    """The runtimes to build for a CPU target, and a note when auto could not measure them all."""
+                 same_isa: bool, best: bool = False) -> tuple[list[Runtime], str | None]:
+    """The runtimes to build for a CPU target, and a note when auto could not measure them all.
+    `best`: the precision is what `--precision best` resolved to, so FP32 competes with BF16."""
     if requested is CompileRuntime.TENSORRT:
         raise InputError(f"{target.name} is a CPU target; TensorRT runs on NVIDIA GPUs",
                          f"use --runtime {' or '.join(target.runtimes)} (or auto), or a GPU --target")
@@ -85,7 +86,7 @@ def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePr
             raise InputError("ONNX Runtime's CPU provider runs fp32 and int8 here, not bf16",
                              "use --runtime openvino (or auto) for bf16, or --precision fp32")
         return [runtime], None
-    if precision is CompilePrecision.BF16:
+    if precision is CompilePrecision.BF16 and not best:
         return [Runtime.OPENVINO], "bf16 runs on OpenVINO only"
     if not same_isa:
         return [target.runtime], (f"the target is {target.isa}, this machine is not: runtimes are "
@@ -101,26 +102,35 @@ def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePr
 
 def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: CompileRuntime,
                precision: CompilePrecision, int8_graph: bool, batch: tuple[int, int, int],
-               facts: dict[str, Any], say: Callable[[str], None]
+               facts: dict[str, Any], say: Callable[[str], None], *, best: bool = False
                ) -> tuple[dict[str, Any], dict[str, Any], CompilePrecision]:
     """Write the CPU bundle's model files into `staging`; return bundle.json, the passport's
-    `built` and the precision the bundle runs."""
+    `built` and the precision the bundle runs.
+
+    `best` (`--precision best`, resolved to BF16 float layers on a CPU with native BF16): on this
+    ISA the same runtimes also compete with FP32 float layers, and the faster is kept. Native
+    BF16 is not always faster: on a 2-core Xeon with AVX512_BF16 but no AMX, OpenVINO ran
+    DeiT-Tiny in BF16 at 21.6 ms against 12.3 ms in FP32 (benchmarks/cpu_runtimes.py).
+    """
     shutil.copyfile(source_path, staging / SOURCE)
     same_isa = target.isa in (None, facts["arch"])
-    runtimes, note = runtimes_for(target, requested, precision, same_isa)
+    half = precision in (CompilePrecision.BF16, CompilePrecision.BEST)
+    best = best and half and same_isa
+    runtimes, note = runtimes_for(target, requested, precision, same_isa, best)
+    full = CompilePrecision.INT8 if int8_graph else CompilePrecision.FP32  # FP32 float layers
     candidates: list[Candidate] = []
     measuring = requested is CompileRuntime.AUTO and same_isa
     for runtime in runtimes:
         if runtime is Runtime.ONNXRUNTIME:
-            ort_precision = CompilePrecision.INT8 if int8_graph else CompilePrecision.FP32
             candidates.append(Candidate(runtime, "offline-optimized graph" if same_isa else
-                                        "graph optimized on the device", ort_precision))
+                                        "graph optimized on the device", full))
             if measuring:
-                candidates.append(Candidate(runtime, "session-optimized graph", ort_precision))
+                candidates.append(Candidate(runtime, "session-optimized graph", full))
         else:
-            hint = OV_HINTS[precision]
-            candidates.append(Candidate(runtime, f"int8, {hint} float layers" if int8_graph else hint,
-                                        precision))
+            for each in (precision, full) if best else (precision,):
+                hint = OV_HINTS[each]
+                candidates.append(Candidate(runtime, f"int8, {hint} float layers" if int8_graph else hint,
+                                            each))
     try:
         for candidate in candidates:
             _prepare(candidate, staging, target, facts, same_isa, int8_graph, say,
@@ -172,7 +182,8 @@ def _prepare(candidate: Candidate, staging: Path, target: Target, facts: dict[st
         if candidate.runtime is Runtime.OPENVINO:
             candidate.built, candidate.session = openvino_here(
                 staging, facts, OV_HINTS[candidate.precision], target.cpu_threads,
-                compile_here=same_isa, int8=int8_graph, say=say)
+                compile_here=same_isa, int8=int8_graph, say=say,
+                convert=not (staging / OV_MODEL).is_file())  # another hint: the same IR
         elif candidate.variant == "session-optimized graph":
             from vitedge.runtime.onnxrt import OnnxRuntimeSession
 
@@ -263,10 +274,11 @@ def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool, threads
 
 
 def openvino_here(directory: Path, facts: dict[str, Any], hint: str, threads: int, *,
-                  compile_here: bool, int8: bool, say: Callable[[str], None]
+                  compile_here: bool, int8: bool, say: Callable[[str], None], convert: bool = True
                   ) -> tuple[dict[str, Any], Session | None]:
-    """Convert directory/source.onnx to OpenVINO IR; on this ISA also compile it, read back the
-    precision it runs and check it against the source. The passport's `built`, and the session."""
+    """Convert directory/source.onnx to OpenVINO IR (unless `convert` is False: already done); on
+    this ISA also compile it, read back the precision it runs and check it against the source.
+    The passport's `built`, and the session."""
     from vitedge.runtime.openvino import (
         OpenVinoSession,
         convert_to_ir,
@@ -275,8 +287,9 @@ def openvino_here(directory: Path, facts: dict[str, Any], hint: str, threads: in
     )
 
     version = openvino_version()
-    say(f"converting the graph to OpenVINO {version} IR")
-    convert_to_ir(directory / SOURCE, directory / OV_MODEL)
+    if convert:
+        say(f"converting the graph to OpenVINO {version} IR")
+        convert_to_ir(directory / SOURCE, directory / OV_MODEL)
     built: dict[str, Any] = {"arch": facts["arch"], "cpu_features": facts["cpu_features"],
                              "compiled_here": compile_here, "parity_vs_source": None, "note": None,
                              "openvino": {"version": version, "inference_precision": None,

@@ -194,7 +194,7 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                    source_label: str | None = None, options: SourceOptions | None = None,
                    preprocess_in_graph: bool = False, frame_size: str | tuple[int, int] | None = None,
                    channel_order: str = "RGB", input_layout: Layout | str = Layout.NHWC,
-                   input_dtype: PixelType | str = PixelType.UINT8,
+                   input_dtype: PixelType | str = PixelType.UINT8, weigh_best: bool = True,
                    progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the bundle of `model` (loaded, or a source read with `options`) for `target` (a
     profile, or its name / .toml path) at `out`, atomically: nothing is left on failure.
@@ -203,7 +203,9 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
     target lists is built and timed here when this machine has the target's ISA, the fastest kept).
     `preprocess_in_graph`: the card's preprocessing goes into the graph, which then takes raw
     0..255 pixels (`input_dtype`, `input_layout`, frames in `channel_order`) at the model's size,
-    or at `frame_size` (height, width or 'HxW': a capture size, resized and cropped inside)."""
+    or at `frame_size` (height, width or 'HxW': a capture size, resized and cropped inside).
+    `precision` best on a CPU with native BF16 times BF16 float layers against FP32 ones here and
+    keeps the faster; `weigh_best=False` keeps BF16 (`vitedge optimize` weighs both as candidates)."""
     import onnx
 
     from vitedge.models.load import as_loaded
@@ -274,7 +276,8 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
         with writing(out, OutputKind.BUNDLE, overwrite=overwrite, inputs=inputs) as staging:
             if target.runtime is not Runtime.TENSORRT:
                 bundle, built, resolved = cpu_bundle(staging, source_path, target, requested_runtime,
-                                                     resolved, int8_graph, batch_profile, facts, say)
+                                                     resolved, int8_graph, batch_profile, facts, say,
+                                                     best=weigh_best and precision is CompilePrecision.BEST)
             else:
                 bundle, built = _tensorrt_bundle(staging, model, source_path, target, resolved,
                                                  batch_profile, dla_core, build, say)

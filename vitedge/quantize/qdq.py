@@ -235,10 +235,10 @@ def subgraph(model: onnx.ModelProto, start: str, outputs: list[str] | None = Non
     """The nodes after tensor `start` (one of `single_cuts`) that compute `outputs` (default: the
     graph's), as a model whose only input is `start`.
 
-    Raises ValueError when they need another tensor made before `start`, or when a node named in
-    `containing` is not among them (it would not run, e.g. it comes before `start`).
+    Raises ValueError when they need another tensor made before `start`, when a node named in
+    `containing` is not among them (it would not run, e.g. it comes before `start`), or when the
+    graph does not record the type of `start` or of an output.
     """
-    import onnx
     from onnx import helper
 
     constants = constant_names(model)
@@ -262,11 +262,16 @@ def subgraph(model: onnx.ModelProto, start: str, outputs: list[str] | None = Non
         raise ValueError(f"{sorted(absent)[0]} does not run after {start}")
     constant_nodes = [n for n in nodes[:after] if n.op_type == "Constant" and any(o in needed for o in n.output)]
     types = {v.name: v for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
-    start_info = types.get(start) or helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, None)
-    output_infos = [types.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                    for name in wanted]
-    graph = helper.make_graph([*constant_nodes, *kept], f"{model.graph.name}_from_{start}", [start_info],
-                              output_infos, [t for t in model.graph.initializer if t.name in needed])
+    unknown = [name for name in (start, *wanted) if name not in types]
+    if unknown:  # a piece's inputs and outputs need their element type
+        raise ValueError(f"the graph does not record the type of {unknown[0]}")
+
+    def typed(name: str) -> onnx.ValueInfoProto:  # the element type only: shapes may pin a batch size
+        return helper.make_tensor_value_info(name, types[name].type.tensor_type.elem_type, None)
+
+    graph = helper.make_graph([*constant_nodes, *kept], f"{model.graph.name}_from_{start}", [typed(start)],
+                              [typed(name) for name in wanted],
+                              [t for t in model.graph.initializer if t.name in needed])
     piece = helper.make_model(graph, opset_imports=list(model.opset_import))
     piece.ir_version = model.ir_version
     return piece

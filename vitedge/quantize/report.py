@@ -71,7 +71,8 @@ def float_layers_run_as(target: Target | None) -> str:
 
     if target is None:
         return ("FP32 in ONNX Runtime; compiled for a TensorRT target they run FP16 (the default "
-                "--precision best), for a CPU target BF16 with --precision best where the CPU has it")
+                "--precision best), for a CPU target BF16 with --precision best where the CPU has it "
+                "and it times faster than FP32")
     if target.runtime is Runtime.TENSORRT:
         if Precision.FP16 in target.precisions:
             return (f"FP16 on {target.name}: vitedge compile builds INT8 graphs with --precision best "
@@ -79,7 +80,7 @@ def float_layers_run_as(target: Target | None) -> str:
         return f"FP32 on {target.name} (it has no FP16)"
     if Precision.BF16 in target.precisions:
         return (f"FP32 on {target.name} by default; BF16 with vitedge compile --precision best on a "
-                "CPU with AVX512-BF16 or AMX (OpenVINO)")
+                "CPU with AVX512-BF16 or AMX (OpenVINO) where it times faster than FP32")
     return f"FP32 on {target.name}"
 
 
