@@ -174,7 +174,7 @@ def main() -> None:
                     raise SystemExit("vitedge quantize wrote nothing")
                 report = json.loads((tmp / f"int8-{k}" / "quant_report.json").read_text())
                 quantized.append(report)
-            for j, (label, extra) in enumerate((("auto", ()), ("best: INT8 + BF16 float layers", ("--precision", "best")),
+            for j, (label, extra) in enumerate((("auto", ()), ("--precision best (BF16 or FP32 float layers, the faster)", ("--precision", "best")),
                                  ("--runtime onnxruntime", ("--runtime", "onnxruntime")),
                                  ("--runtime openvino", ("--runtime", "openvino")))):
                 if extra == ("--precision", "best") and not bf16:
