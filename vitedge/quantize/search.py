@@ -137,7 +137,7 @@ def _out_of_reach(budget: Budget, evaluation: Evaluation, seen: np.ndarray, logi
     if evaluation.features:
         cosine_sum = float(compare(fp32, logits, features=True).cosine or 0.0) * len(seen)
         best = (cosine_sum + remaining) / total
-        return (f"mean cosine at most {best:.4f} after {len(seen)} samples"
+        return (f"mean cosine at most {best:.6g} < {budget.min_cosine:g} after {len(seen)} samples"
                 if best < budget.min_cosine - _SLACK else None)
     disagreements = int(np.sum(fp32.argmax(1) != logits.argmax(1)))
     agreement = (total - disagreements) / total
@@ -316,8 +316,9 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
                 longest = (outcome, list(reverted_names), model)
             continue
         outcome.tuning = start.tuning
-        say(f"  {len(reverted_names)} node(s) float: drop {outcome.drop:.2f} points, agreement "
-            f"{100 * outcome.agreement:.1f}%, {100 * outcome.int8_share:.0f}% Linear MACs INT8")
+        figures = (f"cosine {outcome.cosine:.6g}" if evaluation.features else
+                   f"drop {outcome.drop:.2f} points, agreement {100 * outcome.agreement:.1f}%")
+        say(f"  {len(reverted_names)} node(s) float: {figures}, {100 * outcome.int8_share:.0f}% Linear MACs INT8")
         if _better(outcome, best):
             best = outcome
         if budget.meets(outcome):
