@@ -143,7 +143,7 @@ def _out_of_reach(budget: Budget, evaluation: Evaluation, seen: np.ndarray, logi
     agreement = (total - disagreements) / total
     if budget.min_agreement is not None and agreement < budget.min_agreement - _SLACK:
         return (f"{disagreements} of the {len(seen)} closest calls differ from FP32: agreement at most "
-                f"{100 * agreement:.1f}%")
+                f"{100 * agreement:.4g}% < {100 * budget.min_agreement:g}%")
     labels = evaluation.labels
     if labels is None:
         drop = 100.0 * disagreements / total
@@ -151,7 +151,7 @@ def _out_of_reach(budget: Budget, evaluation: Evaluation, seen: np.ndarray, logi
         fp32_correct = round(topk_accuracy(evaluation.fp32, labels) * total)
         int8_correct = round(topk_accuracy(logits, labels[seen]) * len(seen))
         drop = 100.0 * (fp32_correct - int8_correct - remaining) / total
-    return (f"top-1 drop at least {drop:.2f} points after {len(seen)} samples"
+    return (f"top-1 drop at least {drop:.2f} > {budget.max_drop:g} points after {len(seen)} samples"
             if drop > budget.max_drop + _SLACK else None)
 
 
