@@ -135,15 +135,21 @@ def revert_to_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto,
     return remove_dead_nodes(model)
 
 
-def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop nodes and initializers that no graph output depends on."""
-    needed = {o.name for o in model.graph.output}
-    keep = []
-    for node in reversed(model.graph.node):
+def _feeding(nodes: list[onnx.NodeProto], wanted: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The nodes (in graph order) that `wanted` depends on, and every tensor name they read or
+    that is wanted."""
+    needed, keep = set(wanted), []
+    for node in reversed(nodes):
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(i for i in node.input if i)
     keep.reverse()
+    return keep, needed
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes and initializers that no graph output depends on."""
+    keep, needed = _feeding(list(model.graph.node), [o.name for o in model.graph.output])
     del model.graph.node[:]
     model.graph.node.extend(keep)
     inits = [t for t in model.graph.initializer if t.name in needed]
@@ -247,12 +253,7 @@ def subgraph(model: onnx.ModelProto, start: str, outputs: list[str] | None = Non
     if after == 0 and start not in {i.name for i in model.graph.input}:
         raise ValueError(f"{start} is not a tensor of the graph")
     wanted = outputs if outputs is not None else [o.name for o in model.graph.output]
-    needed, kept = set(wanted), []
-    for node in reversed(nodes[after:]):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    kept.reverse()
+    kept, needed = _feeding(nodes[after:], wanted)
     made = {o for n in kept for o in n.output}
     missing = sorted(needed - made - constants - {start})
     if missing:

@@ -10,7 +10,6 @@ own).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,8 +24,8 @@ BATCH = 32
 
 
 def revert_errors(quantized: onnx.ModelProto, float_model: onnx.ModelProto, names: list[str],
-                  images: np.ndarray, reference: np.ndarray, *, features: bool,
-                  tick: Callable[[int, int], None] | None = None) -> tuple[float, dict[str, float]]:
+                  images: np.ndarray, reference: np.ndarray, *, features: bool
+                  ) -> tuple[float, dict[str, float]]:
     """The error to `reference` (FP32 outputs on `images`) of `quantized`, and of `quantized` with
     each named node alone reverted to float: KL of the class distributions, or the relative error
     of feature vectors."""
@@ -37,32 +36,31 @@ def revert_errors(quantized: onnx.ModelProto, float_model: onnx.ModelProto, name
     made_at.update({i.name: -1 for i in quantized.graph.input})
     carried = (quantized.graph.input[0].name, images)  # a cut and its value in the INT8 graph
     errors: dict[str, float] = {}
-    for done, name in enumerate(sorted(names, key=lambda n: position.get(n, len(position)))):
+    for name in sorted(names, key=lambda n: position.get(n, len(position))):
         reverted = revert_to_float(quantized, float_model, {name})
         before = [cut for cut in cuts if made_at[cut] < position.get(name, -1)]
-        piece: onnx.ModelProto | None = None
-        start: str | None = None
-        for cut in reversed(before):  # the last cut before the node the reverted graph runs from
+        found = _last_piece(reverted, before, name)
+        if found is not None and found[0] != carried[0] and made_at[found[0]] > made_at[carried[0]]:
             try:
-                piece = subgraph(reverted, cut, containing={name})
-                start = cut
-                break
+                carried = (found[0], _run(subgraph(quantized, carried[0], [found[0]]), carried[1]))
             except ValueError:
-                continue
-        if piece is not None and start is not None and start != carried[0] \
-                and made_at[start] > made_at[carried[0]]:
-            try:
-                carried = (start, _run(subgraph(quantized, carried[0], [start]), carried[1]))
-            except ValueError:
-                piece = None
-        if piece is None or start != carried[0]:
+                found = None
+        if found is None or found[0] != carried[0]:
             outputs = _run(reverted, images)  # no cut to start from: the whole graph
         else:
-            outputs = _run(piece, carried[1])
+            outputs = _run(found[1], carried[1])
         errors[name] = _error(reference, outputs, features)
-        if tick is not None:
-            tick(done + 1, len(names))
     return base, errors
+
+
+def _last_piece(reverted: onnx.ModelProto, cuts: list[str], name: str) -> tuple[str, onnx.ModelProto] | None:
+    """The last of `cuts` from which the reverted graph runs with node `name` in it, and that piece."""
+    for cut in reversed(cuts):
+        try:
+            return cut, subgraph(reverted, cut, containing={name})
+        except ValueError:
+            continue
+    return None
 
 
 def _run(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
