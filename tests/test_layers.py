@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitedge"
 # Bottom to top: load -> prune -> export -> quantize -> compile -> sessions -> measure -> live -> cli.
 # A module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, ...]] = [
-    ("vitedge.errors", "vitedge.formatting", "vitedge.versions", "vitedge.card", "vitedge.locks", "vitedge.outputs",
+    ("vitedge.errors", "vitedge.formatting", "vitedge.versions", "vitedge.card", "vitedge.locks", "vitedge.limits", "vitedge.outputs",
      "vitedge.documents", "vitedge.schemas", "vitedge.targets", "vitedge.preprocess",
      "vitedge.artifact", "vitedge.data", "vitedge.drift"),
     ("vitedge.runtime",),

@@ -106,6 +106,9 @@ def onnx_file(directory: Path, card: ModelCard, name: str = "model.onnx") -> Pat
         if location not in card.files:
             raise InputError(f"{path} keeps {tensor.name} in {location!r}, which the card does not hash",
                              RECREATE)
+    from vitedge.limits import check_graph
+
+    check_graph(model, path)
     return path
 
 

@@ -260,7 +260,28 @@ def ensure_onnx(loaded: LoadedModel, tmp: Path, say: Callable[[str], None],
                 parity_data: str | Path | None = None) -> Path:
     """The ONNX file of `loaded`: its own, or a checked export into `tmp` for torch sources."""
     if loaded.onnx_path is not None:
-        return loaded.onnx_path
+        return _self_contained(loaded.onnx_path, tmp)
     say("exporting to ONNX (with parity check)")
     export_onnx(loaded, tmp / "fp32", parity_data=parity_data)
     return tmp / "fp32" / "model.onnx"
+
+
+def _self_contained(path: Path, tmp: Path) -> Path:
+    """`path` itself, or, when it keeps weights in external data files, one self-contained copy in
+    `tmp`: the steps copy and hash a single model file (a bundle's source.onnx), so weights left
+    beside the user's file would be missing from what they write."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return path
+    model = onnx.load(str(path))  # the data, from beside the user's file
+    if model.ByteSize() >= 2**31 - 1:
+        raise ExportError(f"{path} holds {model.ByteSize() / 2**30:.1f} GiB of weights in external data; "
+                          "vitedge writes models as one ONNX file, which protobuf limits to 2 GiB",
+                          "compile a smaller model, or build the engine from it with trtexec directly")
+    copy = tmp / "source" / "model.onnx"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(copy))
+    return copy

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitedge.artifact import read_card, sha256_file, verify_files, write_card
+from vitedge.artifact import onnx_file, read_card, sha256_file, verify_files, write_card
 from vitedge.card import ModelCard
 from vitedge.compile.passport import PASSPORT_NAME
 from vitedge.documents import confined, read_model, write_document
 from vitedge.errors import InputError
+from vitedge.limits import check_input_size
 from vitedge.quantize.lint import Finding
 from vitedge.schemas.bundle import BundleSettings, Passport
 
@@ -93,6 +94,10 @@ def read_bundle(path: str | Path) -> Bundle:
     for key in {"onnxruntime": ("model",), "openvino": ("model", "weights", "source_model"),
                 "tensorrt": ("onnx",)}[settings.runtime]:
         result.file(key)
+    # the shapes it declares must fit in memory (a bundle is a user's file like any model)
+    check_input_size(card.preprocessing.input_size, path)
+    graph = result.file({"onnxruntime": "model", "openvino": "source_model", "tensorrt": "onnx"}[settings.runtime])
+    onnx_file(path, card, graph.relative_to(path).as_posix())
     return result
 
 

@@ -120,6 +120,10 @@ def load_onnx(path: Path) -> LoadedModel:
         raise ModelLoadError(f"{path} is not a valid ONNX model "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
                              "re-export it, or check it with onnx.checker") from None
+    from vitedge.limits import check_graph
+
+    _check_operators(model, path)
+    check_graph(model, path)
     summary = onnx_summary(model)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     input_size = (dims[2].dim_value, dims[3].dim_value) if len(dims) == 4 and dims[2].dim_value else None
@@ -131,3 +135,40 @@ def load_onnx(path: Path) -> LoadedModel:
     from vitedge.models.loaded import LoadedModel
 
     return LoadedModel(card, None, onnx_path=path)
+
+
+# Operator domains a runtime vitedge drives implements: ONNX's own, ONNX-ML, and ONNX Runtime's
+# contrib operators (graphs ONNX Runtime optimized offline hold them).
+_KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def _check_operators(model: Any, path: Path) -> None:
+    """Refuse an operator no runtime here implements (a custom domain, a misspelt op) with one
+    line, before a runtime fails on it deep inside its loader."""
+    import onnx
+
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in _all_nodes(model.graph):
+        if (node.domain, node.op_type) in local:
+            continue
+        if node.domain in ("", "ai.onnx", "ai.onnx.ml"):
+            if onnx.defs.has(node.op_type, node.domain):
+                continue
+        elif node.domain in _KNOWN_DOMAINS:
+            continue
+        name = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+        where = f" (node {node.name})" if node.name else ""
+        raise ModelLoadError(f"{path} uses the operator {name}{where}, which ONNX "
+                             "Runtime, OpenVINO and TensorRT do not implement",
+                             "export the model with standard ONNX operators, or replace that node")
+
+
+def _all_nodes(graph: Any) -> Any:
+    """Every node of a graph, those inside If/Loop/Scan bodies included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.node:
+                yield from _all_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from _all_nodes(sub)

@@ -98,6 +98,9 @@ def load(source: str | Path, *, weights: str | Path | None = None,
                              "outputs", "give one label per output class, in output order")
         card.labels = list(labels)
         card.class_ids = None
+    from vitedge.limits import check_input_size
+
+    check_input_size(card.preprocessing.input_size, text)  # before a MAC count runs the model
     if loaded.module is not None:
         try:
             loaded.module.eval()

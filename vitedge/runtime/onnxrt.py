@@ -39,7 +39,17 @@ def create_session(model: onnx.ModelProto | str | Path, providers: list[str], *,
     options.intra_op_num_threads = threads
     options.graph_optimization_level = _level(optimization)
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=providers)
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
+        from vitedge.errors import ModelLoadError
+
+        what = str(model) if isinstance(model, (str, Path)) else "the graph"
+        reason = str(exc).splitlines()[0].split(" failed:", 1)[-1].strip()[:300]
+        raise ModelLoadError(f"ONNX Runtime cannot load {what}: {reason}",
+                             "check the graph with onnx.checker, or re-export it") from None
 
 
 def available_providers(wanted: list[str] | tuple[str, ...] = PREFERRED_PROVIDERS) -> list[str]:
