@@ -179,3 +179,163 @@ def test_an_onnx_with_external_data_compiles_and_quantizes(digits_onnx, tmp_path
 
     assert len(rows(result.output)) == 10 and rows(result.output) == rows(expected.output)
     assert tree(tmp_path / "ext") == before  # the user's files untouched
+
+
+# ============================================ 2 + 3. full, read-only and forbidden disks, long names
+def _root_can_mount() -> str | None:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return "mounting a small tmpfs needs root"
+    return None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only): full-disk and read-only cases on a real file system."""
+    reason = _root_can_mount()
+    if reason:
+        pytest.skip(reason)
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def _fill(disk: Path, leave_kib: int) -> None:
+    """Fill `disk` up to `leave_kib` KiB of free space."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize // 1024
+    with open(disk / "filler", "ab") as handle:
+        handle.write(bytes(max(free - leave_kib, 0) * 1024))
+
+
+@pytest.fixture(scope="module")
+def bundle_and_video(digits_onnx, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bv")
+    assert cli("compile", digits_onnx, "--target", native_cpu_target(), "-o", root / "bundle", "-q").exit_code == 0
+    video = root / "v.mp4"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "make_digits_video.py"),
+                    str(video), "--frames", "40"], check=True, capture_output=True)
+    return root / "bundle", video
+
+
+def test_a_failed_overwrite_keeps_the_finished_run(small_disk, bundle_and_video):
+    bundle, video = bundle_and_video
+    run = small_disk / "R"
+    done = vitedge("run", bundle, "--source", video, "--frames", "20", "-o", run, "-q", "--no-report")
+    assert done.returncode == 0, done.stderr
+    before = tree(run)
+    _fill(small_disk, 1300)  # room for the 1 MiB reserve and a few hundred frames, not 3000
+    done = vitedge("run", bundle, "--source", video, "--loop", "--frames", "3000", "-o", run, "--overwrite",
+                   "-q", "--no-report")
+    one_line(done, "no space left on the device: the run stopped after", f"the earlier run in {run} is kept",
+             f"this run's logs are in {run}.unfinished")
+    assert tree(run) == before  # the finished run, byte for byte
+    kept = small_disk / "R.unfinished"
+    assert cli("report", run, "-o", small_disk.parent / "old.html").exit_code == 0
+    os.remove(small_disk / "filler")  # the report of the unfinished run needs a little space
+    result = cli("report", kept, "-o", small_disk.parent / "new.html")
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads((kept / "summary.json").read_text())
+    assert summary["stop_reason"] == "did not finish: no space left on the device"
+    assert 20 < summary["frames"]["logged"] < 3000
+    lines = (kept / "frames.jsonl").read_text().splitlines()
+    assert len(lines) == summary["frames"]["logged"] and all(json.loads(line) for line in lines)
+    assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
+
+
+def test_a_run_on_a_full_disk_keeps_what_it_logged(small_disk, bundle_and_video):
+    bundle, video = bundle_and_video
+    _fill(small_disk, 1300)
+    run = small_disk / "R"
+    done = vitedge("run", bundle, "--source", video, "--loop", "--frames", "3000", "-o", run, "-q", "--no-report")
+    one_line(done, "no space left", f"what the run logged is kept in {run}")
+    assert "nothing was written" not in done.stderr
+    os.remove(small_disk / "filler")
+    assert cli("report", run, "-o", small_disk / "r.html").exit_code == 0
+    # no space even for the reserve: nothing was written, nothing left behind
+    _fill(small_disk, 300)
+    done = vitedge("run", bundle, "--source", video, "--frames", "5", "-o", small_disk / "R2", "-q")
+    one_line(done, "no space left on the device while writing", "nothing was written")
+    assert not (small_disk / "R2").exists() and not [p for p in small_disk.iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_leaves_no_partial_folder(small_disk, digits_onnx):
+    _fill(small_disk, 0)
+    done = vitedge("compile", digits_onnx, "--target", native_cpu_target(), "-o", small_disk / "b")
+    one_line(done, "no space left on the device", "nothing was written")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_read_only_disk_is_one_line_for_every_writing_command(small_disk, digits_onnx, bundle_and_video):
+    bundle, video = bundle_and_video
+    (small_disk / "d").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    d = small_disk / "d"
+    for args in (["export", "builtin:digits-vit", "-o", d / "a"],
+                 ["quantize", digits_onnx, "--calib", HELDOUT, "--samples", "20", "-o", d / "q"],
+                 ["compile", digits_onnx, "--target", "jetson-orin-nano", "-o", d / "b"],
+                 ["prune", "builtin:digits-vit", "--heads", "0.5", "--data", HELDOUT, "--distill-steps", "20",
+                  "-o", d / "p"],
+                 ["run", bundle, "--source", video, "--frames", "3", "-o", d / "r", "-q"],
+                 ["capture", video, "-n", "3", "-o", d / "c"],
+                 ["eval", digits_onnx, "--data", HELDOUT, "--samples", "20", "-o", d / "e"],
+                 ["bench", digits_onnx, "--data", HELDOUT, "--runs", "2", "--batch", "1", "--json", d / "b.json"],
+                 ["package", bundle, "--for", "triton", "-o", d / "t"]):
+        result = cli(*args)
+        assert_user_error(result, "the file system is read-only", "nothing was written")
+
+
+def _without_root_powers(*args):
+    """The command as root without the capabilities that bypass file permissions: what a normal
+    user meets (the test interpreter may live where a throw-away user cannot read it)."""
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--", str(VITEDGE), *map(str, args)]
+
+
+def test_permission_errors_are_one_line_and_leave_nothing(tmp_path, digits_onnx):
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the permission-bypassing capabilities")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "locked").mkdir(mode=0o555)
+    theirs = shared / "theirs"
+    shutil.copytree(digits_onnx, theirs)
+    os.chown(theirs, 65534, 65534)  # another user's artifact (nobody)
+    shared.chmod(0o1777)  # a shared folder, sticky like /tmp
+    before = tree(theirs)
+    for args, fragment in ((["export", "builtin:digits-vit", "-o", shared / "locked" / "a"], "permission denied"),
+                           (["quantize", digits_onnx, "--calib", HELDOUT, "-o", theirs, "--overwrite"],
+                            "permission denied")):
+        done = subprocess.run(_without_root_powers(*args), capture_output=True, text=True, timeout=300)
+        one_line(done, fragment, "nothing was written")
+    assert tree(theirs) == before
+    assert sorted(p.name for p in shared.iterdir()) == ["locked", "theirs"]  # no .partial / .old left
+    assert not list((shared / "locked").iterdir())
+
+
+def test_a_long_legal_output_name_works_and_a_too_long_one_is_one_line(tmp_path, digits_onnx):
+    name = "n" * 250  # legal: 255 bytes is the limit; the hidden staging name is longer
+    result = cli("compile", digits_onnx, "--target", native_cpu_target(), "-o", tmp_path / name, "-q")
+    assert result.exit_code == 0, result.output
+    result = cli("compile", digits_onnx, "--target", native_cpu_target(), "-o", tmp_path / name, "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert_user_error(cli("export", digits_onnx, "-o", tmp_path / ("n" * 260)), "longer than the file system allows")
+
+
+def test_an_interrupted_swap_with_a_long_name_is_restored(tmp_path):
+    """The cleanup after a killed overwrite finds the output under its real name even when the
+    leftover folder's name had to be shortened."""
+    from vitedge.locks import clean_leftovers, short_stem
+
+    name = "m" * 240
+    old = tmp_path / f".{short_stem(name)}.old-999999-abcdef12"
+    (old / name).mkdir(parents=True)
+    (old / name / "card.json").write_text("{}")
+    assert clean_leftovers(tmp_path, name)
+    assert (tmp_path / name / "card.json").read_text() == "{}"
+    assert not old.exists()

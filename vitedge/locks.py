@@ -30,7 +30,7 @@ from vitedge.errors import InputError
 log = logging.getLogger("vitedge.outputs")
 
 OWNER = ".vitedge-owner"  # inside staging / old / temporary folders
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old|live)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _TEMP = re.compile(r"^vitedge-[a-z]+-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
@@ -41,10 +41,19 @@ def current_umask() -> int:
     return mask
 
 
+def short_stem(name: str) -> str:
+    """`name`, or for a name near the file system's 255-byte limit a shorter one that stays unique
+    (its start and a hash of it): hidden siblings add ~30 characters to the name they are for."""
+    if len(name.encode("utf-8", "surrogateescape")) <= 200:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore") + "~" + digest
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     """Write to a temporary file beside `path`, then rename: readers see old or new, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{short_stem(path.name)}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -166,9 +175,14 @@ def owned_dir(parent: Path, prefix: str) -> Path:
     """A new folder `prefix-PID-RANDOM` in `parent` whose owner file this process holds locked."""
     path = parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o777)
-    fd = os.open(path / OWNER, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # a full disk can refuse the owner file: the folder must not stay behind unowned
+        fd = os.open(path / OWNER, os.O_RDWR | os.O_CREAT, 0o644)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     fcntl.flock(fd, fcntl.LOCK_EX)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # the pid is for people; the lock is what counts
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _owners[str(path)] = fd
     return path
 
@@ -222,22 +236,41 @@ def clean_leftovers(folder: Path, name: str | None = None) -> list[str]:
         match = _LEFTOVER.match(entry.name)
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
-        if name is not None and match["name"] != name:
+        if name is not None and match["name"] != short_stem(name):
             continue
         path = Path(entry.path)
         if not _stale(path, int(match["pid"])):
             continue
-        target = Path(folder) / match["name"]
-        held = path / match["name"]
+        # what an old folder holds is the output under its own name (the folder's may be shortened)
+        held_names = [p.name for p in path.iterdir() if p.name != OWNER] if path.is_dir() else []
+        held = path / (held_names[0] if len(held_names) == 1 else match["name"])
+        target = Path(folder) / held.name
         if match["what"] == "old" and held.exists() and not target.exists():
             os.replace(held, target)
             done.append(f"restored {target} from an overwrite that was interrupted (pid {match['pid']})")
+        elif match["what"] == "live" and any(p.name != OWNER for p in path.iterdir()):
+            # a run that replaced an earlier one was killed: keep its logs beside the earlier run
+            kept = unfinished_name(Path(folder) / match["name"])
+            with contextlib.suppress(FileNotFoundError):
+                (path / OWNER).unlink()
+            os.replace(path, kept)
+            done.append(f"kept the logs of a run that was stopped (pid {match['pid']}) in {kept}")
+            continue
         else:
             done.append(f"removed {path}, left by vitedge process {match['pid']} that was stopped")
         shutil.rmtree(path, ignore_errors=True)
     for line in done:
         log.warning(line)
     return done
+
+
+def unfinished_name(out: Path) -> Path:
+    """Where a run that did not finish is kept beside the earlier run it did not replace."""
+    for number in range(1, 1000):
+        candidate = out.with_name(f"{short_stem(out.name)}.unfinished" + (f"-{number}" if number > 1 else ""))
+        if not candidate.exists():
+            return candidate
+    raise InputError(f"{out.parent} already holds 999 unfinished runs of {out.name}", "remove some of them")
 
 
 def _remove_stale_locks() -> None:

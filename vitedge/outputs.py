@@ -26,14 +26,16 @@ import errno
 import glob as globlib
 import os
 import re
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from vitedge import ASSETS
-from vitedge.errors import InputError
+from vitedge.errors import InputError, VitedgeError
 from vitedge.locks import (
+    OWNER,
     absolute_path,
     atomic_write_bytes,
     claim,
@@ -44,6 +46,8 @@ from vitedge.locks import (
     owned_dir,
     release,
     remove_owned,
+    short_stem,
+    unfinished_name,
 )
 
 REPORT_GENERATOR = "vitedge report"
@@ -72,7 +76,8 @@ MANIFEST_FILES = {kind: manifest for kind, manifest, _legacy in _MANIFESTS}
 _PATTERNS = {
     # a run of several sources has one run's files per stream, in streamK/
     OutputKind.RUN: re.compile(r"^(stream\d{1,4}/)?(summary\.json|frames\.jsonl|events\.jsonl|metrics\.prom"
-                               r"|disagreements/|disagreements/frame\d+\.jpg)$|^stream\d{1,4}/$"),
+                               r"|disagreements/|disagreements/frame\d+\.jpg)$|^stream\d{1,4}/$"
+                               r"|^\.space-reserve$"),  # what a killed run leaves of the space it kept
     OutputKind.EVAL: re.compile(r"^(eval\.json|logits\.npz|worst/|worst/\d+\.jpg)$"),
     OutputKind.CAPTURE: re.compile(r"^(capture\.json|frame\d+\.png)$"),
     OutputKind.ARTIFACT: re.compile(r"^(card\.json|quant_report\.json|quant_report\.md)$"),
@@ -229,7 +234,11 @@ def check_output(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
 
     Returns the absolute output path.
     """
-    given = Path(out)
+    with _write_errors(Path(out)):  # a name too long, a folder that cannot be read
+        return _check_output(Path(out), kind, overwrite=overwrite, inputs=inputs)
+
+
+def _check_output(given: Path, kind: OutputKind, *, overwrite: bool, inputs: Iterable[Path]) -> Path:
     if given.is_symlink():
         raise InputError(f"output {given} is a symbolic link",
                          "give the real folder, or another path: vitedge does not write through links")
@@ -256,8 +265,21 @@ def check_output(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
             if foreign:
                 raise InputError(f"{given} holds {_listing(foreign)}, which vitedge did not write there",
                                  "move those files away, or choose another path")
+    _check_writable(out)
     claim(out)
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be written (a read-only disk, a
+    folder that is not the user's), and an existing output that cannot be moved aside."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    for path in (folder, out) if out.is_dir() else (folder,):  # moving a folder rewrites its '..'
+        if not os.access(path, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+            raise OSError(errno.EROFS if read_only else errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 @contextlib.contextmanager
@@ -265,18 +287,19 @@ def writing(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
             inputs: Iterable[Path] = (), live: bool = False, resume: bool = False) -> Iterator[Path]:
     """Yield the folder to fill; it becomes `out` only when the block succeeds.
 
-    `live=True` (runs) yields `out` itself: an existing output is moved aside first and removed
-    when the block ends, and what the block wrote stays even when it fails. With `resume=True`
-    too, an existing output of the same kind (holding only what vitedge wrote) is kept and
-    written on in place.
+    `live=True` (runs) writes as it goes, so what the block wrote stays even when it fails: into
+    `out` itself, or, when an earlier run is there, into a staging folder that replaces it only when
+    the block ends well (a run that fails leaves the earlier one as it was and its own logs in
+    `out.unfinished`). With `resume=True` too, an existing output of the same kind (holding only
+    what vitedge wrote) is kept and written on in place.
+    A full, read-only or forbidden disk is one line saying what was kept.
     """
     given = Path(out)
     inputs = list(inputs)
     overwrite = overwrite or resume  # resume: the same checks as replacing, then nothing replaced
     out = check_output(given, kind, overwrite=overwrite, inputs=inputs)
-    space = _disk_space(given)
     try:
-        with space:
+        with _write_errors(given):
             out.parent.mkdir(parents=True, exist_ok=True)
             claim(out)
             clean_leftovers(out.parent, out.name)
@@ -292,9 +315,9 @@ def writing(out: str | Path, kind: OutputKind, *, overwrite: bool = False,
 
 @contextlib.contextmanager
 def _staged(out: Path) -> Iterator[Path]:
-    staging = owned_dir(out.parent, f".{out.name}.partial-")
-    os.chmod(staging, 0o777 & ~current_umask())  # outputs are shared like any folder the user makes
+    staging = owned_dir(out.parent, f".{short_stem(out.name)}.partial-")
     try:
+        os.chmod(staging, 0o777 & ~current_umask())  # outputs are shared like any folder the user makes
         yield staging
         disown(staging)
         _swap_in(staging, out)
@@ -304,33 +327,68 @@ def _staged(out: Path) -> Iterator[Path]:
 
 
 def _swap_in(staging: Path, out: Path) -> None:
+    """`staging` becomes `out`; an existing `out` is moved aside first and removed after. A swap
+    that fails (another user's folder, a read-only disk) leaves `out` as it was."""
     if not out.exists():
         os.replace(staging, out)
         return
-    old = owned_dir(out.parent, f".{out.name}.old-")
-    os.replace(out, old / out.name)
-    os.replace(staging, out)
+    old = owned_dir(out.parent, f".{short_stem(out.name)}.old-")
+    try:
+        os.replace(out, old / out.name)
+    except BaseException:
+        remove_owned(old)
+        raise
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        remove_owned(old)
+        raise
     remove_owned(old)
 
 
 @contextlib.contextmanager
 def _live(out: Path) -> Iterator[Path]:
-    old = None
-    if out.exists():
-        old = owned_dir(out.parent, f".{out.name}.old-")
-        os.replace(out, old / out.name)
-    try:
+    """A run's folder, written as the run goes. With no earlier run, that is `out`: a run that
+    fails keeps what it logged there (nothing at all: no folder). An earlier run is replaced only
+    by a run that ends with its summary; until then the new one is written in a hidden sibling, and
+    one that fails is kept beside the earlier run as `out.unfinished` (a SIGKILLed one is moved
+    there by the next vitedge command)."""
+    if not out.exists():
         out.mkdir()
-    except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-            remove_owned(old)
-        raise
+        try:
+            yield out
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when the run logged nothing
+            kept = f"what the run logged is kept in {out}" if out.exists() else "nothing was written"
+            _reraise(exc, out, kept)
+        return
+    staging = owned_dir(out.parent, f".{short_stem(out.name)}.live-")
     try:
-        yield out
-    finally:
-        if old is not None:
-            remove_owned(old)
+        os.chmod(staging, 0o777 & ~current_umask())
+        yield staging
+    except BaseException as exc:
+        earlier = f"the earlier run in {out} is kept as it was"
+        try:
+            logged = any(p.name != OWNER for p in staging.iterdir())
+        except OSError:
+            logged = False
+        if not logged:
+            remove_owned(staging)
+            _reraise(exc, out, earlier)
+        kept = unfinished_name(out)
+        disown(staging)
+        os.replace(staging, kept)
+        _reraise(exc, out, f"{earlier}; this run's logs are in {kept}")
+    try:
+        disown(staging)
+        _swap_in(staging, out)
+    except BaseException:
+        kept = unfinished_name(out)
+        with contextlib.suppress(OSError):
+            os.replace(staging, kept)
+        raise
 
 
 # ------------------------------------------------------------------------------ file sets
@@ -339,18 +397,23 @@ def check_files(paths: Iterable[str | Path], *, owned: Callable[[Path], bool], w
     """Refuse file outputs that would replace a file vitedge did not write as `what`."""
     inputs = list(inputs)
     for given in map(Path, paths):
-        target = absolute_path(given)
-        if given.is_symlink():
-            raise InputError(f"{given} is a symbolic link", "write the file to a real path")
-        if target.is_dir():
-            raise InputError(f"{given} is a folder; a file path is expected", f"e.g. {given}/{what.split()[0]}.json")
-        for source in inputs:
-            source = Path(source).resolve()
-            if source == target or _is_within(source, target):
-                raise InputError(f"{given} is an input of this command", "write the file elsewhere")
-        if target.exists() and not owned(target):
-            raise InputError(f"{given} exists and is not a {what} vitedge wrote",
-                             "choose another file name: vitedge does not replace files it did not write")
+        with _write_errors(given):
+            _check_file(given, owned=owned, what=what, inputs=inputs)
+
+
+def _check_file(given: Path, *, owned: Callable[[Path], bool], what: str, inputs: list[Path]) -> None:
+    target = absolute_path(given)
+    if given.is_symlink():
+        raise InputError(f"{given} is a symbolic link", "write the file to a real path")
+    if target.is_dir():
+        raise InputError(f"{given} is a folder; a file path is expected", f"e.g. {given}/{what.split()[0]}.json")
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == target or _is_within(source, target):
+            raise InputError(f"{given} is an input of this command", "write the file elsewhere")
+    if target.exists() and not owned(target):
+        raise InputError(f"{given} exists and is not a {what} vitedge wrote",
+                         "choose another file name: vitedge does not replace files it did not write")
 
 
 def write_files(files: dict[Path, bytes], *, owned: Callable[[Path], bool], what: str,
@@ -362,23 +425,48 @@ def write_files(files: dict[Path, bytes], *, owned: Callable[[Path], bool], what
     check_files(files, owned=owned, what=what, inputs=inputs)
     targets = [absolute_path(Path(p)) for p in files]
     first = targets[0]
-    first.parent.mkdir(parents=True, exist_ok=True)
-    claim(first)
     try:
-        with _disk_space(first):
+        with _write_errors(first):
+            first.parent.mkdir(parents=True, exist_ok=True)
+            claim(first)
             for target, data in zip(targets, files.values()):
                 atomic_write_bytes(target, data)
     finally:
         release(first)
 
 
+# What an OSError while writing means to the user, and what to do (errno -> (reason, hint)).
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or choose another output path"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space or choose another output path"),
+    errno.EROFS: ("the file system is read-only", "choose an output path on a writable disk"),
+    errno.EACCES: ("permission denied", "choose a folder you can write to (or ask its owner)"),
+    errno.EPERM: ("permission denied", "choose a folder you can write to (or ask its owner)"),
+    errno.ENAMETOOLONG: ("a name is longer than the file system allows", "choose a shorter output name"),
+}
+
+
+def _said(exc: BaseException, what: Path, kept: str) -> BaseException:
+    """`exc` as one line that says what was kept (an OSError the user can fix, or a user error)."""
+    if isinstance(exc, VitedgeError):
+        return InputError(f"{exc.message}; {kept}", exc.hint)
+    reason = _WRITE_ERRORS.get(exc.errno) if isinstance(exc, OSError) else None
+    if reason is None:
+        return exc
+    return InputError(f"{reason[0]} while writing {what}; {kept}", reason[1])
+
+
+def _reraise(exc: BaseException, what: Path, kept: str) -> typing.NoReturn:
+    said = _said(exc, what, kept)
+    if said is exc:
+        raise exc
+    raise said from None
+
+
 @contextlib.contextmanager
-def _disk_space(what: Path) -> Iterator[None]:
-    """A full disk is the user's to fix: one line, and nothing was written."""
+def _write_errors(what: Path, kept: str = "nothing was written") -> Iterator[None]:
+    """A full, read-only or forbidden disk is the user's to fix: one line, and what was kept."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(f"no space left on the device while writing {what}; nothing was written",
-                             "free some space or choose another output path") from None
-        raise
+        _reraise(exc, what, kept)

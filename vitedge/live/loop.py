@@ -22,6 +22,7 @@ totals and batching; `vitedge report RUN_DIR` writes the fleet report of its str
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
 ROUND_WAIT_S = 0.05  # several sources: how long a round waits for live streams that have no frame yet
 ROLLED = ("agree", "kl", "cosine", "rel_error")  # the shadow figures the rolling window averages
 STALLED_S = 1.0  # ... unless the stream has had none this long (reconnecting): then it is not waited for
+NO_SPACE = "did not finish: no space left on the device"
+RESERVE = ".space-reserve"  # removed when the run ends; see _reserve
+RESERVE_BYTES = 1 << 20
 MOSAIC_WIDTH = 1280  # several sources: the tiled view (window, recording, live page) is this wide
 
 
@@ -75,7 +79,7 @@ def overlay(image: np.ndarray, lines: list[str], status: str) -> np.ndarray:
 
 
 class _Stopper:
-    """Ctrl-C / SIGTERM set a flag the loop checks, so the summary is always written."""
+    """Ctrl-C / SIGTERM / SIGHUP set a flag the loop checks, so the summary is always written."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
@@ -83,7 +87,7 @@ class _Stopper:
 
     def __enter__(self) -> _Stopper:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the SSH session closed
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -139,13 +143,22 @@ def run_loop(deployed: Session, source: FrameSource | Sequence[FrameSource], out
     try:
         with writing(out, OutputKind.RUN, overwrite=options.overwrite, inputs=input_paths(*reads),
                      live=True) as folder:
+            if record is not None and record[1] is not None:  # inside the run: where it is written now
+                record = (folder / record[1], record[1])
             state = _Loop(deployed, sources, folder, reference, options, thresholds, server, on_frame, record,
                           metrics)
             try:
                 with _Stopper() as stopper:
                     state.loop(stopper)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                state.out_of_space()  # the summary is still written, in the space kept for it
             finally:
                 summary = state.finish()
+            if state.stop_reason == NO_SPACE:
+                raise InputError(f"no space left on the device: the run stopped after {summary.frames.logged} "
+                                 "frames", "free some space; vitedge report reads what it logged")
     finally:
         for opened in servers:
             opened.close()
@@ -195,13 +208,18 @@ class _Loop:
         self.features = self.card.num_classes is None  # no classifier head: compare vectors
         self.labels = self.card.labels or [str(i) for i in range(self.card.num_classes or 0)]
         self.multi = len(sources) > 1
+        self.reserve = _reserve(out)
         if self.multi:
             _running(out, f"{len(sources)} streams")
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.loop_ended: float | None = None  # set when the loop stops (finish)
-        self.streams = [_Stream(number, source, out / f"stream{number}" if self.multi else out, self,
-                                metrics.stream(number, source.uri)) for number, source in enumerate(sources)]
+        try:
+            self.streams = [_Stream(number, source, out / f"stream{number}" if self.multi else out, self,
+                                    metrics.stream(number, source.uri)) for number, source in enumerate(sources)]
+        except BaseException:
+            self.reserve.unlink(missing_ok=True)
+            raise
         self.shadow = Shadow(reference, streams=len(sources)) if reference is not None and options.shadow_every \
             else None
         self.batches: dict[int, int] = {}  # frames per model call -> calls
@@ -366,9 +384,16 @@ class _Loop:
                 return
             self.streams[number].compared(index, ref, dep, frame, ref_ms)
 
+    def out_of_space(self) -> None:
+        """The disk filled up: stop every stream; `finish` writes the summaries in the reserve."""
+        self.stop_reason = NO_SPACE
+        for stream in self.streams:
+            stream.stop_reason = NO_SPACE
+
     def finish(self) -> RunSummary | MultiRunSummary:
         """Drain the shadow worker, close sinks, and write every summary.json (always)."""
         self.loop_ended = time.monotonic()
+        self.reserve.unlink(missing_ok=True)  # its space is for the logs' last lines and the summaries
         if self.shadow is not None:
             self.shadow.close()  # the worker finishes what it was handed, then stops
             self.collect()
@@ -408,6 +433,51 @@ class _Loop:
         return MultiRunSummary.from_dict(write_document(self.out / "summary.json", summary))
 
 
+class LineLog:
+    """A JSON-lines log that only ever holds whole lines: what the disk did not take (a full disk
+    takes part of a write) stays here and goes out on the next flush, so a log cut by a full disk
+    is still whole lines once the run frees its reserve and closes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
+        self.pending = bytearray()
+
+    def write(self, text: str) -> None:
+        self.pending += text.encode()
+
+    def flush(self) -> None:
+        while self.pending:
+            written = os.write(self.fd, self.pending)  # raises on a full disk; what was taken is gone from pending
+            del self.pending[:written]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            os.close(self.fd)
+
+
+def _reserve(folder: Path) -> Path:
+    """Space set aside in the run's folder for its summaries: on a disk that fills up during the
+    run, the run still ends with a readable summary saying why it stopped."""
+    path = folder / RESERVE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.write(fd, bytes(RESERVE_BYTES))  # a file system without fallocate
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return path
+
+
 def _host() -> str:
     import socket
 
@@ -423,8 +493,8 @@ class _Stream:
         out.mkdir(exist_ok=True)
         (out / "disagreements").mkdir()
         _running(out, source.uri)
-        self.frames_log = open(out / "frames.jsonl", "w")
-        self.events_log = open(out / "events.jsonl", "w")
+        self.frames_log = LineLog(out / "frames.jsonl")
+        self.events_log = LineLog(out / "events.jsonl")
         self.pending: dict[int, dict[str, Any]] = {}  # frame lines waiting for their shadow result
         self.rolling: deque[dict[str, float]] = deque(maxlen=self.options.window)
         self.rolling_sums: dict[str, float] = dict.fromkeys(ROLLED, 0.0)  # of what `rolling` holds

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitedge.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -79,7 +81,6 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     import pickle
     import zipfile
 
-    from vitedge.errors import InputError
 
     if not os.path.lexists(path):
         return None
@@ -188,12 +189,18 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
                 stale += 1
             if checkpoint is not None:
                 partial = checkpoint.with_name(checkpoint.name + ".partial")
-                torch.save({"key": key, "step": done, "student": student.state_dict(),
-                            "projection": projection.state_dict(),
-                            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                            "generator": generator.get_state(), "best": best, "best_state": best_state,
-                            "stale": stale, "history": history}, partial)
-                os.replace(partial, checkpoint)
+                try:
+                    torch.save({"key": key, "step": done, "student": student.state_dict(),
+                                "projection": projection.state_dict(),
+                                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                "generator": generator.get_state(), "best": best, "best_state": best_state,
+                                "stale": stale, "history": history}, partial)
+                    os.replace(partial, checkpoint)
+                except (OSError, RuntimeError) as exc:  # torch reports a full or read-only disk as RuntimeError
+                    partial.unlink(missing_ok=True)
+                    reason = str(exc).split("strerror:")[-1].strip().splitlines()[0][:120]
+                    raise InputError(f"the distillation checkpoint {checkpoint} could not be written ({reason})",
+                                     "free some space or choose a writable output folder") from None
             if tick is not None:
                 tick(done, config.steps, current)
             if stale >= config.patience:
