@@ -339,3 +339,150 @@ def test_an_interrupted_swap_with_a_long_name_is_restored(tmp_path):
     assert clean_leftovers(tmp_path, name)
     assert (tmp_path / name / "card.json").read_text() == "{}"
     assert not old.exists()
+
+
+# ================================================================== 6. EXIF orientation of photos
+def test_a_rotated_photo_is_read_upright_on_every_path(tmp_path):
+    """A phone stores a portrait photo sideways with Orientation=6: every decoder turns it upright,
+    the Pillow path (predict, eval, calibration, run on folders) and OpenCV's imread alike."""
+    import cv2
+    from PIL import Image
+
+    from vitedge.preprocess import load_frame
+
+    upright = Image.open(SAMPLES / "3.png").convert("RGB").resize((64, 96))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor wrote: sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored.save(folder / "phone.jpg", exif=exif, quality=100)
+    upright.save(folder / "upright.jpg", quality=100)
+    frame = load_frame(folder / "phone.jpg")
+    assert frame.shape[:2] == (96, 64)
+    assert np.abs(frame.astype(int) - cv2.imread(str(folder / "phone.jpg")).astype(int)).mean() < 1.0
+    assert np.abs(frame.astype(int) - load_frame(folder / "upright.jpg").astype(int)).mean() < 4.0
+    # the shipped model reads the rotated file as it reads the upright one
+    result = cli("predict", "builtin:digits-vit", folder, "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line.split()[3] for line in result.output.splitlines() if ".jpg" in line}
+    assert rows["phone.jpg"] == rows["upright.jpg"] == "3", result.output
+
+
+# ======================================================= 7. damaged videos, camera file formats
+@pytest.fixture(scope="module")
+def h264_videos(bundle_and_video, tmp_path_factory):
+    """The test video as H.264 in MP4, MPEG-TS, raw Annex B and Matroska, one damaged copy, and a
+    one-frame video (made with a real FFmpeg)."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="make test installs imageio-ffmpeg")
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    _bundle, video = bundle_and_video
+    root = tmp_path_factory.mktemp("h264")
+
+    def make(*args):
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+    make("-i", video, "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p", root / "h.mp4")
+    make("-i", root / "h.mp4", "-c", "copy", root / "h.ts")
+    make("-i", root / "h.mp4", "-c", "copy", "-bsf:v", "h264_mp4toannexb", root / "h.h264")
+    make("-i", root / "h.mp4", "-c", "copy", root / "h.mkv")
+    make("-i", root / "h.mp4", "-frames:v", "1", "-c:v", "libx264", root / "one.mp4")
+    data = bytearray((root / "h.mp4").read_bytes())
+    rng = np.random.default_rng(0)
+    start = len(data) // 3
+    data[start:start + 100_000] = rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    (root / "damaged.mp4").write_bytes(bytes(data))
+    return root
+
+
+def test_a_damaged_video_counts_lost_frames_and_reads_on(h264_videos, bundle_and_video, tmp_path):
+    import json
+
+    import cv2
+
+    bundle, _video = bundle_and_video
+    damaged = h264_videos / "damaged.mp4"
+    capture = cv2.VideoCapture(str(damaged))
+    first_failure = next(i for i in range(100) if not capture.read()[0])
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert first_failure < total  # OpenCV alone ends here, before the container's end
+    done = vitedge("run", bundle, "--source", damaged, "-o", tmp_path / "r", "-q", "--no-report")
+    assert done.returncode == 0, done.stderr
+    assert "[h264" not in done.stderr and "error while decoding" not in done.stderr  # FFmpeg stays quiet
+    frames = json.loads((tmp_path / "r" / "summary.json").read_text())["frames"]
+    assert frames["corrupt"] > 0 and frames["read"] == total  # every frame accounted for
+    assert frames["logged"] == total and total - frames["corrupt"] > first_failure  # corrupt ones logged as such
+    from vitedge.data import VideoFile
+
+    with VideoFile(damaged) as video:
+        decoded = 0
+        while (frame := video.read()) is not None:
+            decoded += bool(frame.size)
+        assert decoded == total - frames["corrupt"] and video.lost == frames["corrupt"]
+
+
+def test_camera_file_formats_are_videos(h264_videos, bundle_and_video, tmp_path):
+    bundle, _video = bundle_and_video
+    for name in ("h.ts", "h.h264", "h.mkv"):
+        result = cli("run", bundle, "--source", h264_videos / name, "--frames", "5", "-o", tmp_path / name,
+                     "-q", "--no-report")
+        assert result.exit_code == 0 and "5 frames" in " ".join(result.output.split()), result.output
+    assert_user_error(cli("predict", bundle, h264_videos / "h.ts"), "is a video", "vitedge run")
+
+
+def test_loop_on_a_one_frame_video_loops(h264_videos, bundle_and_video, tmp_path):
+    import json
+
+    bundle, _video = bundle_and_video
+    result = cli("run", bundle, "--source", h264_videos / "one.mp4", "--loop", "--frames", "6",
+                 "-o", tmp_path / "r", "-q", "--no-report")
+    assert result.exit_code == 0, result.output
+    frames = json.loads((tmp_path / "r" / "summary.json").read_text())["frames"]
+    assert frames["logged"] == 6 and frames["loops"] == 5
+
+
+def test_a_recursive_glob_visits_each_folder_once(tmp_path):
+    """Links back up the tree (a loop) and to a folder already seen are not followed twice: 10
+    images are 10 (the old glob found 410 and two loop links hung)."""
+    from vitedge.data import open_images
+
+    root = tmp_path / "l"
+    (root / "a").mkdir(parents=True)
+    for digit in range(10):
+        shutil.copy(SAMPLES / f"{digit}.png", (root / "a" if digit < 5 else root) / f"{digit}.png")
+    (root / "a" / "up").symlink_to("..")
+    (root / "a" / "self").symlink_to("../a")
+    (root / "alink").symlink_to("a")
+    images = open_images(f"{root}/**/*.png")
+    assert len(images.records) == 10
+    assert sorted(p.path.name for p in images.records) == [f"{d}.png" for d in range(10)]
+
+
+def test_an_ascii_terminal_gets_text_not_a_crash(tmp_path):
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = vitedge("predict", "builtin:digits-vit", SAMPLES / "3.png", env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    one_line(vitedge("predict", "builtin:digits-vit", tmp_path / "missing", env=env), "does not exist ? pass")
+
+
+def test_sighup_ends_a_run_with_its_summary(bundle_and_video, tmp_path):
+    """An SSH session that closes sends SIGHUP: the run stops like on Ctrl-C, reportable."""
+    import json
+    import signal
+    import time
+
+    bundle, video = bundle_and_video
+    process = subprocess.Popen([str(VITEDGE), "run", str(bundle), "--source", str(video), "--loop",
+                                "-o", str(tmp_path / "r"), "-q", "--no-report"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    frames = tmp_path / "r" / "frames.jsonl"
+    while time.monotonic() < deadline and not (frames.exists() and frames.stat().st_size):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGHUP)
+    process.communicate(timeout=60)
+    assert process.returncode == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["stop_reason"] == "signal SIGHUP"
+    assert cli("report", tmp_path / "r", "-o", tmp_path / "r.html").exit_code == 0

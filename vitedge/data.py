@@ -10,6 +10,7 @@ skipped and counted, so a caller can say how many were dropped and refuse when t
 from __future__ import annotations
 
 import glob as globlib
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ from vitedge.preprocess import (
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".jfif"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
+                            # camera and recorder formats: MPEG-TS, raw H.264/H.265 streams, ...
+                            ".ts", ".m2ts", ".mts", ".h264", ".264", ".h265", ".265", ".hevc",
+                            ".flv", ".wmv", ".3gp", ".mjpeg", ".mjpg"})
 TENSOR_SUFFIXES = frozenset({".npy", ".npz"})
 
 
@@ -69,11 +73,41 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def safe_glob(pattern: str) -> list[Path]:
+    """The paths `pattern` matches, where `**` is any depth of folders, each real folder visited
+    once: a symbolic link back up the tree (a loop) or to a folder already seen is not followed
+    again (Python's glob follows such loops until the path grows too long)."""
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return [Path(p) for p in globlib.glob(pattern)]
+    cut = parts.index("**")
+    base = str(Path(*parts[:cut])) if cut else "."
+    rest = str(Path(*parts[cut + 1:])) if cut + 1 < len(parts) else ""
+    found: dict[str, Path] = {}
+    seen: set[tuple[int, int]] = set()
+    for top in ([Path(b) for b in globlib.glob(base)] if globlib.has_magic(base) else [Path(base)]):
+        for folder, dirs, _files in os.walk(top, followlinks=True):
+            try:
+                info = os.stat(folder)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            dirs.sort()
+            matches = safe_glob(os.path.join(globlib.escape(folder), rest)) if rest else [Path(folder)]
+            for match in matches:
+                found.setdefault(str(match), match)
+    return list(found.values())
+
+
 def open_images(source: str | Path) -> ImageSet:
     """Resolve a folder, ImageFolder or glob pattern into an ImageSet."""
     text = str(source)
     if any(ch in text for ch in "*?["):
-        paths = sorted(Path(p) for p in globlib.glob(text, recursive=True) if _is_image(Path(p)))
+        paths = sorted(p for p in safe_glob(text) if _is_image(p))
         if not paths:
             raise InputError(f"glob {text!r} matches no image files",
                              f"expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
@@ -85,6 +119,10 @@ def open_images(source: str | Path) -> ImageSet:
     if root.is_file():
         if _is_image(root):
             return ImageSet([ImageRecord(root)], None, text)
+        if is_video(root):
+            raise InputError(f"{root} is a video; this command reads images",
+                             f"run a model on it with vitedge run MODEL --source {root}, or pass it as "
+                             "--data to eval or quantize")
         raise InputError(f"{root} is not an image file or folder",
                          "pass an image folder, an ImageFolder or a glob such as 'frames/*.jpg'")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -312,6 +350,9 @@ def check_frame_size(capture: Any, uri: str) -> None:
         raise InputError(exc.message, exc.hint) from None
 
 
+LOST_FRAME = np.zeros((0, 0, 3), np.uint8)  # what VideoFile.read returns for a damaged frame
+
+
 def is_video(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
@@ -332,6 +373,8 @@ class VideoFile:
                              "extract frames to a folder first")
         self.fps: float | None = self.capture.get(cv2.CAP_PROP_FPS) or None
         self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.position = 0  # frames decoded
+        self.lost = 0  # frames that could not be decoded (damaged) before the container's end
         try:
             check_frame_size(self.capture, str(self.path))
         except InputError:
@@ -339,14 +382,32 @@ class VideoFile:
             raise
 
     def read(self) -> np.ndarray | None:
-        """The next BGR frame, or None at the end."""
+        """The next BGR frame; LOST_FRAME (an empty array) for a frame that could not be decoded
+        before the container's end; None at the end.
+
+        OpenCV's read fails at a damaged frame as it does at the end of the file, and reading on
+        gets the frames after it: a failure while the container says frames remain is counted as
+        a lost frame and reading goes on (each failure uses one of the frames the container
+        counts, so this is bounded by the frame count).
+        """
         ok, frame = self.capture.read()
-        return frame if ok else None
+        if ok:
+            self.position += 1
+            return frame
+        remaining = self.frame_count - self.position - self.lost if self.frame_count > 0 else 0
+        if remaining > 0:
+            self.lost += 1
+            return LOST_FRAME
+        return None
 
     def rewind(self) -> None:
+        """Back to the first frame: the file is opened again (seeking to 0 fails on some files,
+        a one-frame video among them, and the decoder state is fresh after a damaged frame)."""
         import cv2
 
-        self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        self.capture.release()
+        self.capture = cv2.VideoCapture(str(self.path))
+        self.position = self.lost = 0
 
     def close(self) -> None:
         self.capture.release()
@@ -382,7 +443,7 @@ def _video_batches(path: Path, indices: list[int], pre: Preprocessing,
             frame = video.read()
             if frame is None:
                 break
-            if position in wanted:
+            if position in wanted and frame.size:  # a damaged frame is not a sample
                 batch.append(preprocess(frame, pre, frame_channel_order="BGR"))
                 if len(batch) == batch_size:
                     yield np.stack(batch)

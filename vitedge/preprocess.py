@@ -132,13 +132,16 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 
 
 def load_image(path: str | Path) -> PILImage.Image:
-    """Decode an image file into RGB, or raise UnreadableImageError saying why (too large too)."""
-    from PIL import Image
+    """Decode an image file into upright RGB (EXIF orientation applied), or raise
+    UnreadableImageError saying why (too large too)."""
+    from PIL import Image, ImageOps
 
     try:
         with _open_checked(path) as handle:
             handle.load()
-            return to_rgb(handle)
+            # a phone stores a portrait photo sideways with an EXIF orientation; OpenCV's imread
+            # applies it too, so every decoder in the pipeline sees the photo upright
+            return to_rgb(ImageOps.exif_transpose(handle))
     except Image.DecompressionBombError:
         raise UnreadableImageError(f"{path} is larger than the pixel limit",
                                    f"raise it with {MAX_PIXELS_VARIABLE}") from None

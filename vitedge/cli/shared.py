@@ -44,6 +44,9 @@ class OneLineErrors(TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        for stream in (sys.stdout, sys.stderr):  # PYTHONIOENCODING=ascii, a C locale: "—" prints as "?"
+            if "utf" not in (getattr(stream, "encoding", "") or "").lower() and hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="replace")
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
         except typer.Abort:
