@@ -486,3 +486,45 @@ def test_sighup_ends_a_run_with_its_summary(bundle_and_video, tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["state"] == "finished" and summary["stop_reason"] == "signal SIGHUP"
     assert cli("report", tmp_path / "r", "-o", tmp_path / "r.html").exit_code == 0
+
+
+def test_the_reference_is_found_through_the_lineage(digits_onnx, digits_int8, tmp_path):
+    """The README's layout (artifacts/ and bundles/): the bundle finds its float parent where it was
+    at compile time, checked by hash; moved beside it, or gone, the next ancestor; a relabelled
+    parent is the same model under other names; a stranger with other names is refused."""
+    import json
+
+    from test_safety import reseal
+
+    root = tmp_path / "project"
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class-{c}\n" for c in "abcdefghij"))
+    assert cli("relabel", digits_onnx, "--labels", names, "-o", root / "artifacts" / "named").exit_code == 0
+    assert cli("compile", root / "artifacts" / "named", "--target", native_cpu_target(),
+               "-o", root / "bundles" / "b", "-q").exit_code == 0
+    parent = json.loads((root / "bundles" / "b" / "card.json").read_text())["lineage"][-1]["parent"]
+    assert parent["path"] == str((root / "artifacts" / "named").resolve())
+
+    def reference(run: str) -> str:
+        result = cli("run", root / "bundles" / "b", "--source", HELDOUT, "--frames", "5", "--shadow-every", "1",
+                     "-o", tmp_path / run, "-q", "--no-report")
+        assert result.exit_code == 0, result.output
+        shadow = json.loads((tmp_path / run / "summary.json").read_text())["shadow"]
+        assert shadow["compared"] >= 1
+        return shadow["reference_model"]
+
+    assert reference("r1") == parent["path"]
+    # moved into another folder of the project; a different artifact where it was is not taken
+    shutil.move(root / "artifacts", root / "models")
+    shutil.copytree(digits_onnx, root / "artifacts" / "named")
+    (root / "artifacts" / "named" / "model.onnx").write_bytes(b"another model")
+    reseal(root / "artifacts" / "named")
+    assert reference("r2") == str((root / "models" / "named").resolve())
+    # gone: the export it was relabelled from (the same outputs, named as the digits)
+    shutil.rmtree(root / "models")
+    assert reference("r3") == str(Path(digits_onnx).resolve())
+    # a model the bundle does not descend from, with other names, is refused
+    result = cli("run", root / "bundles" / "b", "--source", HELDOUT, "--frames", "2", "--reference", digits_int8,
+                 "-o", tmp_path / "r4", "-q", "--no-report")
+    assert_user_error(result, "names class 0 '0', the bundle 'class-a'", "does not descend from it")
+    assert not (tmp_path / "r4").exists()

@@ -43,7 +43,9 @@ def read_card(directory: Path) -> ModelCard:
     if not (directory / CARD_NAME).exists():
         raise InputError(f"{directory} has no {CARD_NAME}", "point at a folder written by a vitedge step")
     data = read_document(directory / CARD_NAME, CardDoc, hint=RECREATE)
-    return ModelCard.from_dict(data)
+    card = ModelCard.from_dict(data)
+    card.folder = directory.resolve()
+    return card
 
 
 def required_files(card: ModelCard) -> set[str]:
@@ -118,7 +120,8 @@ def derive_card(parent: ModelCard, step: str, *, params: dict[str, Any], metrics
     """The card of what `step` makes from `parent`: the parent's fields, no files yet (`write_card`
     hashes them), and one more lineage entry saying what was done, with which tools, when.
 
-    The entry names the parent by its artifact hash, or, for a parent never written as an
+    The entry names the parent by its artifact hash (and the folder it was read from, the path
+    `sessions.find_reference` tries first), or, for a parent never written as an
     artifact, by `unsaved_parent` (default: the parent's source). `card_metrics` replaces the
     card's metrics (the new artifact's own figures); without it the parent's are kept.
     """
@@ -132,7 +135,11 @@ def derive_card(parent: ModelCard, step: str, *, params: dict[str, Any], metrics
         card.format = format
     if card_metrics is not None:
         card.metrics = card_metrics
-    reference = {"artifact_hash": artifact_hash(parent)} if parent.files else (unsaved_parent or parent.source)
+    if parent.files:  # the path is a hint for finding the parent again, trusted only if its hash matches
+        reference = {"artifact_hash": artifact_hash(parent),
+                     **({"path": str(parent.folder)} if parent.folder is not None else {})}
+    else:
+        reference = unsaved_parent or parent.source
     card.lineage = [*parent.lineage, {
         "step": step, "parent": reference, "params": params, "metrics": metrics or {},
         "tools": tool_versions(*tools), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]

@@ -164,6 +164,9 @@ class ModelCard:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # where the card was read from (set by artifact.read_card, never written): what a derived
+    # card records as its parent's path, so a bundle finds its reference in another folder
+    folder: Path | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

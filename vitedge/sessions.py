@@ -15,6 +15,7 @@ from vitedge.models.options import SourceOptions
 from vitedge.targets import Backend
 
 if TYPE_CHECKING:
+    from vitedge.card import ModelCard
     from vitedge.compile.bundle import Bundle
     from vitedge.runtime.base import Session
 
@@ -200,33 +201,66 @@ def _openvino_bundle(bundle: Bundle, *, rebuild: bool, origin: tuple[Path, ...])
     return session
 
 
-def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:
-    """The full-precision artifact a bundle or quantized artifact descends from, if it is near.
+# how many folder entries find_reference looks at beyond the recorded paths: a bundle kept in a
+# big folder (the home folder's children) is not worth a long walk
+_REFERENCE_SCAN = 2000
 
-    Cards record their parents by artifact hash. Candidates are the shipped models and the
-    artifact folders beside `path` (and in `search`); the newest float ancestor in the lineage
-    that is found wins, so an exported ONNX is preferred over the PyTorch model it came from.
+
+def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path | None:
+    """The full-precision artifact a bundle or quantized artifact descends from, if it can be found.
+
+    Cards record their parents by artifact hash and by the folder they were read from. Candidates,
+    in order: each recorded folder (used only when the artifact there has the recorded hash: a
+    moved or replaced parent is not taken), the shipped models, the artifact folders beside `path`,
+    those one level into the folders beside its folder (`bundles/B` finds `artifacts/A`), and
+    those in `search`. The newest float ancestor found wins, so an exported ONNX is preferred over
+    the PyTorch model it came from; among artifacts with the same files (a relabelled copy), one
+    with `path`'s labels.
     """
     from vitedge.artifact import artifact_hash, is_artifact, read_card
     from vitedge.models.load import BUILTIN_MODELS
 
-    path = Path(path)
+    path = Path(path).resolve()
     card = read_card(path)
-    parents = [step["parent"]["artifact_hash"] for step in card.lineage
-               if isinstance(step.get("parent"), dict) and "artifact_hash" in step["parent"]]
-    folders = [path.parent, *search]
-    candidates = [*BUILTIN_MODELS.values(),
-                  *(d for folder in folders if folder.is_dir() for d in sorted(folder.iterdir())
-                    if d != path and is_artifact(d))]
-    by_hash: dict[str, Path] = {}
-    for candidate in candidates:
+    parents = [step["parent"] for step in card.lineage
+               if isinstance(step.get("parent"), dict) and isinstance(step["parent"].get("artifact_hash"), str)]
+    recorded = [Path(parent["path"]) for parent in parents if isinstance(parent.get("path"), str)
+                and Path(parent["path"]).is_absolute()]
+    budget = [_REFERENCE_SCAN]
+
+    def children(folder: Path) -> list[Path]:
         try:
+            entries = sorted(folder.iterdir())[:max(budget[0], 0)]
+        except OSError:
+            return []
+        budget[0] -= len(entries)
+        return [entry for entry in entries if entry.is_dir()]
+
+    def nearby() -> list[Path]:
+        folders = [path.parent]
+        for sibling in children(path.parent.parent if path.parent.parent != path.parent else path.parent):
+            if sibling != path.parent:
+                folders.append(sibling)
+        return [d for folder in [*folders, *search] for d in children(folder)]
+
+    by_hash: dict[str, list[tuple[Path, ModelCard]]] = {}
+    seen: set[Path] = set()
+    for candidate in [*recorded, *BUILTIN_MODELS.values(), *nearby()]:
+        try:
+            key = candidate.resolve()
+            if key in seen or key == path or not is_artifact(candidate):
+                continue
+            seen.add(key)
             other = read_card(candidate)
-        except InputError:
+        except (InputError, OSError):
             continue
         if other.format in ("onnx", "torch") and "quantization" not in other.metrics:
-            by_hash.setdefault(artifact_hash(other), candidate)
+            by_hash.setdefault(artifact_hash(other), []).append((candidate, other))
     for parent in reversed(parents):
-        if parent in by_hash:
-            return by_hash[parent]
+        found = by_hash.get(parent["artifact_hash"], [])
+        for candidate, other in found:
+            if other.labels == card.labels:
+                return candidate
+        if found:
+            return found[0][0]
     return None

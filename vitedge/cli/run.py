@@ -49,7 +49,7 @@ def run(
     source: SourceOption,
     reference: Annotated[Optional[str], typer.Option(
         help="Full-precision model to shadow with (default: the FP32 ancestor found through the "
-             "card's lineage next to the bundle).")] = None,
+             "card's lineage: where it was at compile time, checked by hash, or beside the bundle).")] = None,
     shadow_every: Annotated[int, typer.Option(min=0, max=1_000_000, help="Shadow every N-th frame (0: no shadow).")] = 5,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>).")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many frames.")] = None,

@@ -754,6 +754,8 @@ class _Stream:
                 "every": self.options.shadow_every, "compared": len(self.reference_logits),
                 "skipped_reference_behind": self.skipped,
                 "reference": shadow.reference.description,
+                "reference_model": None if shadow.reference.card is None or shadow.reference.card.folder is None
+                else str(shadow.reference.card.folder),
                 "reference_latency_ms": shadow.reference.timing.summary(),
                 "error": repr(shadow.error) if shadow.error else None},
             "drift": drift.to_dict(),

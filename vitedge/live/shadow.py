@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 
+from vitedge.card import ModelCard
 from vitedge.errors import InputError
 from vitedge.live.camera import Frame
 from vitedge.runtime.base import Session
@@ -22,10 +23,27 @@ def check_reference(deployed: Session, reference: Session) -> None:
     if a.preprocessing.input_size != b.preprocessing.input_size:
         raise InputError(f"the reference takes {b.preprocessing.input_size} images, the bundle "
                          f"{a.preprocessing.input_size}", "pass the FP32 artifact the bundle was made from")
-    if (a.labels and b.labels and a.labels != b.labels) or (
-            a.num_classes and b.num_classes and a.num_classes != b.num_classes):
-        raise InputError(f"the reference's labels ({b.num_classes} classes) differ from the "
-                         f"bundle's ({a.num_classes})", "pass the FP32 artifact the bundle was made from")
+    ours, theirs = a.num_classes or len(a.labels or []), b.num_classes or len(b.labels or [])
+    if ours and theirs and ours != theirs:
+        raise InputError(f"the reference has {theirs} classes, the bundle {ours}",
+                         "pass the FP32 artifact the bundle was made from")
+    if a.labels and b.labels and a.labels != b.labels and not descends(a, b):
+        index, (ours, theirs) = next((i, pair) for i, pair in enumerate(zip(a.labels, b.labels))
+                                     if pair[0] != pair[1])
+        raise InputError(f"the reference names class {index} {theirs!r}, the bundle {ours!r}, and the "
+                         "bundle does not descend from it", "pass the FP32 artifact the bundle was made from")
+
+
+def descends(card: ModelCard, ancestor: ModelCard) -> bool:
+    """Whether `ancestor` is in `card`'s lineage (by artifact hash): its outputs are the same
+    classes in the same order, whatever names a relabel or `export --labels` gave them since."""
+    from vitedge.artifact import artifact_hash
+
+    if not ancestor.files:
+        return False
+    wanted = artifact_hash(ancestor)
+    return any(isinstance(step.get("parent"), dict) and step["parent"].get("artifact_hash") == wanted
+               for step in card.lineage)
 
 
 Key = tuple[int, int]  # (stream, frame index)

@@ -52,7 +52,8 @@ def run(model: str | Path, source: str | int | Sequence[str | int], out: str | P
     gets its own drift, logs and metrics in RUN_DIR/streamK/, and the report is the fleet report.
 
     `out` defaults to runs/<time>; `reference` to the FP32 ancestor found through the card's
-    lineage next to the bundle (or in the working directory). With `report`, report.html (and
+    lineage (`sessions.find_reference`: its recorded folder, then beside the bundle, then in the
+    working directory). With `report`, report.html (and
     .md, .json) is written into the run directory at the end.
     """
     from vitedge.sessions import find_reference, load

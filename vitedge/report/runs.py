@@ -90,7 +90,9 @@ def run_sections(directory: Path) -> Sections:
                     f"agreement {percent(drift.top1_agreement)}, KL {number(drift.kl)}, JS "
                     f"{number(drift.js)}, cosine {number(drift.cosine)}"))]
     if summary.shadow:
-        headline.append(("shadow", f"every {summary.shadow.every} frames via {summary.shadow.reference}; "
+        headline.append(("shadow", f"every {summary.shadow.every} frames via {summary.shadow.reference}"
+                                   + (f" ({summary.shadow.reference_model})" if summary.shadow.reference_model else "")
+                                   + "; "
                                    f"{summary.shadow.skipped_reference_behind} skipped (reference behind)"))
     tables = [("Events", ["frame", "event", "details"],
                [[str(e.get("frame", "")), e["event"],

@@ -106,6 +106,7 @@ class SourceDoc(Doc):
 
 class LineageParent(Doc):
     artifact_hash: Sha256 | None = None
+    path: str | None = None  # where the parent was when this was made: a hint, checked by the hash
 
 
 class LineageStep(Doc):

@@ -128,6 +128,7 @@ class ShadowSummary(Doc):
     compared: Count
     skipped_reference_behind: Count
     reference: str
+    reference_model: str | None = None  # the artifact folder it was loaded from, where it has one
     reference_latency_ms: LatencyDoc | None = None
     error: str | None = None  # the reference worker's failure, if it failed
 
