@@ -528,3 +528,77 @@ def test_the_reference_is_found_through_the_lineage(digits_onnx, digits_int8, tm
                  "-o", tmp_path / "r4", "-q", "--no-report")
     assert_user_error(result, "names class 0 '0', the bundle 'class-a'", "does not descend from it")
     assert not (tmp_path / "r4").exists()
+
+
+def test_the_live_server_bounds_hostile_clients(capfd):
+    """Idle sockets, a header dripped a byte at a time, 200 clients that vanish mid-stream: a bounded
+    number of threads, 429 beyond the cap, the drip cut at the header deadline, nothing on stderr."""
+    import socket
+    import struct
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from vitedge.live.serve import LiveServer
+
+    server = LiveServer("127.0.0.1:0", "t", max_connections=4, header_timeout_s=1.0)
+    base_threads = threading.active_count()
+    host, port = server.httpd.server_address[:2]
+    try:
+        def connect() -> socket.socket:
+            return socket.create_connection((host, port), timeout=5)
+
+        idle = [connect() for _ in range(4)]
+        time.sleep(0.2)
+        crowd = [connect() for _ in range(200)]
+        assert threading.active_count() <= base_threads + 2 * 4 + 2  # a thread and a deadline per slot
+        answers = [s.recv(64) for s in crowd[:20]]
+        assert all(a.startswith(b"HTTP/1.0 429") for a in answers), answers[:3]
+        for s in crowd:
+            s.close()
+        started = time.monotonic()
+        assert all(s.recv(16) == b"" for s in idle)  # closed at the header deadline
+        assert time.monotonic() - started < 3
+        for s in idle:
+            s.close()
+        drip, cut = connect(), None
+        started = time.monotonic()
+        try:
+            for byte in b"GET / HTTP/1.0\r\nX: " + b"y" * 40:
+                drip.send(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:
+            cut = time.monotonic() - started
+        if cut is None:  # the last sends may land in the buffer: the answer is an empty read
+            cut = time.monotonic() - started if drip.recv(16) == b"" else None
+        drip.close()
+        assert cut is not None and cut < 4
+        server.publish(b"\xff\xd8" + b"j" * 50_000 + b"\xff\xd9", {"frames": 1})
+        for _ in range(200):  # viewers that read a little and reset (a closed browser tab)
+            viewer = connect()
+            viewer.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+            viewer.recv(256)
+            viewer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            viewer.close()
+            server.publish(b"\xff\xd8" + b"k" * 50_000 + b"\xff\xd9", {"frames": 2})
+        time.sleep(1.5)
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics.json", timeout=5) as answer:
+            assert answer.status == 200 and b'"frames": 2' in answer.read()
+        assert server.httpd.refused >= 20
+    finally:
+        server.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err[:2000]
+
+
+def test_serving_beyond_this_machine_warns():
+    from vitedge.live.serve import exposure
+
+    assert exposure("127.0.0.1:8080") is None and exposure("localhost:80") is None and exposure("[::1]:8") is None
+    assert "no authentication" in exposure("0.0.0.0:8080") and "every interface" in exposure("0.0.0.0:8080")
+    assert "no authentication" in exposure("192.168.1.20:8080")
+    result = cli("run", "no-such-bundle", "--source", "0", "--serve", "0.0.0.0:0")
+    text = " ".join(result.output.split())
+    assert "warning: the live page and camera stream on 0.0.0.0:0 have no authentication" in text
+    assert result.exit_code == 1

@@ -33,13 +33,17 @@ SourceOption = Annotated[list[str], typer.Option(
 def _address(context: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
     """--serve / --metrics HOST:PORT, checked before any model is loaded."""
     if value is not None:
+        from vitedge.cli.shared import print_warnings
         from vitedge.errors import InputError
-        from vitedge.live.serve import parse_address
+        from vitedge.live.serve import exposure, parse_address
 
         try:
             parse_address(value, f"--{param.name}")
         except InputError as exc:
             raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
+        warning = exposure(value) if param.name == "serve" else None  # /metrics alone shows no frames
+        if warning:
+            print_warnings([warning])
     return value
 
 

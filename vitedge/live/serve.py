@@ -3,13 +3,19 @@
 Standard-library HTTP server in a thread (no web framework for three routes): `/` the page,
 `/stream.mjpg` the annotated frames (multipart/x-mixed-replace), `/metrics.json` the numbers the
 page polls, `/metrics` the run's Prometheus metrics (vitedge.live.metrics; `--metrics` serves only
-that). Bound to 127.0.0.1 unless the user asks otherwise.
+that). Bound to 127.0.0.1 unless the user asks otherwise (and warned when not: no authentication).
+
+Hostile or careless clients are bounded: at most `max_connections` at a time (one thread each;
+the next ones get 429 from the accepting thread), a request's line and headers must arrive within
+`header_timeout_s` (a slow drip is cut), and a client that goes away mid-stream is a quiet end of
+its thread, never a traceback on the run's stderr.
 """
 
 from __future__ import annotations
 
 import errno
 import html
+import ipaddress
 import json
 import socket
 import threading
@@ -74,11 +80,70 @@ def parse_address(address: str, option: str = "--serve") -> tuple[str, int]:
     return host, int(port_text)
 
 
+def exposure(address: str) -> str | None:
+    """A warning when `address` serves beyond this machine (the page has no authentication)."""
+    host, port = parse_address(address)
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if local:
+        return None
+    return (f"the live page and camera stream on {host}:{port} have no authentication: anyone who can "
+            f"reach this machine{' (on every interface)' if host in ('0.0.0.0', '::') else ''} can watch "
+            "them; serve on 127.0.0.1 and use an SSH tunnel or an authenticating proxy to share them")
+
+
+MAX_CONNECTIONS = 32  # a viewer holds one for its stream, and one at a time for its polls
+HEADER_TIMEOUT_S = 10.0
+
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on connections and no tracebacks for clients that go away."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type, *, max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0  # connections answered 429
+        self.dropped = 0  # connections that failed (reset, timed out, closed mid-answer)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            try:  # answered from the accepting thread: short, and never blocking on the client
+                request.settimeout(0.5)
+                request.sendall(b"HTTP/1.0 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                                b"Retry-After: 5\r\nContent-Length: 35\r\nConnection: close\r\n\r\n"
+                                b"too many clients; try again later\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Counted, not printed: a client's failure is not the run's (socketserver prints a traceback)."""
+        self.dropped += 1
+
+
 class LiveServer:
     """Serves the newest annotated JPEG and the metrics dict the live loop publishes."""
 
     def __init__(self, address: str, title: str, *, metrics: Any = None, with_page: bool = True,
-                 option: str = "--serve") -> None:
+                 option: str = "--serve", max_connections: int = MAX_CONNECTIONS,
+                 header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
         """`metrics`: a RunMetrics served at /metrics; `with_page=False` serves only that."""
         host, port = parse_address(address, option)
         self._jpeg: bytes | None = None
@@ -89,8 +154,36 @@ class LiveServer:
         server, show_page = self, with_page
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = header_timeout_s  # each read or write; the whole header has the same deadline
+
             def log_message(self, *args: Any) -> None:  # the run's logs are the JSONL, not stderr
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # a header dripped a byte at a time would reset the socket timeout at every byte
+                self._deadline = threading.Timer(header_timeout_s, self._cut)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _cut(self) -> None:
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            def parse_request(self) -> bool:  # reads the headers
+                try:
+                    return super().parse_request()
+                finally:
+                    self._deadline.cancel()
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                try:
+                    super().finish()
+                except OSError:
+                    pass
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path.split("?")[0] == "/metrics" and metrics is not None:
@@ -138,18 +231,17 @@ class LiveServer:
                         last = jpeg
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-                except (BrokenPipeError, ConnectionResetError):
+                except OSError:
                     return
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = _BoundedServer((host, port), Handler, max_connections=max_connections)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise InputError(f"port {port} on {host} is already in use",
                                  f"pick another {option} port, or stop what is using it") from None
             raise InputError(f"cannot serve on {host}:{port} ({exc.strerror})",
                              f"use {option} 127.0.0.1:PORT") from None
-        self.httpd.daemon_threads = True
         self.address = f"http://{host}:{self.httpd.server_address[1]}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="vitedge-serve",
                                         daemon=True)
