@@ -14,7 +14,11 @@ Rules (README, "Safety"):
   vitedge's folders in the system temp directory) holds an owner file locked by its process: the
   next vitedge command removes the ones whose process is gone, and puts back an old output whose
   swap was interrupted, so the user never ends up with neither.
-- A live output (`vitedge run`) is written in place, so what was recorded survives a crash.
+- A live output (`vitedge run`) is written as it goes, so what was recorded survives a crash; it
+  replaces an earlier run only when it ends with its summary (until then it is written in a hidden
+  `.NAME.live-PID-*` sibling, and one that fails is kept as `NAME.unfinished`).
+- A full, read-only or forbidden disk, or a name too long for it, is one line naming the output
+  (`_write_errors`), checked before any work where it can be.
 The locks, owned folders, atomic file writes and the cleanup after killed processes are in
 `vitedge.locks`; this module decides what may be written where.
 """
