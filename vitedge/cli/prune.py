@@ -18,7 +18,7 @@ from vitedge.cli.shared import (
     takes_source_options,
     user_errors,
 )
-from vitedge.prune.plan import Allocation, Importance
+from vitedge.prune.plan import Allocation, Importance, Method
 
 if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
@@ -33,8 +33,12 @@ def prune(
     embed: Annotated[float, typer.Option(callback=floats(0, 1, high_open=True), help="Share of the embedding width to remove.")] = 0.0,
     target_macs: Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True, high_open=True),
         help="Instead of ratios: keep this share of MACs (heads and MLP pruned equally).")] = None,
+    method: Annotated[Method, typer.Option(
+        help="compensate: choose heads and MLP units from --data's statistics and refit the next layer so the "
+             "rest stands in for them (no labels); plain: Torch-Pruning drops the units --importance ranks lowest; "
+             "auto: compensate when --data is given (and no --embed / --importance), else plain.")] = Method.AUTO,
     importance: Annotated[Optional[Importance], typer.Option(
-        help="How units are ranked: taylor (needs --data; the default with it) or l2.")] = None,
+        help="How --method plain ranks units: taylor (needs --data; the default with it) or l2.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
     distill_steps: Annotated[int, typer.Option(min=0, max=10_000_000, help="Distillation steps from the original after pruning.")] = 0,
     tome: Annotated[int, typer.Option(min=0, help="Token merging: tokens merged per block (training-free).")] = 0,
@@ -55,8 +59,8 @@ def prune(
 ) -> None:
     """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
 
-    Example: vitedge prune builtin:digits-vit --heads 0.5 --mlp 0.75 --data calibration/digits/train
-    --distill-steps 600 -o demo-out/digits-pruned
+    Example: vitedge prune builtin:digits-vit --target-macs 0.7 --data calibration/digits/train
+    -o demo-out/digits-pruned
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -73,7 +77,7 @@ def prune(
             bar.update(task, completed=step, description=f"agreement {100 * (agreement or 0):.1f}%")
 
         plan = PrunePlan(ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed), target_macs=target_macs,
-                         importance=importance, allocation=allocation, round_to=round_to, tome=tome,
+                         importance=importance, method=method, allocation=allocation, round_to=round_to, tome=tome,
                          tome_from=tome_from)
         metrics = run_prune(source, out, plan, data=data, samples=samples,
                             distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,

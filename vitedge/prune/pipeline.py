@@ -27,7 +27,7 @@ from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.prune.distill import DistillConfig
 from vitedge.prune.layouts import FAMILIES
-from vitedge.prune.plan import Importance, PrunePlan, PruneRatios
+from vitedge.prune.plan import Importance, Method, PrunePlan, PruneRatios
 
 
 @releasing
@@ -41,7 +41,8 @@ def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | No
     Taylor importance, distillation and the held-out agreement."""
     say = progress or (lambda _message: None)
     distill = distill or DistillConfig(steps=0)
-    plan = _check(plan or PrunePlan(), distill, data)
+    asked = plan or PrunePlan()
+    plan = _check(asked, distill, data)
     from vitedge.models.load import as_loaded
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
@@ -54,6 +55,8 @@ def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | No
 
         read_checkpoint(checkpoint)  # a file in the way is refused before any work
     teacher = _teacher(loaded, plan)
+    if plan.structured and plan.method is Method.COMPENSATE:
+        plan = _compensable(teacher, plan, asked.method, say)
     run = _Run(loaded, teacher, plan, say)
     if data is not None:
         run.split(data, samples)
@@ -108,6 +111,20 @@ def _teacher(loaded: LoadedModel, plan: PrunePlan) -> Any:
     return teacher
 
 
+def _compensable(teacher: Any, plan: PrunePlan, asked: Method | str, say: Callable[[str], None]) -> PrunePlan:
+    """The plan, or under --method auto plain pruning where this model cannot be compensated."""
+    from vitedge.prune.compensate import check_method
+
+    try:
+        check_method(teacher, plan.ratios)
+    except InputError as exc:
+        if str(asked) != Method.AUTO:
+            raise
+        say(f"plain pruning ({plan.importance} importance): {exc.message}")
+        return replace(plan, method=Method.PLAIN)
+    return plan
+
+
 class _Run:
     """One pruning run, step by step; `metrics` collects what each step measured."""
 
@@ -142,17 +159,40 @@ class _Run:
             ratios = _search_ratios(self.teacher, plan.target_macs, self.metrics["macs_before"], self.size,
                                     plan.round_to, self.say,
                                     heads=self.loaded.card.source.get("kind") != "torchvision")
-        self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
-                 f"({plan.importance} importance)")
-        train = self.train
-        batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
-            if train is not None else []
-        self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
-                                  teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
+        if plan.method is Method.COMPENSATE:
+            self._compensate(ratios)
+        else:
+            self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
+                     f"({plan.importance} importance)")
+            train = self.train
+            batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
+                if train is not None else []
+            self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
+                                      teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
         self.metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
-                             "importance": str(plan.importance), "round_to": plan.round_to,
-                             "allocation": str(plan.allocation), "structure": self.shapes})
+                             "method": str(plan.method),
+                             "importance": "compensated" if plan.method is Method.COMPENSATE else str(plan.importance),
+                             "round_to": plan.round_to, "allocation": str(plan.allocation),
+                             "structure": self.shapes})
         self.measure("before_distill")
+
+    def _compensate(self, ratios: PruneRatios) -> None:
+        """Compensated pruning to the widths plain pruning would keep at these ratios (the same
+        rounding, allocation and MAC figures; an L2 dry run on a copy gives them)."""
+        import torch
+
+        from vitedge.prune.compensate import compensated_prune
+        from vitedge.prune.structured import prune_model
+
+        plan = self.plan
+        assert self.train is not None
+        widths = prune_model(copy.deepcopy(self.teacher), ratios, importance=Importance.L2,
+                             round_to=plan.round_to, allocation=plan.allocation)["after"]
+        self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%} with compensation from "
+                 f"{len(self.train)} images (units chosen and the next layer refitted block by block)")
+        result = compensated_prune(self.student, widths, torch.from_numpy(self.train), teacher=self.teacher)
+        self.shapes = {"before": result["before"], "after": result["after"]}
+        self.metrics["compensation"] = result["blocks"]
 
     def distill(self, config: DistillConfig, checkpoint: Path,
                 tick: Callable[[int, int, float | None], None] | None, data: str | Path | DataSet | None) -> None:
@@ -262,7 +302,7 @@ def _card(loaded: LoadedModel, student: Any, metrics: dict[str, Any], plan: Prun
     family_tools = {"torchvision": ("torchvision",), "huggingface": ("transformers",)}.get(
         str(loaded.card.source.get("kind")), ())
     card = derive_card(loaded.card, "prune", format="torch", card_metrics={"prune": metrics},
-                       params={k: metrics[k] for k in ("ratios", "importance", "round_to", "allocation")
+                       params={k: metrics[k] for k in ("ratios", "method", "importance", "round_to", "allocation")
                                if k in metrics} | ({"tome": tome} if tome else {}),
                        metrics={k: v for k, v in metrics.items() if k not in ("structure",)},
                        tools=("torch", "timm", "torch-pruning", *family_tools))

@@ -16,6 +16,16 @@ class Importance(StrEnum):
     L2 = "l2"
 
 
+class Method(StrEnum):
+    """compensate: units chosen from calibration statistics and folded into the next layer (needs
+    --data, keeps the embedding width); plain: Torch-Pruning removes the units --importance ranks
+    lowest; auto: compensate where it can, plain otherwise."""
+
+    AUTO = "auto"
+    COMPENSATE = "compensate"
+    PLAIN = "plain"
+
+
 class Allocation(StrEnum):
     """uniform: every block loses the same share; global: units ranked across blocks (timm)."""
 
@@ -53,7 +63,8 @@ class PrunePlan:
 
     ratios: PruneRatios = field(default_factory=PruneRatios)
     target_macs: float | None = None  # instead of ratios: keep this share of the MACs
-    importance: Importance | None = None  # default: taylor with data, else l2
+    importance: Importance | None = None  # default: taylor with data, else l2 (plain pruning)
+    method: Method = Method.AUTO
     allocation: Allocation = Allocation.UNIFORM
     round_to: int = 8  # kept widths are multiples of this
     tome: int = 0  # tokens merged per block (training-free)
@@ -74,11 +85,25 @@ class PrunePlan:
                              "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --tome 8")
         if self.round_to < 1:
             raise InputError(f"--round-to {self.round_to} must be >= 1")
+        method = choice(Method, self.method, "--method")
+        if method is Method.AUTO:  # an explicit --importance asks for plain pruning
+            method = Method.COMPENSATE if has_data and not self.ratios.embed and self.importance is None \
+                else Method.PLAIN
+        if method is Method.COMPENSATE and self.structured:
+            if not has_data:
+                raise InputError("--method compensate needs --data: it chooses units and refits the next "
+                                 "layer from the images' statistics", "pass --data DIR, or --method plain")
+            if self.ratios.embed:
+                raise InputError("--method compensate keeps the embedding width: --embed needs --method plain",
+                                 "drop --embed, or pass --method plain")
+            if self.importance is not None:
+                raise InputError("--importance ranks units for --method plain; compensated pruning ranks them "
+                                 "by the error left after compensation", "drop --importance, or pass --method plain")
         importance = choice(Importance, self.importance or ("taylor" if has_data else "l2"), "--importance")
         if importance is Importance.TAYLOR and not has_data and self.structured:
             raise InputError("--importance taylor needs --data (gradients on images)",
                              "pass --data DIR, or --importance l2")
-        return replace(self, importance=importance,
+        return replace(self, importance=importance, method=method,
                        allocation=choice(Allocation, self.allocation, "--allocation"))
 
 
