@@ -58,7 +58,7 @@ demo: install
 
 # A second demo: structured pruning + distillation of the shipped model, then the usual path.
 demo-prune: install
-	@echo "== 1/5 prune half the heads and three quarters of the MLP units (Taylor), distill from the original"
+	@echo "== 1/5 prune half the heads and three quarters of the MLP units (compensated from the images), distill from the original"
 	$(VITEDGE) prune builtin:digits-vit --heads 0.5 --mlp 0.75 --data calibration/digits/train --distill-steps 1500 -o $(DEMO_OUT)/digits-pruned --overwrite
 	@echo "== 2/5 export the pruned model (parity-checked)"
 	$(VITEDGE) export $(DEMO_OUT)/digits-pruned -o $(DEMO_OUT)/digits-pruned-onnx --data calibration/digits/heldout --overwrite

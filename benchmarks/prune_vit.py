@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/prune_vit.py [--steps 1500] [--deit-steps 150] [--skip-deit]
 
-1. Shipped digits ViT: heads 50 % + MLP 75 % (Taylor; --digits H,M,E for other ratios), distilled on calibration/digits/train
+1. Shipped digits ViT: heads 50 % + MLP 75 % (the default method: compensated, or Taylor with
+   --embed; --digits H,M,E for other ratios), distilled on calibration/digits/train
    (labels unused), evaluated on the 540 held-out digits: MACs, top-1 before/after, ONNX Runtime
    CPU latency of the pruned vs the unpruned FP32 ONNX (batch 1 and 16), then INT8 (vit-safe) of
    the pruned model and its agreement with the pruned FP32.
-2. Real DeiT-Tiny (../shared/realdata): heads 25 % + MLP 25 %, distilled on 300 of the 500
+2. Real DeiT-Tiny (../shared/realdata): heads 25 % + MLP 25 % (compensated), distilled on 300 of the 500
    images, evaluated on the other 200 — a handful of images cannot retrain a 5.7 M-parameter
    model; this shows what short distillation recovers and what it does not.
-Token merging on DeiT-Tiny is in benchmarks/tome_deit.py.
+Token merging on DeiT-Tiny is in benchmarks/tome_deit.py; compensated pruning against its
+baselines by MAC target in benchmarks/prune_compensated.py.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def main() -> None:
         export_onnx(digits, tmp / "digits-onnx", parity_data=held, parity_samples=8)
         export_onnx(load(tmp / "digits-pruned"), tmp / "pruned-onnx", parity_data=held, parity_samples=8)
         data = open_data(held, digits.card.preprocessing, samples=None)
-        report(f"digits-vit: heads {heads:.0%} + MLP {mlp:.0%} + embedding {embed:.0%}, Taylor, distilled",
+        report(f"digits-vit: heads {heads:.0%} + MLP {mlp:.0%} + embedding {embed:.0%}, {metrics['importance']}, "
+               "distilled",
                tmp / "digits-onnx",
                tmp / "pruned-onnx", data, data.labels, metrics, seconds)
         result = quantize(load(tmp / "pruned-onnx"), str(train), tmp / "pruned-int8", eval_data=str(held))
@@ -107,7 +110,7 @@ def main() -> None:
         export_onnx(load(tmp / "deit-pruned"), tmp / "deit-pruned-onnx", parity_data=tmp / "eval",
                     parity_samples=8)
         data = open_data(tmp / "eval", deit.card.preprocessing, samples=None)
-        report("DeiT-Tiny: heads 25 % + MLP 25 %, Taylor, distilled on 300 real images",
+        report(f"DeiT-Tiny: heads 25 % + MLP 25 %, {metrics['importance']}, distilled on 300 real images",
                tmp / "deit-onnx", tmp / "deit-pruned-onnx", data, model_labels(deit.card, data),
                metrics, seconds)
 

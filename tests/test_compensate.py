@@ -139,6 +139,10 @@ def test_the_command_compensates_by_default_and_the_artifact_rebuilds(tmp_path):
     blocks = metrics["compensation"]
     assert all(b["mlp"]["error"] <= b["mlp"]["error_uncompensated"] for b in blocks)
     assert metrics["before_distill"]["top1_agreement"] >= 0.9
+    report = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    markdown = (tmp_path / "r.md").read_text()
+    assert "Compensation per block" in markdown and "| 3 | 1 |" in markdown and "compensated pruning" in markdown
     loaded = load(out)  # rebuilt from the card: the same outputs as the pruned module had
     assert structure_of(loaded.module) == metrics["structure"]["after"]
     exported = runner.invoke(app, ["export", str(out), "-o", str(tmp_path / "onnx"), "--parity-samples", "4"])

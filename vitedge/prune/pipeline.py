@@ -125,6 +125,9 @@ def _compensable(teacher: Any, plan: PrunePlan, asked: Method | str, say: Callab
     return plan
 
 
+MLP_FIRST = 0.35  # compensated --target-macs removes MLP units alone up to this share of them
+
+
 class _Run:
     """One pruning run, step by step; `metrics` collects what each step measured."""
 
@@ -156,9 +159,7 @@ class _Run:
         plan = self.plan
         ratios = plan.ratios
         if plan.target_macs is not None:
-            ratios = _search_ratios(self.teacher, plan.target_macs, self.metrics["macs_before"], self.size,
-                                    plan.round_to, self.say,
-                                    heads=self.loaded.card.source.get("kind") != "torchvision")
+            ratios = self._target_ratios(plan)
         if plan.method is Method.COMPENSATE:
             self._compensate(ratios)
         else:
@@ -175,6 +176,26 @@ class _Run:
                              "round_to": plan.round_to, "allocation": str(plan.allocation),
                              "structure": self.shapes})
         self.measure("before_distill")
+
+    def _target_ratios(self, plan: PrunePlan) -> PruneRatios:
+        """The ratios that keep --target-macs. Compensated pruning takes MLP units alone while that
+        removes at most MLP_FIRST of them: a compensated head costs far more accuracy than the MLP
+        units of the same MACs (real DeiT-Tiny at -15 % MACs, two folds of 250 images: 75.8 % top-1
+        from MLP units alone, 72.0 % from heads and MLP units equally; at -25 %, where MLP units
+        alone would be 45 % of them, heads and MLP equally did better than MLP alone without the
+        refit, 68.6 % against 61.0 %)."""
+        search = dict(target=plan.target_macs, macs_before=self.metrics["macs_before"], size=self.size,
+                      round_to=plan.round_to, say=self.say)
+        heads = self.loaded.card.source.get("kind") != "torchvision"
+        if plan.method is Method.COMPENSATE and heads:
+            try:
+                ratios = _search_ratios(self.teacher, **search, heads=False, say_found=False)
+            except InputError:
+                ratios = None
+            if ratios is not None and ratios.mlp <= MLP_FIRST:
+                self.say(f"--target-macs {plan.target_macs}: MLP ratio {ratios.mlp:.2f}, heads kept")
+                return ratios
+        return _search_ratios(self.teacher, **search, heads=heads)
 
     def _compensate(self, ratios: PruneRatios) -> None:
         """Compensated pruning to the widths plain pruning would keep at these ratios (the same
@@ -270,7 +291,8 @@ def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray 
 
 
 def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[int, int],
-                   round_to: int, say: Callable[[str], None], *, heads: bool = True) -> PruneRatios:
+                   round_to: int, say: Callable[[str], None], *, heads: bool = True,
+                   say_found: bool = True) -> PruneRatios:
     """The smallest equal heads/MLP ratio whose pruned model keeps at most `target` of the MACs.
 
     Without `heads` (torchvision, whose heads cannot be removed) only the MLP ratio is searched.
@@ -293,7 +315,8 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
     if best is None:
         raise InputError(f"--target-macs {target} cannot be reached by pruning {what} units",
                          "raise --target-macs, or add --embed" + (" / --tome" if heads else ""))
-    say(f"--target-macs {target}: {what} ratio {best:.2f}")
+    if say_found:
+        say(f"--target-macs {target}: {what} ratio {best:.2f}")
     return PruneRatios(heads=best if heads else 0.0, mlp=best)
 
 

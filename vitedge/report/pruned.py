@@ -33,7 +33,7 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
         ratios = metrics["ratios"]
         headline.append(("removed", f"heads {100 * ratios['heads']:.0f} %, MLP {100 * ratios['mlp']:.0f} %, "
                                     f"embedding {100 * ratios['embed']:.0f} % ({metrics.get('importance')} "
-                                    f"importance, {metrics.get('allocation', 'uniform')} allocation, "
+                                    f"{'pruning' if metrics.get('method') == 'compensate' else 'importance'}, {metrics.get('allocation', 'uniform')} allocation, "
                                     f"widths rounded to {metrics.get('round_to')})"))
     tables, plots = [], []
     structure = metrics.get("structure")
@@ -55,6 +55,22 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         plots.append(("Kept heads and MLP width per block", png(fig)))
+    compensation = metrics.get("compensation")
+    if compensation:
+        def cell(entry: dict | None) -> str:
+            if not entry:
+                return "–"
+            refit = entry.get("teacher_error")
+            return (f"{percent(entry['error_uncompensated'])} → {percent(entry['error'])}"
+                    + (f"; its distance to the unpruned block's output, refitted: "
+                       f"{percent(entry['teacher_error_before'])} → {percent(refit)}" if refit is not None else ""))
+
+        tables.append(("Compensation per block: output error the removed units leave, without → with "
+                       "compensation (share of the layer's output energy on the calibration images)",
+                       ["block", "heads removed", "heads", "MLP units removed", "MLP"],
+                       [[str(b["block"]), str(len(b["heads"]["removed"])) if "heads" in b else "0",
+                         cell(b.get("heads")), str(b["mlp"]["removed"]) if "mlp" in b else "0", cell(b.get("mlp"))]
+                        for b in compensation]))
     stages = [(title, metrics[key]) for key, title in PRUNE_STAGES if key in metrics]
     if stages:
         labeled = all("top1_pruned" in m for _, m in stages)
