@@ -28,7 +28,6 @@ import argparse
 import copy
 import functools
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,6 @@ import realdata  # noqa: E402
 from vitedge.data import ImageRecord, ImageSet, iter_batches  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name  # noqa: E402
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch
 
@@ -200,8 +198,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="fitting steps per block")
     parser.add_argument("--batch", type=int, default=16, help="images per fitting step")
     args = parser.parse_args()
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}; torch {torch.__version__}")
+    print(f"{realdata.machine_line()}; torch {torch.__version__}")
     if not realdata.available():
         print(f"skipped: {realdata.missing_message()}")
         return

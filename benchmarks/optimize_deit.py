@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import realdata  # noqa: E402
 
 from vitedge.models.load import load  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name  # noqa: E402
 
 
 def main() -> None:
@@ -38,8 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if not realdata.available():
         raise SystemExit(realdata.missing_message())
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}")
+    print(realdata.machine_line())
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

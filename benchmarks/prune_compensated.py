@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import resource
 import subprocess
 import sys
@@ -47,7 +46,6 @@ from vitedge.models.load import load  # noqa: E402
 from vitedge.prune.distill import DistillConfig  # noqa: E402
 from vitedge.prune.pipeline import prune  # noqa: E402
 from vitedge.prune.plan import Method, PrunePlan  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name  # noqa: E402
 
 
 def logits(module, images: np.ndarray) -> np.ndarray:
@@ -134,8 +132,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}")
+    print(realdata.machine_line())
     if not realdata.available():
         print(f"skipped: {realdata.missing_message()}")
         return

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import resource
 import shutil
@@ -48,7 +47,7 @@ from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.quantize.qdq import compute_nodes, int8_mac_share  # noqa: E402
 from vitedge.quantize.search import run_onnx  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name, package_version  # noqa: E402
+from vitedge.versions import package_version  # noqa: E402
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 
@@ -279,8 +278,7 @@ def main() -> None:
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}; NNCF "
+    print(f"{realdata.machine_line()}; NNCF "
           f"{package_version('nncf')}, ONNX Runtime {package_version('onnxruntime')}, OpenVINO "
           f"{package_version('openvino')}")
     with tempfile.TemporaryDirectory() as tmp_name:
