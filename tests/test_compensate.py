@@ -176,3 +176,38 @@ def test_auto_falls_back_to_plain_where_it_cannot_compensate(tmp_path):
     assert_user_error(runner.invoke(app, ["prune", "timm:vit_tiny_patch16_224", *kwargs_cli(scale_mlp_norm=True),
                                           "--mlp", "0.5", "--method", "compensate", "--data", TRAIN,
                                           "-o", str(tmp_path / "q")]), "normalizes its hidden units")
+
+
+def test_a_budget_finds_the_largest_cut_that_holds_it(tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    result = runner.invoke(app, ["prune", "builtin:digits-vit", "--max-drop", "1", "--data", TRAIN, "--samples", "120",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "card.json").read_text())["metrics"]["prune"]
+    search = metrics["budget_search"]
+    held = [p for p in search["probes"] if p["met"]]
+    assert held and search["chosen_mac_share"] == min(p["mac_share"] for p in held)  # the largest cut that held
+    assert all(p["drop"] <= 1 for p in held)
+    misses = [i for i, p in enumerate(search["probes"]) if not p["met"]]
+    assert not misses or len(search["probes"]) <= misses[0] + 2  # stops at a miss (one probe between)
+    assert metrics["mac_share"] == pytest.approx(search["chosen_mac_share"])
+    assert 100 * (1 - metrics["before_distill"]["top1_agreement"]) <= 1  # the chosen model, measured again
+    report = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0 and "Budget search" in (tmp_path / "r.md").read_text()
+    # unreachable: only a deep cut is tried; one line with what the smallest cut tried gave, nothing written
+    import vitedge.prune.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "BUDGET_SHARES", (0.3,))
+    result = runner.invoke(app, ["prune", "builtin:digits-vit", "--min-agreement", "1.0", "--data", TRAIN,
+                                 "--samples", "120", "-q", "-o", str(tmp_path / "u")])
+    assert_user_error(result, "no cut holds the budget on the", "fewer MACs) left", "loosen --max-drop")
+    assert not (tmp_path / "u").exists()
+
+
+def test_budget_refusals(tmp_path):
+    base = ["prune", "builtin:digits-vit", "-o", str(tmp_path / "x")]
+    assert_user_error(runner.invoke(app, [*base, "--max-drop", "1", "--target-macs", "0.8", "--data", TRAIN]),
+                      "do not go with --target-macs")
+    assert_user_error(runner.invoke(app, [*base, "--min-agreement", "0.9"]), "need --data")
+    assert_user_error(runner.invoke(app, [*base, "--max-drop", "-1", "--data", TRAIN]), "-1")
+    assert not (tmp_path / "x").exists()

@@ -37,6 +37,12 @@ def prune(
         help="compensate: choose heads and MLP units from --data's statistics and refit the next layer so the "
              "rest stands in for them (no labels); plain: Torch-Pruning drops the units --importance ranks lowest; "
              "auto: compensate when --data is given (and no --embed / --importance), else plain.")] = Method.AUTO,
+    max_drop: Annotated[Optional[float], typer.Option(callback=floats(0, 100),
+        help="Instead of a cut: the largest MAC cut whose top-1 (labeled --data) or agreement with the original "
+             "drops at most this many points on the held-out images, e.g. 1.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
+        help="Instead of a cut (or with --max-drop): the largest MAC cut keeping this top-1 agreement with the "
+             "original (cosine for feature models) on the held-out images, e.g. 0.95.")] = None,
     importance: Annotated[Optional[Importance], typer.Option(
         help="How --method plain ranks units: taylor (needs --data; the default with it) or l2.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Unlabeled (or labeled) images for importance, distillation and metrics.")] = None,
@@ -77,8 +83,8 @@ def prune(
             bar.update(task, completed=step, description=f"agreement {100 * (agreement or 0):.1f}%")
 
         plan = PrunePlan(ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed), target_macs=target_macs,
-                         importance=importance, method=method, allocation=allocation, round_to=round_to, tome=tome,
-                         tome_from=tome_from)
+                         max_drop=max_drop, min_agreement=min_agreement, importance=importance, method=method,
+                         allocation=allocation, round_to=round_to, tome=tome, tome_from=tome_from)
         metrics = run_prune(source, out, plan, data=data, samples=samples,
                             distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
                                                   features=distill_features),

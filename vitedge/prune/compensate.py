@@ -10,16 +10,18 @@ fitted by ridge regression on the calibration images' tokens (CORP, arXiv 2602.0
 fc2 for MLP units (`W_S += W_P B`, `b += W_P c`), the output projection for heads (a head's
 channels are one group). Which units go is chosen by the error they leave *after* compensation
 (the Optimal-Brain-Surgeon saliency: a unit's output weight energy times its variance given the
-kept units, ``|w_j|^2 / (S^-1)_jj``; for a head, ``tr(W_g ((S^-1)_gg)^-1 W_g^T)``), removed a
-few at a time with the kept units' weights updated in between, so that a unit another unit
-can stand in for goes first. The ridge strength is chosen per layer on held-out tokens (half the
-images fit, the other half judge), then the final fit uses all of them.
+kept units, ``|w_j|^2 / (S^-1)_jj``; for a head, ``tr(W_g ((S^-1)_gg)^-1 W_g^T)``), removed one
+at a time with the kept units' weights updated and the inverse downdated in between, so that a
+unit another unit can stand in for goes first and that other unit then stays. The ridge
+strength is chosen per layer on held-out tokens (half the images fit, the other half judge),
+then the final fit uses all of them.
 
 Blocks are pruned in order and each one's statistics are collected on the model as pruned so
 far (the inputs to block i come out of the already-pruned blocks 0..i-1), heads before the MLP
-of the same block. The widths to reach per block come from the caller (`prune_model`'s rounding,
-allocation and MAC search), so the shapes, the card and `rebuild` are the same as for plain
-pruning.
+of the same block; then each reader is refitted toward the unpruned model's block output (with
+`teacher`), which also takes up the drift the earlier blocks left. The widths to reach per block
+come from the caller (`prune_model`'s rounding, allocation and MAC search), so the shapes, the
+card and `rebuild` are the same as for plain pruning.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from vitedge.prune.plan import PruneRatios
 
 RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # lambda as a share of the mean variance, tried per layer
 SELECTION_RIDGE = 1e-4  # lambda while ranking: small, so a unit another one copies ranks as free
-ROUNDS = 8  # removal rounds per layer (the kept weights are re-solved between rounds)
 
 
 class _Stop(Exception):

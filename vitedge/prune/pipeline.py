@@ -125,6 +125,27 @@ def _compensable(teacher: Any, plan: PrunePlan, asked: Method | str, say: Callab
     return plan
 
 
+BUDGET_SHARES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)  # MAC shares a budget search tries, in order
+
+
+def _within(measured: dict[str, Any], plan: PrunePlan) -> tuple[bool, float | None]:
+    """Whether a probe holds the budget, and its drop in points (top-1 when the held-out images
+    are labeled, else agreement with the original; none for feature outputs)."""
+    if measured.get("features"):
+        drop = 100 * (1 - measured["cosine"]) if measured.get("cosine") is not None else None
+    elif "top1_pruned" in measured:
+        drop = 100 * (measured["top1_original"] - measured["top1_pruned"])
+    else:
+        drop = 100 * (1 - measured["top1_agreement"])
+    met = True
+    if plan.max_drop is not None:
+        met = drop is not None and drop <= plan.max_drop + 1e-9
+    if plan.min_agreement is not None:
+        agreement = measured["cosine"] if measured.get("features") else measured["top1_agreement"]
+        met = met and agreement is not None and agreement >= plan.min_agreement - 1e-9
+    return met, drop
+
+
 MLP_FIRST = 0.35  # compensated --target-macs removes MLP units alone up to this share of them
 
 
@@ -152,30 +173,91 @@ class _Run:
             self.metrics[key] = _measure(self.teacher, self.student, self.holdout, self.labels, self.features)
 
     def prune_structure(self) -> None:
-        import torch
-
-        from vitedge.prune.structured import prune_model
-
         plan = self.plan
-        ratios = plan.ratios
-        if plan.target_macs is not None:
-            ratios = self._target_ratios(plan)
-        if plan.method is Method.COMPENSATE:
-            self._compensate(ratios)
+        if plan.budgeted:  # the search leaves the chosen model in self.student
+            ratios = self._search_budget(plan)
         else:
-            self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
-                     f"({plan.importance} importance)")
-            train = self.train
-            batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
-                if train is not None else []
-            self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
-                                      teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
+            ratios = self._target_ratios(plan) if plan.target_macs is not None else plan.ratios
+            self._prune_once(plan, ratios)
         self.metrics.update({"ratios": {"heads": ratios.heads, "mlp": ratios.mlp, "embed": ratios.embed},
                              "method": str(plan.method),
                              "importance": "compensated" if plan.method is Method.COMPENSATE else str(plan.importance),
                              "round_to": plan.round_to, "allocation": str(plan.allocation),
                              "structure": self.shapes})
         self.measure("before_distill")
+
+    def _prune_once(self, plan: PrunePlan, ratios: PruneRatios) -> None:
+        import torch
+
+        from vitedge.prune.structured import prune_model
+
+        if plan.method is Method.COMPENSATE:
+            self._compensate(ratios)
+            return
+        self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%}, embedding {ratios.embed:.0%} "
+                 f"({plan.importance} importance)")
+        train = self.train
+        batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
+            if train is not None else []
+        self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
+                                  teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
+
+    def _search_budget(self, plan: PrunePlan) -> PruneRatios:
+        """The largest MAC cut whose pruned model holds the budget on the held-out images: shares
+        of MACs kept tried from BUDGET_SHARES down until one misses, then one between the last
+        that held and the first that missed. Each probe prunes a fresh copy as the plan says."""
+        assert self.holdout is not None
+        probes: list[dict[str, Any]] = []
+        best: tuple[float, Any, PruneRatios, dict[str, Any]] | None = None
+
+        def probe(share: float) -> bool:
+            nonlocal best
+            say, self.say = self.say, lambda _message: None  # one line per probe, below
+            try:
+                ratios = self._target_ratios(replace(plan, target_macs=share, max_drop=None, min_agreement=None))
+                self.student = copy.deepcopy(self.teacher)
+                self._prune_once(replace(plan, max_drop=None, min_agreement=None), ratios)
+            except InputError:
+                return False  # this family cannot cut that far
+            finally:
+                self.say = say
+            from vitedge.models.structure import count_macs
+
+            kept = count_macs(self.student, self.size) / self.metrics["macs_before"]
+            measured = _measure(self.teacher, self.student, self.holdout, self.labels, self.features)
+            met, drop = _within(measured, plan)
+            probes.append({"target": share, "mac_share": kept, "top1_agreement": measured["top1_agreement"],
+                           "cosine": measured["cosine"], "drop": drop, "met": met,
+                           "top1_pruned": measured.get("top1_pruned")})
+            self.say(f"budget search: {100 * (1 - kept):.0f} % fewer MACs -> "
+                     + (f"drop {drop:.2f} points" if drop is not None else "")
+                     + f", agreement {100 * measured['top1_agreement']:.1f} % "
+                     + ("(holds)" if met else "(misses)"))
+            if met and (best is None or kept < best[0]):
+                best = (kept, self.student, ratios, self.shapes)
+            return met
+
+        held = None
+        for share in BUDGET_SHARES:
+            if not probe(share):
+                if held is not None and held - share > 0.03:
+                    probe((held + share) / 2)
+                break
+            held = share
+        self.metrics["budget_search"] = {"max_drop": plan.max_drop, "min_agreement": plan.min_agreement,
+                                         "samples": len(self.holdout), "probes": probes}
+        if best is None:
+            first = probes[0] if probes else None
+            said = "" if first is None else (
+                f": the smallest cut tried ({100 * (1 - first['mac_share']):.0f} % fewer MACs) left "
+                + (f"a drop of {first['drop']:.2f} points" if first["drop"] is not None else "")
+                + f" and {100 * first['top1_agreement']:.1f} % agreement")
+            raise InputError(f"no cut holds the budget on the {len(self.holdout)} held-out images{said}",
+                             "loosen --max-drop / --min-agreement, or prune with --target-macs and distill")
+        kept, self.student, ratios, self.shapes = best
+        self.metrics["budget_search"]["chosen_mac_share"] = kept
+        self.say(f"chosen: {100 * (1 - kept):.0f} % fewer MACs")
+        return ratios
 
     def _target_ratios(self, plan: PrunePlan) -> PruneRatios:
         """The ratios that keep --target-macs. Compensated pruning takes MLP units alone while that

@@ -63,6 +63,8 @@ class PrunePlan:
 
     ratios: PruneRatios = field(default_factory=PruneRatios)
     target_macs: float | None = None  # instead of ratios: keep this share of the MACs
+    max_drop: float | None = None  # instead: the largest cut within this many points (top-1 or agreement)
+    min_agreement: float | None = None  # instead (or with --max-drop): the largest cut keeping this agreement
     importance: Importance | None = None  # default: taylor with data, else l2 (plain pruning)
     method: Method = Method.AUTO
     allocation: Allocation = Allocation.UNIFORM
@@ -72,7 +74,12 @@ class PrunePlan:
 
     @property
     def structured(self) -> bool:
-        return any((self.ratios.heads, self.ratios.mlp, self.ratios.embed)) or self.target_macs is not None
+        return any((self.ratios.heads, self.ratios.mlp, self.ratios.embed)) or self.target_macs is not None \
+            or self.budgeted
+
+    @property
+    def budgeted(self) -> bool:
+        return self.max_drop is not None or self.min_agreement is not None
 
     def resolved(self, has_data: bool) -> PrunePlan:
         """The plan checked, with its default importance and enums filled in; or a one-line refusal."""
@@ -80,9 +87,20 @@ class PrunePlan:
         if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
             raise InputError(f"--target-macs {self.target_macs} is outside (0, 1)",
                              "give the share of MACs to keep, e.g. 0.6")
+        if self.budgeted:
+            if self.target_macs is not None or any((self.ratios.heads, self.ratios.mlp, self.ratios.embed)):
+                raise InputError("--max-drop / --min-agreement choose the cut themselves: they do not go with "
+                                 "--target-macs, --heads, --mlp or --embed", "give either a budget or a cut")
+            if not has_data:
+                raise InputError("--max-drop / --min-agreement need --data: the cut is judged on held-out images",
+                                 "pass --data DIR")
+            if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
+                raise InputError(f"--max-drop {self.max_drop} is outside [0, 100]", "give points, e.g. 1")
+            if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
+                raise InputError(f"--min-agreement {self.min_agreement} is outside (0, 1]", "e.g. 0.95")
         if not self.structured and not self.tome:
-            raise InputError("nothing to prune: no --heads/--mlp/--embed/--target-macs and no --tome",
-                             "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --tome 8")
+            raise InputError("nothing to prune: no --heads/--mlp/--embed/--target-macs/--max-drop and no --tome",
+                             "e.g. --heads 0.25 --mlp 0.25, or --target-macs 0.6, or --max-drop 1, or --tome 8")
         if self.round_to < 1:
             raise InputError(f"--round-to {self.round_to} must be >= 1")
         method = choice(Method, self.method, "--method")

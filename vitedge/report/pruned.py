@@ -33,7 +33,8 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
         ratios = metrics["ratios"]
         headline.append(("removed", f"heads {100 * ratios['heads']:.0f} %, MLP {100 * ratios['mlp']:.0f} %, "
                                     f"embedding {100 * ratios['embed']:.0f} % ({metrics.get('importance')} "
-                                    f"{'pruning' if metrics.get('method') == 'compensate' else 'importance'}, {metrics.get('allocation', 'uniform')} allocation, "
+                                    f"{'pruning' if metrics.get('method') == 'compensate' else 'importance'}, "
+                                    f"{metrics.get('allocation', 'uniform')} allocation, "
                                     f"widths rounded to {metrics.get('round_to')})"))
     tables, plots = [], []
     structure = metrics.get("structure")
@@ -55,6 +56,18 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         plots.append(("Kept heads and MLP width per block", png(fig)))
+    search = metrics.get("budget_search")
+    if search:
+        budget = " and ".join(part for part in (
+            f"drop ≤ {search['max_drop']:g} points" if search.get("max_drop") is not None else "",
+            f"agreement ≥ {percent(search['min_agreement'])}" if search.get("min_agreement") is not None else "")
+            if part)
+        headline.append(("budget", f"{budget} on {search['samples']} held-out images: "
+                                   f"{100 * (1 - search['chosen_mac_share']):.0f} % fewer MACs chosen"))
+        tables.append((f"Budget search ({budget}; the images that judge it also give the figures above)",
+                       ["MACs cut", "drop (points)", "agreement", "holds"],
+                       [[f"{100 * (1 - p['mac_share']):.0f} %", "–" if p.get("drop") is None else f"{p['drop']:.2f}",
+                         percent(p["top1_agreement"]), "yes" if p["met"] else "no"] for p in search["probes"]]))
     compensation = metrics.get("compensation")
     if compensation:
         def cell(entry: dict | None) -> str:
