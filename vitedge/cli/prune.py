@@ -39,7 +39,7 @@ def prune(
              "auto: compensate when --data is given (and no --embed / --importance), else plain.")] = Method.AUTO,
     max_drop: Annotated[Optional[float], typer.Option(callback=floats(0, 100),
         help="Instead of a cut: the largest MAC cut whose top-1 (labeled --data) or agreement with the original "
-             "drops at most this many points on the held-out images, e.g. 1.")] = None,
+             "(cosine for feature models) drops at most this many points on the held-out images, e.g. 1.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
         help="Instead of a cut (or with --max-drop): the largest MAC cut keeping this top-1 agreement with the "
              "original (cosine for feature models) on the held-out images, e.g. 0.95.")] = None,

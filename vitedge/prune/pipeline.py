@@ -146,6 +146,13 @@ def _within(measured: dict[str, Any], plan: PrunePlan) -> tuple[bool, float | No
     return met, drop
 
 
+def _closeness(measured: dict[str, Any], drop: float | None) -> str:
+    """'a drop of D points and A % agreement' (or the cosine, for feature outputs)."""
+    agreement = measured.get("top1_agreement")
+    return (f"a drop of {drop:.2f} points and " if drop is not None else "") + (
+        f"{100 * agreement:.1f} % agreement" if agreement is not None else f"cosine {measured.get('cosine', 0):.4f}")
+
+
 MLP_FIRST = 0.35  # compensated --target-macs removes MLP units alone up to this share of them
 
 
@@ -214,11 +221,12 @@ class _Run:
             nonlocal best
             say, self.say = self.say, lambda _message: None  # one line per probe, below
             try:
-                ratios = self._target_ratios(replace(plan, target_macs=share, max_drop=None, min_agreement=None))
+                try:
+                    ratios = self._target_ratios(replace(plan, target_macs=share, max_drop=None, min_agreement=None))
+                except InputError:
+                    return False  # this family cannot cut that far
                 self.student = copy.deepcopy(self.teacher)
                 self._prune_once(replace(plan, max_drop=None, min_agreement=None), ratios)
-            except InputError:
-                return False  # this family cannot cut that far
             finally:
                 self.say = say
             from vitedge.models.structure import count_macs
@@ -229,9 +237,7 @@ class _Run:
             probes.append({"target": share, "mac_share": kept, "top1_agreement": measured["top1_agreement"],
                            "cosine": measured["cosine"], "drop": drop, "met": met,
                            "top1_pruned": measured.get("top1_pruned")})
-            self.say(f"budget search: {100 * (1 - kept):.0f} % fewer MACs -> "
-                     + (f"drop {drop:.2f} points" if drop is not None else "")
-                     + f", agreement {100 * measured['top1_agreement']:.1f} % "
+            self.say(f"budget search: {100 * (1 - kept):.0f} % fewer MACs -> {_closeness(measured, drop)} "
                      + ("(holds)" if met else "(misses)"))
             if met and (best is None or kept < best[0]):
                 best = (kept, self.student, ratios, self.shapes)
@@ -250,8 +256,7 @@ class _Run:
             first = probes[0] if probes else None
             said = "" if first is None else (
                 f": the smallest cut tried ({100 * (1 - first['mac_share']):.0f} % fewer MACs) left "
-                + (f"a drop of {first['drop']:.2f} points" if first["drop"] is not None else "")
-                + f" and {100 * first['top1_agreement']:.1f} % agreement")
+                + _closeness(first, first["drop"]))
             raise InputError(f"no cut holds the budget on the {len(self.holdout)} held-out images{said}",
                              "loosen --max-drop / --min-agreement, or prune with --target-macs and distill")
         kept, self.student, ratios, self.shapes = best
