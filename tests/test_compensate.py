@@ -211,3 +211,13 @@ def test_budget_refusals(tmp_path):
     assert_user_error(runner.invoke(app, [*base, "--min-agreement", "0.9"]), "need --data")
     assert_user_error(runner.invoke(app, [*base, "--max-drop", "-1", "--data", TRAIN]), "-1")
     assert not (tmp_path / "x").exists()
+
+
+def test_distilling_into_a_folder_that_does_not_exist_yet(tmp_path):
+    """The distillation checkpoint goes beside the output, whose folder the run creates (a fresh
+    checkout's `make demo-prune` writes into a demo-out/ that is not there yet)."""
+    out = tmp_path / "new" / "deeper" / "p"
+    result = runner.invoke(app, ["prune", "builtin:digits-vit", "--mlp", "0.5", "--data", TRAIN, "--samples", "60",
+                                 "--distill-steps", "2", "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "card.json").is_file() and not (out.parent / "p.distill.pt").exists()

@@ -190,6 +190,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: np.ndarray, holdout: 
             if checkpoint is not None:
                 partial = checkpoint.with_name(checkpoint.name + ".partial")
                 try:
+                    checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the output's folder, as its writer makes it
                     torch.save({"key": key, "step": done, "student": student.state_dict(),
                                 "projection": projection.state_dict(),
                                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
