@@ -58,45 +58,25 @@ def logits(module, images: np.ndarray) -> np.ndarray:
 
 
 def corp_style(teacher, fold: Path, pre, target: float, size) -> tuple[object, float, float]:
-    """MLP units only, folded into fc2, no refit: the smallest equal MLP share reaching `target`."""
+    """MLP units only, folded into fc2, no refit: the MLP share `--target-macs` would search for
+    MLP units alone (the widths Torch-Pruning's rounding keeps there)."""
     import torch
 
     from vitedge.models.structure import count_macs
     from vitedge.prune.compensate import compensated_prune
-    from vitedge.prune.layouts import structure_of
+    from vitedge.prune.pipeline import _search_ratios
+    from vitedge.prune.structured import prune_model
 
     images = np.concatenate(list(open_data(fold, pre, samples=None).batches(64)))
     order = np.random.default_rng(0).permutation(len(images))
     train = torch.from_numpy(images[order[min(200, max(10, len(images) // 5)):]])  # as vitedge's split
     macs = count_macs(teacher, size)
-    structure = structure_of(teacher)
-    width = structure["mlp_hidden"][0]
-    for kept in range(width, 7, -8):
-        student = copy.deepcopy(teacher)
-        goal = {**structure, "mlp_hidden": [kept] * len(structure["mlp_hidden"])}
-        shrunk = _shapes_only(student, goal)
-        if count_macs(shrunk, size) / macs <= target:
-            break
+    ratios = _search_ratios(teacher, target, macs, size, 8, lambda _message: None, heads=False)
+    goal = prune_model(copy.deepcopy(teacher), ratios, importance="l2")["after"]
+    student = copy.deepcopy(teacher)
     start = time.perf_counter()
     compensated_prune(student, goal, train)
     return student, time.perf_counter() - start, count_macs(student, size) / macs
-
-
-def _shapes_only(model, goal):
-    """A copy with `goal`'s MLP widths (weights irrelevant): for counting MACs."""
-    from vitedge.prune.layouts import layout_of
-
-    shrunk = copy.deepcopy(model)
-    layout = layout_of(shrunk)
-    import torch
-
-    for fc1, fc2, kept in zip(layout.fc1, layout.writers[len(layout.attentions):], goal["mlp_hidden"]):
-        fc1.weight = torch.nn.Parameter(fc1.weight[:kept])
-        fc1.bias = torch.nn.Parameter(fc1.bias[:kept])
-        fc1.out_features = kept
-        fc2.weight = torch.nn.Parameter(fc2.weight[:, :kept])
-        fc2.in_features = kept
-    return shrunk
 
 
 def bundle_speed(tmp: Path, rows: dict[str, Path]) -> None:

@@ -70,6 +70,12 @@ def artifact_hash(card: ModelCard) -> str:
     return digest.hexdigest()
 
 
+def lineage_parents(card: ModelCard) -> list[dict[str, Any]]:
+    """The lineage's parents that were artifacts (`{"artifact_hash": ..., "path": ...}`), oldest first."""
+    return [step["parent"] for step in card.lineage
+            if isinstance(step.get("parent"), dict) and isinstance(step["parent"].get("artifact_hash"), str)]
+
+
 def verify_files(directory: Path, card: ModelCard) -> None:
     """Refuse an artifact whose files are missing, outside it, or not what its card hashed."""
     missing = sorted(required_files(card) - set(card.files))

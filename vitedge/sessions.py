@@ -217,13 +217,12 @@ def find_reference(path: str | Path, *, search: tuple[Path, ...] = ()) -> Path |
     the PyTorch model it came from; among artifacts with the same files (a relabelled copy), one
     with `path`'s labels.
     """
-    from vitedge.artifact import artifact_hash, is_artifact, read_card
+    from vitedge.artifact import artifact_hash, is_artifact, lineage_parents, read_card
     from vitedge.models.load import BUILTIN_MODELS
 
     path = Path(path).resolve()
     card = read_card(path)
-    parents = [step["parent"] for step in card.lineage
-               if isinstance(step.get("parent"), dict) and isinstance(step["parent"].get("artifact_hash"), str)]
+    parents = lineage_parents(card)
     recorded = [Path(parent["path"]) for parent in parents if isinstance(parent.get("path"), str)
                 and Path(parent["path"]).is_absolute()]
     budget = [_REFERENCE_SCAN]

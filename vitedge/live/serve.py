@@ -96,6 +96,10 @@ def exposure(address: str) -> str | None:
 
 MAX_CONNECTIONS = 32  # a viewer holds one for its stream, and one at a time for its polls
 HEADER_TIMEOUT_S = 10.0
+_BUSY = b"too many clients; try again later\r\n"
+_TOO_MANY = (b"HTTP/1.0 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
+             b"Content-Length: " + str(len(_BUSY)).encode() + b"\r\nConnection: close\r\n\r\n" + _BUSY)
+
 
 class _BoundedServer(ThreadingHTTPServer):
     """ThreadingHTTPServer with a cap on connections and no tracebacks for clients that go away."""
@@ -114,9 +118,7 @@ class _BoundedServer(ThreadingHTTPServer):
             self.refused += 1
             try:  # answered from the accepting thread: short, and never blocking on the client
                 request.settimeout(0.5)
-                request.sendall(b"HTTP/1.0 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
-                                b"Retry-After: 5\r\nContent-Length: 35\r\nConnection: close\r\n\r\n"
-                                b"too many clients; try again later\r\n")
+                request.sendall(_TOO_MANY)
             except OSError:
                 pass
             self.shutdown_request(request)

@@ -37,13 +37,10 @@ def check_reference(deployed: Session, reference: Session) -> None:
 def descends(card: ModelCard, ancestor: ModelCard) -> bool:
     """Whether `ancestor` is in `card`'s lineage (by artifact hash): its outputs are the same
     classes in the same order, whatever names a relabel or `export --labels` gave them since."""
-    from vitedge.artifact import artifact_hash
+    from vitedge.artifact import artifact_hash, lineage_parents
 
-    if not ancestor.files:
-        return False
-    wanted = artifact_hash(ancestor)
-    return any(isinstance(step.get("parent"), dict) and step["parent"].get("artifact_hash") == wanted
-               for step in card.lineage)
+    return bool(ancestor.files) and any(parent["artifact_hash"] == artifact_hash(ancestor)
+                                        for parent in lineage_parents(card))
 
 
 Key = tuple[int, int]  # (stream, frame index)

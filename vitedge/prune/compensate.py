@@ -36,6 +36,7 @@ from torch import nn
 from vitedge.errors import InputError
 from vitedge.prune.layouts import Layout, checked_layout, layout_of, structure_of
 from vitedge.prune.plan import PruneRatios
+from vitedge.prune.structured import _set_attributes, set_heads
 
 RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # lambda as a share of the mean variance, tried per layer
 SELECTION_RIDGE = 1e-4  # lambda while ranking: small, so a unit another one copies ranks as free
@@ -78,6 +79,14 @@ class Moments:
         mean, second = self.raw(halves)
         return mean, second - torch.outer(mean, mean)
 
+    def augmented(self, halves: Sequence[int] = (0, 1)) -> torch.Tensor:
+        """E[z z^T] for z = [x, 1]: the raw moments with a constant channel last (affine maps)."""
+        mean, second = self.raw(halves)
+        n = second.shape[0]
+        moments = torch.empty(n + 1, n + 1, dtype=second.dtype, device=second.device)
+        moments[:n, :n], moments[:n, n], moments[n, :n], moments[n, n] = second, mean, mean, 1.0
+        return moments
+
 
 def affine_fit(cov: torch.Tensor, mean: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
                ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,19 +98,17 @@ def affine_fit(cov: torch.Tensor, mean: torch.Tensor, kept: torch.Tensor, remove
     return b, mean[removed] - b @ mean[kept]
 
 
-def residual_error(weight: torch.Tensor, second: torch.Tensor, mean: torch.Tensor, kept: torch.Tensor,
-                   removed: torch.Tensor, b: torch.Tensor | None, c: torch.Tensor | None) -> float:
-    """E |W_P (h_P - B h_S - c)|^2 over tokens with raw moments (mean, E[h h^T]); without B, c
+def residual_error(weight: torch.Tensor, moments: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
+                   b: torch.Tensor | None, c: torch.Tensor | None) -> float:
+    """E |W_P (h_P - B h_S - c)|^2 over tokens with `Moments.augmented` moments; without B, c
     (no compensation) E |W_P h_P|^2 — what the removed units' output loses."""
-    n = second.shape[0]
-    transform = torch.zeros(len(removed), n + 1, dtype=second.dtype, device=second.device)
+    n = moments.shape[0] - 1
+    transform = torch.zeros(len(removed), n + 1, dtype=moments.dtype, device=moments.device)
     transform[torch.arange(len(removed)), removed] = 1.0
     if b is not None and c is not None:
         transform[:, kept] = -b
         transform[:, n] = -c
-    moments = torch.zeros(n + 1, n + 1, dtype=second.dtype, device=second.device)
-    moments[:n, :n], moments[:n, n], moments[n, :n], moments[n, n] = second, mean, mean, 1.0
-    projected = weight[:, removed].to(second.dtype) @ transform
+    projected = weight[:, removed].to(moments.dtype) @ transform
     return float(torch.einsum("ij,jk,ik->", projected, moments, projected))
 
 
@@ -142,28 +149,27 @@ def fold(weight: torch.Tensor, bias: torch.Tensor | None, moments: Moments, kept
          removed: torch.Tensor, *, compensate: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The reader's new weight (kept columns) and bias, the ridge chosen on held-out tokens, and
     the relative output error left with and without compensation (on all tokens)."""
-    out_features = weight.shape[0]
     w = weight.detach().to(torch.float64)
-    bias64 = bias.detach().to(torch.float64) if bias is not None else torch.zeros(out_features, dtype=torch.float64,
+    bias64 = bias.detach().to(torch.float64) if bias is not None else torch.zeros(len(w), dtype=w.dtype,
                                                                                    device=w.device)
-    mean, second = moments.raw()
-    lost = residual_error(w, second, mean, kept, removed, None, None)
-    signal = float(torch.einsum("ij,jk,ik->", w, second, w)) or 1.0
-    info: dict[str, Any] = {"error_uncompensated": lost / signal}
+    every, judge = moments.augmented(), moments.augmented((1,))
+    n = every.shape[0] - 1
+
+    def energy(m: torch.Tensor) -> float:  # E |W h|^2: the layer's output without its bias
+        return float(torch.einsum("ij,jk,ik->", w, m[:n, :n], w)) or 1.0
+
+    info: dict[str, Any] = {"error_uncompensated": residual_error(w, every, kept, removed, None, None) / energy(every)}
     if not compensate or not len(removed):
         info["error"] = info["error_uncompensated"]
         return w[:, kept].to(weight.dtype), bias64.to(weight.dtype), info
     fit_mean, fit_cov = moments.covariance((0,))
-    judge_mean, judge_second = moments.raw((1,))
-    trials = {}
-    for ridge in RIDGES:
-        b, c = affine_fit(fit_cov, fit_mean, kept, removed, ridge)
-        trials[ridge] = residual_error(w, judge_second, judge_mean, kept, removed, b, c)
+    trials = {ridge: residual_error(w, judge, kept, removed, *affine_fit(fit_cov, fit_mean, kept, removed, ridge))
+              for ridge in RIDGES}
     ridge = min(trials, key=lambda r: trials[r])
     all_mean, all_cov = moments.covariance()
     b, c = affine_fit(all_cov, all_mean, kept, removed, ridge)
-    info.update(ridge=ridge, error=residual_error(w, second, mean, kept, removed, b, c) / signal,
-                error_held_out=trials[ridge] / (float(torch.einsum("ij,jk,ik->", w, judge_second, w)) or 1.0))
+    info.update(ridge=ridge, error=residual_error(w, every, kept, removed, b, c) / energy(every),
+                error_held_out=trials[ridge] / energy(judge))
     new_weight = w[:, kept] + w[:, removed] @ b
     new_bias = bias64 + w[:, removed] @ c
     return new_weight.to(weight.dtype), new_bias.to(weight.dtype), info
@@ -175,16 +181,15 @@ def correct(weight: torch.Tensor, bias: torch.Tensor, joint: Moments, kept: torc
     reader's full input, `width` channels; t what its output should be for the block to give the
     unpruned model's output). The compensated weights are the prior; a ridge-shrunk correction
     on top, its strength (or none) chosen on the held-out half."""
-    k = len(kept)
-    targets = torch.arange(width, joint.outer[0].shape[0], device=kept.device)
+    k, total = len(kept), joint.outer[0].shape[0]
+    targets = torch.arange(width, total, device=kept.device)
+    inputs = torch.cat([kept, torch.tensor([total], device=kept.device)])  # [h_S, 1] in `augmented`
     w0 = torch.cat([weight.to(torch.float64), bias.to(torch.float64)[:, None]], 1)  # (out, k+1)
 
     def blocks(halves: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, second = joint.raw(halves)
-        m_uu = torch.empty(k + 1, k + 1, dtype=second.dtype, device=second.device)
-        m_uu[:k, :k], m_uu[:k, k], m_uu[k, :k], m_uu[k, k] = second[kept][:, kept], mean[kept], mean[kept], 1.0
-        m_ut = torch.cat([second[kept][:, targets], mean[targets][None]], 0)  # (k+1, out)
-        return m_uu, m_ut, torch.trace(second[targets][:, targets])
+        moments = joint.augmented(halves)
+        return (moments[inputs][:, inputs], moments[inputs][:, targets],
+                torch.trace(moments[targets][:, targets]))
 
     def error(w: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
         m_uu, m_ut, tt = moments
@@ -267,7 +272,8 @@ def _shrink(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.
         linear.out_features, linear.in_features = new_weight.shape
 
 
-def _head_rows(layout: Layout, block: int, heads: list[int], head_dim: int, total: int) -> list[tuple[nn.Linear, torch.Tensor]]:
+def _head_rows(layout: Layout, block: int, heads: list[int], head_dim: int,
+               total: int) -> list[tuple[nn.Linear, torch.Tensor]]:
     """(layer, rows to keep) for the q/k/v layers of `block` when `heads` stay."""
     rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
     qkv = layout.qkv[block]
@@ -275,21 +281,6 @@ def _head_rows(layout: Layout, block: int, heads: list[int], head_dim: int, tota
         width = total * head_dim
         return [(qkv[0], torch.cat([rows, rows + width, rows + 2 * width]))]
     return [(layer, rows) for layer in qkv]
-
-
-class _Capture:
-    """Forward pre-hooks that feed a layer's inputs into Moments (half chosen per batch)."""
-
-    def __init__(self, layer: nn.Module, width: int, device: torch.device) -> None:
-        self.moments = Moments.empty(width, device)
-        self.half = 0
-        self.handle = layer.register_forward_pre_hook(self._hook)
-
-    def _hook(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.moments.add(self.half, args[0].detach())
-
-    def close(self) -> None:
-        self.handle.remove()
 
 
 def compensated_prune(model: nn.Module, target: dict[str, Any], images: torch.Tensor, *,
@@ -326,8 +317,8 @@ def compensated_prune(model: nn.Module, target: dict[str, Any], images: torch.Te
             if projection is None:
                 raise InputError(f"block {index}'s heads cannot be removed in this family", "use --mlp")
             head_dim = before["head_dim"][index]
-            moments = _collect(block, projection, projection.in_features, inputs, device)
-            mean, cov = moments.covariance()
+            moments = _collect(block, projection, inputs, device)
+            _mean, cov = moments.covariance()
             groups = [torch.arange(h * head_dim, (h + 1) * head_dim, device=device) for h in range(heads_now)]
             gone = sorted(choose_groups(projection.weight.detach(), cov, groups, heads_now - heads_goal))
             stay = [h for h in range(heads_now) if h not in gone]
@@ -338,23 +329,23 @@ def compensated_prune(model: nn.Module, target: dict[str, Any], images: torch.Te
             _shrink(projection, weight=weight, bias=bias)
             for layer, rows in _head_rows(layout, index, stay, head_dim, heads_now):
                 _shrink(layer, rows=rows.to(device))
-            _set_heads(layout, layout.attentions[index], len(stay), head_dim)
+            set_heads(layout, layout.attentions[index], len(stay), head_dim)
             entry["heads"] = {"removed": gone, **info}
         units_now, units_goal = before["mlp_hidden"][index], target["mlp_hidden"][index]
         if units_goal < units_now:
             fc2, fc1 = fc2s[index], layout.fc1[index]
-            if teacher_inputs is not None:
-                joint = _collect_joint(block, fc2, inputs, teacher_outputs, _scale(block, "ls2"), device)
+            if teacher_outputs is not None:
+                joint = _collect(block, fc2, inputs, device, teacher_outputs, _scale(block, "ls2"))
                 moments = joint.first(units_now)
             else:
-                moments = _collect(block, fc2, fc2.in_features, inputs, device)
-            mean, cov = moments.covariance()
+                moments = _collect(block, fc2, inputs, device)
+            _mean, cov = moments.covariance()
             groups = [torch.tensor([j], device=device) for j in range(units_now)]
             gone = sorted(choose_groups(fc2.weight.detach(), cov, groups, units_now - units_goal))
             keep = torch.tensor([j for j in range(units_now) if j not in set(gone)], device=device)
             weight, bias, info = fold(fc2.weight, fc2.bias, moments, keep, torch.tensor(gone, device=device),
                                       compensate=compensate)
-            if teacher_inputs is not None and compensate:
+            if teacher_outputs is not None and compensate:
                 weight, bias, corrected = correct(weight, bias, joint, keep, units_now)
                 info.update(corrected)
             _shrink(fc2, weight=weight, bias=bias)
@@ -368,18 +359,9 @@ def compensated_prune(model: nn.Module, target: dict[str, Any], images: torch.Te
                  for k, v in entry.items() if isinstance(v, dict)]
         if parts:
             say(f"block {index}: " + ", ".join(parts))
-    from vitedge.prune.structured import _set_attributes
-
     after = structure_of(model)
     _set_attributes(model, layout, after["num_heads"], after["head_dim"], after["embed_dim"])
     return {"before": before, "after": after, "blocks": report}
-
-
-def _set_heads(layout: Layout, attention: nn.Module, count: int, head_dim: int) -> None:
-    if layout.family == "timm":
-        attention.num_heads, attention.head_dim, attention.attn_dim = count, head_dim, count * head_dim
-    else:
-        attention.num_attention_heads, attention.head_dim = count, head_dim
 
 
 def _block_inputs(model: nn.Module, first: nn.Module, images: torch.Tensor, batch_size: int,
@@ -404,19 +386,10 @@ def _block_inputs(model: nn.Module, first: nn.Module, images: torch.Tensor, batc
     return captured
 
 
-def _collect(block: nn.Module, layer: nn.Module, width: int, inputs: list, device: torch.device) -> Moments:
-    """The moments of `layer`'s input over every token of every batch run through `block`."""
-    capture = _Capture(layer, width, device)
-    try:
-        with torch.inference_mode():
-            for i, (args, kwargs) in enumerate(inputs):
-                capture.half = i % 2
-                block(*args, **kwargs)
-    finally:
-        capture.close()
-    if min(capture.moments.count) == 0:
-        raise InputError("compensated pruning needs at least 2 batches of images", "pass more images with --data")
-    return capture.moments
+def _run(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """A block's output tokens (Hugging Face layers may return a tuple)."""
+    result = block(*args, **kwargs)
+    return result[0] if isinstance(result, tuple) else result
 
 
 def _scale(block: nn.Module, name: str) -> torch.Tensor | float:
@@ -425,10 +398,12 @@ def _scale(block: nn.Module, name: str) -> torch.Tensor | float:
     return gamma.detach() if isinstance(gamma, torch.Tensor) else 1.0
 
 
-def _collect_joint(block: nn.Module, layer: nn.Module, inputs: list, teacher_outputs: list,
-                   scale: torch.Tensor | float, device: torch.device) -> Moments:
-    """Moments of [layer input, layer output + (teacher's block output - this block's) / scale]:
-    the layer's inputs and what its output would have to be for the block to match the teacher."""
+def _collect(block: nn.Module, layer: nn.Module, inputs: list, device: torch.device,
+             teacher_outputs: list | None = None, scale: torch.Tensor | float = 1.0) -> Moments:
+    """Moments of `layer`'s input over every token of every batch run through `block` (batches
+    alternate between the two halves). With `teacher_outputs`, of [layer input, layer output +
+    (teacher's block output - this block's) / scale]: also what the layer's output would have to
+    be for the block to match the teacher."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -438,31 +413,26 @@ def _collect_joint(block: nn.Module, layer: nn.Module, inputs: list, teacher_out
     moments: Moments | None = None
     try:
         with torch.inference_mode():
-            for i, ((args, kwargs), (teacher_args, _)) in enumerate(zip(inputs, teacher_outputs)):
-                result = block(*args, **kwargs)
-                result = result[0] if isinstance(result, tuple) else result
-                target = seen["out"] + (teacher_args[0] - result) / scale
-                joint = torch.cat([seen["in"], target], -1)
+            for i, (args, kwargs) in enumerate(inputs):
+                result = _run(block, args, kwargs)
+                sample = seen["in"]
+                if teacher_outputs is not None:
+                    target = seen["out"] + (teacher_outputs[i][0][0] - result) / scale
+                    sample = torch.cat([sample, target], -1)
                 if moments is None:
-                    moments = Moments.empty(joint.shape[-1], device)
-                moments.add(i % 2, joint)
+                    moments = Moments.empty(sample.shape[-1], device)
+                moments.add(i % 2, sample)
     finally:
         handle.remove()
-    assert moments is not None
-    if min(moments.count) == 0:
+    if moments is None or min(moments.count) == 0:
         raise InputError("compensated pruning needs at least 2 batches of images", "pass more images with --data")
     return moments
 
 
 def _advance(block: nn.Module, inputs: list) -> list:
     """The next block's inputs: this (pruned) block's outputs."""
-    out = []
     with torch.inference_mode():
-        for args, kwargs in inputs:
-            result = block(*args, **kwargs)
-            result = result[0] if isinstance(result, tuple) else result
-            out.append(((result, *args[1:]), kwargs))
-    return out
+        return [((_run(block, args, kwargs), *args[1:]), kwargs) for args, kwargs in inputs]
 
 
 def check_method(model: nn.Module, ratios: PruneRatios) -> None:

@@ -130,7 +130,7 @@ BUDGET_SHARES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)  # MAC shares a budg
 
 def _within(measured: dict[str, Any], plan: PrunePlan) -> tuple[bool, float | None]:
     """Whether a probe holds the budget, and its drop in points (top-1 when the held-out images
-    are labeled, else agreement with the original; none for feature outputs)."""
+    are labeled, else agreement with the original; 1 - cosine for feature outputs)."""
     if measured.get("features"):
         drop = 100 * (1 - measured["cosine"]) if measured.get("cosine") is not None else None
     elif "top1_pruned" in measured:
@@ -276,7 +276,7 @@ class _Run:
         heads = self.loaded.card.source.get("kind") != "torchvision"
         if plan.method is Method.COMPENSATE and heads:
             try:
-                ratios = _search_ratios(self.teacher, **search, heads=False, say_found=False)
+                ratios = _search_ratios(self.teacher, **{**search, "say": lambda _message: None}, heads=False)
             except InputError:
                 ratios = None
             if ratios is not None and ratios.mlp <= MLP_FIRST:
@@ -378,8 +378,7 @@ def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray 
 
 
 def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[int, int],
-                   round_to: int, say: Callable[[str], None], *, heads: bool = True,
-                   say_found: bool = True) -> PruneRatios:
+                   round_to: int, say: Callable[[str], None], *, heads: bool = True) -> PruneRatios:
     """The smallest equal heads/MLP ratio whose pruned model keeps at most `target` of the MACs.
 
     Without `heads` (torchvision, whose heads cannot be removed) only the MLP ratio is searched.
@@ -402,8 +401,7 @@ def _search_ratios(teacher: Any, target: float, macs_before: int, size: tuple[in
     if best is None:
         raise InputError(f"--target-macs {target} cannot be reached by pruning {what} units",
                          "raise --target-macs, or add --embed" + (" / --tome" if heads else ""))
-    if say_found:
-        say(f"--target-macs {target}: {what} ratio {best:.2f}")
+    say(f"--target-macs {target}: {what} ratio {best:.2f}")
     return PruneRatios(heads=best if heads else 0.0, mlp=best)
 
 

@@ -172,19 +172,24 @@ def _exact_ratio(width: int, kept: int) -> float:
     return 0.0 if kept >= width else 1.0 - (kept + 0.5) / width
 
 
+def set_heads(layout: Layout, attention: nn.Module, count: int, dim: int) -> None:
+    """Set what one attention module reads at run time to `count` heads of `dim` channels."""
+    if layout.family == "timm":
+        attention.num_heads, attention.head_dim, attention.attn_dim = count, dim, count * dim
+    elif layout.family == "huggingface":
+        attention.num_attention_heads, attention.head_dim = count, dim
+        attention.scaling = dim ** -0.5
+    else:  # nn.MultiheadAttention: one width for queries, keys, values and the residual
+        attention.num_heads, attention.head_dim = count, dim
+        attention.embed_dim = attention.kdim = attention.vdim = count * dim
+
+
 def _set_attributes(model: nn.Module, layout: Layout, heads: list[int], head_dims: list[int],
                     embed_dim: int) -> None:
     """Set what the family reads at run time (and describes itself with) to the pruned shapes."""
     mlp_widths = [int(fc1.out_features) for fc1 in layout.fc1]
     for attention, count, dim in zip(layout.attentions, heads, head_dims):
-        if layout.family == "timm":
-            attention.num_heads, attention.head_dim, attention.attn_dim = count, dim, count * dim
-        elif layout.family == "huggingface":
-            attention.num_attention_heads, attention.head_dim = count, dim
-            attention.scaling = dim ** -0.5
-        else:  # nn.MultiheadAttention: one width for queries, keys, values and the residual
-            attention.num_heads, attention.head_dim = count, dim
-            attention.embed_dim = attention.kdim = attention.vdim = count * dim
+        set_heads(layout, attention, count, dim)
     if layout.family == "timm":
         model.embed_dim = model.num_features = model.head_hidden_size = embed_dim
     elif layout.family == "huggingface":
