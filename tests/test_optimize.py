@@ -76,7 +76,7 @@ def test_report_lists_every_candidate_with_its_verdict(optimized):
 def test_time_budget_stops_and_resume_goes_on_with_pruned_candidates(tmp_path):
     out = tmp_path / "o"
     args = ("optimize", "builtin:digits-vit", "--target", native_cpu_target(), "--data", HELDOUT, "--calib", TRAIN,
-            "--samples", "64", "--eval-samples", "60", "--tome", "0", "--prune", "0.5", "--distill-steps", "10")
+            "--samples", "64", "--eval-samples", "60", "--tome", "0", "--prune", "0.3,auto", "--distill-steps", "10")
     first = cli(*args, "--time-budget", "1s", "-o", out)
     assert first.exit_code == 0, first.output
     stopped = json.loads((out / "optimize.json").read_text())
@@ -91,15 +91,21 @@ def test_time_budget_stops_and_resume_goes_on_with_pruned_candidates(tmp_path):
     assert {c["name"] for c in finished["candidates"]} >= set(stopped["not_tried"]) | (set(done) - {"r0-onnx"})
     for name, mtime in done.items():  # what was measured before was not rebuilt
         assert (out / "candidates" / name / "card.json").stat().st_mtime_ns == mtime
-    # the pruned variant: half the heads and MLP units gone, distilled, then every precision and runtime
+    # the pruned variants: 30 % of the MACs, and the largest cut the budget allows on the calibration
+    # images; compensated, distilled, then every precision and runtime
     pruned = finished["candidates"]
-    assert {c["prune"] for c in pruned} == {0.5} and all(c["status"] == "measured" for c in pruned)
-    assert {"p50-r0-fp32-onnxruntime", "p50-r0-int8-onnxruntime"} <= {c["name"] for c in pruned}
-    card = json.loads((out / "candidates" / "p50-pruned" / "card.json").read_text())
-    assert card["metrics"]["prune"]["distill"]["steps_run"] > 0
-    unpruned = card["metrics"]["prune"]["macs_before"]
-    assert all(c["macs"] < 0.7 * unpruned for c in pruned)  # half the heads and MLP units are gone
-    assert "pruned (heads, MLP)" in (out / "report.html").read_text()
+    assert all(c["status"] == "measured" for c in pruned)
+    assert {"p30-r0-fp32-onnxruntime", "p30-r0-int8-onnxruntime", "pauto-r0-fp32-onnxruntime"} <= {
+        c["name"] for c in pruned}
+    card = json.loads((out / "candidates" / "p30-pruned" / "card.json").read_text())["metrics"]["prune"]
+    assert card["method"] == "compensate" and card["distill"]["steps_run"] > 0 and card["mac_share"] <= 0.7
+    assert all(c["prune"] == pytest.approx(1 - card["mac_share"], abs=1e-4) and c["pruning"] == "target"
+               for c in pruned if c["name"].startswith("p30-"))
+    assert all(c["macs"] < 0.75 * card["macs_before"] for c in pruned if c["name"].startswith("p30-"))
+    budgeted = json.loads((out / "candidates" / "pauto-pruned" / "card.json").read_text())["metrics"]["prune"]
+    assert budgeted["budget_search"]["max_drop"] == 1.0 and budgeted["mac_share"] < 1
+    assert all(c["pruning"] == "budget" and c["prune"] > 0 for c in pruned if c["name"].startswith("pauto-"))
+    assert "MACs pruned" in (out / "report.html").read_text() and "(budget)" in (out / "report.html").read_text()
     # a resume with other data is refused, and so is a plain rerun without --overwrite
     assert_user_error(cli(*args[:-8], "--eval-samples", "50", "--tome", "0", "--resume", "-o", out),
                       "was optimized for another source, target or data")

@@ -1,12 +1,13 @@
 """`vitedge optimize`: the fastest bundle within an accuracy budget, measured.
 
 The search covers what vitedge can do to a ViT for a target: structured pruning (`--prune P`:
-a share P of the attention heads and of the MLP units removed, then distilled from the original on
-the calibration images), token merging (`r` tokens per block, training-free, also on top of a
+a share P of the MACs removed by compensated pruning on the calibration images, as `vitedge prune
+--data CALIB --target-macs 1-P` does; `--prune auto`: the largest cut whose pruned model holds the
+budget on the calibration images' held-out slice, as `vitedge prune --max-drop` does), token merging (`r` tokens per block, training-free, also on top of a
 pruned model), precision (FP32, BF16 where the CPU has it, INT8 from `vitedge quantize`
 with the target's scheme, INT8 with BF16 float layers) and runtime (every runtime the target
 lists: ONNX Runtime, OpenVINO). Every candidate is an ordinary artifact or bundle under
-OUT/candidates/, written by the same steps a user would run (prune --heads P --mlp P --distill-steps N,
+OUT/candidates/, written by the same steps a user would run (prune --target-macs 1-P or --max-drop B,
 export, prune --tome, quantize,
 compile --runtime R --precision P) and loaded as `predict` loads it. Accuracy is top-1 agreement
 with the FP32 source (and top-1 when the data is labeled) on held-out images: `--data`, split
@@ -73,7 +74,7 @@ def parse_duration(text: str | None) -> float | None:
 def optimize(source: str | Path, target: Target | str | Path, data: str | Path, out: str | Path, *,
              calib: str | Path | None = None, max_drop: float = 1.0, min_agreement: float | None = None,
              time_budget: float | None = None, tome: tuple[int, ...] = (0, 8, 16),
-             prune: tuple[float, ...] = (0.0,), distill_steps: int = 300, samples: int = 300,
+             prune: tuple[float | str, ...] = (0.0,), distill_steps: int = 0, samples: int = 300,
              eval_samples: int | None = None, resume: bool = False, overwrite: bool = False,
              options: SourceOptions | None = None,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
@@ -88,10 +89,12 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
     tome = tuple(sorted(set(tome)))
     if any(r < 0 for r in tome):
         raise InputError(f"--tome {','.join(map(str, tome))}: token counts must be >= 0", "e.g. --tome 0,8,16")
-    prune = tuple(sorted({round(p, 2) for p in prune}))
-    if any(not 0 <= p < 1 for p in prune):
-        raise InputError(f"--prune {','.join(map(str, prune))}: shares of heads and MLP units to remove "
-                         "must be within [0, 1)", "e.g. --prune 0,0.25,0.5")
+    budget = any(p == "auto" for p in prune)
+    shares = tuple(sorted({round(float(p), 2) for p in prune if p != "auto"}))
+    if any(not 0 <= p < 1 for p in shares):
+        raise InputError(f"--prune {','.join(map(str, shares))}: shares of the MACs to remove "
+                         "must be within [0, 1)", "e.g. --prune 0,0.15,0.25 or --prune 0,auto")
+    variants = [Variant(share, 0) for share in shares] + ([Variant(0.0, 0, budget=True)] if budget else [])
     if distill_steps < 0:
         raise InputError(f"--distill-steps {distill_steps} must be >= 0")
     from vitedge.models.load import as_loaded
@@ -104,9 +107,9 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
         search.open_data(data, calib, samples, eval_samples)
         search.start(str(source), max_drop, min_agreement, resume)
         for int8 in (False, True):
-            for share in prune:
+            for pruned in variants:
                 for r in tome:
-                    search.variant(Variant(share, r), int8=int8)
+                    search.variant(Variant(pruned.prune, r, pruned.budget), int8=int8)
         document = search.finish()
     best = Path(out) / BEST if document.chosen else None
     return OptimizeResult(Path(out), document, best)
@@ -114,15 +117,20 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
 
 @dataclass(frozen=True)
 class Variant:
-    """A model the search builds bundles of: pruned by a share of heads and MLP units, then `r`
-    tokens merged per block."""
+    """A model the search builds bundles of: pruned by a share of the MACs (or as far as the
+    budget holds), then `r` tokens merged per block."""
 
-    prune: float
+    prune: float  # share of the MACs removed by pruning
     tome: int
+    budget: bool = False  # pruned as far as the budget holds on the calibration images (--prune auto)
+
+    @property
+    def pruned(self) -> bool:
+        return bool(self.prune) or self.budget
 
     @property
     def prefix(self) -> str:  # the names of the unpruned variants are those of earlier releases
-        return f"p{round(100 * self.prune)}-" if self.prune else ""
+        return "pauto-" if self.budget else f"p{round(100 * self.prune)}-" if self.prune else ""
 
     def name(self, what: str) -> str:
         return f"{self.prefix}r{self.tome}-{what}"
@@ -252,15 +260,15 @@ class _Search:
 
         r = variant.tome
         onnx_dir = self._onnx_dir(variant)
-        if (r or variant.prune) and self.loaded.module is None:
-            raise InputError(("pruning" if variant.prune else "token merging") + " needs the PyTorch model; "
+        if (r or variant.pruned) and self.loaded.module is None:
+            raise InputError(("pruning" if variant.pruned else "token merging") + " needs the PyTorch model; "
                              "the source is an ONNX graph",
                              "optimize the torch source (timm:NAME --weights ..., a vitedge torch artifact)")
         if onnx_dir is not self.base and not self._usable(onnx_dir):
             from vitedge.prune.pipeline import prune
             from vitedge.prune.plan import PrunePlan
 
-            model = self._pruned(variant.prune) if variant.prune else self.loaded
+            model = self._pruned(variant) if variant.pruned else self.loaded
             if r:
                 self.say(f"merging {r} tokens per block (ToMe)")
                 prune(model, self._path(variant.name("tome")), PrunePlan(tome=r), overwrite=True)
@@ -281,19 +289,24 @@ class _Search:
                 pass  # the best model quantize found was written; it is measured like the others
         return int8_dir
 
-    def _pruned(self, share: float) -> Path:
-        """The source with `share` of its heads and MLP units removed, distilled on the calibration
-        images (the held-out data never trains it)."""
+    def _pruned(self, variant: Variant) -> Path:
+        """The source pruned as `vitedge prune --data CALIB` would with its default method
+        (compensated where the family allows): to 1 - `variant.prune` of the MACs, or as far as
+        the budget holds on the calibration images' held-out slice; then `--distill-steps` (the
+        held-out data never trains or judges it)."""
         from vitedge.prune.distill import DistillConfig
         from vitedge.prune.pipeline import prune
-        from vitedge.prune.plan import PrunePlan, PruneRatios
+        from vitedge.prune.plan import PrunePlan
 
-        path = self._path(f"p{round(100 * share)}-pruned")
+        path = self._path(variant.prefix + "pruned")
         if not self._usable(path):
-            self.say(f"pruning {share:.0%} of the heads and MLP units, distilling {self.distill_steps} steps")
-            prune(self.loaded, path, PrunePlan(ratios=PruneRatios(heads=share, mlp=share)), data=self.calibration,
-                  distill=DistillConfig(steps=self.distill_steps), overwrite=True,
-                  progress=lambda m: self.say(f"  {m}"))
+            plan = PrunePlan(max_drop=self.max_drop, min_agreement=self.min_agreement) if variant.budget else \
+                PrunePlan(target_macs=round(1 - variant.prune, 4))
+            self.say("pruning " + ("as far as the budget holds on the calibration images" if variant.budget else
+                                   f"{variant.prune:.0%} of the MACs")
+                     + (f", distilling {self.distill_steps} steps" if self.distill_steps else ""))
+            prune(self.loaded, path, plan, data=self.calibration, distill=DistillConfig(steps=self.distill_steps),
+                  overwrite=True, progress=lambda m: self.say(f"  {m}"))
         return path
 
     def _bundle(self, name: str, variant: Variant, precision: str, runtime: str, model: Any) -> None:
@@ -336,6 +349,16 @@ class _Search:
         self.say(f"  agreement {100 * agreement:.1f}%" + (f", top-1 {100 * top1:.1f}%" if top1 is not None else "")
                  + f", {precision_run} on {runtime}")
 
+    def _pruned_share(self, variant: Variant) -> float:
+        """The share of the MACs pruning removed (what the pruned card measured; 0: not pruned)."""
+        from vitedge.artifact import read_card
+
+        path = self._path(variant.prefix + "pruned")
+        if not variant.pruned or not self._usable(path):
+            return variant.prune
+        share = read_card(path).metrics.get("prune", {}).get("mac_share")
+        return round(1 - share, 4) if share else variant.prune
+
     def _macs(self, variant: Variant) -> int:
         """MACs of one image in the float graph of the variant (MatMul/Gemm/Conv, ToMe's matching
         included), counted on the ONNX graph the same way for every variant (once per variant:
@@ -352,7 +375,8 @@ class _Search:
         return self.mac_counts[variant]
 
     def _record(self, name: str, variant: Variant, precision: str, runtime: str, **fields: Any) -> None:
-        self.candidates[name] = {"name": name, "tome": variant.tome, "prune": variant.prune,
+        self.candidates[name] = {"name": name, "tome": variant.tome, "prune": self._pruned_share(variant),
+                                 "pruning": "budget" if variant.budget else "target" if variant.prune else None,
                                  "precision": precision, "runtime": runtime, **fields}
         self._write(finished=False)
 

@@ -42,9 +42,10 @@ def optimize(
     tome: Annotated[str, typer.Option(
         help="Token-merging r values to try (timm ViTs), comma-separated; 0 = none.")] = "0,8,16",
     prune: Annotated[str, typer.Option(
-        help="Structured pruning to try: shares of attention heads and MLP units removed, comma-separated "
-             "(each distilled from the original on the calibration images); 0 = none.")] = "0",
-    distill_steps: Annotated[int, typer.Option(min=0, max=1_000_000, help="Distillation steps per pruned model (early stop).")] = 300,
+        help="Structured pruning to try, comma-separated: shares of the MACs to remove (compensated pruning on "
+             "the calibration images, as prune --target-macs 1-P), or auto (the largest cut that holds the budget "
+             "on the calibration images, as prune --max-drop); 0 = none.")] = "0",
+    distill_steps: Annotated[int, typer.Option(min=0, max=1_000_000, help="Distillation steps per pruned model (early stop).")] = 0,
     samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calibration samples with --calib.")] = 300,
     eval_samples: Annotated[Optional[int], typer.Option(min=1, max=10_000_000,
                                                         help="Held-out samples (default: all).")] = None,
@@ -58,7 +59,7 @@ def optimize(
     --calib calibration/digits/train --tome 0,4 -o demo-out/digits-optimized
 
     With pruning: vitedge optimize builtin:digits-vit --target x86-cpu --data calibration/digits/heldout
-    --calib calibration/digits/train --prune 0,0.5 --tome 0 -o demo-out/digits-pruned-opt
+    --calib calibration/digits/train --prune 0,0.3,auto --tome 0 -o demo-out/digits-pruned-opt
     """
     from vitedge.optimize import optimize as run_optimize
     from vitedge.optimize import parse_duration
@@ -71,11 +72,11 @@ def optimize(
 
             raise InputError(f"--tome {tome!r} is not a list of token counts", "e.g. --tome 0,8,16") from None
         try:
-            shares = tuple(float(v) for v in prune.split(","))
+            shares = tuple(v.strip() if v.strip() == "auto" else float(v) for v in prune.split(","))
         except ValueError:
             from vitedge.errors import InputError
 
-            raise InputError(f"--prune {prune!r} is not a list of shares", "e.g. --prune 0,0.25,0.5") from None
+            raise InputError(f"--prune {prune!r} is not a list of shares", "e.g. --prune 0,0.15,0.25 or --prune 0,auto") from None
         result = run_optimize(source, target, data, out, calib=calib, max_drop=max_drop,
                               min_agreement=min_agreement, time_budget=parse_duration(time_budget),
                               tome=values, prune=shares, distill_steps=distill_steps, samples=samples, eval_samples=eval_samples, resume=resume,

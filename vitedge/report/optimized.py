@@ -47,7 +47,7 @@ def optimize_sections(directory: Path) -> Sections:
         headline.append(("chosen", "none: no candidate met the budget"))
     if document.not_tried:
         headline.append(("not tried (--time-budget)", ", ".join(document.not_tried)))
-    rows = [[c.name, f"{c.prune:.0%}" if c.prune else "-", str(c.tome), count(c.macs), c.precision_run or c.precision,
+    rows = [[c.name, (f"{c.prune:.0%}" + (" (budget)" if c.pruning == "budget" else "")) if c.prune else "-", str(c.tome), count(c.macs), c.precision_run or c.precision,
              c.runtime,
              percent(c.agreement) if c.agreement is not None else "-",
              percent(c.top1) if c.top1 is not None else "-",
@@ -55,7 +55,7 @@ def optimize_sections(directory: Path) -> Sections:
              f"{_ratio(base, c):.2f}×" if _ratio(base, c) else "-",
              percent(c.int8_share) if c.int8_share is not None else "-", _verdict(c, chosen, document)]
             for c in document.candidates]
-    tables = [("Candidates", ["candidate", "pruned (heads, MLP)", "ToMe r", "MACs", "precision run", "runtime", "agreement", "top-1",
+    tables = [("Candidates", ["candidate", "MACs pruned", "ToMe r", "MACs", "precision run", "runtime", "agreement", "top-1",
                               "drop", speed, f"speed-up vs {base_name}", "Linear MACs INT8",
                               "verdict"], rows)]
     return Sections(title=f"vitedge optimize: {document.source} for {document.target}",

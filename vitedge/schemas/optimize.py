@@ -12,7 +12,8 @@ from vitedge.schemas.base import Count, Doc, Positive, RelPath, Share
 class CandidateDoc(Doc):
     name: str  # e.g. "r8-int8-openvino"; its bundle is candidates/<name>
     tome: Count  # tokens merged per block (0: none)
-    prune: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of heads and MLP units removed (0: none)
+    prune: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of the MACs pruning removed (0: none)
+    pruning: Literal["target", "budget"] | None = None  # --prune P (a MAC target) or --prune auto (the budget)
     precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
     runtime: Literal["onnxruntime", "openvino", "tensorrt"]
     bundle: RelPath | None = None  # candidates/<name>, once written
