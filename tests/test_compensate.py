@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -135,6 +136,7 @@ def test_the_command_compensates_by_default_and_the_artifact_rebuilds(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "card.json").read_text())["metrics"]["prune"]
     assert metrics["method"] == "compensate" and metrics["importance"] == "compensated"
+    assert metrics["device"] == ("cuda (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else "cpu")
     assert metrics["structure"]["after"]["mlp_hidden"] == [128] * 4
     blocks = metrics["compensation"]
     assert all(b["mlp"]["error"] <= b["mlp"]["error_uncompensated"] for b in blocks)
@@ -143,6 +145,9 @@ def test_the_command_compensates_by_default_and_the_artifact_rebuilds(tmp_path):
     assert report.exit_code == 0, report.output
     markdown = (tmp_path / "r.md").read_text()
     assert "Compensation per block" in markdown and "| 3 | 1 |" in markdown and "compensated pruning" in markdown
+    # the same cut without compensation is measured beside it, and compensation does better on this model
+    assert "the same cut without compensation" in markdown
+    assert metrics["uncompensated"]["top1_agreement"] <= metrics["before_distill"]["top1_agreement"]
     loaded = load(out)  # rebuilt from the card: the same outputs as the pruned module had
     assert structure_of(loaded.module) == metrics["structure"]["after"]
     exported = runner.invoke(app, ["export", str(out), "-o", str(tmp_path / "onnx"), "--parity-samples", "4"])
@@ -156,6 +161,13 @@ def test_compensation_refusals(tmp_path):
                       "keeps the embedding width")
     assert_user_error(runner.invoke(app, [*base, "--method", "compensate", "--data", TRAIN, "--importance", "l2"]),
                       "--importance ranks units for --method plain")
+    assert_user_error(runner.invoke(app, [*base, "--data", TRAIN, "--device", "tpu"]), "tpu")
+    assert_user_error(runner.invoke(app, [*base, "--data", TRAIN, "--distill-blocks", "1"]), "comes with --distill-steps")
+    assert_user_error(runner.invoke(app, [*base, "--data", TRAIN, "--method", "plain", "--embed", "0.25",
+                                          "--distill-steps", "5", "--distill-blocks", "1"]), "embedding width kept")
+    if not torch.cuda.is_available():
+        assert_user_error(runner.invoke(app, [*base, "--data", TRAIN, "--device", "cuda"]),
+                          "--device cuda: PyTorch sees no CUDA GPU here", "pass --device cpu")
     assert not (tmp_path / "x").exists()
 
 
@@ -192,8 +204,11 @@ def test_a_budget_finds_the_largest_cut_that_holds_it(tmp_path, monkeypatch):
     assert not misses or len(search["probes"]) <= misses[0] + 2  # stops at a miss (one probe between)
     assert metrics["mac_share"] == pytest.approx(search["chosen_mac_share"])
     assert 100 * (1 - metrics["before_distill"]["top1_agreement"]) <= 1  # the chosen model, measured again
+    assert all(p["uncompensated"]["top1_agreement"] <= 1 for p in search["probes"])  # each cut also uncompensated
     report = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.html")])
     assert report.exit_code == 0 and "Budget search" in (tmp_path / "r.md").read_text()
+    assert "without compensation: drop, agreement" in (tmp_path / "r.md").read_text()
+    assert "Budget search: the cut against what it costs" in (tmp_path / "r.html").read_text()
     # unreachable: only a deep cut is tried; one line with what the smallest cut tried gave, nothing written
     import vitedge.prune.pipeline as pipeline
 
@@ -218,6 +233,48 @@ def test_distilling_into_a_folder_that_does_not_exist_yet(tmp_path):
     checkout's `make demo-prune` writes into a demo-out/ that is not there yet)."""
     out = tmp_path / "new" / "deeper" / "p"
     result = runner.invoke(app, ["prune", "builtin:digits-vit", "--mlp", "0.5", "--data", TRAIN, "--samples", "60",
-                                 "--distill-steps", "2", "-q", "-o", str(out)])
+                                 "--distill-steps", "2", "--distill-blocks", "1", "-q", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "card.json").is_file() and not (out.parent / "p.distill.pt").exists()
+    history = json.loads((out / "card.json").read_text())["metrics"]["prune"]["distill"]
+    assert history["criterion"] == "kl" and history["kl_after"] <= history["kl_before"]
+
+
+def test_block_wise_recovery_brings_every_block_closer_and_never_returns_a_worse_model():
+    """--distill-blocks: every block's tokens matched to the unpruned model's; the held-out KL picks
+    the state, starting from the compensated model's, so recovery can only keep or improve it."""
+    from vitedge.prune.compensate import blocks_of
+    from vitedge.prune.distill import DistillConfig, distill
+
+    model = _timm(depth=3)
+    images = _images(160, 16)
+    student = copy.deepcopy(model)
+    compensated_prune(student, _target(model, heads=[2, 2, 2], mlp=[16, 16, 16]), images[:96])
+    train, held = images[:128].numpy(), images[128:].numpy()
+
+    def block_errors(pruned) -> list[float]:
+        outputs = {}
+        hooks = [b.register_forward_hook(lambda _m, _a, out, key=(name, i): outputs.__setitem__(key, out))
+                 for name, m in (("teacher", model), ("student", pruned)) for i, b in enumerate(blocks_of(m))]
+        with torch.no_grad():
+            model(torch.from_numpy(held)), pruned(torch.from_numpy(held))
+        for hook in hooks:
+            hook.remove()
+        return [float((outputs["student", i] - outputs["teacher", i]).norm() / outputs["teacher", i].norm())
+                for i in range(3)]
+
+    before = block_errors(student)
+    config = DistillConfig(steps=60, batch_size=16, lr=3e-3, eval_every=10, patience=6, blocks=1.0, mixup=True,
+                           criterion="kl")
+    history = distill(student, model, train, held, config,
+                      block_pairs=list(zip(blocks_of(student), blocks_of(model))))
+    after = block_errors(student)
+    assert history["criterion"] == "kl" and history["kl_after"] <= history["kl_before"]
+    assert sum(after) < 0.9 * sum(before), (before, after)
+    # a rate that can only hurt: the compensated model comes back untouched
+    ruined = copy.deepcopy(student)
+    state = {k: v.clone() for k, v in ruined.state_dict().items()}
+    history = distill(ruined, model, train, held, replace(config, lr=50.0, steps=20),
+                      block_pairs=list(zip(blocks_of(ruined), blocks_of(model))))
+    assert history["kl_after"] == history["kl_before"]
+    assert all(torch.equal(v, ruined.state_dict()[k]) for k, v in state.items())

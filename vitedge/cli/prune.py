@@ -18,7 +18,7 @@ from vitedge.cli.shared import (
     takes_source_options,
     user_errors,
 )
-from vitedge.prune.plan import Allocation, Importance, Method
+from vitedge.prune.plan import Allocation, Device, Importance, Method
 
 if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
@@ -58,6 +58,13 @@ def prune(
     lr: Annotated[float, typer.Option(callback=floats(0, 10, low_open=True), help="Distillation peak learning rate.")] = 5e-4,
     distill_features: Annotated[float, typer.Option(callback=floats(0, 1e6),
         help="Weight of a token-feature term (MSE of the final-norm tokens) next to the logit KL; 0 = logits only.")] = 0.0,
+    distill_blocks: Annotated[float, typer.Option(callback=floats(0, 1e6),
+        help="Block-wise recovery: weight of every block's output tokens matched to the original's (the embedding "
+             "width must be kept); images are also blended pairwise and early stopping follows the held-out KL. "
+             "E.g. --distill-steps 300 --lr 1e-5 --distill-blocks 1.")] = 0.0,
+    device: Annotated[Device, typer.Option(
+        help="Where statistics, compensation and distillation run: auto picks cuda when PyTorch sees a GPU; "
+             "the card records where it ran.")] = Device.AUTO,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -87,8 +94,10 @@ def prune(
                          allocation=allocation, round_to=round_to, tome=tome, tome_from=tome_from)
         metrics = run_prune(source, out, plan, data=data, samples=samples,
                             distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
-                                                  features=distill_features),
-                            options=options,
+                                                  features=distill_features, blocks=distill_blocks,
+                                                  mixup=distill_blocks > 0,
+                                                  criterion="kl" if distill_blocks > 0 else "agreement"),
+                            options=options, device=device,
                             overwrite=overwrite, progress=progress_printer(quiet), tick=tick)
     print_summary(metrics, out)
 
@@ -111,6 +120,8 @@ def print_summary(metrics: dict[str, Any], out: Path) -> None:
             lines.append(f"{title}: {closeness} on {m['samples']} held-out"
                          + (f", top-1 {100 * m['top1_original']:.2f}% -> {100 * m['top1_pruned']:.2f}%"
                             if "top1_pruned" in m else ""))
+    if metrics.get("device", "cpu") != "cpu":
+        lines.append(f"ran on {metrics['device']}")
     if "tome" in metrics:
         info = metrics["tome"]
         lines.append(f"token merging: {info['tokens_in']} -> {info['tokens_out']} tokens ({info['schedule']})")

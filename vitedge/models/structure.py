@@ -154,7 +154,8 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> int | Non
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    sample = torch.zeros(1, 3, *input_size)
+    first = next(model.parameters(), None)
+    sample = torch.zeros(1, 3, *input_size, device=first.device if first is not None else "cpu")
     counter = FlopCounterMode(display=False)
     # The counter's module tracker hooks every tensor that requires grad; a parameter passed
     # straight into a submodule (timm's attention-pool latent query) trips it even under

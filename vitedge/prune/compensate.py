@@ -226,6 +226,12 @@ def _block_of(model: nn.Module, attention: nn.Module, fc1: nn.Module) -> nn.Modu
     return model.get_submodule(".".join(common))
 
 
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks, in order (each holding one attention and one MLP)."""
+    layout = layout_of(model)
+    return [_block_of(model, a, f) for a, f in zip(layout.attentions, layout.fc1)]
+
+
 def _readers(layout: Layout) -> tuple[list[nn.Linear | None], list[nn.Linear]]:
     """Per block: the attention's output projection (None where heads cannot go) and fc2."""
     count = len(layout.attentions)
@@ -298,14 +304,13 @@ def compensated_prune(model: nn.Module, target: dict[str, Any], images: torch.Te
         raise InputError("compensated pruning keeps the embedding width", "use --method plain with --embed")
     device = next(model.parameters()).device
     projections, fc2s = _readers(layout)
-    blocks = [_block_of(model, a, f) for a, f in zip(layout.attentions, layout.fc1)]
+    blocks = blocks_of(model)
     batch_size = batch_size or max(1, min(32, len(images) // 4))  # at least 2 batches per half
     inputs = _block_inputs(model, blocks[0], images, batch_size, device)
     teacher_inputs = teacher_blocks = None
     if teacher is not None:  # the unpruned model's block outputs: what each pruned block is refitted toward
         teacher.eval()
-        teacher_layout = layout_of(teacher)
-        teacher_blocks = [_block_of(teacher, a, f) for a, f in zip(teacher_layout.attentions, teacher_layout.fc1)]
+        teacher_blocks = blocks_of(teacher)
         teacher_inputs = _block_inputs(teacher, teacher_blocks[0], images, batch_size, device)
     report = []
     for index, block in enumerate(blocks):

@@ -27,22 +27,24 @@ from vitedge.models.loaded import LoadedModel
 from vitedge.models.options import SourceOptions
 from vitedge.prune.distill import DistillConfig
 from vitedge.prune.layouts import FAMILIES
-from vitedge.prune.plan import Importance, Method, PrunePlan, PruneRatios
+from vitedge.prune.plan import Device, Importance, Method, PrunePlan, PruneRatios, choice
 
 
 @releasing
 def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | None = None, *,
           data: str | Path | DataSet | None = None, samples: int | None = None,
           distill: DistillConfig | None = None, options: SourceOptions | None = None,
-          overwrite: bool = False, progress: Callable[[str], None] | None = None,
+          device: Device | str = Device.AUTO, overwrite: bool = False, progress: Callable[[str], None] | None = None,
           tick: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
     """Prune, distill and/or merge tokens as `plan` says; write the artifact at `out`; return
     its metrics. `model` is loaded, or a source read with `options`; `data` (images) feeds
-    Taylor importance, distillation and the held-out agreement."""
+    Taylor importance, distillation and the held-out agreement. `device`: where statistics,
+    compensation, distillation and the held-out figures run (auto: cuda when PyTorch sees a GPU)."""
     say = progress or (lambda _message: None)
     distill = distill or DistillConfig(steps=0)
     asked = plan or PrunePlan()
     plan = _check(asked, distill, data)
+    where = torch_device(device)
     from vitedge.models.load import as_loaded
     from vitedge.outputs import OutputKind, check_output, input_paths, writing
 
@@ -57,13 +59,14 @@ def prune(model: LoadedModel | str | Path, out: str | Path, plan: PrunePlan | No
     teacher = _teacher(loaded, plan)
     if plan.structured and plan.method is Method.COMPENSATE:
         plan = _compensable(teacher, plan, asked.method, say)
-    run = _Run(loaded, teacher, plan, say)
+    run = _Run(loaded, teacher, plan, say, where)
     if data is not None:
         run.split(data, samples)
     if plan.structured:
         run.prune_structure()
         if distill.steps:
             run.distill(distill, checkpoint, tick, data)
+    run.student.to("cpu")
     plain_state = {k: v.contiguous() for k, v in run.student.state_dict().items()}
     if plan.tome:
         run.merge_tokens()
@@ -87,7 +90,33 @@ def _check(plan: PrunePlan, distill: DistillConfig, data: str | Path | None) -> 
     if distill.features < 0 or (distill.features and not distill.steps):
         raise InputError(f"--distill-features {distill.features} needs to be >= 0 and comes with --distill-steps",
                          "e.g. --distill-steps 1000 --distill-features 1.0")
+    if distill.blocks < 0 or (distill.blocks and not distill.steps):
+        raise InputError(f"--distill-blocks {distill.blocks} needs to be >= 0 and comes with --distill-steps",
+                         "e.g. --distill-steps 300 --lr 1e-5 --distill-blocks 1")
+    if distill.blocks and plan.ratios.embed:
+        raise InputError("--distill-blocks matches every block's tokens, which needs the embedding width kept",
+                         "drop --embed, or use --distill-features (it maps the final tokens)")
     return plan.resolved(data is not None)
+
+
+def torch_device(asked: Device | str) -> str:
+    """'cpu' or 'cuda' for --device; cuda asked for where PyTorch sees no GPU is a one-line refusal."""
+    import torch
+
+    asked = choice(Device, asked, "--device")
+    available = torch.cuda.is_available()
+    if asked is Device.CUDA and not available:
+        raise InputError("--device cuda: PyTorch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}, built {'with CUDA ' + torch.version.cuda if torch.version.cuda else 'for CPU only'})",
+                         "pass --device cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch")
+    return "cuda" if asked is Device.CUDA or (asked is Device.AUTO and available) else "cpu"
+
+
+def device_name(device: str) -> str:
+    """What the card records: 'cpu', or 'cuda (NVIDIA H100 80GB HBM3)'."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda" else "cpu"
 
 
 def _teacher(loaded: LoadedModel, plan: PrunePlan) -> Any:
@@ -146,6 +175,14 @@ def _within(measured: dict[str, Any], plan: PrunePlan) -> tuple[bool, float | No
     return met, drop
 
 
+def _summary(measured: dict[str, Any] | None, plan: PrunePlan) -> dict[str, Any] | None:
+    """A probe's comparison point: agreement, cosine, top-1 and drop of the same cut uncompensated."""
+    if measured is None:
+        return None
+    return {"top1_agreement": measured["top1_agreement"], "cosine": measured["cosine"],
+            "top1_pruned": measured.get("top1_pruned"), "drop": _within(measured, plan)[1]}
+
+
 def _closeness(measured: dict[str, Any], drop: float | None) -> str:
     """'a drop of D points and A % agreement' (or the cosine, for feature outputs)."""
     agreement = measured.get("top1_agreement")
@@ -159,16 +196,19 @@ MLP_FIRST = 0.35  # compensated --target-macs removes MLP units alone up to this
 class _Run:
     """One pruning run, step by step; `metrics` collects what each step measured."""
 
-    def __init__(self, loaded: LoadedModel, teacher: Any, plan: PrunePlan, say: Callable[[str], None]) -> None:
+    def __init__(self, loaded: LoadedModel, teacher: Any, plan: PrunePlan, say: Callable[[str], None],
+                 device: str = "cpu") -> None:
         from vitedge.models.structure import count_macs
 
-        self.loaded, self.teacher, self.plan, self.say = loaded, teacher, plan, say
+        self.loaded, self.teacher, self.plan, self.say, self.device = loaded, teacher, plan, say, device
+        # the teacher stays on the CPU for the structural dry runs; its copy on `device` does the numerics
+        self.reference = teacher if device == "cpu" else copy.deepcopy(teacher).to(device)
         self.size = loaded.card.preprocessing.input_size
         self.features = loaded.card.num_classes is None  # no classifier head: outputs compared as vectors
-        self.student = copy.deepcopy(teacher)
+        self.student = copy.deepcopy(self.reference)
         self.train = self.holdout = self.labels = None
         self.metrics: dict[str, Any] = {"macs_before": count_macs(teacher, self.size),
-                                        "params_before": _params(teacher)}
+                                        "params_before": _params(teacher), "device": device_name(device)}
         self.shapes: dict[str, Any] = {}
 
     def split(self, data: str | Path | DataSet, samples: int | None) -> None:
@@ -177,7 +217,7 @@ class _Run:
 
     def measure(self, key: str) -> None:
         if self.holdout is not None:
-            self.metrics[key] = _measure(self.teacher, self.student, self.holdout, self.labels, self.features)
+            self.metrics[key] = _measure(self.reference, self.student, self.holdout, self.labels, self.features)
 
     def prune_structure(self) -> None:
         plan = self.plan
@@ -206,8 +246,10 @@ class _Run:
         train = self.train
         batches = [torch.from_numpy(train[i:i + 16]) for i in range(0, min(len(train), 128), 16)] \
             if train is not None else []
+        self.student.to("cpu")  # Torch-Pruning traces on the CPU, as the teacher is there
         self.shapes = prune_model(self.student, ratios, importance=plan.importance, batches=batches,
                                   teacher=self.teacher, round_to=plan.round_to, allocation=plan.allocation)
+        self.student.to(self.device)
 
     def _search_budget(self, plan: PrunePlan) -> PruneRatios:
         """The largest MAC cut whose pruned model holds the budget on the held-out images: shares
@@ -215,7 +257,7 @@ class _Run:
         that held and the first that missed. Each probe prunes a fresh copy as the plan says."""
         assert self.holdout is not None
         probes: list[dict[str, Any]] = []
-        best: tuple[float, Any, PruneRatios, dict[str, Any]] | None = None
+        best: tuple[float, Any, PruneRatios, dict[str, Any], dict[str, Any]] | None = None
 
         def probe(share: float) -> bool:
             nonlocal best
@@ -225,22 +267,24 @@ class _Run:
                     ratios = self._target_ratios(replace(plan, target_macs=share, max_drop=None, min_agreement=None))
                 except InputError:
                     return False  # this family cannot cut that far
-                self.student = copy.deepcopy(self.teacher)
+                self.student = copy.deepcopy(self.reference)
                 self._prune_once(replace(plan, max_drop=None, min_agreement=None), ratios)
             finally:
                 self.say = say
             from vitedge.models.structure import count_macs
 
             kept = count_macs(self.student, self.size) / self.metrics["macs_before"]
-            measured = _measure(self.teacher, self.student, self.holdout, self.labels, self.features)
+            measured = _measure(self.reference, self.student, self.holdout, self.labels, self.features)
             met, drop = _within(measured, plan)
             probes.append({"target": share, "mac_share": kept, "top1_agreement": measured["top1_agreement"],
                            "cosine": measured["cosine"], "drop": drop, "met": met,
-                           "top1_pruned": measured.get("top1_pruned")})
+                           "top1_pruned": measured.get("top1_pruned"),
+                           "uncompensated": _summary(self.metrics.get("uncompensated"), plan)})
             self.say(f"budget search: {100 * (1 - kept):.0f} % fewer MACs -> {_closeness(measured, drop)} "
                      + ("(holds)" if met else "(misses)"))
-            if met and (best is None or kept < best[0]):
-                best = (kept, self.student, ratios, self.shapes)
+            if met and (best is None or kept < best[0]):  # with what its compensation measured
+                best = (kept, self.student, ratios, self.shapes,
+                        {k: self.metrics[k] for k in ("compensation", "uncompensated") if k in self.metrics})
             return met
 
         held = None
@@ -259,7 +303,10 @@ class _Run:
                 + _closeness(first, first["drop"]))
             raise InputError(f"no cut holds the budget on the {len(self.holdout)} held-out images{said}",
                              "loosen --max-drop / --min-agreement, or prune with --target-macs and distill")
-        kept, self.student, ratios, self.shapes = best
+        kept, self.student, ratios, self.shapes, measured = best
+        for key in ("compensation", "uncompensated"):
+            self.metrics.pop(key, None)
+        self.metrics.update(measured)
         self.metrics["budget_search"]["chosen_mac_share"] = kept
         self.say(f"chosen: {100 * (1 - kept):.0f} % fewer MACs")
         return ratios
@@ -294,16 +341,22 @@ class _Run:
 
         plan = self.plan
         assert self.train is not None
-        widths = prune_model(copy.deepcopy(self.teacher), ratios, importance=Importance.L2,
+        dry = copy.deepcopy(self.teacher)
+        widths = prune_model(dry, ratios, importance=Importance.L2,
                              round_to=plan.round_to, allocation=plan.allocation)["after"]
+        if self.holdout is not None:  # the same cut without compensation, for the report's comparison
+            self.metrics["uncompensated"] = _measure(self.reference, dry.to(self.device), self.holdout, self.labels,
+                                                     self.features)
+        del dry
         self.say(f"pruning heads {ratios.heads:.0%}, MLP {ratios.mlp:.0%} with compensation from "
                  f"{len(self.train)} images (units chosen and the next layer refitted block by block)")
-        result = compensated_prune(self.student, widths, torch.from_numpy(self.train), teacher=self.teacher)
+        result = compensated_prune(self.student, widths, torch.from_numpy(self.train), teacher=self.reference)
         self.shapes = {"before": result["before"], "after": result["after"]}
         self.metrics["compensation"] = result["blocks"]
 
     def distill(self, config: DistillConfig, checkpoint: Path,
                 tick: Callable[[int, int, float | None], None] | None, data: str | Path | DataSet | None) -> None:
+        from vitedge.prune.compensate import blocks_of
         from vitedge.prune.distill import distill
         from vitedge.prune.layouts import final_norm
 
@@ -312,8 +365,9 @@ class _Run:
                  f"({len(self.holdout)} held out for early stopping)")
         card = self.loaded.card
         self.metrics["distill"] = distill(
-            self.student, self.teacher, self.train, self.holdout, replace(config, vectors=self.features),
-            feature_norms=(final_norm(self.student), final_norm(self.teacher)) if config.features else None,
+            self.student, self.reference, self.train, self.holdout, replace(config, vectors=self.features),
+            feature_norms=(final_norm(self.student), final_norm(self.reference)) if config.features else None,
+            block_pairs=list(zip(blocks_of(self.student), blocks_of(self.reference))) if config.blocks else None,
             checkpoint=checkpoint, tick=tick,
             identity={"structure": self.shapes["after"],
                       "data": data.origin if isinstance(data, DataSet) else str(data),
@@ -366,8 +420,13 @@ def _measure(teacher: Any, student: Any, images: np.ndarray, labels: np.ndarray 
     student.eval()
     with torch.inference_mode():
         tensor = torch.from_numpy(images)
-        reference = torch.cat([teacher(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
-        pruned = torch.cat([student(tensor[i:i + 64]) for i in range(0, len(tensor), 64)]).numpy()
+
+        def outputs(model: Any) -> np.ndarray:  # on the model's own device
+            device = next(model.parameters()).device
+            return torch.cat([model(tensor[i:i + 64].to(device)).float().cpu()
+                              for i in range(0, len(tensor), 64)]).numpy()
+
+        reference, pruned = outputs(teacher), outputs(student)
     drift = compare(reference, pruned, features=features)
     result = {"samples": len(images), "top1_agreement": drift.top1_agreement, "kl": drift.kl,
               "cosine": drift.cosine, "rel_error": drift.rel_error, "features": features}

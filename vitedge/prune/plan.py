@@ -26,6 +26,14 @@ class Method(StrEnum):
     PLAIN = "plain"
 
 
+class Device(StrEnum):
+    """Where statistics, compensation and distillation run: cuda when PyTorch sees a GPU (auto)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
 class Allocation(StrEnum):
     """uniform: every block loses the same share; global: units ranked across blocks (timm)."""
 
@@ -126,5 +134,5 @@ class PrunePlan:
 
 
 # What the prune metrics on a card hold at each stage, and how the CLI and the report name it.
-PRUNE_STAGES = (("before_distill", "after pruning"), ("after_distill", "after distillation"),
+PRUNE_STAGES = (("uncompensated", "the same cut without compensation"), ("before_distill", "after pruning"), ("after_distill", "after distillation"),
                 ("final", "with token merging"))

@@ -64,10 +64,18 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
             if part)
         headline.append(("budget", f"{budget} on {search['samples']} held-out images: "
                                    f"{100 * (1 - search['chosen_mac_share']):.0f} % fewer MACs chosen"))
+        def drop(value: float | None) -> str:
+            return "–" if value is None else f"{value:.2f}"
+
+        probes = search["probes"]
         tables.append((f"Budget search ({budget}; the images that judge it also give the figures above)",
-                       ["MACs cut", "drop (points)", "agreement", "holds"],
-                       [[f"{100 * (1 - p['mac_share']):.0f} %", "–" if p.get("drop") is None else f"{p['drop']:.2f}",
-                         percent(p["top1_agreement"]), "yes" if p["met"] else "no"] for p in search["probes"]]))
+                       ["MACs cut", "drop (points)", "agreement", "holds", "without compensation: drop, agreement"],
+                       [[f"{100 * (1 - p['mac_share']):.0f} %", drop(p.get("drop")), percent(p["top1_agreement"]),
+                         "yes" if p["met"] else "no",
+                         f"{drop(p['uncompensated']['drop'])}, {percent(p['uncompensated']['top1_agreement'])}"
+                         if p.get("uncompensated") else "–"] for p in probes]))
+        plots.append(("Budget search: the cut against what it costs on the held-out images",
+                      _curve(plt, probes, search.get("chosen_mac_share"), metrics)))
     compensation = metrics.get("compensation")
     if compensation:
         def cell(entry: dict | None) -> str:
@@ -122,3 +130,32 @@ def prune_sections(directory: Path, card: ModelCard) -> Sections:
                        [[str(i), str(r)] for i, r in enumerate(tome["schedule"])]))
     return Sections(f"vitedge prune — {directory.name}", headline, tables, plots, [],
             {**metrics, "kind": "prune", "card": str(directory / CARD_NAME)})
+
+
+def _curve(plt: object, probes: list[dict], chosen: float | None, metrics: dict) -> str:
+    """Agreement (and top-1 where labeled; cosine for feature outputs) against the MAC cut, with
+    and without compensation, the chosen cut marked and where distillation took it."""
+    features = bool(metrics.get("before_distill", {}).get("features"))
+    order = sorted(probes, key=lambda p: p["mac_share"])
+    cut = [100 * (1 - p["mac_share"]) for p in order]
+    fig, ax = plt.subplots(figsize=(7, 3.2))  # type: ignore[attr-defined]
+    key, label = ("cosine", "cosine × 100") if features else ("top1_agreement", "top-1 agreement %")
+    series = [("compensated", [p.get(key) for p in order], "#2a6", "-")]
+    if any(p.get("uncompensated") for p in order):
+        series.append(("without compensation", [(p.get("uncompensated") or {}).get(key) for p in order], "#999", "--"))
+    if not features and all(p.get("top1_pruned") is not None for p in order):
+        series.append(("top-1 (compensated)", [p["top1_pruned"] for p in order], "#26a", ":"))
+    for name, values, color, style in series:
+        points = [(x, 100 * v) for x, v in zip(cut, values) if v is not None]
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", color=color, linestyle=style, label=name)
+    if chosen is not None:
+        ax.axvline(100 * (1 - chosen), color="#c63", linewidth=1, label="chosen")
+    after = metrics.get("after_distill")
+    if chosen is not None and after and after.get(key) is not None:
+        ax.plot([100 * (1 - chosen)], [100 * after[key]], marker="*", markersize=12, color="#c63",
+                linestyle="none", label="after distillation")
+    ax.set_xlabel("MACs cut %")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
