@@ -62,6 +62,9 @@ def prune(
         help="Block-wise recovery: weight of every block's output tokens matched to the original's (the embedding "
              "width must be kept); images are also blended pairwise and early stopping follows the held-out KL. "
              "E.g. --distill-steps 300 --lr 1e-5 --distill-blocks 1.")] = 0.0,
+    mirror: Annotated[bool, typer.Option(
+        help="Compensation's statistics also from the --data images mirrored left-right (twice the tokens); "
+             "--no-mirror where a mirror image is not an image of your domain (text, digits, dials).")] = True,
     device: Annotated[Device, typer.Option(
         help="Where statistics, compensation and distillation run: auto picks cuda when PyTorch sees a GPU; "
              "the card records where it ran.")] = Device.AUTO,
@@ -91,7 +94,7 @@ def prune(
 
         plan = PrunePlan(ratios=PruneRatios(heads=heads, mlp=mlp, embed=embed), target_macs=target_macs,
                          max_drop=max_drop, min_agreement=min_agreement, importance=importance, method=method,
-                         allocation=allocation, round_to=round_to, tome=tome, tome_from=tome_from)
+                         allocation=allocation, round_to=round_to, tome=tome, tome_from=tome_from, mirror=mirror)
         metrics = run_prune(source, out, plan, data=data, samples=samples,
                             distill=DistillConfig(steps=distill_steps, batch_size=batch_size, lr=lr,
                                                   features=distill_features, blocks=distill_blocks,

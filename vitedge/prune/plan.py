@@ -77,6 +77,7 @@ class PrunePlan:
     method: Method = Method.AUTO
     allocation: Allocation = Allocation.UNIFORM
     round_to: int = 8  # kept widths are multiples of this
+    mirror: bool = True  # compensation's statistics also from the images mirrored left-right
     tome: int = 0  # tokens merged per block (training-free)
     tome_from: int | None = None  # first merging block (default: a sixth of the depth)
 
