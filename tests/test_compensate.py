@@ -135,7 +135,8 @@ def test_the_command_compensates_by_default_and_the_artifact_rebuilds(tmp_path):
                                  "--samples", "160", "-o", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "card.json").read_text())["metrics"]["prune"]
-    assert metrics["method"] == "compensate" and metrics["importance"] == "compensated"
+    assert metrics["method"] == "compensate" and metrics["importance"] == "compensated" and metrics["mirror"]
+    assert "and their mirror images" in " ".join(result.output.split())
     assert metrics["device"] == ("cuda (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else "cpu")
     assert metrics["structure"]["after"]["mlp_hidden"] == [128] * 4
     blocks = metrics["compensation"]
@@ -233,9 +234,10 @@ def test_distilling_into_a_folder_that_does_not_exist_yet(tmp_path):
     checkout's `make demo-prune` writes into a demo-out/ that is not there yet)."""
     out = tmp_path / "new" / "deeper" / "p"
     result = runner.invoke(app, ["prune", "builtin:digits-vit", "--mlp", "0.5", "--data", TRAIN, "--samples", "60",
-                                 "--distill-steps", "2", "--distill-blocks", "1", "-q", "-o", str(out)])
+                                 "--distill-steps", "2", "--distill-blocks", "1", "--no-mirror", "-q", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "card.json").is_file() and not (out.parent / "p.distill.pt").exists()
+    assert json.loads((out / "card.json").read_text())["metrics"]["prune"]["mirror"] is False
     history = json.loads((out / "card.json").read_text())["metrics"]["prune"]["distill"]
     assert history["criterion"] == "kl" and history["kl_after"] <= history["kl_before"]
 
