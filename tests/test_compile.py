@@ -362,7 +362,7 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "builtin:digits-vit", str(cpu_bundle), "--batch", "1,32",
                                  "--data", str(HELDOUT), "--samples", "60", "--runs", "3",
-                                 "--warmup", "1", "--json", str(out)])
+                                 "--warmup", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert [(r["backend"], r["batch"]) for r in rows] == [
@@ -370,6 +370,9 @@ def test_cli_compile_predict_bench(cpu_bundle, digits_onnx, tmp_path):
     assert rows[0]["agreement"] == 1.0  # the reference against itself
     assert rows[2]["agreement"] >= 0.98  # FP32 against FP32: the noise floor, on any CPU
     assert rows[2]["top1"] > 0.95 and rows[2]["samples"] == 60 and rows[2]["p50_ms"] > 0
+    printed = runner.invoke(app, ["bench", str(cpu_bundle), "--runs", "1", "--warmup", "0", "--json"])
+    assert printed.exit_code == 0, printed.output  # --json prints, as in inspect/predict/doctor
+    assert [r["backend"] for r in json.loads(printed.stdout)["rows"]] == ["onnxruntime"]
     assert rows[3]["status"].startswith("batch 32 outside 1..16") and rows[3]["p50_ms"] is None
     # a bundle is itself a source: inspect it, or compile it for another target
     result = runner.invoke(app, ["inspect", str(cpu_bundle), "--json"])
@@ -438,7 +441,9 @@ def test_int8_graph_compiles_though_float_paths_round_differently(tmp_path):
     """The parity check holds an INT8 graph to what can be held: the saved graph equals the same
     optimization run in a session, bit for bit; its distance from the Q/DQ reference is
     recorded (here it exceeds 1e-3 of the largest logit, which the old check refused)."""
-    source = _conv_chain_int8(tmp_path / "chain.onnx")
+    # three layers: on an AVX2-only EPYC (no VNNI: ONNX Runtime's u8s8 kernels) eight of them
+    # drift to 70 % of the largest logit (4, 40 %; 3, 17 %), past what compile accepts
+    source = _conv_chain_int8(tmp_path / "chain.onnx", depth=3)
     result = compile_bundle(load(source), load_target(native_cpu_target()), tmp_path / "b",
                             runtime="onnxruntime")
     parity = result.passport.built.parity_vs_source

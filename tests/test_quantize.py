@@ -168,8 +168,11 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(corrupted):
     best, _ = budget_search(start, float_model, nodes, evaluation, Budget(max_drop=-1.0),
                             say=said.append, warnings_=warned)
     assert len(warned) == 1 and warned[0].strip() in " ".join(said)
-    assert "sensitivity search stopped after" in warned[0] or "every one of the" in warned[0]
-    assert any("misses the budget" in line for line in said)
+    assert any(words in warned[0] for words in ("sensitivity search stopped after", "every one of the",
+                                                 "came no closer to the budget"))
+    # one line for the misses, not one per step; on unlabeled images the budget is named agreement
+    assert len(said) == 1 and "step(s) missed the budget" in said[0], said
+    assert "top-1" not in said[0] and "agreement with FP32 at most" in said[0]
     full = judge("again", best.model, evaluation, nodes, best.float_nodes)
     assert len(best.logits) == 200 and best.agreement == full.agreement and best.drop == full.drop
 
@@ -533,6 +536,8 @@ def test_tune_ranges_searches_activation_scales_and_writes_what_it_measured(digi
         return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
 
     before = values(quantized)
+    halves = [slice(None, 24), slice(24, None)]
+    fused_before = np.mean([compare(reference[h], run_onnx(quantized, images[h])).kl for h in halves])
     result = tune_ranges(quantized, images, reference, factors=(0.5, 2.0))
     after = values(quantized)
     assert result.scales == len(scales) and result.trials == 2 * len(scales)
@@ -542,9 +547,13 @@ def test_tune_ranges_searches_activation_scales_and_writes_what_it_measured(digi
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     assert changed and changed <= set(scales)  # only activation scales moved
     assert len(changed) == len(result.changed)
-    halves = [slice(None, 24), slice(24, None)]
     fused = np.mean([compare(reference[h], run_onnx(quantized, images[h])).kl for h in halves])
-    assert fused == pytest.approx(result.error_after, rel=0.05, abs=1e-6)
+    if fused_before == pytest.approx(result.error_before, rel=0.05, abs=1e-6):
+        # integer kernels that compute what the Q/DQ graph says (AVX-512 VNNI here): the fused
+        # graph scores what the search measured
+        assert fused == pytest.approx(result.error_after, rel=0.05, abs=1e-6)
+    else:  # kernels that round otherwise (an AVX2-only EPYC: 5x the Q/DQ graph's KL): no worse
+        assert fused <= fused_before * 1.05
     assert lint_qdq(quantized, symmetric=True, vit_safe=True)
 
     # the same search checked against the untuned graph's own outputs, where every change is
