@@ -106,9 +106,11 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
         search = _Search(folder, loaded, target, say, started, time_budget, distill_steps)
         search.open_data(data, calib, samples, eval_samples)
         search.start(str(source), max_drop, min_agreement, resume)
-        for int8 in (False, True):
-            for pruned in variants:
-                for r in tome:
+        # The likely winners first, so that a --time-budget stop leaves out the long shots: the
+        # unpruned model in every precision (INT8 included), then token merging, then pruning.
+        for pruned in variants:
+            for r in tome:
+                for int8 in (False, True):
                     search.variant(Variant(pruned.prune, r, pruned.budget), int8=int8)
         document = search.finish()
     best = Path(out) / BEST if document.chosen else None
@@ -153,6 +155,7 @@ class _Search:
         self.mac_counts: dict[Variant, int] = {}
         self.not_tried: list[str] = []
         self.previous: dict[str, dict[str, Any]] = {}
+        self.unbuildable: dict[Variant, str] = {}  # variants whose model could not be made, and why
         self.chosen: str | None = None
         self.pareto: list[str] = []
 
@@ -235,11 +238,17 @@ class _Search:
         if self._out_of_time():
             self.not_tried += [n for n, _p, _rt in pending]
             return
-        try:
-            model = self._model(variant, int8)
-        except VitedgeError as exc:
+        reason = self.unbuildable.get(variant) or next(
+            (c.get("reason") for n, c in self.previous.items()
+             if c["status"] == "skipped" and n.startswith(variant.name(""))), None)
+        if reason is None:
+            try:
+                model = self._model(variant, int8)
+            except VitedgeError as exc:
+                reason = self.unbuildable[variant] = exc.message  # its INT8 pass is not tried again
+        if reason is not None:
             for name, precision, runtime in pending:
-                self._record(name, variant, precision, runtime, status="skipped", reason=exc.message)
+                self._record(name, variant, precision, runtime, status="skipped", reason=reason)
             return
         for name, precision, runtime in pending:
             if self._out_of_time():
