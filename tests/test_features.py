@@ -82,7 +82,7 @@ def test_eval_predict_bench_report_on_features(mae, tmp_path):
     table = cli("predict", tmp_path / "b", SAMPLES)
     assert "norm" in table.output and "confidence" not in table.output
     bench = cli("bench", mae / "onnx", tmp_path / "b", "--data", HELDOUT, "--samples", "20", "--runs", "2",
-                "--json", tmp_path / "bench.json")
+                "--out", tmp_path / "bench.json")
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert bench.exit_code == 0 and rows[1]["top1"] is None and rows[1]["cosine"] > 0.999
 

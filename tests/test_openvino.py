@@ -317,6 +317,9 @@ def test_auto_times_every_runtime_and_keeps_the_fastest(digits_onnx, tmp_path):
     assert all(t is not None and t > 0 for t in times)
     chosen = choice.candidates[choice.chosen]
     assert chosen.p50_ms == min(times) and bundle.runtime == chosen.runtime
+    # how busy the cores were while timing is recorded beside the figures, and said when busy
+    assert choice.load is not None and 0 <= choice.load.others <= 1 and choice.load.cpus >= 1
+    assert ("the machine was busy" in " ".join(result.output.split())) is choice.load.busy
     names = {p.name for p in (tmp_path / "b").iterdir()}
     if chosen.runtime == "openvino":
         assert "model.onnx" not in names and {"model.xml", "model.bin"} <= names

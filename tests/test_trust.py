@@ -284,7 +284,7 @@ def test_a_read_only_disk_is_one_line_for_every_writing_command(small_disk, digi
                  ["run", bundle, "--source", video, "--frames", "3", "-o", d / "r", "-q"],
                  ["capture", video, "-n", "3", "-o", d / "c"],
                  ["eval", digits_onnx, "--data", HELDOUT, "--samples", "20", "-o", d / "e"],
-                 ["bench", digits_onnx, "--data", HELDOUT, "--runs", "2", "--batch", "1", "--json", d / "b.json"],
+                 ["bench", digits_onnx, "--data", HELDOUT, "--runs", "2", "--batch", "1", "-o", d / "b.json"],
                  ["package", bundle, "--for", "triton", "-o", d / "t"]):
         result = cli(*args)
         assert_user_error(result, "the file system is read-only", "nothing was written")

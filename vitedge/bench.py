@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from vitedge.data import BatchStats, ImageRecord, iter_batches, open_images
 from vitedge.drift import compare, softmax, topk_accuracy
 from vitedge.errors import InputError
+from vitedge.machine_load import LoadWatch, MachineLoad
 from vitedge.models.options import SourceOptions
 from vitedge.runtime.base import Session
 from vitedge.targets import Backend
@@ -115,10 +117,12 @@ class BenchResult:
     data: str | None = None
     reference: str | None = None
     skipped: list[str] = field(default_factory=list)
+    load: MachineLoad | None = None  # how busy the cores were while the rows were timed
 
     def to_dict(self) -> dict[str, Any]:
         return {"data": self.data, "reference": self.reference, "skipped": self.skipped,
-                "rows": [row.to_dict() for row in self.rows]}
+                "rows": [row.to_dict() for row in self.rows],
+                "load": self.load.to_dict() if self.load is not None else None}
 
 
 BENCH_GENERATOR = "vitedge bench"
@@ -161,10 +165,12 @@ def model_size_mib(source: str | Path, session: Session) -> float | None:
 def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: str | Path | None = None,
           samples: int | None = None, runs: int = 50, warmup: int = 5, rebuild: bool = False,
           backend: Backend | str | None = None, json_out: str | Path | None = None,
-          options: SourceOptions | None = None) -> BenchResult:
+          options: SourceOptions | None = None,
+          progress: Callable[[str], None] = lambda _m: None) -> BenchResult:
     """Latency/throughput per source and batch; with `data`, top-1 and agreement with the first.
 
-    `json_out`: also write the table there (checked before anything runs).
+    `json_out`: also write the table there (checked before anything runs). `progress` hears what
+    is loaded, evaluated and timed. The result records how busy the machine was while timing.
     """
     from vitedge.data import model_labels, open_data
     from vitedge.outputs import check_files, input_paths
@@ -183,12 +189,14 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
     if runs < 1 or warmup < 0 or any(not 1 <= b <= 4096 for b in batches):
         raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch 1..4096")
     result = BenchResult(data=str(data) if data else None, reference=sources[0])
+    timed: list[MachineLoad] = []
     reference_logits: np.ndarray | None = None
     dataset = labels = None
     for source in sources:
+        name = Path(str(source)).name or str(source)
+        progress(f"loading {name}")
         session = load(source, (options or SourceOptions()).for_source(source), rebuild=rebuild,
                        backend=backend)
-        name = Path(str(source)).name or str(source)
         with session:
             if data is not None and dataset is None:
                 dataset = open_data(data, session.card.preprocessing, samples=samples, role="bench")
@@ -200,6 +208,7 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
             top1 = agreement = cosine = None
             features = session.card.num_classes is None
             if dataset is not None:
+                progress(f"evaluating {name} on {len(dataset)} images")
                 logits = session.infer_all(dataset)
                 top1 = topk_accuracy(logits, labels) if labels is not None and not features else None
                 if reference_logits is None:
@@ -213,9 +222,16 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
                 if session.max_batch is not None and not session.min_batch <= batch <= session.max_batch:
                     row.status = f"batch {batch} outside {session.min_batch}..{session.max_batch}"
                 else:
-                    for key, value in session.latency(batch, runs, warmup).items():
+                    progress(f"timing {name} ({session.backend}) at batch {batch}: {runs} runs")
+                    with LoadWatch() as watch:
+                        timings = session.latency(batch, runs, warmup)
+                    for key, value in timings.items():
                         setattr(row, key, value)
+                    assert watch.load is not None
+                    timed.append(watch.load)
                 result.rows.append(row)
+    if timed:  # the busiest moment speaks for the table
+        result.load = max(timed, key=lambda load: load.others)
     if json_out is not None:
         write_json(result, json_out)
     return result

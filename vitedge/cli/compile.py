@@ -14,6 +14,7 @@ from vitedge.cli.shared import (
     Verbose,
     console,
     err_console,
+    print_warnings,
     progress_printer,
     styled,
     takes_source_options,
@@ -88,6 +89,12 @@ def compile_command(
     if built.runtime_choice is not None:
         console.print(f"runtime chosen by measurement ({built.runtime_choice.rounds} alternating "
                       f"rounds): {built.runtime_choice.why}", highlight=False, soft_wrap=True)
+        load = built.runtime_choice.load
+        if load is not None and load.busy:
+            from vitedge.machine_load import MachineLoad
+
+            seen = MachineLoad(load.others, load.load_average, load.cpus, load.seconds)
+            print_warnings([seen.warning("the runtimes were timed") + " (the choice may not hold)"])
     if built.note:
         console.print(f"note: {built.note}", highlight=False, soft_wrap=True)
     if settings.runtime == "openvino":

@@ -13,7 +13,9 @@ from rich.table import Table
 from vitedge.cli.shared import (
     Verbose,
     console,
+    live_progress,
     print_table,
+    print_warnings,
     takes_source_options,
     user_errors,
 )
@@ -90,7 +92,8 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed runs per batch size.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed runs first.")] = 5,
     rebuild: Rebuild = False, backend: BackendOption = None,
-    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the table to this JSON file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead.")] = False,
     verbose: Verbose = False,
     *, options: SourceOptions,
 ) -> None:
@@ -101,10 +104,15 @@ def bench(
     """
     from vitedge.bench import bench as run_bench
 
-    with user_errors(verbose):
+    with user_errors(verbose), live_progress(as_json) as progress:
         result = run_bench(models, batches=batch, data=data, samples=samples, runs=runs,
-                           warmup=warmup, rebuild=rebuild, backend=backend, json_out=as_json,
-                           options=options)
+                           warmup=warmup, rebuild=rebuild, backend=backend, json_out=out,
+                           options=options, progress=progress)
+    if result.load is not None and result.load.busy:
+        print_warnings([result.load.warning("timing")])
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
     table = Table(title="vitedge bench" + (f" — {result.rows[0].samples} images from {data}"
                                            if data and result.rows else ""))
     for column in ("model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms",

@@ -138,14 +138,17 @@ def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: Comp
         working = [c for c in candidates if c.error is None]
         if not working:
             raise ExportError(f"no runtime could run the graph: {candidates[0].error}")
-        rounds = 0
+        rounds, load = 0, None
         if len(working) > 1:
             say(f"timing {len(working)} candidates in {TIMING_ROUNDS} alternating rounds at batch {batch[1]}")
+            from vitedge.machine_load import LoadWatch
             from vitedge.runtime.base import interleaved_latency
 
             assert all(c.session is not None for c in working)
-            medians = interleaved_latency({str(i): c.session for i, c in enumerate(working)},  # type: ignore[misc]
-                                          batch[1], rounds=TIMING_ROUNDS, runs=3, warmup=1)
+            with LoadWatch() as watch:
+                medians = interleaved_latency({str(i): c.session for i, c in enumerate(working)},  # type: ignore[misc]
+                                              batch[1], rounds=TIMING_ROUNDS, runs=3, warmup=1)
+            load = watch.load
             rounds = TIMING_ROUNDS
             for i, candidate in enumerate(working):
                 candidate.p50_ms = round(medians[str(i)], 4)
@@ -161,7 +164,8 @@ def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: Comp
             "batch": batch[1], "rounds": rounds, "chosen": candidates.index(chosen),
             "why": _why(chosen, candidates, batch[1]),
             "candidates": [{"runtime": str(c.runtime), "variant": c.variant, "p50_ms": c.p50_ms,
-                            "error": c.error} for c in candidates]}
+                            "error": c.error} for c in candidates],
+            "load": load.to_dict() if load is not None else None}
     if note:
         built["note"] = "; ".join(n for n in (built.get("note"), note) if n)
     return _settings(chosen, target), built, chosen.precision

@@ -10,6 +10,7 @@ import numpy as np
 
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
 from vitedge.formatting import number, percent
+from vitedge.machine_load import LoadWatch
 from vitedge.quantize.qdq import dq_consumers, quantized_node_names
 from vitedge.runtime.onnxrt import OnnxRuntimeSession
 from vitedge.versions import tool_versions
@@ -101,8 +102,13 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
     h, w = card.preprocessing.input_size
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
     shape = (fixed or 1, 3, h, w)
-    latency = {"fp32": latency_ms(float_model, shape), "int8": latency_ms(best.model, shape),
-               "batch": shape[0], "provider": "CPUExecutionProvider"}
+    with LoadWatch() as watch:
+        latency = {"fp32": latency_ms(float_model, shape), "int8": latency_ms(best.model, shape),
+                   "batch": shape[0], "provider": "CPUExecutionProvider"}
+    assert watch.load is not None
+    latency["load"] = watch.load.to_dict()
+    if watch.load.busy:
+        warnings_.append(watch.load.warning("FP32 and INT8 were timed"))
     accuracy = None
     if labels is not None:
         accuracy = {"fp32_top1": topk_accuracy(fp32, labels), "int8_top1": topk_accuracy(best.logits, labels),

@@ -40,3 +40,13 @@ class Doc(BaseModel):
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Validated as a document read from disk is (strict JSON mode)."""
         return cls.model_validate_json(json.dumps(data))
+
+
+class LoadDoc(Doc):
+    """How busy the cores were while timing (vitedge.machine_load.MachineLoad)."""
+
+    others: float  # the share of all cores other processes used, 0..1
+    load_average: float
+    cpus: Positive
+    seconds: float
+    busy: bool

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vitedge.schemas.base import Count, Doc, Positive, RelPath, Sha256
+from vitedge.schemas.base import Count, Doc, LoadDoc, Positive, RelPath, Sha256
 
 
 # ------------------------------------------------------------------------------ bundles
@@ -130,6 +130,7 @@ class RuntimeChoice(Doc):
     candidates: list[CandidateTiming]
     chosen: int  # index into candidates
     why: str
+    load: LoadDoc | None = None  # absent in bundles made before it was recorded
 
 
 class BuiltDoc(Doc):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from vitedge.schemas.base import Count, Doc, Positive, RelPath, Sha256, Share
+from vitedge.schemas.base import Count, Doc, LoadDoc, Positive, RelPath, Sha256, Share
 
 
 # ----------------------------------------------------------------------- quantization
@@ -61,6 +61,7 @@ class QuantLatency(Doc):
     int8: dict[str, float]
     batch: Positive
     provider: str
+    load: LoadDoc | None = None  # how busy the cores were while they were timed
 
 
 class QuantReport(Doc):
