@@ -6,7 +6,7 @@ VITEDGE := $(VENV)/bin/vitedge
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT := demo-out
 
-.PHONY: install browser test demo demo-prune clean
+.PHONY: install browser lint docs test demo demo-prune clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 && \
 	  echo "installed chromium for the browser test"; } || echo "note: no chromium; the live-page browser test will skip"
 
-test: install browser
+# The linter's rules are in pyproject.toml ([tool.ruff]).
+lint: install
+	$(PY) -m ruff check vitedge tests benchmarks scripts
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page
+# missing from the navigation fails. The command pages' option tables are checked by the tests.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q
+
+test: install browser lint docs
 	$(PY) -m pytest -q
 
 demo: install
@@ -73,4 +82,4 @@ demo-prune: install
 	$(VITEDGE) report $(DEMO_OUT)/digits-budget -o $(DEMO_OUT)/digits-budget-report.html
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) .pytest_cache site

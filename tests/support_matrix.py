@@ -1,8 +1,8 @@
 """The model-support matrix: which source goes through which step, or why it is refused.
 
 One spec serves both `tests/test_matrix.py` (every cell is run: a check against FP32, or the
-designed refusal's one-line message) and the README's support table (`python
-tests/support_matrix.py` prints it; a test fails when the README's copy differs).
+designed refusal's one-line message) and the docs' support table (docs/support-matrix.md) (`python
+tests/support_matrix.py` prints it; a test fails when the docs' copy differs).
 
 Every row is a tiny random-weight model of its family, saved the way users have them (a timm
 checkpoint with its size overrides, a Hugging Face `save_pretrained` folder with its image
@@ -168,7 +168,7 @@ def cell(key: str, column: str) -> str:
 
 
 def markdown() -> str:
-    """The README's support table, rendered from the spec the matrix test checks."""
+    """The docs' support table, rendered from the spec the matrix test checks."""
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
     for key, row in ROWS.items():
         label = row.label + (" (features)" if row.features and "features" not in row.label

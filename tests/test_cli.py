@@ -36,6 +36,29 @@ def test_version_and_help():
         assert command in result.output
 
 
+def test_every_commands_help_reads_at_80_columns():
+    """-h as well as --help; placeholders that say what a value is (never Typer's `<list[str]>`
+    or `{bundle}`), the shared source options under their own heading, nothing past column 80."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = [[name] for name in group.commands if name != "targets"] + [["targets", "show"]]
+    for words in commands:
+        result = runner.invoke(app, [*words, "-h"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, (words, result.output)
+        text = result.output
+        assert text.startswith(f"Usage: vitedge {' '.join(words)} [OPTIONS]"), text[:120]
+        typer_types = ("<str>", "<int>", "<float>", "<bool>", "<path>", "<file>", "<list[", "<directory>")
+        assert "{" not in text.splitlines()[0] and not any(t in text for t in typer_types), words
+        assert all(len(line) <= 80 for line in text.splitlines()), (words, max(text.splitlines(), key=len))
+    run_help = runner.invoke(app, ["run", "-h"], env={"COLUMNS": "80"}).output
+    assert "Model source options" in run_help and "-s, --source SOURCE..." in run_help
+    assert "--serve HOST:PORT" in run_help and "--out PATH" in run_help
+    quantize_help = runner.invoke(app, ["quantize", "-h"], env={"COLUMNS": "80"}).output
+    own, shared = quantize_help.split("Model source options")
+    assert "--recipe" in own and "--weights" in shared and "--mean R,G,B" in shared
+
+
 def test_inspect_timm_json(tiny_ckpt):
     result = run("inspect", "timm:vit_tiny_patch16_224", "--weights", tiny_ckpt, *kwargs_cli(),
                  "--json")

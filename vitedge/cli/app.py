@@ -14,7 +14,7 @@ import typer
 from vitedge import __version__
 from vitedge.cli import compile as compile_commands
 from vitedge.cli import device, measure, model, optimize, package, prune, quantize, run
-from vitedge.cli.shared import OneLineErrors, console
+from vitedge.cli.shared import Command, OneLineErrors, console
 
 app = typer.Typer(
     name="vitedge",
@@ -23,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -59,5 +60,5 @@ COMMANDS = [  # (name, function): load -> prune -> export -> quantize -> compile
     ("doctor", device.doctor),
 ]
 for name, command in COMMANDS:
-    app.command(name)(command)
+    app.command(name, cls=Command)(command)
 app.add_typer(device.targets_app, name="targets")

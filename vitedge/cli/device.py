@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from vitedge.cli.shared import console, print_table, user_errors
+from vitedge.cli.shared import Command, console, print_table, user_errors
 
 targets_app = typer.Typer(help="Device profiles (targets/*.toml): list them, or show one.",
                           no_args_is_help=False)
@@ -37,7 +37,7 @@ def targets_list(ctx: typer.Context) -> None:
     print_table(table)
 
 
-@targets_app.command("show")
+@targets_app.command("show", cls=Command)
 def targets_show(name: Annotated[str, typer.Argument(help="Profile name or path to a .toml.")],
                  as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Print one profile, resolved and validated."""

@@ -1,4 +1,4 @@
-"""`vitedge prune`: structured pruning with distillation, and/or token merging."""
+"""`vitedge prune`: compensated structured pruning (optionally distilled), and/or token merging."""
 
 from __future__ import annotations
 
@@ -73,10 +73,12 @@ def prune(
     verbose: Verbose = False,
     *, options: SourceOptions,
 ) -> None:
-    """Structured pruning (heads, MLP, embedding) with distillation, and/or token merging.
+    """Structured pruning (heads, MLP units) compensated from unlabeled images, or token merging.
 
     Example: vitedge prune builtin:digits-vit --target-macs 0.7 --data calibration/digits/train
     -o demo-out/digits-pruned
+
+    Within a budget: vitedge prune SRC --data IMAGES --max-drop 1 -o OUT
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from vitedge.card import Interpolation
 from vitedge.errors import VitedgeError
@@ -36,9 +36,110 @@ def styled(label: str, style: str, message: str = "") -> Text:
     return Text.assemble((label, style), (" " + message) if message else "")
 
 
+# What a value is, by option: what --help shows after the flag (Typer would show `<str>`).
+METAVARS = {
+    "--model-kwargs": "KEY=VALUE", "--mean": "R,G,B", "--std": "R,G,B", "--input-size": "SIZE[,SIZE]",
+    "--data": "DIR", "--calib": "DIR", "--eval": "DIR", "--target": "TARGET", "--reference": "MODEL",
+    "--source": "SOURCE", "--serve": "HOST:PORT", "--metrics": "HOST:PORT", "--frame-size": "HxW",
+    "--camera-size": "HxW", "--channel-order": "RGB|BGR", "--time-budget": "DURATION",
+    "--prune": "P,...|auto", "--exclude": "NODE|OP", "--name": "NAME",
+}
+COMMAND_METAVARS = {("compile", "--batch"): "N|MIN:OPT:MAX", ("bench", "--batch"): "N,...",
+                    ("optimize", "--tome"): "R,..."}
+_TYPE_METAVARS = {int: "N", float: "NUMBER", str: "TEXT"}
+
+
+def _metavar(command: str, param: Any) -> str:
+    """A placeholder that says what the value is (PATH, N, HOST:PORT), never Typer's `<list[str]>`."""
+    described = param.type_descriptor
+    repeated = "..." if described.is_list else ""
+    if param.param_type_name == "argument":
+        return param.name.upper() + repeated
+    if getattr(param, "is_flag", False):
+        return ""
+    long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+    if (command, long) in COMMAND_METAVARS:
+        return COMMAND_METAVARS[command, long]
+    if long in METAVARS:
+        return METAVARS[long] + repeated
+    if described.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in described.choices or ())
+    if described.is_path:
+        return {"file": "FILE", "directory": "DIR"}.get(str(described.path_type), "PATH") + repeated
+    annotation = described.annotation
+    inner = typing.get_args(annotation)[0] if described.is_list and typing.get_args(annotation) else annotation
+    return _TYPE_METAVARS.get(inner, "VALUE") + repeated
+
+
+def apply_conventions(group: Any, path: str = "") -> None:
+    """Every command's placeholders (`--out PATH`, `BUNDLE`, no value after a flag), set once for
+    the whole app instead of a metavar= on each of ~250 options."""
+    for name, command in getattr(group, "commands", {}).items():
+        apply_conventions(command, f"{path} {name}".strip())
+    for param in getattr(group, "params", []):
+        if param.metavar is None:
+            param.metavar = _metavar(path.rsplit(" ", 1)[-1], param)
+
+
+_NAME_COLUMN = 30  # longer flags get a line of their own, their help the next
+
+
+class Command(TyperCommand):
+    """A command whose --help reads at 80 columns: two columns (flags with what their value is,
+    then the help), one panel per `rich_help_panel`. Typer's own layout spends six columns on
+    flag, short flag, negations and type, and wraps the help to a few words a line at 80
+    columns (hand-written for that; the rest of the help machinery is Typer's)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from rich.console import Group
+        from rich.padding import Padding
+        from rich.panel import Panel
+
+        out = Console(highlight=False, markup=False, width=min(Console().width, 120))
+        arguments = [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
+        usage = " ".join(["[OPTIONS]"] + [(a.metavar or a.name.upper()) if a.required
+                                          else f"[{a.metavar or a.name.upper()}]" for a in arguments])
+        out.print(Text.assemble(("Usage: ", "bold"), f"{ctx.command_path} {usage}"))
+        for paragraph in inspect.cleandoc(self.help or "").split("\n\n"):
+            if paragraph.strip():
+                out.print(Padding(Text(" ".join(paragraph.split())), (1, 0, 0, 1)))
+        panels: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            name, text = record
+            if param.param_type_name == "argument":
+                name = param.metavar or param.name.upper()
+                text = (param.help or "") + ("" if param.required else " [optional]")
+            panel = param.rich_help_panel or ("Arguments" if param.param_type_name == "argument" else "Options")
+            panels.setdefault(panel, []).append((name, text))
+        for title, rows in panels.items():
+            if not rows:
+                continue
+            parts: list[Any] = []
+            table: Table | None = None
+            for name, text in rows:
+                if len(name) > _NAME_COLUMN:  # the flag on a line of its own, its help below
+                    parts.append(Padding(Text(name, style="bold cyan"), (0, 1)))
+                    name, table = "", None
+                if table is None:
+                    table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
+                    table.add_column(no_wrap=True, width=_NAME_COLUMN, style="bold cyan")
+                    table.add_column(ratio=1)
+                    parts.append(table)
+                table.add_row(name, text)
+            out.print(Panel(Group(*parts), title=title, title_align="left", border_style="dim"))
+
+
 class OneLineErrors(TyperGroup):
     """Bad options (a value out of range, a missing option) are one line and exit code 1, like
-    every other bad input, instead of Click's usage box and exit code 2."""
+    every other bad input, instead of Click's usage box and exit code 2. Its commands' value
+    placeholders follow one convention (`apply_conventions`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        apply_conventions(self)
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -122,6 +223,24 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
             locks.log.removeHandler(notes)
 
 
+@contextlib.contextmanager
+def live_progress(quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """What long library calls report, shown as it happens on a terminal: one spinner line on
+    stderr with the current step and the time it has taken so far (replaced as steps change, gone
+    at the end). Quiet, or not a terminal (a log, a pipe): nothing, the result says it all."""
+    if quiet or not err_console.is_terminal:
+        yield lambda _m: None
+        return
+    import time
+
+    started = time.perf_counter()
+    with err_console.status("starting", spinner="dots") as status:
+        def update(message: str) -> None:
+            status.update(Text(f"{message}  ({time.perf_counter() - started:.0f} s)", style="dim"))
+
+        yield update
+
+
 def progress_printer(quiet: bool) -> Any:
     """What library functions call with progress messages: dim lines on stderr, or nothing."""
     return (lambda _m: None) if quiet else (lambda m: err_console.print(Text(m, style="dim")))
@@ -131,21 +250,32 @@ def progress_printer(quiet: bool) -> Any:
 Source = Annotated[str, typer.Argument(
     help="Model: timm:NAME, torchvision:NAME, a Hugging Face folder, .pt2, TorchScript .pt, "
          ".onnx, a vitedge artifact folder, or builtin:digits-vit.")]
+SOURCE_PANEL = "Model source options"
+PREPROCESSING_PANEL = "Preprocessing and label overrides"
 Weights = Annotated[Optional[Path], typer.Option(
-    "--weights", "-w", help="Checkpoint for timm:/torchvision: sources (.safetensors, .pth, .pt, .bin).")]
+    "--weights", "-w", rich_help_panel=SOURCE_PANEL,
+    help="Checkpoint for timm:/torchvision: sources (.safetensors, .pth, .pt, .bin).")]
 ModelKwargs = Annotated[Optional[list[str]], typer.Option(
-    "--model-kwargs", "-k", help="Architecture override key=value, repeatable (img_size=32, num_classes=10).")]
+    "--model-kwargs", "-k", rich_help_panel=SOURCE_PANEL,
+    help="Architecture override key=value, repeatable (img_size=32, num_classes=10).")]
 TrustPickle = Annotated[bool, typer.Option(
-    "--trust-pickle", help="Allow what PyTorch loads with pickle: whole pickled modules, TorchScript, "
-                           "torch.export .pt2, checkpoints holding Python objects (can run code from the file).")]
-Mean = Annotated[Optional[str], typer.Option(help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
-Std = Annotated[Optional[str], typer.Option(help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
-CropPct = Annotated[Optional[float], typer.Option(callback=floats(0, 1, low_open=True),
+    "--trust-pickle", rich_help_panel=SOURCE_PANEL,
+    help="Allow what PyTorch loads with pickle: whole pickled modules, TorchScript, torch.export .pt2, "
+         "checkpoints holding Python objects (can run code from the file).")]
+Mean = Annotated[Optional[str], typer.Option(rich_help_panel=PREPROCESSING_PANEL,
+                                             help="Override preprocessing mean, e.g. 0.5,0.5,0.5.")]
+Std = Annotated[Optional[str], typer.Option(rich_help_panel=PREPROCESSING_PANEL,
+                                            help="Override preprocessing std, e.g. 0.5,0.5,0.5.")]
+CropPct = Annotated[Optional[float], typer.Option(rich_help_panel=PREPROCESSING_PANEL,
+                                                  callback=floats(0, 1, low_open=True),
                                                   help="Override crop ratio (1.0 = no crop).")]
-Interp = Annotated[Optional[Interpolation], typer.Option(help="Override resize interpolation.")]
-InputSize = Annotated[Optional[str], typer.Option(help="Override input size, e.g. 224 or 224,224.")]
+Interp = Annotated[Optional[Interpolation], typer.Option(rich_help_panel=PREPROCESSING_PANEL,
+                                                         help="Override resize interpolation.")]
+InputSize = Annotated[Optional[str], typer.Option(rich_help_panel=PREPROCESSING_PANEL,
+                                                  help="Override input size, e.g. 224 or 224,224.")]
 Labels = Annotated[Optional[Path], typer.Option(
-    exists=True, dir_okay=False, help="Class names: a text file (one per line) or a JSON list.")]
+    exists=True, dir_okay=False, rich_help_panel=PREPROCESSING_PANEL,
+    help="Class names: a text file (one per line) or a JSON list.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings.")]
 
 

@@ -33,7 +33,8 @@ def _graph_card(kind: str, path: Path, structure: VitStructure, input_size: tupl
         preprocessing=Preprocessing(input_size=input_size or (224, 224)),
         structure=structure, num_classes=num_classes,
     )
-    card.warnings.append(f"a {kind} file records no preprocessing: using ImageNet mean/std, "
+    named = {"onnx": "an ONNX", "torchscript": "a TorchScript", "pt2": "a torch.export"}.get(kind, f"a {kind}")
+    card.warnings.append(f"{named} file records no preprocessing: using ImageNet mean/std, "
                          "bicubic, crop 0.875; override with --mean/--std/--crop-pct/"
                          "--interpolation if the model was trained otherwise")
     if input_size is None:

@@ -347,7 +347,8 @@ def _client(bundle: Bundle, name: str, config: Any) -> str:
 
     python client.py IMAGE [IMAGE ...] [--url localhost:8000] [--top 5]
 
-The model takes {takes} (pip install vitedge tritonclient[http]).
+The model takes {takes}. Needs tritonclient[http] and vitedge (its preprocessing), installed from
+vitedge's wheel or checkout: pip install /path/to/vitedge 'tritonclient[http]'.
 """
 
 import argparse
@@ -425,7 +426,7 @@ def _readme(bundle: Bundle, name: str, config: Any, options: TritonOptions, pari
         f"`{config.output[0].name}`" + (f" with labels ({LABELS}): ask for `class_count` to get "
                                          "\"score:index:label\" strings." if config.output[0].label_filename
                                          else "."), "",
-        "```", "pip install vitedge 'tritonclient[http]'", "python client.py photo.jpg --url localhost:8000",
+        "```", "pip install /path/to/vitedge 'tritonclient[http]'   # vitedge from its checkout or wheel", "python client.py photo.jpg --url localhost:8000",
         "```", "",
         *(_kserve_section(service) if service else []),
         "## Checked when packaged", "",
