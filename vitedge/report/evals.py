@@ -10,7 +10,7 @@ import numpy as np
 from vitedge.documents import read_model
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
-from vitedge.report.page import Sections, figure, flip_matrix, image_uri, png, verified
+from vitedge.report.page import Sections, figure, flips, image_uri, png, verified
 
 
 def eval_sections(directory: Path) -> Sections:
@@ -40,7 +40,9 @@ def eval_sections(directory: Path) -> Sections:
     for i, row in enumerate(models[1:], start=1):
         first, this = arrays["model0"], arrays[f"model{i}"]
         pairs = [(class_names[a], class_names[b]) for a, b in zip(first.argmax(1), this.argmax(1))]
-        plots.append((f"Class flips: {row['model']}", flip_matrix(plt, pairs, "first → this")))
+        flip_tables, flip_plots = flips(plt, pairs, ("first", Path(row["model"]).name), f"Class flips: {row['model']}")
+        tables += flip_tables
+        plots += flip_plots
         if labeled and row.get("per_class_delta"):
             deltas = row["per_class_delta"]
             tables.append((f"Per-class top-1, {row['model']} vs first", ["class", "images", "first", "this", "delta"],

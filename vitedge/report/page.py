@@ -8,6 +8,7 @@ import html
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,46 @@ def md_escape(text: object) -> str:
     return re.sub(r"([\\`*_\[\]|#])", r"\\\1", value)
 
 
+MATRIX_CLASSES = 20  # more classes than this: the flips as a ranked table instead of a matrix
+SHOWN_ROWS = 15  # per-class tables: the worst rows, the rest folded into one
+
+
+def flips(plt: Any, pairs: list[tuple[str, str]], names: tuple[str, str], caption: str
+          ) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[tuple[str, str | None]]]:
+    """The flips of (first, second) top-1 pairs: a ranked table (most frequent first) always, so
+    a 1000-class run shows its real flips, and the matrix too when few classes are involved."""
+    counted: dict[tuple[str, str], int] = {}
+    for first, second in pairs:
+        if first != second:
+            counted[first, second] = counted.get((first, second), 0) + 1
+    ranked = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = [[a, b, str(n)] for (a, b), n in ranked[:SHOWN_ROWS * 2]]
+    if len(ranked) > len(rows):
+        rest = ranked[len(rows):]
+        rows.append([f"… {len(rest)} more kinds of flip", "", str(sum(n for _, n in rest))])
+    tables = [(f"{caption}, most frequent first", [*names, "count"], rows or [["(none)", "", "0"]])]
+    classes = {c for pair in pairs for c in pair}
+    plots = [(caption, flip_matrix(plt, pairs, " → ".join(names)))] if pairs and len(classes) <= MATRIX_CLASSES \
+        else []
+    return tables, plots
+
+
+def folded(rows: list[list[str]], what: str, summary: Callable[[list[list[str]]], list[str]]) -> list[list[str]]:
+    """The first SHOWN_ROWS rows (already sorted worst first) and one row for the rest."""
+    if len(rows) <= SHOWN_ROWS + 1:
+        return rows
+    rest = rows[SHOWN_ROWS:]
+    return rows[:SHOWN_ROWS] + [[f"… {len(rest)} more {what}", *summary(rest)]]
+
+
 def flip_matrix(plt: Any, pairs: list[tuple[str, str]], title: str) -> str | None:
     if not pairs:
         return None
-    classes = sorted({c for pair in pairs for c in pair}, key=lambda c: (len(c), c))[:25]
+    often: dict[str, int] = {}  # the classes of the flips first, then the rest
+    for first, second in pairs:
+        for c in (first, second):
+            often[c] = often.get(c, 0) + (first != second) * 1000 + 1
+    classes = sorted(often, key=lambda c: (-often[c], c))[:MATRIX_CLASSES]
     index = {c: i for i, c in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)), int)
     for ref, dep in pairs:
@@ -99,11 +136,17 @@ def html_page(sections: Sections) -> str:
              "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;"
              "padding:0 1rem}table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.25rem "
              ".6rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
-             "{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:.75rem}figure{margin:0}"
-             "figcaption{font-size:.8rem}</style></head><body>",
+             "{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:.75rem}figure{margin:0;max-width:220px}"
+             "figcaption{font-size:.8rem}table{display:block;max-width:100%;overflow-x:auto}"
+             "td{overflow-wrap:anywhere}img{max-width:100%;height:auto}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><table>"]
     parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline]
     parts.append("</table>")
+    if gallery:  # the most useful part first: what the models disagreed on, as it looked
+        parts.append("<h2>Where they disagree</h2><div class='grid'>")
+        parts += [f"<figure><img src='{uri}' alt='{html.escape(text)}'><figcaption>{html.escape(text)}"
+                  "</figcaption></figure>" for uri, text in gallery]
+        parts.append("</div>")
     for caption, header, rows in tables:
         parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
@@ -112,11 +155,6 @@ def html_page(sections: Sections) -> str:
     for caption, uri in plots:
         if uri:
             parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{uri}'>")
-    if gallery:
-        parts.append("<h2>Where they disagree</h2><div class='grid'>")
-        parts += [f"<figure><img src='{uri}' alt='{html.escape(text)}'><figcaption>{html.escape(text)}"
-                  "</figcaption></figure>" for uri, text in gallery]
-        parts.append("</div>")
     parts.append("</body></html>\n")
     return "".join(parts)
 

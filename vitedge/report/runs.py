@@ -11,9 +11,11 @@ from vitedge.documents import confined, read_document, validate
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
 from vitedge.report.page import (
+    SHOWN_ROWS,
     Sections,
     figure,
-    flip_matrix,
+    flips,
+    folded,
     image_uri,
     jsonl_lines,
     png,
@@ -100,13 +102,17 @@ def run_sections(directory: Path) -> Sections:
                 for e in events])] if events else []
     if features:
         return _feature_run_sections(directory, summary, frames, shadowed, events, headline, tables, plt)
-    flips = [(f["shadow"]["reference_top1"], f["top"][0][1]) for f in shadowed]
+    flips_seen = [(f["shadow"]["reference_top1"], f["top"][0][1]) for f in shadowed]
     per_class: dict[str, list[float]] = {}
     for f in shadowed:
         per_class.setdefault(f["shadow"]["reference_top1"], []).append(f["shadow"]["agree"])
-    tables.append(("Agreement by reference class", ["class", "shadowed frames", "agreement"],
-                   [[c, str(len(v)), percent(float(np.mean(v)))]
-                    for c, v in sorted(per_class.items(), key=lambda kv: np.mean(kv[1]))]))
+    by_class = sorted(per_class.items(), key=lambda kv: (np.mean(kv[1]), -len(kv[1])))
+    tables.append(("Agreement by reference class, worst first", ["class", "shadowed frames", "agreement"],
+                   folded([[c, str(len(v)), percent(float(np.mean(v)))] for c, v in by_class], "classes",
+                          lambda rest: [str(sum(int(r[1]) for r in rest)), percent(float(np.mean(
+                              [a for c, v in by_class[SHOWN_ROWS:] for a in v])))])))
+    flip_tables, flip_plots = flips(plt, flips_seen, ("reference", "deployed"), "Class flips (shadowed frames)")
+    tables += flip_tables
     plots: list[tuple[str, str | None]] = []
     if shadowed:
         plots.append(("Agreement over time", _over_time(plt, shadowed, summary.rolling_window,
@@ -121,7 +127,7 @@ def run_sections(directory: Path) -> Sections:
         ax.set_xlabel("top-1 confidence")
         ax.legend()
         plots.append(("Confidence, reference vs deployed", png(fig)))
-        plots.append(("Class flips (shadowed frames)", flip_matrix(plt, flips, "reference → deployed")))
+        plots += flip_plots
     plots += _latency_plot(plt, frames)
     gallery = []
     for f in shadowed:
@@ -130,7 +136,7 @@ def run_sections(directory: Path) -> Sections:
                                  f"deployed {f['top'][0][1]} (KL {f['shadow']['kl']:.3f})"))
     data = {"kind": "run", "summary": summary.to_dict(), "events": events,
             "per_class_agreement": {c: float(np.mean(v)) for c, v in per_class.items()},
-            "flips": [list(p) for p in flips if p[0] != p[1]]}
+            "flips": [list(p) for p in flips_seen if p[0] != p[1]]}
     return Sections(f"vitedge run — {summary.source}", headline, tables, plots, gallery, data)
 
 
