@@ -147,6 +147,9 @@ def main() -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         card = load(f"timm:{ARCH}", weights=weights, model_kwargs=KWARGS).card
         card.preprocessing = PRE
+        # timm's architecture name alone (vit_tiny_patch16_224) would call a 32x32, patch-4 model
+        # a 224x224 ViT-Tiny, and Triton packages inherit the name
+        card.architecture = "VisionTransformer (digits-vit)"
         card.labels = [str(d) for d in range(10)]
         card.warnings = []
         card.source = {"kind": "timm", "name": ARCH, "kwargs": KWARGS, "weights": "model.safetensors"}

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitedge"
 LAYERS: list[tuple[str, ...]] = [
     ("vitedge.errors", "vitedge.formatting", "vitedge.versions", "vitedge.card", "vitedge.locks", "vitedge.limits", "vitedge.outputs",
      "vitedge.documents", "vitedge.schemas", "vitedge.targets", "vitedge.preprocess",
-     "vitedge.artifact", "vitedge.data", "vitedge.drift"),
+     "vitedge.artifact", "vitedge.data", "vitedge.drift", "vitedge.machine_load"),
     ("vitedge.runtime",),
     ("vitedge.models",),
     ("vitedge.prune",),

@@ -291,6 +291,9 @@ def test_openvino_bundle_in_predict_bench_eval_and_run(ov_bundle, tmp_path):
     assert json.loads(predicted.stdout)["backend"].startswith("OpenVINO")
     benched = cli("bench", ov_bundle, "--runs", "3", "--warmup", "1", "--batch", "1,4")
     assert benched.exit_code == 0 and "openvino" in benched.stdout, benched.output
+    sized = cli("bench", ov_bundle, "--runs", "1", "--warmup", "0", "--json")
+    ir = sum((Path(ov_bundle) / f).stat().st_size for f in ("model.xml", "model.bin")) / 2**20
+    assert json.loads(sized.stdout)["rows"][0]["size_mib"] == pytest.approx(ir)  # the weights too
     evaluated = cli("eval", ov_bundle, "--data", HELDOUT, "--samples", "40", "-o", tmp_path / "ev")
     assert evaluated.exit_code == 0, evaluated.output
     video = make_digits_video(tmp_path / "clip.mp4", frames=20, hold=5)

@@ -150,12 +150,13 @@ def write_json(result: BenchResult, path: str | Path) -> None:
 
 
 def model_size_mib(source: str | Path, session: Session) -> float | None:
-    """Bytes of what the runtime loads: the engine or ONNX (with external data), or torch weights."""
+    """Bytes of what the runtime loads: the engine, ONNX with its external data, OpenVINO IR with
+    its weights (model.xml + model.bin), or torch weights."""
     path = Path(str(source))
     model = session.model_path
     if model is not None and model.is_file():  # the verified file the session runs
-        data = model.with_name(model.name + ".data")
-        return (model.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20
+        beside = [model.with_name(model.name + ".data")] + ([model.with_suffix(".bin")] if model.suffix == ".xml" else [])
+        return (model.stat().st_size + sum(f.stat().st_size for f in beside if f.is_file())) / 2**20
     module = getattr(session, "module", None)
     if module is not None:
         return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
