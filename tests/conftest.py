@@ -125,3 +125,26 @@ def digits_int8(digits_onnx, tmp_path_factory) -> Path:
     quantize(load(digits_onnx), TRAIN, out, eval_data=HELDOUT, recipe=Recipe.LINEAR_ONLY,
              samples=64, eval_samples=100)
     return out
+
+
+def chromium() -> str | None:
+    """Debian's chromium (make test installs it when it can), for the tests that render pages."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def rendered_width(page: Path, window: int = 1280) -> int:
+    """How wide a report renders in headless Chromium in a `window`-px window (its scrollWidth)."""
+    import subprocess
+
+    probe = page.with_name(page.stem + ".probe.html")
+    script = ("<script>document.body.setAttribute('data-width', "
+              "String(document.documentElement.scrollWidth))</script></body>")
+    probe.write_text(page.read_text().replace("</body>", script))
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", f"--window-size={window},900",
+                          "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=90).stdout
+    probe.unlink()
+    return int(dom.split('data-width="')[1].split('"')[0])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target
+from conftest import HELDOUT, TRAIN, assert_user_error, chromium, native_cpu_target, rendered_width
 from typer.testing import CliRunner
 
 from vitedge.cli.app import app
@@ -68,6 +68,9 @@ def test_report_lists_every_candidate_with_its_verdict(optimized):
     for c in document["candidates"]:
         assert c["name"] in html
     assert "chosen: the fastest within the budget" in html and "data:image/png;base64," in html
+    assert f"★ {document['chosen']}" in html  # the chosen row is marked
+    if chromium() is not None:  # the table fits a laptop screen
+        assert rendered_width(out / "report.html") <= 1280
     again = cli("report", out, "-o", out / "again.html")
     assert again.exit_code == 0, again.output
     assert json.loads((out / "again.json").read_text())["kind"] == "optimize"
@@ -105,7 +108,7 @@ def test_time_budget_stops_and_resume_goes_on_with_pruned_candidates(tmp_path):
     budgeted = json.loads((out / "candidates" / "pauto-pruned" / "card.json").read_text())["metrics"]["prune"]
     assert budgeted["budget_search"]["max_drop"] == 1.0 and budgeted["mac_share"] < 1
     assert all(c["pruning"] == "budget" and c["prune"] > 0 for c in pruned if c["name"].startswith("pauto-"))
-    assert "MACs pruned" in (out / "report.html").read_text() and "(budget)" in (out / "report.html").read_text()
+    assert "% pruned (budget)" in (out / "report.html").read_text()
     # a resume with other data is refused, and so is a plain rerun without --overwrite
     assert_user_error(cli(*args[:-8], "--eval-samples", "50", "--tome", "0", "--resume", "-o", out),
                       "was optimized for another source, target or data")
