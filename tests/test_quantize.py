@@ -164,9 +164,11 @@ def test_budget_search_reverts_the_layer_that_breaks_the_budget(corrupted):
     assert best.int8_share < 1.0 and best.int8_share > 0.8
     # an unreachable budget: the search says why it stopped, on the console and in the warnings;
     # every step is given up on part-way, and the best model's figures are judged in full
-    said, warned = [], []
+    said, warned, ticks = [], [], []
     best, _ = budget_search(start, float_model, nodes, evaluation, Budget(max_drop=-1.0),
-                            say=said.append, warnings_=warned)
+                            say=said.append, warnings_=warned, tick=lambda *a: ticks.append(a))
+    assert ticks and [t[0] for t in ticks] == list(range(len(ticks)))  # a progress step per revert
+    assert all(t[2].startswith("sensitivity search") and t[1] >= len(ticks) for t in ticks)
     assert len(warned) == 1 and warned[0].strip() in " ".join(said)
     assert any(words in warned[0] for words in ("sensitivity search stopped after", "every one of the",
                                                  "came no closer to the budget"))

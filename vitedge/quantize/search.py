@@ -232,7 +232,7 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
         if recipe is Recipe.VIT_SAFE:
             say("over budget: ranking layers by sensitivity")
             best, sensitivity = budget_search(best, float_model, nodes, evaluation, budget, say,
-                                              warnings_)
+                                              warnings_, tick)
     return Search(best, tried, sensitivity, budget.meets(best))
 
 
@@ -281,7 +281,8 @@ SEARCH_PATIENCE = 3
 
 def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[ComputeNode],
                    evaluation: Evaluation, budget: Budget, say: Callable[[str], None],
-                   warnings_: list[str] | None = None) -> tuple[Candidate, list[dict[str, Any]]]:
+                   warnings_: list[str] | None = None, tick: Callable[..., None] | None = None
+                   ) -> tuple[Candidate, list[dict[str, Any]]]:
     """Revert the most sensitive Linear nodes to float, one at a time, until the budget holds.
 
     Sensitivity is the error to FP32 with the node alone in float: KL of the class distributions,
@@ -316,6 +317,8 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
                    f"on the {len(subset)} ranking samples, so no further revert is expected to help")
             break
         reverted_names.append(row["node"])
+        if tick is not None:  # a progress bar per step (the steps themselves are said at the end)
+            tick(len(reverted_names) - 1, len(ranking), "sensitivity search: layers back to float")
         model = revert_to_float(start.model, float_model, set(reverted_names))
         outcome = judge_or_miss(_reverted_label(start, reverted_names), model, evaluation, nodes,
                                reverted_names, budget, order)
