@@ -44,7 +44,7 @@ def render(entries: list[tuple[str, object]]) -> str:
     import typer.main
 
     from vitedge.cli.app import app
-    from vitedge.cli.shared import PREPROCESSING_PANEL, SOURCE_PANEL
+    from vitedge.cli.shared import help_rows
 
     root = typer.main.get_command(app)
     parent = root.make_context("vitedge", [entries[0][0].split()[0]], resilient_parsing=True)  # -h, as run
@@ -52,26 +52,13 @@ def render(entries: list[tuple[str, object]]) -> str:
     lines = [BEGIN, ""]
     for path, command in entries:
         ctx = command.make_context(path.split()[-1], [], parent=parent, resilient_parsing=True)
-        params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
-        arguments = [p for p in params if p.param_type_name == "argument"]
-        usage = " ".join(["[OPTIONS]"] + [a.metavar if a.required else f"[{a.metavar}]" for a in arguments])
+        usage, panels = help_rows(command, ctx)
         if len(entries) > 1:
             lines += [f"#### `vitedge {path}`", ""]
-        lines += [f"`vitedge {path} {usage}`" if params else f"`vitedge {path}`", ""]
-        panels: dict[str, list[str]] = {}
-        for param in params:
-            if param.param_type_name == "argument":
-                name, text = param.metavar, (param.help or "") + ("" if param.required else " (optional)")
-            else:
-                record = param.get_help_record(ctx)
-                if record is None:
-                    continue
-                name, text = record
-            panel = param.rich_help_panel or ("Arguments" if param.param_type_name == "argument" else "Options")
-            panels.setdefault(panel, []).append(f"| `{_cell(name)}` | {_cell(text)} |")
-        order = ["Arguments", "Options", SOURCE_PANEL, PREPROCESSING_PANEL]
-        for panel in sorted(panels, key=lambda p: order.index(p) if p in order else len(order)):
-            lines += [f"**{panel}**", "", "| | |", "|---|---|", *panels[panel], ""]
+        lines += [f"`vitedge {path} {usage}`" if panels else f"`vitedge {path}`", ""]
+        for panel, rows in panels.items():
+            lines += [f"**{panel}**", "", "| | |", "|---|---|",
+                      *(f"| `{_cell(name)}` | {_cell(text)} |" for name, text in rows), ""]
     lines.append(END)
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HELDOUT, assert_user_error, make_digits_video
+from conftest import HELDOUT, assert_user_error, chromium, make_digits_video
 from streams import MjpegServer, video_frames
 from typer.testing import CliRunner
 
@@ -222,11 +222,7 @@ def test_library_run_has_the_commands_defaults(bundle, video, tmp_path):
     assert not (tmp_path / "run2" / "report.html").exists() and not (tmp_path / "bad").exists()
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
 def test_live_page_in_headless_chromium(bundle, video, tmp_path):
     from vitedge.live.serve import free_port
 
@@ -245,7 +241,7 @@ def test_live_page_in_headless_chromium(bundle, video, tmp_path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:
         head = stream.read(4096)
     assert b"Content-Type: image/jpeg" in head and b"\xff\xd8" in head  # a JPEG frame arrived
-    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                           "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, timeout=90).stdout
     stop.set()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HELDOUT, TRAIN, assert_user_error, native_cpu_target, tree
+from conftest import HELDOUT, TRAIN, assert_user_error, chromium, native_cpu_target, tree
 from typer.testing import CliRunner
 
 from vitedge.cli.app import app
@@ -455,18 +455,14 @@ def test_reports_escape_every_user_string(made, tmp_path):
         assert "&lt;img src=x" in text and "&lt;script&gt;" in text
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def _dom(url: str) -> str:
-    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                            "--disable-background-networking", "--no-first-run",
                            "--virtual-time-budget=4000", "--dump-dom", url],
                           capture_output=True, text=True, timeout=90).stdout
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
 def test_injected_script_does_not_run_in_a_browser(made, tmp_path):
     import threading
 

@@ -84,6 +84,28 @@ def apply_conventions(group: Any, path: str = "") -> None:
 _NAME_COLUMN = 30  # longer flags get a line of their own, their help the next
 
 
+def help_rows(command: Any, ctx: Any) -> tuple[str, dict[str, list[tuple[str, str]]]]:
+    """A command's usage after its name (`[OPTIONS] BUNDLE`) and its parameters as (flags with
+    their placeholder, help) rows by help panel: arguments, its own options, then the shared ones.
+    What `--help` prints and what the docs' option tables show (scripts/cli_reference.py)."""
+    params = command.get_params(ctx)
+    arguments = [p for p in params if p.param_type_name == "argument"]
+    usage = " ".join(["[OPTIONS]"] + [(a.metavar or a.name.upper()) if a.required
+                                      else f"[{a.metavar or a.name.upper()}]" for a in arguments])
+    panels: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+    for param in params:
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        name, text = record
+        if param.param_type_name == "argument":
+            name = param.metavar or param.name.upper()
+            text = (param.help or "") + ("" if param.required else " [optional]")
+        panel = param.rich_help_panel or ("Arguments" if param.param_type_name == "argument" else "Options")
+        panels.setdefault(panel, []).append((name, text))
+    return usage, {title: rows for title, rows in panels.items() if rows}
+
+
 class Command(TyperCommand):
     """A command whose --help reads at 80 columns: two columns (flags with what their value is,
     then the help), one panel per `rich_help_panel`. Typer's own layout spends six columns on
@@ -96,27 +118,12 @@ class Command(TyperCommand):
         from rich.panel import Panel
 
         out = Console(highlight=False, markup=False, width=min(Console().width, 120))
-        arguments = [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
-        usage = " ".join(["[OPTIONS]"] + [(a.metavar or a.name.upper()) if a.required
-                                          else f"[{a.metavar or a.name.upper()}]" for a in arguments])
+        usage, panels = help_rows(self, ctx)
         out.print(Text.assemble(("Usage: ", "bold"), f"{ctx.command_path} {usage}"))
         for paragraph in inspect.cleandoc(self.help or "").split("\n\n"):
             if paragraph.strip():
                 out.print(Padding(Text(" ".join(paragraph.split())), (1, 0, 0, 1)))
-        panels: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None:
-                continue
-            name, text = record
-            if param.param_type_name == "argument":
-                name = param.metavar or param.name.upper()
-                text = (param.help or "") + ("" if param.required else " [optional]")
-            panel = param.rich_help_panel or ("Arguments" if param.param_type_name == "argument" else "Options")
-            panels.setdefault(panel, []).append((name, text))
         for title, rows in panels.items():
-            if not rows:
-                continue
             parts: list[Any] = []
             table: Table | None = None
             for name, text in rows:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,7 @@ def md_escape(text: object) -> str:
     return re.sub(r"([\\`*_\[\]|#])", r"\\\1", value)
 
 
+T = TypeVar("T")
 MATRIX_CLASSES = 20  # more classes than this: the flips as a ranked table instead of a matrix
 SHOWN_ROWS = 15  # per-class tables: the worst rows, the rest folded into one
 
@@ -82,10 +83,8 @@ def flips(plt: Any, pairs: list[tuple[str, str]], names: tuple[str, str], captio
         if first != second:
             counted[first, second] = counted.get((first, second), 0) + 1
     ranked = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
-    rows = [[a, b, str(n)] for (a, b), n in ranked[:SHOWN_ROWS * 2]]
-    if len(ranked) > len(rows):
-        rest = ranked[len(rows):]
-        rows.append([f"… {len(rest)} more kinds of flip", "", str(sum(n for _, n in rest))])
+    rows = folded(ranked, 2 * SHOWN_ROWS, lambda kv: [*kv[0], str(kv[1])],
+                  lambda rest: [f"… {len(rest)} more kinds of flip", "", str(sum(n for _, n in rest))])
     tables = [(f"{caption}, most frequent first", [*names, "count"], rows or [["(none)", "", "0"]])]
     classes = {c for pair in pairs for c in pair}
     plots = [(caption, flip_matrix(plt, pairs, " → ".join(names)))] if pairs and len(classes) <= MATRIX_CLASSES \
@@ -93,12 +92,13 @@ def flips(plt: Any, pairs: list[tuple[str, str]], names: tuple[str, str], captio
     return tables, plots
 
 
-def folded(rows: list[list[str]], what: str, summary: Callable[[list[list[str]]], list[str]]) -> list[list[str]]:
-    """The first SHOWN_ROWS rows (already sorted worst first) and one row for the rest."""
-    if len(rows) <= SHOWN_ROWS + 1:
-        return rows
-    rest = rows[SHOWN_ROWS:]
-    return rows[:SHOWN_ROWS] + [[f"… {len(rest)} more {what}", *summary(rest)]]
+def folded(items: list[T], limit: int, row: Callable[[T], list[str]],
+           rest: Callable[[list[T]], list[str]]) -> list[list[str]]:
+    """Table rows for `items` (already sorted, the ones to see first first): the first `limit`,
+    then one row summing up the rest (all of them when that would fold a single one)."""
+    if len(items) <= limit + 1:
+        return [row(item) for item in items]
+    return [row(item) for item in items[:limit]] + [rest(items[limit:])]
 
 
 def flip_matrix(plt: Any, pairs: list[tuple[str, str]], title: str) -> str | None:

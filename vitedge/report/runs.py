@@ -108,9 +108,9 @@ def run_sections(directory: Path) -> Sections:
         per_class.setdefault(f["shadow"]["reference_top1"], []).append(f["shadow"]["agree"])
     by_class = sorted(per_class.items(), key=lambda kv: (np.mean(kv[1]), -len(kv[1])))
     tables.append(("Agreement by reference class, worst first", ["class", "shadowed frames", "agreement"],
-                   folded([[c, str(len(v)), percent(float(np.mean(v)))] for c, v in by_class], "classes",
-                          lambda rest: [str(sum(int(r[1]) for r in rest)), percent(float(np.mean(
-                              [a for c, v in by_class[SHOWN_ROWS:] for a in v])))])))
+                   folded(by_class, SHOWN_ROWS, lambda kv: [kv[0], str(len(kv[1])), percent(float(np.mean(kv[1])))],
+                          lambda rest: [f"… {len(rest)} more classes", str(sum(len(v) for _, v in rest)),
+                                        percent(float(np.mean([a for _, v in rest for a in v])))])))
     flip_tables, flip_plots = flips(plt, flips_seen, ("reference", "deployed"), "Class flips (shadowed frames)")
     tables += flip_tables
     plots: list[tuple[str, str | None]] = []
