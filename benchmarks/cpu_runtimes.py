@@ -41,8 +41,8 @@ from vitedge.drift import topk_accuracy  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.runtime.base import Session, interleaved_latency  # noqa: E402
-from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
-from vitedge.runtime.openvino import OpenVinoSession, cpu_capabilities, openvino_version  # noqa: E402
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession  # noqa: E402
+from vitedge.runtime.openvino.runner import OpenVinoSession, cpu_capabilities, openvino_version  # noqa: E402
 from vitedge.sessions import load as load_session  # noqa: E402
 from vitedge.versions import cpu_features, cpu_name, package_version  # noqa: E402
 

@@ -35,7 +35,7 @@ from vitedge.models.load import load  # noqa: E402
 def peers(out: Path, work: Path) -> None:
     """The pick against OpenVINO running the FP32 ONNX (as is, and forced FP32), same rounds."""
     from vitedge.runtime.base import interleaved_latency
-    from vitedge.runtime.openvino import OpenVinoSession
+    from vitedge.runtime.openvino.runner import OpenVinoSession
     from vitedge.sessions import load as load_session
 
     graph = out / "candidates" / "r0-onnx" / "model.onnx"

@@ -39,7 +39,7 @@ from vitedge.prune.pipeline import PrunePlan, prune  # noqa: E402
 from vitedge.prune.plan import PruneRatios  # noqa: E402
 from vitedge.quantize.ptq import quantize  # noqa: E402
 from vitedge.runtime.base import interleaved_latency  # noqa: E402
-from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession  # noqa: E402
 
 
 def evaluate(onnx_dir: Path, data) -> np.ndarray:

@@ -100,7 +100,7 @@ def peer_methods(float_path: Path, tmp: Path):
     def nncf_openvino(calib):
         import openvino as ov
 
-        from vitedge.runtime.openvino import OpenVinoSession
+        from vitedge.runtime.openvino.runner import OpenVinoSession
 
         ov_model = ov.Core().read_model(str(float_path))
         dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])

@@ -31,7 +31,7 @@ from vitedge.models.load import load  # noqa: E402
 from vitedge.models.structure import count_macs  # noqa: E402
 from vitedge.prune.tome import apply_tome  # noqa: E402
 from vitedge.runtime.base import interleaved_latency  # noqa: E402
-from vitedge.runtime.onnxrt import OnnxRuntimeSession  # noqa: E402
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession  # noqa: E402
 
 
 def sweep(title: str, make, data, labels, configs: list[tuple[int, int | None]], runs: int, batch: int,

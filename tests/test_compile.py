@@ -285,7 +285,7 @@ def test_tensorrt11_profile_gets_a_strongly_typed_fp16_onnx(digits_onnx, tmp_pat
 
 
 def test_build_settings_round_trip_and_layer_info():
-    from vitedge.runtime.tensorrt import BuildSettings, parse_layer_info
+    from vitedge.runtime.tensorrt.loader import BuildSettings, parse_layer_info
 
     settings = BuildSettings("model.onnx", "input", (3, 224, 224), (1, 8, 16), "fp16", 2048,
                              False, ("ln",), None, "10.3")
@@ -454,7 +454,7 @@ def test_int8_graph_compiles_though_float_paths_round_differently(tmp_path):
 
 def test_a_float_graph_is_still_held_to_1e3(digits_onnx, tmp_path, monkeypatch):
     """A float graph whose saved optimization changes its outputs is still refused."""
-    import vitedge.runtime.onnxrt as onnxrt
+    import vitedge.runtime.onnxrt.loader as onnxrt
 
     real = onnxrt.optimize_offline
 

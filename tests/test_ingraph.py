@@ -22,7 +22,7 @@ from vitedge.live.camera import FrameSource
 from vitedge.live.loop import run_loop
 from vitedge.live.options import RunOptions
 from vitedge.preprocess import Layout, PixelInput, PixelType, load_frame, preprocess
-from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 from vitedge.sessions import load as load_session
 
 runner = CliRunner()

@@ -1,7 +1,9 @@
 """The package's shape: no import circles, and stages import only the stages below them.
 
 Imports are read with `ast` (no module is executed): module-level and function-level imports
-both count (a deferred import is still a dependency), `if TYPE_CHECKING:` blocks do not.
+both count (a deferred import is still a dependency). `if TYPE_CHECKING:` imports count for
+circles (a type that needs the module that uses it is a circle a reader must untangle) but not
+for layers.
 Importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py` first, so every import also
 depends on the parents' *module-level* imports; a parent's function-level imports run only
 when called (e.g. `vitedge.live.run`, resolved lazily), so they are not part of that edge.
@@ -53,8 +55,9 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(name: str) -> tuple[set[str], set[str]]:
-    """(every vitedge module `name` imports, the ones imported at module level)."""
+def _imports(name: str, types: bool = False) -> tuple[set[str], set[str]]:
+    """(every vitedge module `name` imports, the ones imported at module level); `types`: with
+    the ones imported for type checking only."""
     path = MODULES[name]
     is_package = path.name == "__init__.py"
     every: set[str] = set()
@@ -71,7 +74,7 @@ def _imports(name: str) -> tuple[set[str], set[str]]:
         return [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
 
     def visit(node: ast.AST, depth: int) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not types:
             for child in node.orelse:
                 visit(child, depth)
             return
@@ -92,6 +95,7 @@ def _imports(name: str) -> tuple[set[str], set[str]]:
 
 
 IMPORTS = {name: _imports(name) for name in MODULES}
+TYPED_IMPORTS = {name: _imports(name, types=True) for name in MODULES}
 
 
 def _parents(name: str) -> list[str]:
@@ -99,7 +103,7 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(imports: dict[str, tuple[set[str], set[str]]] = IMPORTS) -> dict[str, set[str]]:
     """Nodes: every module, plus "P@init" for each package P (what importing a child of P runs)."""
     graph: dict[str, set[str]] = {}
     packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
@@ -107,7 +111,7 @@ def _graph() -> dict[str, set[str]]:
     def with_parents(targets: set[str]) -> set[str]:
         return targets | {f"{p}@init" for t in targets for p in _parents(t)}
 
-    for name, (every, top) in IMPORTS.items():
+    for name, (every, top) in imports.items():
         graph[name] = with_parents(every) | {f"{p}@init" for p in _parents(name)}
         if name in packages:
             graph[f"{name}@init"] = with_parents(top) | {f"{p}@init" for p in _parents(name)}
@@ -172,6 +176,8 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_circles():
     assert _cycles(_graph()) == []
+    typed = _graph({name: (every, set()) for name, (every, _top) in TYPED_IMPORTS.items()})
+    assert _cycles(typed) == [], "a circle through imports for type checking"
 
 
 def test_every_module_has_a_layer():
@@ -191,3 +197,45 @@ def test_package_inits_import_nothing_at_load_time():
     heavy = {name: sorted(IMPORTS[name][1]) for name, path in MODULES.items()
              if path.name == "__init__.py" and IMPORTS[name][1]}
     assert heavy == {}
+
+
+# Each runtime's library is imported in its backend package only (loader.py beside runner.py);
+# `vitedge doctor` asks ONNX Runtime for its providers, and TensorRT 11's FP16 graph is written
+# by ONNX Runtime's float16 converter (a graph tool shipped in the onnxruntime wheel).
+BACKEND_LIBRARIES = {"onnxruntime": "vitedge.runtime.onnxrt", "openvino": "vitedge.runtime.openvino",
+                     "tensorrt": "vitedge.runtime.tensorrt"}
+LIBRARY_ELSEWHERE = {("vitedge.versions", "onnxruntime"), ("vitedge.runtime.tensorrt.loader", "onnxruntime")}
+
+
+def test_each_backend_keeps_its_loader_beside_its_runner():
+    for package in BACKEND_LIBRARIES.values():
+        assert {f"{package}.loader", f"{package}.runner"} <= set(MODULES), package
+
+
+def test_runtime_libraries_are_imported_by_their_backend_only():
+    outside = set()
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            roots = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for root in (r.split(".")[0] for r in roots):
+                home = BACKEND_LIBRARIES.get(root)
+                if home and not (name == home or name.startswith(home + ".")):
+                    outside.add((name, root))
+    assert outside <= LIBRARY_ELSEWHERE, sorted(outside - LIBRARY_ELSEWHERE)
+
+
+def test_the_card_is_defined_once():
+    """card.json's schema reads the card's own Preprocessing and VitStructure (with their
+    constraints), and the working ModelCard has exactly the schema's fields."""
+    import dataclasses
+
+    from vitedge.card import ModelCard, Preprocessing, VitStructure
+    from vitedge.schemas.card import CardDoc
+
+    fields = CardDoc.model_fields
+    assert fields["preprocessing"].annotation is Preprocessing and fields["structure"].annotation is VitStructure
+    working = {f.name for f in dataclasses.fields(ModelCard) if f.compare}
+    assert working == set(fields) - {"card_version"}
+    schemas = (PACKAGE / "schemas").glob("*.py")
+    assert not [p.name for p in schemas if "class PreprocessingDoc" in p.read_text() or "class StructureDoc" in p.read_text()]

@@ -425,7 +425,7 @@ def _perturbed(artifact: Path, out: Path, shift: float) -> Session:
     import onnx
     from onnx import numpy_helper
 
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
     model = onnx.load(artifact / "model.onnx")
     bias = next(i for i in model.graph.initializer if i.name == "head.bias")

@@ -26,7 +26,7 @@ from vitedge.models.load import load
 from vitedge.quantize.ptq import quantize
 from vitedge.quantize.recipes import Recipe
 from vitedge.quantize.search import run_onnx
-from vitedge.runtime.openvino import OpenVinoSession, cpu_capabilities
+from vitedge.runtime.openvino.runner import OpenVinoSession, cpu_capabilities
 from vitedge.sessions import load as load_session
 from vitedge.targets import load_target
 
@@ -118,7 +118,7 @@ def ov_bundle(digits_onnx, tmp_path_factory) -> Path:
 
 def test_openvino_bundle_files_passport_and_numbers(ov_bundle, digits_onnx, images):
     from vitedge.compile.bundle import read_bundle
-    from vitedge.runtime.openvino import openvino_version
+    from vitedge.runtime.openvino.runner import openvino_version
 
     assert {p.name for p in ov_bundle.iterdir()} == {
         "model.xml", "model.bin", "source.onnx", "bundle.json", "passport.json", "card.json"}
@@ -181,7 +181,7 @@ def test_openvino_bundle_is_refused_when_changed_or_for_another_openvino(ov_bund
 def test_rebuild_converts_the_source_again(digits_onnx, tmp_path, monkeypatch):
     import vitedge.compile.passport as passport_module
     from vitedge.compile.bundle import read_bundle
-    from vitedge.runtime.openvino import openvino_version
+    from vitedge.runtime.openvino.runner import openvino_version
 
     out = tmp_path / "b"
     compile_bundle(load(digits_onnx), load_target(native_cpu_target()), out, runtime="openvino")

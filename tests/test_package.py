@@ -16,7 +16,7 @@ from vitedge.compile.prepare import compile_bundle
 from vitedge.models.load import load
 from vitedge.package.triton import parse_config
 from vitedge.preprocess import preprocess
-from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 from vitedge.sessions import load as load_session
 from vitedge.targets import load_target
 

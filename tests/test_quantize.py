@@ -269,7 +269,7 @@ def test_sensitivity_runs_each_reverted_graph_from_its_last_cut(corrupted):
 
 
 def _run_piece(model, value):
-    from vitedge.runtime.onnxrt import create_session
+    from vitedge.runtime.onnxrt.runner import create_session
 
     session = create_session(model, ["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: value})[0]

@@ -27,7 +27,7 @@ def wide_run(tmp_path_factory) -> Path:
     from vitedge.live.camera import FrameSource
     from vitedge.live.loop import run_loop
     from vitedge.live.options import RunOptions
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
     from vitedge.sessions import load
 
     work = tmp_path_factory.mktemp("k1000")

@@ -716,11 +716,11 @@ def test_nothing_phones_home(digits_onnx, tmp_path):
         "import sys\n"
         "from vitedge.models.load import load\n"
         "from vitedge.quantize.ptq import quantize\n"
-        "from vitedge.runtime.openvino import convert_to_ir\n"
+        "from vitedge.runtime.openvino.loader import convert_to_ir\n"
         "src, calib, out = sys.argv[1:4]\n"
         "quantize(load(src), calib, out + '/int8', samples=16, eval_data=None)\n"  # NNCF imports OpenVINO first
         "convert_to_ir(src + '/model.onnx', out + '/ir/model.xml')\n"
-        "from vitedge.runtime.openvino import OpenVinoSession\n"
+        "from vitedge.runtime.openvino.runner import OpenVinoSession\n"
         "OpenVinoSession(out + '/ir/model.xml').close()\n")
     env = {**os.environ, "HOME": str(home)}
     for switch in ("NNCF_CI", "ORT_DISABLE_TELEMETRY", "JENKINS_URL", "CI"):

@@ -5,7 +5,7 @@ from pathlib import Path
 # its own switch, read when it is first used (a user's own setting is kept):
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # ONNX Runtime: 1DS events, ~/.cache/Microsoft device id
 os.environ.setdefault("NNCF_CI", "1")  # NNCF: its only switch, read by nncf.telemetry.wrapper alone
-# OpenVINO's import: see vitedge.runtime.openvino.import_openvino
+# OpenVINO's import: see vitedge.runtime.openvino.runner.import_openvino
 # FFmpeg's decoder complaints (OpenCV's video reading) would print under --quiet; vitedge counts
 # the frames it cannot decode itself (corrupt, in every summary).
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

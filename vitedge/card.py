@@ -12,9 +12,16 @@ import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from vitedge.errors import InputError
+from vitedge.schemas.base import Count, Positive
+
+# The constraints card.json is validated against (vitedge/schemas/card.py reads these classes
+# themselves); __post_init__ says the same in users' words when code or options build one.
+StdDev = Annotated[float, Field(gt=0)]
 
 CARD_VERSION = 2  # 2: sealed (see vitedge.documents)
 
@@ -62,15 +69,15 @@ class PixelType(StrEnum):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    input_size: tuple[int, int]  # (height, width) the model takes
+    input_size: tuple[Positive, Positive]  # (height, width) the model takes
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: tuple[StdDev, StdDev, StdDev] = (0.229, 0.224, 0.225)
     interpolation: Interpolation = Interpolation.BICUBIC
-    crop_pct: float = 0.875
+    crop_pct: Annotated[float, Field(gt=0.0, le=1.0)] = 0.875
     resize_mode: ResizeMode = ResizeMode.SHORTER_CROP
-    channel_order: str = "RGB"  # order of the model's input channels
-    scale: float = 1.0 / 255.0  # pixel value -> [0, 1] before mean/std
-    resize_size: tuple[int, int] | None = None  # before the crop: (shorter side, same) or (h, w)
+    channel_order: Literal["RGB", "BGR"] = "RGB"  # order of the model's input channels
+    scale: Annotated[float, Field(gt=0.0)] = 1.0 / 255.0  # pixel value -> [0, 1] before mean/std
+    resize_size: tuple[Positive, Positive] | None = None  # before the crop: (shorter side, same) or (h, w)
     crop_rounding: CropRounding = CropRounding.ROUND
 
     def __post_init__(self) -> None:
@@ -87,6 +94,8 @@ class Preprocessing:
             raise InputError(f"channel order {self.channel_order!r} is not RGB or BGR")
         if self.resize_size is not None and (len(self.resize_size) != 2 or min(self.resize_size) <= 0):
             raise InputError(f"resize size {self.resize_size} is not two sizes > 0")
+        if not self.scale > 0:
+            raise InputError(f"pixel scale {self.scale} is not > 0", "e.g. 1/255 for 0..255 pixels")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -123,17 +132,17 @@ class VitStructure:
     """
 
     is_vit: bool
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_hidden: int | None = None
-    num_prefix_tokens: int | None = None  # class + distillation + register tokens
+    patch_size: Positive | None = None
+    embed_dim: Positive | None = None
+    depth: Positive | None = None
+    num_heads: Positive | None = None
+    mlp_hidden: Positive | None = None
+    num_prefix_tokens: Count | None = None  # class + distillation + register tokens
     class_token: bool | None = None
     distillation_token: bool = False
     global_pool: str | None = None  # "token", "avg", "map" (attention pool), ...
     hybrid_stem: bool = False  # CNN backbone before the transformer (e.g. vit_*_r50_*)
-    register_tokens: int = 0  # extra learned tokens (DINOv2 with registers), part of the prefix
+    register_tokens: Count = 0  # extra learned tokens (DINOv2 with registers), part of the prefix
     family: str | None = None  # "vit", "eva", "beit", "swin" (hierarchical), ...
     hierarchical: bool = False  # stages of shrinking resolution (Swin): widths are the first stage's
 

@@ -214,7 +214,7 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, car
     """Run the same preprocessed images through PyTorch and ONNX Runtime (CPU) and compare."""
     import torch
 
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
     session = OnnxRuntimeSession(onnx_path)
     reference, candidate = [], []

@@ -53,10 +53,10 @@ def load(source: str | Path, options: SourceOptions | None = None, *, rebuild: b
     if loaded.onnx_path is not None and backend is not Backend.TORCH:
         int8 = _has_qdq(loaded.onnx_path)
         if backend is Backend.OPENVINO:
-            from vitedge.runtime.openvino import OpenVinoSession
+            from vitedge.runtime.openvino.runner import OpenVinoSession
 
             return OpenVinoSession(loaded.onnx_path, int8=int8, card=loaded.card, origin=loaded.origin)
-        from vitedge.runtime.onnxrt import OnnxRuntimeSession
+        from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
         return OnnxRuntimeSession(loaded.onnx_path, precision="int8" if int8 else "fp32",
                                   card=loaded.card, origin=loaded.origin)
@@ -96,7 +96,7 @@ def _bundle_session(bundle: Bundle, *, rebuild: bool, backend: Backend | None) -
     from vitedge.compile.bundle import MODEL, SOURCE
     from vitedge.compile.passport import machine_facts, mismatches
     from vitedge.compile.rebuild import build_bundle
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession, available_providers
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession, available_providers
 
     path, settings = bundle.path, bundle.settings
     low, _opt, high = settings.batch
@@ -107,7 +107,7 @@ def _bundle_session(bundle: Bundle, *, rebuild: bool, backend: Backend | None) -
     if bundle.runtime == "openvino" and backend in (None, Backend.OPENVINO):
         return _openvino_bundle(bundle, rebuild=rebuild, origin=origin)
     if backend is Backend.OPENVINO:
-        from vitedge.runtime.openvino import OpenVinoSession
+        from vitedge.runtime.openvino.runner import OpenVinoSession
 
         if bundle.pixels is not None and bundle.pixels.resize:  # OpenVINO would not resize as compiled
             from vitedge.compile.ingraph import resize_problem
@@ -145,7 +145,7 @@ def _bundle_session(bundle: Bundle, *, rebuild: bool, backend: Backend | None) -
     if bundle.runtime == "openvino":
         raise InputError(f"backend {backend} cannot run the OpenVINO bundle {path}",
                          "drop --backend, or use onnxruntime to check its source.onnx")
-    from vitedge.runtime.tensorrt import TensorRTSession
+    from vitedge.runtime.tensorrt.runner import TensorRTSession
 
     if not settings.engine:
         if not rebuild:
@@ -180,7 +180,7 @@ def _matching_cpu_bundle(bundle: Bundle, rebuild: bool, fix: str) -> Bundle:
 
 def _openvino_bundle(bundle: Bundle, *, rebuild: bool, origin: tuple[Path, ...]) -> Session:
     """An OpenVINO bundle's IR compiled here as its passport says, or refused (or rebuilt)."""
-    from vitedge.runtime.openvino import OpenVinoSession
+    from vitedge.runtime.openvino.runner import OpenVinoSession
 
     path = bundle.path
     bundle = _matching_cpu_bundle(bundle, rebuild, "convert its source.onnx again with this OpenVINO")

@@ -61,8 +61,8 @@ def optimize(
     With pruning: vitedge optimize builtin:digits-vit --target x86-cpu --data calibration/digits/heldout
     --calib calibration/digits/train --prune 0,0.3,auto --tome 0 -o demo-out/digits-pruned-opt
     """
-    from vitedge.optimize import optimize as run_optimize
-    from vitedge.optimize import parse_duration
+    from vitedge.optimize.search import optimize as run_optimize
+    from vitedge.optimize.search import parse_duration
 
     with user_errors(verbose):
         try:

@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge.compile.bundle import MODEL, SOURCE
 from vitedge.errors import ExportError, InputError, VitedgeError
+from vitedge.runtime.onnxrt.loader import OFFLINE_LEVEL, onnxruntime_built, optimize_here
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
+from vitedge.runtime.openvino.loader import IR_MODEL, IR_WEIGHTS, openvino_here, openvino_importable
 from vitedge.targets import CompilePrecision, CompileRuntime, Runtime, Target
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from vitedge.runtime.base import Session
 
-OV_MODEL = "model.xml"
-OV_WEIGHTS = "model.bin"
 # What an OpenVINO bundle asks for its float layers, by the bundle's precision.
 OV_HINTS = {CompilePrecision.FP32: "fp32", CompilePrecision.INT8: "fp32",
             CompilePrecision.BF16: "bf16", CompilePrecision.BEST: "bf16"}
@@ -47,27 +46,6 @@ class Candidate:
     built: dict[str, Any] = field(default_factory=dict)
     p50_ms: float | None = None
     error: str | None = None
-
-
-def bf16_here() -> bool:
-    """Whether OpenVINO's CPU plugin says this CPU runs BF16 natively (False without OpenVINO)."""
-    try:
-        from vitedge.runtime.openvino import cpu_capabilities
-
-        return "BF16" in cpu_capabilities()
-    except ImportError:
-        return False
-
-
-def openvino_importable() -> str | None:
-    """None when OpenVINO imports, else why not."""
-    from vitedge.runtime.openvino import import_openvino
-
-    try:
-        import_openvino()
-    except ImportError as exc:
-        return f"OpenVINO is not importable ({exc})"
-    return None
 
 
 def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePrecision,
@@ -185,26 +163,22 @@ def _prepare(candidate: Candidate, staging: Path, target: Target, facts: dict[st
     try:
         if candidate.runtime is Runtime.OPENVINO:
             candidate.built, candidate.session = openvino_here(
-                staging, facts, OV_HINTS[candidate.precision], target.cpu_threads,
+                staging / SOURCE, staging / IR_MODEL, facts, OV_HINTS[candidate.precision], target.cpu_threads,
                 compile_here=same_isa, int8=int8_graph, say=say,
-                convert=not (staging / OV_MODEL).is_file())  # another hint: the same IR
+                convert=not (staging / IR_MODEL).is_file())  # another hint: the same IR
         elif candidate.variant == "session-optimized graph":
-            from vitedge.runtime.onnxrt import OnnxRuntimeSession
-
             candidate.session = OnnxRuntimeSession(staging / SOURCE, optimization="all",
                                                    threads=target.cpu_threads)
-            candidate.built = _onnxruntime_built(
+            candidate.built = onnxruntime_built(
                 facts, note="the plain graph, optimized by ONNX Runtime when the session starts "
                             "(level all): faster here than the saved optimization")
         elif same_isa:
-            from vitedge.runtime.onnxrt import OFFLINE_LEVEL
-
             say(f"optimizing the graph offline for ONNX Runtime {facts['onnxruntime']} ({OFFLINE_LEVEL})")
-            candidate.built, candidate.session = optimize_here(staging, facts, int8=int8_graph,
+            candidate.built, candidate.session = optimize_here(staging / SOURCE, staging / MODEL, facts, int8=int8_graph,
                                                                threads=target.cpu_threads)
         else:
             shutil.copyfile(staging / SOURCE, staging / MODEL)
-            candidate.built = _onnxruntime_built(
+            candidate.built = onnxruntime_built(
                 facts, note=f"not optimized offline: the target is {target.isa}, this machine is "
                             f"{facts['arch']}; ONNX Runtime optimizes it when the session starts "
                             "on the device")
@@ -224,7 +198,7 @@ def _keep_only(staging: Path, chosen: Candidate) -> None:
     if chosen.runtime is Runtime.OPENVINO:
         (staging / MODEL).unlink(missing_ok=True)
         return
-    for name in (OV_MODEL, OV_WEIGHTS):
+    for name in (IR_MODEL, IR_WEIGHTS):
         (staging / name).unlink(missing_ok=True)
     if chosen.variant == "session-optimized graph":
         shutil.copyfile(staging / SOURCE, staging / MODEL)
@@ -232,7 +206,7 @@ def _keep_only(staging: Path, chosen: Candidate) -> None:
 
 def _settings(chosen: Candidate, target: Target) -> dict[str, Any]:
     if chosen.runtime is Runtime.OPENVINO:
-        return {"runtime": "openvino", "model": OV_MODEL, "weights": OV_WEIGHTS,
+        return {"runtime": "openvino", "model": IR_MODEL, "weights": IR_WEIGHTS,
                 "source_model": SOURCE,
                 "openvino": {"precision": OV_HINTS[chosen.precision], "performance_hint": "LATENCY",
                              "threads": target.cpu_threads}}
@@ -244,124 +218,3 @@ def _settings(chosen: Candidate, target: Target) -> dict[str, Any]:
                         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
                         "intra_op_threads": target.cpu_threads,
                         "optimization": "disabled" if optimized else "all"}}
-
-
-# ------------------------------------------------------------------------- building blocks
-def _onnxruntime_built(facts: dict[str, Any], *, optimized_offline: bool = False,
-                       parity: dict[str, float | int] | None = None,
-                       note: str | None = None) -> dict[str, Any]:
-    """The passport's `built` of an ONNX Runtime bundle made on this machine."""
-    from vitedge.runtime.onnxrt import OFFLINE_LEVEL
-
-    return {"optimized_offline": optimized_offline,
-            "optimization_level": OFFLINE_LEVEL if optimized_offline else None,
-            "arch": facts["arch"], "cpu_features": facts["cpu_features"],
-            "onnxruntime": facts["onnxruntime"], "parity_vs_source": parity, "note": note}
-
-
-def optimize_here(directory: Path, facts: dict[str, Any], *, int8: bool, threads: int = 0
-                  ) -> tuple[dict[str, Any], Session]:
-    """Optimize directory/source.onnx into model.onnx for this machine and check it; the
-    passport's `built`, and the session of the saved graph (as the bundle will run it)."""
-    from vitedge.runtime.onnxrt import (
-        OFFLINE_LEVEL,
-        OnnxRuntimeSession,
-        optimize_offline,
-    )
-
-    optimize_offline(directory / SOURCE, directory / MODEL)
-    saved = OnnxRuntimeSession(directory / MODEL, optimization="disabled", threads=threads)
-    same_level = OnnxRuntimeSession(directory / SOURCE, optimization=OFFLINE_LEVEL)
-    parity = check_parity(directory / SOURCE, saved, int8=int8, bf16=False,
-                          what="ONNX Runtime's offline optimization", same_level=same_level)
-    return _onnxruntime_built(facts, optimized_offline=True, parity=parity), saved
-
-
-def openvino_here(directory: Path, facts: dict[str, Any], hint: str, threads: int, *,
-                  compile_here: bool, int8: bool, say: Callable[[str], None], convert: bool = True
-                  ) -> tuple[dict[str, Any], Session | None]:
-    """Convert directory/source.onnx to OpenVINO IR (unless `convert` is False: already done); on
-    this ISA also compile it, read back the precision it runs and check it against the source.
-    The passport's `built`, and the session."""
-    from vitedge.runtime.openvino import (
-        OpenVinoSession,
-        convert_to_ir,
-        cpu_capabilities,
-        openvino_version,
-    )
-
-    version = openvino_version()
-    if convert:
-        say(f"converting the graph to OpenVINO {version} IR")
-        convert_to_ir(directory / SOURCE, directory / OV_MODEL)
-    built: dict[str, Any] = {"arch": facts["arch"], "cpu_features": facts["cpu_features"],
-                             "compiled_here": compile_here, "parity_vs_source": None, "note": None,
-                             "openvino": {"version": version, "inference_precision": None,
-                                          "capabilities": []}}
-    if not compile_here:
-        built["note"] = ("OpenVINO IR converted here; OpenVINO compiles it, and picks how its "
-                         f"float layers run within the {hint} hint, on the device")
-        return built, None
-    session = OpenVinoSession(directory / OV_MODEL, weights=directory / OV_WEIGHTS, precision=hint,
-                              threads=threads, int8=int8)
-    built["openvino"].update(inference_precision=session.inference_precision,
-                             capabilities=cpu_capabilities())
-    built["parity_vs_source"] = check_parity(directory / SOURCE, session, int8=int8,
-                                             bf16=session.inference_precision == "bf16",
-                                             what=f"OpenVINO {version}")
-    return built, session
-
-
-def check_parity(source: Path, session: Session, *, int8: bool, bf16: bool, what: str,
-                 same_level: Session | None = None) -> dict[str, float | int]:
-    """Max |difference| of `session` from the unoptimized source graph on seeded inputs.
-
-    A float graph run in FP32 must agree to 1e-3 of its largest logit. BF16 float layers lose
-    precision by design (recorded, not refused). An INT8 graph cannot be held to 1e-3: integer
-    kernels round differently from the Q/DQ reference, and a float difference in the last bit
-    before a QuantizeLinear flips its rounding, which the layers after amplify (on a real
-    DeiT-Tiny a 1e-6 difference from ONNX Runtime's NCHWc convolution moved logits by 0.4 and
-    flipped 2 % of top-1). So an INT8 graph is held to: bit-for-bit agreement with the same
-    optimization run online (`same_level`, which catches what saving lost), and a difference
-    from the reference below half its largest logit (which catches broken kernels, as does the
-    same bound for BF16).
-    """
-    import numpy as np
-
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
-
-    reference = OnnxRuntimeSession(source, optimization="disabled")
-    batch = reference.random_batch(reference.min_batch if reference.max_batch == reference.min_batch else 2)
-    shape = batch.shape
-    expected = reference.infer(batch)
-    reference.close()
-    got = session.infer(batch)
-    result: dict[str, float | int] = {"max_abs_diff": max_abs_diff(got, expected), "samples": shape[0],
-                                      "largest_logit": float(np.abs(expected).max())}
-    scale = float(np.abs(expected).max()) or 1.0
-    if not np.isfinite(got).all():
-        raise ExportError(f"{what} gives non-finite outputs on this graph",
-                          "report this with the model; compile with the other --runtime")
-    if same_level is not None:
-        online = same_level.infer(batch)
-        same_level.close()
-        result["max_abs_diff_same_level"] = max_abs_diff(got, online)
-        if result["max_abs_diff_same_level"] > 1e-5 * scale:
-            raise ExportError(f"{what} changed the outputs when saved (max |diff| "
-                              f"{result['max_abs_diff_same_level']:.3g} from the same optimization "
-                              f"run in a session, largest logit {scale:.3g})",
-                              "report this with the model; compile with the onnxruntime of the device")
-    limit = 0.5 * scale if (int8 or bf16) else 1e-3 * scale + 1e-4
-    if result["max_abs_diff"] > limit:
-        raise ExportError(f"{what} changed the outputs (max |diff| {result['max_abs_diff']:.3g} vs "
-                          f"largest logit {scale:.3g})",
-                          "report this with the model; compile with the other --runtime or the "
-                          "runtime version of the device")
-    return result
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """The largest |a - b| (the figure parity checks record and bound)."""
-    import numpy as np
-
-    return float(np.abs(a - b).max())

@@ -31,7 +31,7 @@ PASSPORT_VERSION = 1
 
 def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
     """This machine, as far as a bundle cares. `gpu=True` also asks torch about CUDA (slow-ish)."""
-    from vitedge.runtime.tensorrt import tensorrt_version
+    from vitedge.runtime.tensorrt.runner import tensorrt_version
 
     facts: dict[str, Any] = {
         "arch": machine_arch(), "cpu_features": sorted(k for k, v in cpu_features().items() if v),
@@ -61,7 +61,7 @@ BF16_FEATURES = {"AVX-512 BF16", "AMX-BF16", "BF16"}
 
 def native_bf16(facts: dict[str, Any]) -> bool:
     """Whether the machine `facts` describe runs BF16 natively, by its CPU flags (what a passport
-    can be checked against; compile asks OpenVINO itself, `vitedge.compile.cpu.bf16_here`)."""
+    can be checked against; compile asks OpenVINO itself, `vitedge.runtime.openvino.loader.bf16_here`)."""
     return bool(BF16_FEATURES & set(facts["cpu_features"]))
 
 

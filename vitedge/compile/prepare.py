@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vitedge.artifact import artifact_hash, atomic_write_text, derive_card, sha256_file
 from vitedge.card import ModelCard, Preprocessing
 from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
-from vitedge.compile.cpu import bf16_here, cpu_bundle
+from vitedge.compile.cpu import cpu_bundle
 from vitedge.compile.passport import machine_facts, make_passport
 from vitedge.documents import write_document
 from vitedge.errors import InputError
@@ -28,7 +28,15 @@ from vitedge.models.options import SourceOptions
 from vitedge.outputs import OutputKind, check_output, writing
 from vitedge.preprocess import Layout, PixelInput, PixelType, parse_size
 from vitedge.quantize.lint import Finding, check_tensorrt_ops, lint_qdq
-from vitedge.runtime.tensorrt import BuildSettings, trtexec_command
+from vitedge.runtime.openvino.loader import bf16_here
+from vitedge.runtime.tensorrt.loader import (
+    FP16_MODEL,
+    BuildSettings,
+    build_settings,
+    fp16_onnx,
+    image_input,
+    trtexec_command,
+)
 from vitedge.targets import (
     CompilePrecision,
     CompileRuntime,
@@ -43,11 +51,7 @@ if TYPE_CHECKING:
     import onnx
 
 
-FP16_MODEL = "model.fp16.onnx"
 TRTEXEC_SCRIPT = "trtexec.sh"
-# Nodes that stay FP32 when a TensorRT engine runs in FP16: FP16 LayerNorm/Softmax/reductions
-# overflow or lose the small differences ViT attention depends on.
-FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp")
 
 
 def parse_batch(text: str | None, target: Target) -> tuple[int, int, int]:
@@ -130,18 +134,6 @@ def resolve_precision(requested: CompilePrecision | None, target: Target, int8_g
     return requested
 
 
-def _input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
-    graph_input = model.graph.input[0]
-    dims = graph_input.type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise InputError(f"the model's input {graph_input.name} has shape {shape}, expected "
-                         "(batch, channels, height, width) with fixed channels and size "
-                         "(or height, width, channels with the preprocessing in the graph)",
-                         "export with vitedge export, which fixes the image size")
-    return graph_input.name, (shape[1], shape[2], shape[3])
-
-
 def _findings(model: onnx.ModelProto, target: Target, int8_graph: bool) -> list[Finding]:
     findings: list[Finding] = []
     if int8_graph:
@@ -166,24 +158,6 @@ def local_tensorrt_match(target: Target) -> str | None:
     if target.l4t and (facts["l4t"] or "").split(".")[0] != target.l4t.split(".")[0]:
         return f"this machine runs L4T {facts['l4t'] or 'none'}, the target needs L4T {target.l4t}"
     return None
-
-
-def build_settings(model: onnx.ModelProto, target: Target, precision: str,
-                   batch: tuple[int, int, int], dla_core: int | None) -> BuildSettings:
-    name, shape = _input(model)
-    strongly_typed = int((target.tensorrt or "10").split(".")[0]) >= 11
-    fp32_layers = tuple(n.name for n in model.graph.node if n.op_type in FP32_OPS)
-    return BuildSettings(onnx=FP16_MODEL if (strongly_typed and precision == "fp16") else MODEL,
-                         input_name=name, input_shape=shape, batch=batch, precision=precision,
-                         workspace_mib=target.workspace_mib or 1024, strongly_typed=strongly_typed,
-                         fp32_layers=fp32_layers, dla_core=dla_core, tensorrt=target.tensorrt)
-
-
-def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and math with FP32 inputs/outputs, keeping FP32_OPS in FP32 (TensorRT 11)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS))
 
 
 @releasing
@@ -265,7 +239,7 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
         if dla_core is not None and resolved == "fp32":
             raise InputError("DLA cores run FP16 or INT8, not fp32",
                              "pass --precision fp16 (or int8 with a quantized model)")
-        input_name, input_shape = _input(model)
+        input_name, input_shape = image_input(model)
         findings = _findings(model, target, int8_graph)
         errors = [f for f in findings if f.severity == "error"]
         if errors:
@@ -329,7 +303,7 @@ def _tensorrt_bundle(staging: Path, model: onnx.ModelProto, source_path: Path, t
     import onnx
 
     shutil.copyfile(source_path, staging / MODEL)
-    settings = build_settings(model, target, precision, batch, dla_core)
+    settings = build_settings(model, target, precision, batch, dla_core, MODEL)
     if settings.onnx == FP16_MODEL:
         say("writing the FP16 ONNX (LayerNorm, Softmax and reductions stay FP32)")
         onnx.save_model(fp16_onnx(model), str(staging / FP16_MODEL))
@@ -351,7 +325,7 @@ def _tensorrt_bundle(staging: Path, model: onnx.ModelProto, source_path: Path, t
 def build_in(directory: Path, settings: BuildSettings, bundle: dict[str, Any],
              dla_core: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the engine into `directory`; return the passport's `built` and the updated bundle."""
-    from vitedge.runtime.tensorrt import ENGINE, build_engine
+    from vitedge.runtime.tensorrt.loader import ENGINE, build_engine
 
     started = time.perf_counter()
     layers = build_engine(directory, settings)

@@ -12,14 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vitedge.compile.bundle import BUNDLE_NAME, MODEL, Bundle, read_bundle, seal
-from vitedge.compile.cpu import OV_MODEL, OV_WEIGHTS, openvino_here, optimize_here
+from vitedge.compile.bundle import BUNDLE_NAME, MODEL, SOURCE, Bundle, read_bundle, seal
 from vitedge.compile.passport import PASSPORT_NAME, machine_facts, native_bf16
 from vitedge.compile.prepare import build_in, local_tensorrt_match
 from vitedge.documents import write_document
 from vitedge.errors import InputError, MissingDependencyError
 from vitedge.outputs import OutputKind, writing
-from vitedge.runtime.tensorrt import BuildSettings
+from vitedge.runtime.onnxrt.loader import optimize_here
+from vitedge.runtime.openvino.loader import IR_MODEL, IR_WEIGHTS, openvino_here
+from vitedge.runtime.tensorrt.loader import BuildSettings
 
 
 def build_bundle(path: str | Path, *, progress: Callable[[str], None] | None = None) -> Bundle:
@@ -68,17 +69,17 @@ def reoptimize_bundle(path: str | Path) -> Bundle:
                          "--rebuild cannot change its precision",
                          "compile its source again here with --precision fp32 (or int8)")
     int8 = current.passport.precision in ("int8", "best")
-    with _rewriting(current, replaced=(OV_MODEL, OV_WEIGHTS) if openvino else (MODEL,)) as staging:
+    with _rewriting(current, replaced=(IR_MODEL, IR_WEIGHTS) if openvino else (MODEL,)) as staging:
         passport = current.passport.to_dict()
         bundle = current.settings.to_dict()
         if openvino:
             assert current.settings.openvino is not None  # an OpenVINO bundle has them (schema)
             settings = current.settings.openvino
-            built, session = openvino_here(staging, facts, settings.precision or "fp32",
+            built, session = openvino_here(staging / SOURCE, staging / IR_MODEL, facts, settings.precision or "fp32",
                                            settings.threads, compile_here=True, int8=int8,
                                            say=lambda _message: None)
         else:
-            built, session = optimize_here(staging, facts, int8=int8)
+            built, session = optimize_here(staging / SOURCE, staging / MODEL, facts, int8=int8)
             bundle["session"] = {**bundle["session"], "optimization": "disabled"}
         if session is not None:
             session.close()

@@ -145,8 +145,8 @@ def same_model(original: Path, packaged: Path, batch: int) -> dict[str, Any]:
     """ONNX Runtime runs the bundle's graph and the packaged one: softmax(logits) == probabilities."""
     import numpy as np
 
-    from vitedge.compile.cpu import max_abs_diff
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
+    from vitedge.runtime.parity import max_abs_diff
 
     bundle_graph, packaged_graph = OnnxRuntimeSession(original), OnnxRuntimeSession(packaged)
     inputs = bundle_graph.random_batch(batch)
@@ -170,7 +170,7 @@ def package_deepstream(bundle_path: str | Path, out: str | Path, *, options: Dee
     from vitedge.locks import atomic_write_text
     from vitedge.outputs import OutputKind, check_output, writing
     from vitedge.package import write_manifest
-    from vitedge.runtime.tensorrt import ENGINE, BuildSettings, trtexec_command
+    from vitedge.runtime.tensorrt.loader import ENGINE, BuildSettings, trtexec_command
 
     say = say or (lambda _message: None)
     options = options or DeepStreamOptions()

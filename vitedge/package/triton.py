@@ -284,7 +284,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
     seeded inputs; refuse the package when they differ (see the module docstring)."""
     import numpy as np
 
-    from vitedge.compile.cpu import max_abs_diff
+    from vitedge.runtime.parity import max_abs_diff
     from vitedge.sessions import load as load_session
 
     if bundle.runtime == "tensorrt":
@@ -300,7 +300,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
     reference.close()
     int8 = bundle.passport.precision in ("int8", "best")
     if bundle.runtime == "openvino":
-        from vitedge.runtime.openvino import OpenVinoSession
+        from vitedge.runtime.openvino.runner import OpenVinoSession
 
         openvino = bundle.settings.openvino
         assert openvino is not None  # an OpenVINO bundle's settings have it (schema)
@@ -310,7 +310,7 @@ def same_model(bundle: Bundle, version_dir: Path) -> dict[str, Any]:
                                    min_batch=low, max_batch=opt)
         how, relative = "OpenVINO ran the packaged IR and the bundle with the same settings", 1e-6
     else:
-        from vitedge.runtime.onnxrt import OnnxRuntimeSession
+        from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
         packaged = OnnxRuntimeSession(version_dir / "model.onnx", optimization="all")
         # Triton optimizes the plain graph itself; an INT8 graph's float kernels may round

@@ -108,7 +108,7 @@ def _channel_ranges(model: onnx.ModelProto, names: list[str], calibration: DataS
     import onnx
     from onnx import TensorProto, helper
 
-    from vitedge.runtime.onnxrt import OnnxRuntimeSession
+    from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -11,7 +11,7 @@ def import_nncf() -> Any:
     sends its calls to Google Analytics and writes a client id into ~/intel unless the user
     opted out. NNCF imports OpenVINO, whose own import-time telemetry is avoided first."""
     try:
-        from vitedge.runtime.openvino import import_openvino
+        from vitedge.runtime.openvino.runner import import_openvino
 
         import_openvino()
     except ImportError:

@@ -94,7 +94,7 @@ def tune_ranges(model: onnx.ModelProto, samples: np.ndarray, reference: np.ndarr
     import onnx
     from onnx import helper, numpy_helper
 
-    from vitedge.runtime.onnxrt import create_session
+    from vitedge.runtime.onnxrt.runner import create_session
 
     scales = activation_scales(model)
     initializers = {t.name: t for t in model.graph.initializer}

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vitedge.errors import InputError
 from vitedge.targets import Scheme, Target
 
 if TYPE_CHECKING:
     from vitedge.quantize.qdq import ComputeNode
-    from vitedge.quantize.search import Candidate
 
 
 class Recipe(StrEnum):
@@ -34,6 +33,14 @@ FLOAT_OP_TYPES = ("Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization", "
                   "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Reshape", "Transpose", "Concat",
                   "Slice", "Gather", "Squeeze", "Unsqueeze", "Expand", "Split", "Flatten",
                   "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Where")
+
+
+class Scored(Protocol):
+    """What a budget judges (a search candidate): figures against FP32 on the evaluation data."""
+
+    drop: float
+    agreement: float
+    cosine: float
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Budget:
         return cls(features, 0.5 if max_drop is None else max_drop, min_agreement,
                    0.99 if min_cosine is None else min_cosine)
 
-    def meets(self, candidate: Candidate) -> bool:
+    def meets(self, candidate: Scored) -> bool:
         if self.features:
             return candidate.cosine >= self.min_cosine
         return candidate.drop <= self.max_drop and (

@@ -12,7 +12,7 @@ from vitedge.drift import DriftThresholds, compare, topk_accuracy
 from vitedge.formatting import number, percent
 from vitedge.machine_load import LoadWatch
 from vitedge.quantize.qdq import dq_consumers, quantized_node_names
-from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 from vitedge.versions import tool_versions
 
 if TYPE_CHECKING:

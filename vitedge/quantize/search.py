@@ -27,7 +27,7 @@ from vitedge.quantize.qdq import (
 )
 from vitedge.quantize.recipes import Budget, QuantSettings, Recipe, ignored_scope
 from vitedge.quantize.sensitivity import revert_errors
-from vitedge.runtime.onnxrt import OnnxRuntimeSession
+from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 from vitedge.targets import Scheme
 
 if TYPE_CHECKING:

@@ -64,7 +64,7 @@ def _last_piece(reverted: onnx.ModelProto, cuts: list[str], name: str) -> tuple[
 
 
 def _run(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
-    from vitedge.runtime.onnxrt import create_session
+    from vitedge.runtime.onnxrt.runner import create_session
 
     session = create_session(model, ["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -1,5 +1,7 @@
-"""Session backends only: base (validation, timing), onnxrt, torch, tensorrt.
+"""Backends: base (validation, timing), parity, torch, and one package per runtime that keeps
+what prepares a graph for it (loader.py) beside what runs it (runner.py), as Polygraphy's
+backends do: onnxrt, openvino, tensorrt.
 
-Package modules are imported directly (vitedge.runtime.<module>): this file imports nothing, so
-importing one stage never drags in the others (tests/test_layers.py keeps it so).
+Package modules are imported directly (vitedge.runtime.<backend>.<module>): the package files
+import nothing, so importing one stage never drags in the others (tests/test_layers.py keeps it so).
 """

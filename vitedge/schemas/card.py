@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vitedge.card import CropRounding, Interpolation, ResizeMode
+from vitedge.card import Preprocessing, VitStructure
 from vitedge.schemas.base import (
     FORBIDDEN_KWARGS,
     Count,
@@ -20,37 +20,6 @@ from vitedge.schemas.base import (
 
 
 # ----------------------------------------------------------------------------- the card
-class PreprocessingDoc(Doc):
-    input_size: tuple[Positive, Positive]
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (
-        0.229, 0.224, 0.225)
-    interpolation: Interpolation = Interpolation.BICUBIC
-    crop_pct: Annotated[float, Field(gt=0.0, le=1.0)] = 0.875
-    resize_mode: ResizeMode = ResizeMode.SHORTER_CROP
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    scale: Annotated[float, Field(gt=0.0)] = 1.0 / 255.0
-    resize_size: tuple[Positive, Positive] | None = None
-    crop_rounding: CropRounding = CropRounding.ROUND
-
-
-class StructureDoc(Doc):
-    is_vit: bool
-    patch_size: Positive | None = None
-    embed_dim: Positive | None = None
-    depth: Positive | None = None
-    num_heads: Positive | None = None
-    mlp_hidden: Positive | None = None
-    num_prefix_tokens: Count | None = None
-    class_token: bool | None = None
-    distillation_token: bool = False
-    global_pool: str | None = None
-    hybrid_stem: bool = False
-    register_tokens: Count = 0
-    family: str | None = None
-    hierarchical: bool = False
-
-
 class PrunedShapes(Doc):
     embed_dim: Positive
     num_heads: list[Positive]
@@ -213,8 +182,8 @@ class CardDoc(Doc):
     num_classes: Positive | None = None
     params: Count | None = None
     macs: Count | None = None
-    preprocessing: PreprocessingDoc
-    structure: StructureDoc
+    preprocessing: Preprocessing  # the card's own classes, validated with their constraints
+    structure: VitStructure
     labels: list[str] | None = None
     class_ids: list[str] | None = None
     files: dict[RelPath, Sha256]

@@ -1,4 +1,7 @@
-"""ONNX Runtime: the one place vitedge creates inference sessions."""
+"""Running ONNX Runtime: the one place vitedge creates inference sessions.
+
+What prepares graphs for it (offline optimization for a CPU bundle) is beside this file (loader.py).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +18,9 @@ if TYPE_CHECKING:
 
 # Preference order for GPU-capable ONNX Runtime builds; CPU is always last and always present.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-# Offline optimization level written into CPU bundles. "extended" fusions (Gelu, LayerNorm,
-# attention, QDQ -> integer kernels) are ONNX Runtime operators, not hardware layouts; "all"
-# adds NCHWc layouts tied to the CPU, which ONNX Runtime's docs say not to save for other machines.
-OFFLINE_LEVEL = "extended"
 
 
-def _level(name: str) -> onnxruntime.GraphOptimizationLevel:
+def optimization_level(name: str) -> onnxruntime.GraphOptimizationLevel:
     import onnxruntime as ort
 
     return {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -37,7 +36,7 @@ def create_session(model: onnx.ModelProto | str | Path, providers: list[str], *,
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    options.graph_optimization_level = _level(optimization)
+    options.graph_optimization_level = optimization_level(optimization)
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
         return ort.InferenceSession(source, options, providers=providers)
@@ -58,17 +57,6 @@ def available_providers(wanted: list[str] | tuple[str, ...] = PREFERRED_PROVIDER
 
     have = set(ort.get_available_providers())
     return [p for p in wanted if p in have] or ["CPUExecutionProvider"]
-
-
-def optimize_offline(source: Path, destination: Path, level: str = OFFLINE_LEVEL) -> None:
-    """Save the graph as ONNX Runtime's CPU provider optimizes it, so devices skip that work."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = _level(level)
-    options.optimized_model_filepath = str(destination)
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
 def _info(args: list) -> list[TensorInfo]:

@@ -1,17 +1,16 @@
-"""TensorRT: build settings, the equivalent trtexec line, the engine builder and the engine runner.
+"""Building TensorRT engines: the settings, the equivalent trtexec line, the FP16 ONNX for
+strongly typed builds, the builder, and what the engine inspector says about the layers.
 
-Everything TensorRT-specific lives here. `BuildSettings`, `trtexec_command` and
-`parse_layer_info` are plain Python (tested on CPU); `build_engine` and `TensorRTSession` need
-`import tensorrt` and an NVIDIA GPU, and are written against the public TensorRT 10/11 Python
-API (docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/):
+`BuildSettings`, `build_settings`, `trtexec_command` and `parse_layer_info` are plain Python
+(tested on CPU); `build_engine` needs `import tensorrt` and an NVIDIA GPU and is written against
+the public TensorRT 10/11 Python API (docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/):
 
 - TensorRT 10: weakly typed network; precision by builder flags (FP16, INT8 for Q/DQ graphs);
   LayerNorm/Softmax/reductions pinned to FP32 with per-layer precision constraints, because
   FP16 LayerNorm overflows on real ViT activations.
 - TensorRT 11 removed the precision flags: networks are strongly typed, so FP16 means building
-  from an FP16 ONNX in which those same nodes stay FP32 (`model.fp16.onnx`, written by compile).
+  from an FP16 ONNX in which those same nodes stay FP32 (`model.fp16.onnx`, `fp16_onnx`).
 - TensorRT 8.x (JetPack 5): weakly typed as for 10, plus the EXPLICIT_BATCH network flag.
-Device memory is held in torch CUDA tensors (torch is already a dependency), so no pycuda.
 """
 
 from __future__ import annotations
@@ -21,14 +20,21 @@ import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from vitedge.errors import ExportError, InputError
+from vitedge.runtime.tensorrt.runner import import_tensorrt
 
-from vitedge.errors import ExportError, MissingDependencyError
-from vitedge.runtime.base import Session, TensorInfo
+if TYPE_CHECKING:
+    import onnx
+
+    from vitedge.targets import Target
 
 ENGINE = "model.engine"
+FP16_MODEL = "model.fp16.onnx"
+# Nodes that stay FP32 when a TensorRT engine runs in FP16: FP16 LayerNorm/Softmax/reductions
+# overflow or lose the small differences ViT attention depends on.
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp")
 TIMING_CACHE = "timing.cache"
 LAYER_INFO = "layers.json"
 
@@ -96,6 +102,38 @@ def trtexec_command(settings: BuildSettings) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+
+def image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
+    """The graph's image input: its name and (C, H, W), which must be fixed."""
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise InputError(f"the model's input {graph_input.name} has shape {shape}, expected "
+                         "(batch, channels, height, width) with fixed channels and size "
+                         "(or height, width, channels with the preprocessing in the graph)",
+                         "export with vitedge export, which fixes the image size")
+    return graph_input.name, (shape[1], shape[2], shape[3])  # type: ignore[return-value]
+
+
+def build_settings(model: onnx.ModelProto, target: Target, precision: str, batch: tuple[int, int, int],
+                   dla_core: int | None, model_file: str = "model.onnx") -> BuildSettings:
+    """The settings for `model` (saved as `model_file` in the bundle) on `target`."""
+    name, shape = image_input(model)
+    strongly_typed = int((target.tensorrt or "10").split(".")[0]) >= 11
+    fp32_layers = tuple(n.name for n in model.graph.node if n.op_type in FP32_OPS)
+    return BuildSettings(onnx=FP16_MODEL if (strongly_typed and precision == "fp16") else model_file,
+                         input_name=name, input_shape=shape, batch=batch, precision=precision,
+                         workspace_mib=target.workspace_mib or 1024, strongly_typed=strongly_typed,
+                         fp32_layers=fp32_layers, dla_core=dla_core, tensorrt=target.tensorrt)
+
+
+def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and math with FP32 inputs/outputs, keeping FP32_OPS in FP32 (TensorRT 11)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS))
+
 # ------------------------------------------------------------------------------ engine facts
 _PRECISION_TOKENS = (("FP32", "fp32"), ("FP16", "fp16"), ("BF16", "bf16"), ("INT8", "int8"),
                      ("FP8", "fp8"), ("INT32", "int32"), ("INT64", "int64"), ("BOOL", "bool"))
@@ -146,26 +184,6 @@ def parse_layer_info(info: dict[str, Any] | str) -> LayerSummary:
         device = "dla" if "DLA" in kind.upper() or name.startswith("{ForeignNode") else "gpu"
         summary.layers.append({"name": name, "type": kind, "precision": precision, "device": device})
     return summary
-
-
-# -------------------------------------------------------------------------- needs tensorrt
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"TensorRT is not importable here ({exc})",
-            "build on the device: `vitedge build BUNDLE` where TensorRT is installed (JetPack "
-            "ships it), or run the bundle's trtexec line") from None
-    return tensorrt
-
-
-def tensorrt_version() -> str | None:
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return str(tensorrt.__version__)
 
 
 def build_engine(bundle: Path, settings: BuildSettings) -> dict[str, Any]:
@@ -226,58 +244,3 @@ def build_engine(bundle: Path, settings: BuildSettings) -> dict[str, Any]:
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     (bundle / LAYER_INFO).write_text(info)
     return parse_layer_info(info).to_dict()
-
-
-class TensorRTSession(Session):
-    backend = "tensorrt"
-
-    def __init__(self, engine_path: Path, *, precision: str, description: str = "",
-                 card: Any = None, origin: tuple[Path, ...] = ()) -> None:
-        self.model_path = engine_path
-        trt = import_tensorrt()
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MissingDependencyError("TensorRT engines need a CUDA GPU, and torch sees none",
-                                         "run on the device the bundle was built for")
-        self._torch = torch
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise ExportError(f"TensorRT could not load {engine_path} (built by another TensorRT "
-                              "version or GPU?)", "rebuild it: vitedge build BUNDLE")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        tensors = {"in": [], "out": []}
-        self._dtypes: dict[str, Any] = {}
-        for name in names:
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            self._dtypes[name] = torch.from_numpy(np.empty(0, dtype)).dtype
-            mode = "in" if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "out"
-            shape = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(name))
-            tensors[mode].append(TensorInfo(name, shape, dtype.name))
-        low, _opt, high = self.engine.get_tensor_profile_shape(tensors["in"][0].name, 0)
-        super().__init__(inputs=tensors["in"], outputs=tensors["out"], precision=precision,
-                         min_batch=int(low[0]), max_batch=int(high[0]),
-                         description=description or f"TensorRT {trt.__version__} engine",
-                         card=card, origin=origin)
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        name_in, name_out = self.input.name, self.outputs[0].name
-        with torch.cuda.stream(self.stream):
-            device_in = torch.from_numpy(batch).to("cuda", dtype=self._dtypes[name_in])
-            self.context.set_input_shape(name_in, tuple(device_in.shape))
-            device_out = torch.empty(tuple(self.context.get_tensor_shape(name_out)),
-                                     dtype=self._dtypes[name_out], device="cuda")
-            self.context.set_tensor_address(name_in, device_in.data_ptr())
-            self.context.set_tensor_address(name_out, device_out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise ExportError("TensorRT execution failed (see its log above)")
-        self.stream.synchronize()
-        return device_out.float().cpu().numpy()
-
-    def close(self) -> None:
-        self.context = None
-        self.engine = None

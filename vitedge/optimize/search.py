@@ -30,7 +30,6 @@ build and time the candidates on the device (`vitedge build`, `vitedge bench`).
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,15 +41,13 @@ import numpy as np
 from vitedge.errors import InputError, VitedgeError
 from vitedge.locks import releasing
 from vitedge.models.options import SourceOptions
+from vitedge.optimize.choose import BEST, choose, copy_best, estimate_costs, time_bundles
+from vitedge.optimize.variants import CANDIDATES, Builder, Variant, candidate_path, usable
 from vitedge.outputs import OutputKind, input_paths, writing
 from vitedge.schemas.optimize import CandidateDoc, OptimizeDoc
 from vitedge.targets import Precision, Runtime, Target, load_target
 
 MANIFEST = "optimize.json"
-CANDIDATES = "candidates"
-BEST = "best"
-# Relative cost per MAC where latency cannot be measured here (an estimate, labelled as such).
-COST_PER_MAC = {"fp32": 1.0, "bf16": 0.5, "fp16": 0.5, "int8": 0.25}
 
 
 @dataclass(frozen=True)
@@ -117,31 +114,10 @@ def optimize(source: str | Path, target: Target | str | Path, data: str | Path, 
     return OptimizeResult(Path(out), document, best)
 
 
-@dataclass(frozen=True)
-class Variant:
-    """A model the search builds bundles of: pruned by a share of the MACs (or as far as the
-    budget holds), then `r` tokens merged per block."""
-
-    prune: float  # share of the MACs removed by pruning
-    tome: int
-    budget: bool = False  # pruned as far as the budget holds on the calibration images (--prune auto)
-
-    @property
-    def pruned(self) -> bool:
-        return bool(self.prune) or self.budget
-
-    @property
-    def prefix(self) -> str:  # the names of the unpruned variants are those of earlier releases
-        return "pauto-" if self.budget else f"p{round(100 * self.prune)}-" if self.prune else ""
-
-    def name(self, what: str) -> str:
-        return f"{self.prefix}r{self.tome}-{what}"
-
-
 class _Search:
     def __init__(self, folder: Path, loaded: Any, target: Target, say: Callable[[str], None],
                  started: float, time_budget: float | None, distill_steps: int = 300) -> None:
-        from vitedge.compile.cpu import bf16_here, openvino_importable
+        from vitedge.runtime.openvino.loader import bf16_here, openvino_importable
         from vitedge.versions import machine_arch
 
         self.folder, self.loaded, self.target, self.say = folder, loaded, target, say
@@ -152,7 +128,6 @@ class _Search:
             r for r in target.runtimes if r is not Runtime.OPENVINO or openvino_importable() is None]
         self.bf16 = Precision.BF16 in target.precisions and Runtime.OPENVINO in self.runtimes and bf16_here()
         self.candidates: dict[str, dict[str, Any]] = {}
-        self.mac_counts: dict[Variant, int] = {}
         self.not_tried: list[str] = []
         self.previous: dict[str, dict[str, Any]] = {}
         self.unbuildable: dict[Variant, str] = {}  # variants whose model could not be made, and why
@@ -178,7 +153,7 @@ class _Search:
     def start(self, source: str, max_drop: float, min_agreement: float | None, resume: bool) -> None:
         from vitedge.artifact import sha256_file
         from vitedge.export import export_onnx
-        from vitedge.runtime.onnxrt import OnnxRuntimeSession
+        from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 
         self.max_drop, self.min_agreement = max_drop, min_agreement
         if self.loaded.onnx_path is not None:  # an ONNX source is its own FP32 candidate model
@@ -186,7 +161,7 @@ class _Search:
             graph = self.loaded.onnx_path
         else:
             self.base = self._path("r0-onnx")
-            if not (resume and self._usable(self.base)):
+            if not (resume and usable(self.base)):
                 self.say("exporting the FP32 source")
                 export_onnx(self.loaded, self.base, overwrite=True)
             graph = self.base / "model.onnx"
@@ -215,6 +190,8 @@ class _Search:
                         "onnxruntime": facts["onnxruntime"], "openvino": facts["openvino"]}
         self.settings = {"source": source, "target": self.target.name, "data": self.evaluation.origin,
                          "calibration": self.calibration.origin}
+        self.builder = Builder(self.folder, self.loaded, self.base, self.target, self.calibration, self.say,
+                               max_drop=max_drop, min_agreement=min_agreement, distill_steps=self.distill_steps)
         self.say(f"held-out: {len(self.evaluation)} samples; calibration: {len(self.calibration)}")
         self._write(finished=False)
 
@@ -229,7 +206,7 @@ class _Search:
                           ["fp32", *(["bf16"] if self.bf16 else [])])
         names = [(variant.name(f"{p}-{rt}"), p, rt) for p in precisions for rt in self._runtimes_for(p)]
         done = {name for name, _p, _rt in names if name in self.previous and (
-            self.previous[name]["status"] == "skipped" or self._usable(self._path(name)))}
+            self.previous[name]["status"] == "skipped" or usable(self._path(name)))}
         pending = [n for n in names if n[0] not in done]
         for name in sorted(done, key=[n for n, _p, _rt in names].index):
             self.candidates[name] = self.previous[name]
@@ -243,7 +220,7 @@ class _Search:
              if c["status"] == "skipped" and n.startswith(variant.name(""))), None)
         if reason is None:
             try:
-                model = self._model(variant, int8)
+                model = self.builder.model(variant, int8)
             except VitedgeError as exc:
                 reason = self.unbuildable[variant] = exc.message  # its INT8 pass is not tried again
         if reason is not None:
@@ -259,64 +236,6 @@ class _Search:
     def _runtimes_for(self, precision: str) -> list[str]:
         return [str(rt) for rt in self.runtimes
                 if precision in ("fp32", "int8") or rt in (Runtime.OPENVINO, Runtime.TENSORRT)]
-
-    def _onnx_dir(self, variant: Variant) -> Any:
-        return self.base if variant == Variant(0.0, 0) else self._path(variant.name("onnx"))
-
-    def _model(self, variant: Variant, int8: bool) -> Any:
-        """The model the bundles of this variant compile (FP32 ONNX, or its INT8 QDQ artifact)."""
-        from vitedge.export import export_onnx
-
-        r = variant.tome
-        onnx_dir = self._onnx_dir(variant)
-        if (r or variant.pruned) and self.loaded.module is None:
-            raise InputError(("pruning" if variant.pruned else "token merging") + " needs the PyTorch model; "
-                             "the source is an ONNX graph",
-                             "optimize the torch source (timm:NAME --weights ..., a vitedge torch artifact)")
-        if onnx_dir is not self.base and not self._usable(onnx_dir):
-            from vitedge.prune.pipeline import prune
-            from vitedge.prune.plan import PrunePlan
-
-            model = self._pruned(variant) if variant.pruned else self.loaded
-            if r:
-                self.say(f"merging {r} tokens per block (ToMe)")
-                prune(model, self._path(variant.name("tome")), PrunePlan(tome=r), overwrite=True)
-                model = self._path(variant.name("tome"))
-            export_onnx(model, onnx_dir, overwrite=True)
-        if not int8:
-            return onnx_dir
-        int8_dir = self._path(variant.name("int8"))
-        if not self._usable(int8_dir):
-            from vitedge.quantize.ptq import BudgetMissed, quantize
-
-            self.say(f"quantizing {variant.name('')[:-1]} for {self.target.name} ({self.target.int8_scheme})")
-            try:
-                quantize(onnx_dir, self.calibration, int8_dir, target=self.target,
-                         max_drop=self.max_drop, min_agreement=self.min_agreement, overwrite=True,
-                         progress=lambda m: self.say(f"  {m}"))
-            except BudgetMissed:
-                pass  # the best model quantize found was written; it is measured like the others
-        return int8_dir
-
-    def _pruned(self, variant: Variant) -> Path:
-        """The source pruned as `vitedge prune --data CALIB` would with its default method
-        (compensated where the family allows): to 1 - `variant.prune` of the MACs, or as far as
-        the budget holds on the calibration images' held-out slice; then `--distill-steps` (the
-        held-out data never trains or judges it)."""
-        from vitedge.prune.distill import DistillConfig
-        from vitedge.prune.pipeline import prune
-        from vitedge.prune.plan import PrunePlan
-
-        path = self._path(variant.prefix + "pruned")
-        if not self._usable(path):
-            plan = PrunePlan(max_drop=self.max_drop, min_agreement=self.min_agreement) if variant.budget else \
-                PrunePlan(target_macs=round(1 - variant.prune, 4))
-            self.say("pruning " + ("as far as the budget holds on the calibration images" if variant.budget else
-                                   f"{variant.prune:.0%} of the MACs")
-                     + (f", distilling {self.distill_steps} steps" if self.distill_steps else ""))
-            prune(self.loaded, path, plan, data=self.calibration, distill=DistillConfig(steps=self.distill_steps),
-                  overwrite=True, progress=lambda m: self.say(f"  {m}"))
-        return path
 
     def _bundle(self, name: str, variant: Variant, precision: str, runtime: str, model: Any) -> None:
         from vitedge.artifact import read_card
@@ -352,39 +271,14 @@ class _Search:
         card = read_card(model) if isinstance(model, Path) else model.card
         quantization = card.metrics.get("quantization") or {}
         self._record(name, variant, precision, runtime, status="measured", bundle=f"{CANDIDATES}/{name}",
-                     precision_run=precision_run, macs=self._macs(variant), agreement=agreement, top1=top1,
+                     precision_run=precision_run, macs=self.builder.macs(variant), agreement=agreement, top1=top1,
                      drop=drop, int8_share=quantization.get("int8_linear_mac_share", 0.0),
                      native=native, ran_on=ran_on, seconds=time.perf_counter() - begun)
         self.say(f"  agreement {100 * agreement:.1f}%" + (f", top-1 {100 * top1:.1f}%" if top1 is not None else "")
                  + f", {precision_run} on {runtime}")
 
-    def _pruned_share(self, variant: Variant) -> float:
-        """The share of the MACs pruning removed (what the pruned card measured; 0: not pruned)."""
-        from vitedge.artifact import read_card
-
-        path = self._path(variant.prefix + "pruned")
-        if not variant.pruned or not self._usable(path):
-            return variant.prune
-        share = read_card(path).metrics.get("prune", {}).get("mac_share")
-        return round(1 - share, 4) if share else variant.prune
-
-    def _macs(self, variant: Variant) -> int:
-        """MACs of one image in the float graph of the variant (MatMul/Gemm/Conv, ToMe's matching
-        included), counted on the ONNX graph the same way for every variant (once per variant:
-        each of its bundles has them)."""
-        if variant not in self.mac_counts:
-            import onnx
-
-            from vitedge.quantize.qdq import compute_nodes
-
-            onnx_dir = self._onnx_dir(variant)
-            path = self.loaded.onnx_path if not isinstance(onnx_dir, Path) else onnx_dir / "model.onnx"
-            graph = onnx.load(str(path), load_external_data=False)
-            self.mac_counts[variant] = int(sum(n.macs for n in compute_nodes(graph)))
-        return self.mac_counts[variant]
-
     def _record(self, name: str, variant: Variant, precision: str, runtime: str, **fields: Any) -> None:
-        self.candidates[name] = {"name": name, "tome": variant.tome, "prune": self._pruned_share(variant),
+        self.candidates[name] = {"name": name, "tome": variant.tome, "prune": self.builder.pruned_share(variant),
                                  "pruning": "budget" if variant.budget else "target" if variant.prune else None,
                                  "precision": precision, "runtime": runtime, **fields}
         self._write(finished=False)
@@ -396,27 +290,12 @@ class _Search:
         if self.tensorrt:  # TensorRT engines built here (on the device itself) can be timed here
             self.same_isa = bool(measured) and all(c.get("native") for c in measured)
         if self.same_isa and measured:
-            self._time(measured, batch)
+            time_bundles(self.folder, measured, batch, self.say)
         else:
-            base = max((c["macs"] or 0) for c in measured) if measured else 0
-            for c in measured:
-                half = "fp16" if self.tensorrt and c["precision"] in ("fp16", "best") else \
-                    "bf16" if c["precision_run"] in ("bf16", "int8+bf16") else "fp32"
-                float_cost = COST_PER_MAC[half]
-                # TensorRT profiles default to FP16 because INT8 ViTs are often no faster there at
-                # batch 1: unmeasured, INT8 earns nothing over FP16 (fewer MACs still count)
-                int8_cost = COST_PER_MAC["fp16"] if self.tensorrt else COST_PER_MAC["int8"]
-                share = c.get("int8_share") or 0.0
-                c["estimated_cost"] = ((c["macs"] or 0) / (base or 1)) * (
-                    share * int8_cost + (1 - share) * float_cost)
-        within = [c for c in measured if self._meets(c)]
-        key = (lambda c: c["p50_ms"]) if self.same_isa else (lambda c: c["estimated_cost"])
-        chosen = min(within, key=lambda c: (key(c), -c["agreement"])) if within else None  # ties: closer to FP32
-        pareto = [c["name"] for c in measured if not any(
-            key(o) <= key(c) and o["agreement"] >= c["agreement"] and (key(o), o["agreement"]) != (key(c), c["agreement"])
-            for o in measured)]
+            estimate_costs(measured, self.tensorrt)
+        chosen, pareto = choose(measured, self._meets, timed=self.same_isa)
         if chosen is not None:
-            self._copy_best(chosen["bundle"])
+            copy_best(self.folder, chosen["bundle"])
         self.chosen, self.pareto = (chosen["name"] if chosen else None), pareto
         document = self._write(finished=not self.not_tried)
         from vitedge.report.write import write_report
@@ -428,46 +307,9 @@ class _Search:
         return candidate["drop"] <= self.max_drop and (
             self.min_agreement is None or candidate["agreement"] >= self.min_agreement)
 
-    def _time(self, measured: list[dict[str, Any]], batch: int) -> None:
-        from vitedge.runtime.base import interleaved_latency
-        from vitedge.sessions import load as load_session
-
-        self.say(f"timing {len(measured)} bundles in alternating rounds at batch {batch}")
-        sessions = {c["name"]: load_session(self.folder / c["bundle"]) for c in measured}
-        try:
-            times = interleaved_latency(sessions, batch, rounds=6, runs=5, warmup=1)
-        finally:
-            for session in sessions.values():
-                session.close()
-        for c in measured:
-            c["p50_ms"] = times[c["name"]]
-
-    def _copy_best(self, bundle: str) -> None:
-        from vitedge.artifact import read_card
-        from vitedge.compile.bundle import read_bundle
-
-        source = self.folder / bundle
-        card = read_card(source)
-        with writing(self.folder / BEST, OutputKind.BUNDLE, overwrite=True) as staging:
-            for name in (*card.files, "card.json"):
-                shutil.copy2(source / name, staging / name)
-        read_bundle(self.folder / BEST)  # what a device will read
-
     # ------------------------------------------------------------------ bookkeeping
     def _path(self, name: str) -> Path:
-        return self.folder / CANDIDATES / name
-
-    def _usable(self, path: Path) -> bool:
-        """An artifact a previous run finished (its files verify)."""
-        from vitedge.artifact import is_artifact, read_card, verify_files
-
-        if not is_artifact(path):
-            return False
-        try:
-            verify_files(path, read_card(path))
-        except InputError:
-            return False
-        return True
+        return candidate_path(self.folder, name)
 
     def _out_of_time(self) -> bool:
         return self.time_budget is not None and time.perf_counter() - self.started > self.time_budget

@@ -1,11 +1,12 @@
-"""OpenVINO on the CPU: the one place vitedge compiles OpenVINO models.
+"""Running OpenVINO on the CPU: the one place vitedge compiles OpenVINO models.
 
 OpenVINO picks its own inference precision: on CPUs with native BF16 (AVX512_BF16, AMX) it runs
 float graphs in bfloat16 unless told otherwise. A session asks for the precision it is given
 ("fp32" sets `INFERENCE_PRECISION_HINT=f32`, "bf16" asks for bfloat16 and is refused on a CPU
 without it) and reports the precision the compiled model actually runs, read back from
 OpenVINO, never the one requested. A graph with Q/DQ nodes runs its quantized layers in INT8
-(OpenVINO's low-precision transformations) and reports "int8".
+(OpenVINO's low-precision transformations) and reports "int8". What converts graphs to
+OpenVINO IR is beside this file (loader.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def import_openvino() -> Any:
     `opt_in_out --opt_out`; no consent file counts as yes). openvino_telemetry has no switch of
     its own besides that file, which is the user's to write; it declines in CI, which it detects
     by JENKINS_URL among others, so that marker is set for the first import only and removed
-    again. vitedge converts with Core.read_model (convert_to_ir), so nothing re-enables it later.
+    again. vitedge converts with Core.read_model (loader.convert_to_ir), so nothing re-enables it later.
     """
     import sys
 
@@ -59,19 +60,6 @@ def openvino_version() -> str | None:
     except ImportError:
         return None
     return openvino.get_version().split("-")[0]
-
-
-def convert_to_ir(source: Path, xml: Path) -> None:
-    """Convert an ONNX graph to OpenVINO IR (xml + bin beside it), keeping FP32 weights
-    (OpenVINO's save_model compresses them to FP16 unless told not to).
-
-    The ONNX frontend reads the graph (`Core.read_model`) and save_model applies the same offline
-    transformations `openvino.convert_model` does; convert_model is not used because it sends
-    usage telemetry to Google Analytics unless the user opted out (24 events per conversion,
-    measured with OpenVINO 2026.4), and vitedge never phones home."""
-    openvino = import_openvino()
-    model = openvino.Core().read_model(str(source))
-    openvino.save_model(model, str(xml), compress_to_fp16=False)
 
 
 def cpu_capabilities(core: Any = None) -> list[str]:

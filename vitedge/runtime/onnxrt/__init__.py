@@ -1,0 +1,1 @@
+"""ONNX Runtime: loader.py prepares graphs for it, runner.py runs them."""

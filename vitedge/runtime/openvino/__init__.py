@@ -1,0 +1,1 @@
+"""OpenVINO: loader.py prepares graphs for it, runner.py runs them."""

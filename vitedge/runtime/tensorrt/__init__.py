@@ -1,0 +1,1 @@
+"""TensorRT: loader.py prepares graphs for it, runner.py runs them."""
