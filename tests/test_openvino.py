@@ -333,6 +333,17 @@ def test_auto_times_every_runtime_and_keeps_the_fastest(digits_onnx, tmp_path):
         assert session.backend == chosen.runtime
 
 
+def test_auto_timing_rounds_feed_a_progress_bar(digits_onnx, tmp_path):
+    """compile's progress bar: one tick per alternating round of timing the runtimes."""
+    from vitedge.compile.prepare import compile_bundle
+
+    ticks: list[tuple[int, int, str]] = []
+    bundle = compile_bundle(digits_onnx, native_cpu_target(), tmp_path / "b", tick=lambda *t: ticks.append(t))
+    rounds = bundle.passport.built.runtime_choice.rounds
+    assert [t[:2] for t in ticks] == [(i, rounds) for i in range(rounds)]
+    assert ticks[0][2] == "timing 3 runtimes (alternating rounds)"
+
+
 def test_auto_on_another_isa_keeps_the_profiles_runtime(digits_onnx, tmp_path):
     foreign = "x86-cpu" if native_cpu_target() == "arm64-cpu" else "arm64-cpu"
     compile_bundle(load(digits_onnx), load_target(foreign), tmp_path / "b")

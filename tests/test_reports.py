@@ -1,5 +1,6 @@
 """Reports that scale: a 1000-class run shows its real flips as a ranked list, folds its
-per-class table, puts the disagreeing frames first, and fits a 1280-px screen in a real browser."""
+per-class table, puts the disagreeing frames first, and fits a 1280-px screen in a real browser;
+a quantized artifact's report names its layers by the model's own module names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HELDOUT, chromium, rendered_width
+from conftest import HELDOUT, assert_user_error, chromium, rendered_width
 from typer.testing import CliRunner
 
 from vitedge.cli.app import app
@@ -81,6 +82,12 @@ def test_a_1000_class_run_lists_its_real_flips(wide_run, tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert "alt='Class flips" not in page  # no matrix that could show only a corner of 1000 classes
     assert page.index("Where they disagree") < page.index("Agreement by reference class")
+    # a flip's row shows a frame the run kept of it (a thumbnail in the page, its frame in report.md)
+    kept = {f["index"]: (f["shadow"]["reference_top1"], f["top"][0][1]) for f in lines if f.get("saved")}
+    section = markdown.split("Class flips (shadowed frames)")[1].split("\n## ")[0]
+    examples = [row.strip("| ").split(" | ") for row in section.splitlines() if "| frame " in row]
+    assert examples and all(kept[int(cells[3].split()[1])] == (cells[0], cells[1]) for cells in examples), examples
+    assert page.count("<img class='thumb'") == len(examples)
 
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium here (make test installs Debian's when it can)")
@@ -88,3 +95,32 @@ def test_reports_fit_a_1280_px_screen(wide_run, tmp_path):
     """Rendered by headless Chromium at 1280 px: nothing wider than the window."""
     runner.invoke(app, ["report", str(wide_run), "-o", str(tmp_path / "r.html")])
     assert rendered_width(tmp_path / "r.html") <= 1280
+
+
+def test_quantization_report_names_layers_by_module(digits_int8, tmp_path):
+    """`vitedge report INT8_ARTIFACT`: HTML (and Markdown) with per-layer rows named as the model
+    names its modules (export recorded them), the float layers listed, within 1280 px."""
+    import shutil
+
+    result = runner.invoke(app, ["report", str(digits_int8), "-o", str(tmp_path / "q.html")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "q.md").read_text()
+    section = md.split("## INT8 layers")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in section.splitlines()[4:] if line.startswith("| ")]
+    layers = [r for r in rows if not r.startswith("…")]
+    assert layers and not [r for r in layers if r.startswith(("node", "val"))], rows
+    assert {r.replace("\\", "") for r in layers} & {f"blocks.{i}.mlp.fc1" for i in range(4)}
+    kept = md.split("## Kept in float")[1].split("\n## ")[0]
+    assert "(attention scores)" in kept.replace("\\", "")  # linear-only: attention MatMuls stay float
+    data = json.loads((tmp_path / "q.json").read_text())
+    assert data["kind"] == "quantize" and data["layers"][0]["module"]
+    if chromium() is not None:
+        assert rendered_width(tmp_path / "q.html") <= 1280
+    tampered = tmp_path / "tampered"
+    shutil.copytree(digits_int8, tampered)
+    report = json.loads((tampered / "quant_report.json").read_text())
+    report["chosen"] = "<script>alert(1)</script>"
+    (tampered / "quant_report.json").write_text(json.dumps(report))
+    assert_user_error(runner.invoke(app, ["report", str(tampered), "-o", str(tmp_path / "t.html")]),
+                      "quant_report.json")
+    assert not (tmp_path / "t.html").exists()

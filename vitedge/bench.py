@@ -12,9 +12,10 @@ import numpy as np
 from vitedge.data import BatchStats, ImageRecord, iter_batches, open_images
 from vitedge.drift import compare, softmax, topk_accuracy
 from vitedge.errors import InputError
-from vitedge.machine_load import LoadWatch, MachineLoad
+from vitedge.machine_load import LoadWatch
 from vitedge.models.options import SourceOptions
 from vitedge.runtime.base import Session
+from vitedge.schemas.base import LoadDoc
 from vitedge.targets import Backend
 
 
@@ -117,7 +118,7 @@ class BenchResult:
     data: str | None = None
     reference: str | None = None
     skipped: list[str] = field(default_factory=list)
-    load: MachineLoad | None = None  # how busy the cores were while the rows were timed
+    load: LoadDoc | None = None  # how busy the cores were while the rows were timed
 
     def to_dict(self) -> dict[str, Any]:
         return {"data": self.data, "reference": self.reference, "skipped": self.skipped,
@@ -190,7 +191,7 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
     if runs < 1 or warmup < 0 or any(not 1 <= b <= 4096 for b in batches):
         raise InputError("--runs must be >= 1, --warmup >= 0 and every --batch 1..4096")
     result = BenchResult(data=str(data) if data else None, reference=sources[0])
-    timed: list[MachineLoad] = []
+    timed: list[LoadDoc] = []
     reference_logits: np.ndarray | None = None
     dataset = labels = None
     for source in sources:

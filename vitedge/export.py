@@ -27,6 +27,7 @@ from vitedge.errors import ExportError, InputError
 from vitedge.formatting import percent
 from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
+from vitedge.models.names import exported_modules, record_modules
 from vitedge.models.options import SourceOptions
 
 if TYPE_CHECKING:
@@ -102,8 +103,10 @@ def export_onnx(model: LoadedModel | str | Path, out_dir: str | Path, *, opset: 
             writing(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
         onnx_path = staging / "model.onnx"
         model, exporter, batch_dynamic = _export(module, pre.input_size, opset, dynamic_batch)
+        modules = exported_modules(model)
         if simplify:
             model = _simplify(model)
+        record_modules(model, modules)  # the model's own layer names, for reports
         _save(model, onnx_path)
         parity = check_parity(module, onnx_path, images, loaded.card, atol=atol, rtol=rtol,
                               batch_dynamic=batch_dynamic)

@@ -16,6 +16,7 @@ from vitedge.cli.shared import (
     err_console,
     print_warnings,
     progress_printer,
+    step_bar,
     styled,
     takes_source_options,
     user_errors,
@@ -69,13 +70,13 @@ def compile_command(
     """
     from vitedge.compile.prepare import compile_bundle
 
-    with user_errors(verbose):
+    with user_errors(verbose), step_bar(quiet, "compiling") as tick:
         result = compile_bundle(source, target, out, precision=precision, runtime=runtime, batch=batch,
                                 dla_core=dla_core, overwrite=overwrite, build=build,
                                 options=options, preprocess_in_graph=preprocess_in_graph,
                                 frame_size=frame_size, channel_order=channel_order,
                                 input_layout=input_layout, input_dtype=input_dtype,
-                                progress=progress_printer(quiet))
+                                progress=progress_printer(quiet), tick=tick)
     for finding in result.findings:
         err_console.print(styled(f"{finding.severity}:", "yellow", f"{finding.message} ({finding.node})"),
                           highlight=False)
@@ -91,10 +92,7 @@ def compile_command(
                       f"rounds): {built.runtime_choice.why}", highlight=False, soft_wrap=True)
         load = built.runtime_choice.load
         if load is not None and load.busy:
-            from vitedge.machine_load import MachineLoad
-
-            seen = MachineLoad(load.others, load.load_average, load.cpus, load.seconds)
-            print_warnings([seen.warning("the runtimes were timed") + " (the choice may not hold)"])
+            print_warnings([load.warning("the runtimes were timed") + " (the choice may not hold)"])
     if built.note:
         console.print(f"note: {built.note}", highlight=False, soft_wrap=True)
     if settings.runtime == "openvino":

@@ -163,9 +163,9 @@ def eval_command(
 
 def report_command(
     directories: Annotated[list[str], typer.Argument(
-        help="A run directory (vitedge run), eval directory (vitedge eval), optimize folder (vitedge optimize) "
-             "or pruned artifact (vitedge prune); several run directories or a quoted glob of them: the fleet "
-             "report.", show_default=False)],
+        help="A run directory (vitedge run), eval directory (vitedge eval), optimize folder (vitedge optimize), "
+             "pruned or quantized artifact (vitedge prune, quantize); several run directories or a quoted glob "
+             "of them: the fleet report.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default DIR/report.html for one folder).")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -174,6 +174,8 @@ def report_command(
     Example: vitedge report runs/20261124-120000 -o report.html
 
     Fleet: vitedge report 'fleet/*/runs/*' -o fleet.html  (every stream side by side, worst first)
+
+    Quantization: vitedge report demo-out/digits-int8 -o int8.html  (each layer by its module name)
     """
     from vitedge.errors import InputError
     from vitedge.report.write import write_report

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -15,10 +13,10 @@ from vitedge.cli.shared import (
     Source,
     Verbose,
     console,
-    err_console,
     floats,
     print_warnings,
     progress_printer,
+    step_bar,
     takes_source_options,
     user_errors,
 )
@@ -82,7 +80,7 @@ def quantize(
     from vitedge.quantize.ptq import BudgetMissed
     from vitedge.quantize.ptq import quantize as run_quantize
 
-    with user_errors(verbose), _calibration_bar(quiet) as tick:
+    with user_errors(verbose), step_bar(quiet, "calibration") as tick:
         try:
             result = run_quantize(
                 source, calib, out, eval_data=eval_data, recipe=recipe, calibration=calibration,
@@ -96,36 +94,6 @@ def quantize(
             _print_summary(missed.result.report, missed.result.out_dir)
             raise
     _print_summary(result.report, result.out_dir)
-
-
-@contextlib.contextmanager
-def _calibration_bar(quiet: bool) -> Iterator[Any]:
-    """A progress bar fed by the calibration sampler: one bar per pass over the data."""
-    if quiet:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("calibration", total=None)
-        passes = [0]
-
-        def tick(index: int, total: int, label: str = "calibration") -> None:
-            if index == 0:
-                if label == "calibration":
-                    passes[0] += 1
-                    label = f"calibration pass {passes[0]}"
-                bar.reset(task, total=total, description=label)
-            bar.update(task, completed=index + 1)
-
-        yield tick
 
 
 def _print_summary(report: QuantReport, out_dir: Path) -> None:
@@ -148,4 +116,5 @@ def _print_summary(report: QuantReport, out_dir: Path) -> None:
     console.print(f"ONNX Runtime CPU p50 batch {latency.batch}: FP32 {latency.fp32['p50']:.2f} ms, "
                   f"INT8 {latency.int8['p50']:.2f} ms; lint "
                   f"{'passed' if report.lint['passed'] else 'FAILED'}", highlight=False)
-    console.print(f"wrote {out_dir}/model.onnx and quant_report.md", highlight=False)
+    console.print(f"wrote {out_dir}/model.onnx and quant_report.md; per layer, by module: vitedge report {out_dir}",
+                  highlight=False)

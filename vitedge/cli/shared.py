@@ -248,6 +248,31 @@ def live_progress(quiet: bool = False) -> Iterator[Callable[[str], None]]:
         yield update
 
 
+@contextlib.contextmanager
+def step_bar(quiet: bool, first: str = "working") -> Iterator[Callable[[int, int, str], None] | None]:
+    """A progress bar on stderr fed by `tick(index, total, label)`: a new label (or index 0)
+    starts the bar again with that label; nothing when quiet. Calibration passes are numbered."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(first, total=None)
+        passes = [0]
+
+        def tick(index: int, total: int, label: str = "calibration") -> None:
+            if index == 0:
+                if label == "calibration":
+                    passes[0] += 1
+                    label = f"calibration pass {passes[0]}"
+                bar.reset(task, total=total, description=label)
+            bar.update(task, completed=index + 1)
+
+        yield tick
+
+
 def progress_printer(quiet: bool) -> Any:
     """What library functions call with progress messages: dim lines on stderr, or nothing."""
     return (lambda _m: None) if quiet else (lambda m: err_console.print(Text(m, style="dim")))

@@ -80,11 +80,13 @@ def runtimes_for(target: Target, requested: CompileRuntime, precision: CompilePr
 
 def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: CompileRuntime,
                precision: CompilePrecision, int8_graph: bool, batch: tuple[int, int, int],
-               facts: dict[str, Any], say: Callable[[str], None], *, best: bool = False
+               facts: dict[str, Any], say: Callable[[str], None], *, best: bool = False,
+               tick: Callable[[int, int, str], None] | None = None
                ) -> tuple[dict[str, Any], dict[str, Any], CompilePrecision]:
     """Write the CPU bundle's model files into `staging`; return bundle.json, the passport's
     `built` and the precision the bundle runs.
 
+    `tick(index, total, label)`: each timing round done (a progress bar).
     `best` (`--precision best`, resolved to BF16 float layers on a CPU with native BF16): on this
     ISA the same runtimes also compete with FP32 float layers, and the faster is kept. Native
     BF16 is not always faster: on a 2-core Xeon with AVX512_BF16 but no AMX, OpenVINO ran
@@ -124,8 +126,10 @@ def cpu_bundle(staging: Path, source_path: Path, target: Target, requested: Comp
 
             assert all(c.session is not None for c in working)
             with LoadWatch() as watch:
+                label = f"timing {len(working)} runtimes (alternating rounds)"
                 medians = interleaved_latency({str(i): c.session for i, c in enumerate(working)},  # type: ignore[misc]
-                                              batch[1], rounds=TIMING_ROUNDS, runs=3, warmup=1)
+                                              batch[1], rounds=TIMING_ROUNDS, runs=3, warmup=1,
+                                              on_round=(lambda i, n: tick(i, n, label)) if tick else None)
             load = watch.load
             rounds = TIMING_ROUNDS
             for i, candidate in enumerate(working):

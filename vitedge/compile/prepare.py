@@ -169,7 +169,8 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                    preprocess_in_graph: bool = False, frame_size: str | tuple[int, int] | None = None,
                    channel_order: str = "RGB", input_layout: Layout | str = Layout.NHWC,
                    input_dtype: PixelType | str = PixelType.UINT8, weigh_best: bool = True,
-                   progress: Callable[[str], None] | None = None) -> Bundle:
+                   progress: Callable[[str], None] | None = None,
+                   tick: Callable[[int, int, str], None] | None = None) -> Bundle:
     """Write the bundle of `model` (loaded, or a source read with `options`) for `target` (a
     profile, or its name / .toml path) at `out`, atomically: nothing is left on failure.
 
@@ -179,7 +180,8 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
     0..255 pixels (`input_dtype`, `input_layout`, frames in `channel_order`) at the model's size,
     or at `frame_size` (height, width or 'HxW': a capture size, resized and cropped inside).
     `precision` best on a CPU with native BF16 times BF16 float layers against FP32 ones here and
-    keeps the faster; `weigh_best=False` keeps BF16 (`vitedge optimize` weighs both as candidates)."""
+    keeps the faster; `weigh_best=False` keeps BF16 (`vitedge optimize` weighs both as candidates).
+    `progress(message)`: each step; `tick(index, total, label)`: each round of timing the runtimes."""
     import onnx
 
     from vitedge.models.load import as_loaded
@@ -251,7 +253,8 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
             if target.runtime is not Runtime.TENSORRT:
                 bundle, built, resolved = cpu_bundle(staging, source_path, target, requested_runtime,
                                                      resolved, int8_graph, batch_profile, facts, say,
-                                                     best=weigh_best and precision is CompilePrecision.BEST)
+                                                     best=weigh_best and precision is CompilePrecision.BEST,
+                                                     tick=tick)
             else:
                 bundle, built = _tensorrt_bundle(staging, model, source_path, target, resolved,
                                                  batch_profile, dla_core, build, say)

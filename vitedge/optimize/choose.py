@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge.outputs import OutputKind, writing
+from vitedge.schemas.base import LoadDoc
 
 BEST = "best"
 # Relative cost per MAC where latency cannot be measured here (an estimate, labelled as such).
@@ -32,20 +33,26 @@ def estimate_costs(measured: list[dict[str, Any]], tensorrt: bool) -> None:
             share * int8_cost + (1 - share) * float_cost)
 
 
-def time_bundles(folder: Path, measured: list[dict[str, Any]], batch: int, say: Callable[[str], None]) -> None:
-    """Each candidate's `p50_ms`, all timed in the same alternating rounds."""
+def time_bundles(folder: Path, measured: list[dict[str, Any]], batch: int, say: Callable[[str], None]) -> LoadDoc:
+    """Each candidate's `p50_ms`, all timed in the same alternating rounds; how busy the machine
+    was meanwhile (optimize.json records it, the command warns when it was busy)."""
+    from vitedge.machine_load import LoadWatch
     from vitedge.runtime.base import interleaved_latency
     from vitedge.sessions import load as load_session
 
     say(f"timing {len(measured)} bundles in alternating rounds at batch {batch}")
     sessions = {c["name"]: load_session(folder / c["bundle"]) for c in measured}
     try:
-        times = interleaved_latency(sessions, batch, rounds=6, runs=5, warmup=1)
+        with LoadWatch() as watch:
+            times = interleaved_latency(sessions, batch, rounds=6, runs=5, warmup=1,
+                                        on_round=lambda i, n: say(f"  round {i + 1} of {n}"))
     finally:
         for session in sessions.values():
             session.close()
     for c in measured:
         c["p50_ms"] = times[c["name"]]
+    assert watch.load is not None
+    return watch.load
 
 
 def choose(measured: list[dict[str, Any]], meets: Callable[[dict[str, Any]], bool], timed: bool

@@ -44,6 +44,7 @@ from vitedge.models.options import SourceOptions
 from vitedge.optimize.choose import BEST, choose, copy_best, estimate_costs, time_bundles
 from vitedge.optimize.variants import CANDIDATES, Builder, Variant, candidate_path, usable
 from vitedge.outputs import OutputKind, input_paths, writing
+from vitedge.schemas.base import LoadDoc
 from vitedge.schemas.optimize import CandidateDoc, OptimizeDoc
 from vitedge.targets import Precision, Runtime, Target, load_target
 
@@ -133,6 +134,7 @@ class _Search:
         self.unbuildable: dict[Variant, str] = {}  # variants whose model could not be made, and why
         self.chosen: str | None = None
         self.pareto: list[str] = []
+        self.load: LoadDoc | None = None  # how busy the machine was while the bundles were timed
 
     # ------------------------------------------------------------------ data and reference
     def open_data(self, data: str | Path, calib: str | Path | None, samples: int,
@@ -290,7 +292,7 @@ class _Search:
         if self.tensorrt:  # TensorRT engines built here (on the device itself) can be timed here
             self.same_isa = bool(measured) and all(c.get("native") for c in measured)
         if self.same_isa and measured:
-            time_bundles(self.folder, measured, batch, self.say)
+            self.load = time_bundles(self.folder, measured, batch, self.say)
         else:
             estimate_costs(measured, self.tensorrt)
         chosen, pareto = choose(measured, self._meets, timed=self.same_isa)
@@ -326,7 +328,7 @@ class _Search:
                     "candidates": [CandidateDoc.from_dict(c).to_dict() for c in self.candidates.values()],
                     "chosen": self.chosen, "pareto": self.pareto,
                     "not_tried": self.not_tried, "seconds": time.perf_counter() - self.started,
-                    "finished": finished}
+                    "finished": finished, "load": self.load.to_dict() if self.load is not None else None}
         checked = OptimizeDoc.from_dict(document)  # what a resume will read back
         write_document(self.folder / MANIFEST, document)
         return checked

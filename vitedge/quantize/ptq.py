@@ -16,7 +16,6 @@ candidate and budget search is `search`, the report `report`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any, Callable
 from vitedge.artifact import atomic_write_text, derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.data import DataSet, model_labels, open_data
+from vitedge.documents import write_document
 from vitedge.errors import InputError, VitedgeError
 from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
@@ -156,7 +156,7 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
         new_card = _quantized_card(card, raw, float_path)
         with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
             onnx.save_model(search.best.model, str(staging / "model.onnx"))
-            atomic_write_text(staging / "quant_report.json", json.dumps(raw, indent=2) + "\n")
+            write_document(staging / "quant_report.json", raw)  # sealed, like every document vitedge reads
             atomic_write_text(staging / "quant_report.md", markdown(raw))
             write_card(staging, new_card)  # hashes the model and the reports
     report = QuantReport.from_dict(raw)

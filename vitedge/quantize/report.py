@@ -11,6 +11,7 @@ import numpy as np
 from vitedge.drift import DriftThresholds, compare, topk_accuracy
 from vitedge.formatting import number, percent
 from vitedge.machine_load import LoadWatch
+from vitedge.models.names import module_names
 from vitedge.quantize.qdq import dq_consumers, quantized_node_names
 from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession
 from vitedge.versions import tool_versions
@@ -115,6 +116,7 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
                     "fp32_top5": topk_accuracy(fp32, labels, 5),
                     "int8_top5": topk_accuracy(best.logits, labels, 5)}
     macs = {n.name: n.macs for n in nodes}
+    modules = module_names(float_model)  # the model's own layer names, where export recorded them
     return {
         "settings": {"recipe": str(settings.recipe), "scheme": str(settings.scheme),
                      "target": settings.target.name if settings.target else None,
@@ -137,17 +139,20 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
         "drift": drift.to_dict(),
         "int8_linear_mac_share": best.int8_share,
         "float_nodes": {"linear": float_linear, "attention": float_attention,
-                        "run_as": float_layers_run_as(settings.target)},
+                        "run_as": float_layers_run_as(settings.target),
+                        "modules": {n: modules[n] for n in float_linear + float_attention if n in modules}},
         "attempts": [{"label": c.label, "drop": c.drop, "int8_linear_mac_share": c.int8_share,
                       "top1_agreement": None if budget.features else c.agreement, "cosine": c.cosine,
                       "rel_error": c.rel_error, "range_tuning": c.tuning} for c in tried],
         "chosen": best.label,
         "graph": {"quantize_linear": lint.quantize_nodes, "dequantize_linear": lint.dequantize_nodes,
                   "dq_consumers": dict(dq_consumers(best.model))},
-        "layers": [{"node": name, "op_type": next(n.op_type for n in nodes if n.name == name),
+        "layers": [{"node": name, "module": modules.get(name),
+                    "op_type": next(n.op_type for n in nodes if n.name == name),
                     "kind": next(n.kind for n in nodes if n.name == name), "macs": macs.get(name),
-                    "sqnr_db": value} for name, value in sqnr.items()],
-        "sensitivity": sensitivity,
+                    "sqnr_db": value if np.isfinite(value) else None}  # None: identical to FP32
+                   for name, value in sqnr.items()],
+        "sensitivity": [{**row, "module": modules.get(row["node"])} for row in sensitivity],
         "size_bytes": {"fp32": float_model.ByteSize(), "int8": best.model.ByteSize()},
         "latency_ms": latency,
         "lint": lint.to_dict(),
@@ -155,6 +160,15 @@ def build_report(card: ModelCard, float_model: onnx.ModelProto, nodes: list[Comp
     }
 
 
+
+
+def sqnr_order(layer: dict[str, Any]) -> float:
+    """Worst first; a layer whose output is identical to FP32 (no SQNR: null) last."""
+    return float("inf") if layer["sqnr_db"] is None else layer["sqnr_db"]
+
+
+def sqnr_text(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
 
 
 _pct = partial(percent, missing="n/a")
@@ -213,24 +227,28 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {attempt['label']}: {t['error_before']:.3g} → {t['error_after']:.3g} on "
                          f"{t['samples']} samples{check}: {outcome}.")
     floats = report["float_nodes"]
+    named = floats.get("modules") or {}
+    linear = [named.get(n, n) for n in floats["linear"]]
+    attention = [named.get(n, n) for n in floats["attention"]]
     lines += ["", "## Kept in float", "",
-              f"Linear nodes: {', '.join(floats['linear']) or 'none'}.",
-              f"Attention MatMuls: {len(floats['attention'])} "
-              f"({', '.join(floats['attention'][:6])}{' …' if len(floats['attention']) > 6 else ''}).",
+              f"Linear layers: {', '.join(linear) or 'none'}.",
+              f"Attention MatMuls: {len(attention)} "
+              f"({', '.join(attention[:6])}{' …' if len(attention) > 6 else ''}).",
               "Residual adds, LayerNorm, Softmax and GELU stay float in linear-only and vit-safe "
               "graphs.", "", f"Float layers run as: {floats['run_as']}." if floats.get("run_as") else "",
               "",
               "## Per-layer error (SQNR of each INT8 node's output vs FP32; lower is worse)", "",
-              "| node | op | kind | MACs | SQNR dB |", "| --- | --- | --- | --- | --- |"]
-    for layer in sorted(report["layers"], key=lambda r: r["sqnr_db"]):
-        lines.append(f"| {layer['node']} | {layer['op_type']} | {layer['kind']} | "
-                     f"{layer['macs'] or '?'} | {layer['sqnr_db']:.1f} |")
+              "| layer | ONNX node | op | kind | MACs | SQNR dB |", "| --- | --- | --- | --- | --- | --- |"]
+    for layer in sorted(report["layers"], key=sqnr_order):
+        lines.append(f"| {layer.get('module') or layer['node']} | {layer['node']} | {layer['op_type']} | "
+                     f"{layer['kind']} | {layer['macs'] or '?'} | {sqnr_text(layer['sqnr_db'])} |")
     if report["sensitivity"]:
         error = "relative error" if b["features"] else "KL"
-        lines += ["", f"## Sensitivity ranking ({error} vs FP32 when the node alone is float)", "",
-                  f"| node | {error} if float | gain |", "| --- | --- | --- |"]
+        lines += ["", f"## Sensitivity ranking ({error} vs FP32 when the layer alone is float)", "",
+                  f"| layer | {error} if float | gain |", "| --- | --- | --- |"]
         for row in report["sensitivity"][:20]:
-            lines.append(f"| {row['node']} | {row['error_if_float']:.5f} | {row['error_gain']:.5f} |")
+            lines.append(f"| {row.get('module') or row['node']} | {row['error_if_float']:.5f} | "
+                         f"{row['error_gain']:.5f} |")
     lint = report["lint"]
     lines += ["", "## TensorRT-rules lint", "",
               f"{'passed' if lint['passed'] else 'FAILED'}: {lint['quantize_nodes']} QuantizeLinear, "

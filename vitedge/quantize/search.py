@@ -17,6 +17,7 @@ import numpy as np
 from vitedge.data import DataSet
 from vitedge.drift import compare, topk_accuracy
 from vitedge.errors import VitedgeError
+from vitedge.models.names import module_names
 from vitedge.quantize.calibrate import nncf_quantize
 from vitedge.quantize.lint import lint_qdq
 from vitedge.quantize.qdq import (
@@ -313,7 +314,8 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
     for row in ranking:
         if row["error_gain"] <= 0:
             why = (f"the sensitivity search stopped after {len(reverted_names)} of {len(ranking)} "
-                   f"node(s): reverting the next one ({row['node']}) alone does not lower the error "
+                   f"node(s): reverting the next one ({module_names(float_model).get(row['node'], row['node'])}) "
+                   "alone does not lower the error "
                    f"on the {len(subset)} ranking samples, so no further revert is expected to help")
             break
         reverted_names.append(row["node"])

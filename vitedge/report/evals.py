@@ -10,7 +10,7 @@ import numpy as np
 from vitedge.documents import read_model
 from vitedge.errors import InputError
 from vitedge.formatting import number, percent
-from vitedge.report.page import Sections, figure, flips, image_uri, png, verified
+from vitedge.report.page import Sections, Thumb, figure, flips, image_uri, png, verified
 
 
 def eval_sections(directory: Path) -> Sections:
@@ -40,7 +40,13 @@ def eval_sections(directory: Path) -> Sections:
     for i, row in enumerate(models[1:], start=1):
         first, this = arrays["model0"], arrays[f"model{i}"]
         pairs = [(class_names[a], class_names[b]) for a, b in zip(first.argmax(1), this.argmax(1))]
-        flip_tables, flip_plots = flips(plt, pairs, ("first", Path(row["model"]).name), f"Class flips: {row['model']}")
+        kept = [(w, uri) for w in row.get("worst", [])
+                if w.get("image") in report["files"] and (uri := image_uri(directory / w["image"]))]
+        examples: dict[tuple[str, str], Thumb] = {}
+        for worst, uri in kept:
+            examples.setdefault((worst["first"], worst["this"]), Thumb(uri, Path(worst["path"]).name))
+        flip_tables, flip_plots = flips(plt, pairs, ("first", Path(row["model"]).name), f"Class flips: {row['model']}",
+                                        examples)
         tables += flip_tables
         plots += flip_plots
         if labeled and row.get("per_class_delta"):
@@ -54,10 +60,9 @@ def eval_sections(directory: Path) -> Sections:
             ax.set_ylabel("top-1 delta (points)")
             ax.tick_params(axis="x", rotation=90, labelsize=7)
             plots.append((f"Per-class accuracy deltas: {row['model']}", png(fig)))
-        for worst in row.get("worst", []):
-            if worst.get("image") in report["files"] and (uri := image_uri(directory / worst["image"])):
-                gallery.append((uri, f"{Path(worst['path']).name}: first {worst['first']}, "
-                                     f"{Path(row['model']).name} {worst['this']} (KL {worst['kl']:.3f})"))
+        for worst, uri in kept:
+            gallery.append((uri, f"{Path(worst['path']).name}: first {worst['first']}, "
+                                 f"{Path(row['model']).name} {worst['this']} (KL {worst['kl']:.3f})"))
     confidence = arrays["confidence"]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for i, row in enumerate(models):

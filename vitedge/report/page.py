@@ -21,12 +21,26 @@ from vitedge.errors import InputError
 
 
 @dataclass(frozen=True)
+class Thumb:
+    """A table cell that shows an image in the HTML page (its `text` in the Markdown)."""
+
+    uri: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Cell = str | Thumb
+
+
+@dataclass(frozen=True)
 class Sections:
     """What a report shows: rendered as HTML and Markdown, `data` written as its JSON."""
 
     title: str
     headline: list[tuple[str, str]]
-    tables: list[tuple[str, list[str], list[list[str]]]]
+    tables: list[tuple[str, list[str], list[list[Cell]]]]
     plots: list[tuple[str, str | None]]
     gallery: list[tuple[str, str]]
     data: dict[str, Any]
@@ -74,18 +88,26 @@ MATRIX_CLASSES = 20  # more classes than this: the flips as a ranked table inste
 SHOWN_ROWS = 15  # per-class tables: the worst rows, the rest folded into one
 
 
-def flips(plt: Any, pairs: list[tuple[str, str]], names: tuple[str, str], caption: str
-          ) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[tuple[str, str | None]]]:
+def flips(plt: Any, pairs: list[tuple[str, str]], names: tuple[str, str], caption: str,
+          examples: dict[tuple[str, str], Thumb] | None = None
+          ) -> tuple[list[tuple[str, list[str], list[list[Cell]]]], list[tuple[str, str | None]]]:
     """The flips of (first, second) top-1 pairs: a ranked table (most frequent first) always, so
-    a 1000-class run shows its real flips, and the matrix too when few classes are involved."""
+    a 1000-class run shows its real flips, and the matrix too when few classes are involved.
+    `examples`: an image of a flip, by pair (the frames or images the folder kept), shown in
+    its row."""
     counted: dict[tuple[str, str], int] = {}
     for first, second in pairs:
         if first != second:
             counted[first, second] = counted.get((first, second), 0) + 1
     ranked = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
-    rows = folded(ranked, 2 * SHOWN_ROWS, lambda kv: [*kv[0], str(kv[1])],
-                  lambda rest: [f"… {len(rest)} more kinds of flip", "", str(sum(n for _, n in rest))])
-    tables = [(f"{caption}, most frequent first", [*names, "count"], rows or [["(none)", "", "0"]])]
+    shown = examples is not None and any(pair in examples for pair, _n in ranked)
+    extra: Callable[[tuple[str, str]], list[Cell]] = (
+        (lambda pair: [examples.get(pair, "")]) if shown and examples is not None else (lambda pair: []))
+    rows = folded(ranked, 2 * SHOWN_ROWS, lambda kv: [*kv[0], str(kv[1]), *extra(kv[0])],
+                  lambda rest: [f"… {len(rest)} more kinds of flip", "", str(sum(n for _, n in rest)),
+                                *([""] if shown else [])])
+    header = [*names, "count", *(["example"] if shown else [])]
+    tables = [(f"{caption}, most frequent first", header, rows or [["(none)", "", "0"]])]
     classes = {c for pair in pairs for c in pair}
     plots = [(caption, flip_matrix(plt, pairs, " → ".join(names)))] if pairs and len(classes) <= MATRIX_CLASSES \
         else []
@@ -138,7 +160,8 @@ def html_page(sections: Sections) -> str:
              ".6rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
              "{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:.75rem}figure{margin:0;max-width:220px}"
              "figcaption{font-size:.8rem}table{display:block;max-width:100%;overflow-x:auto}"
-             "td{overflow-wrap:anywhere}img{max-width:100%;height:auto}</style></head><body>",
+             "td{overflow-wrap:anywhere}img{max-width:100%;height:auto}img.thumb{height:56px;width:auto}"
+             "</style></head><body>",
              f"<h1>{html.escape(title)}</h1><table>"]
     parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline]
     parts.append("</table>")
@@ -150,13 +173,20 @@ def html_page(sections: Sections) -> str:
     for caption, header, rows in tables:
         parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
     for caption, uri in plots:
         if uri:
             parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{uri}'>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _cell(cell: Cell) -> str:
+    if isinstance(cell, Thumb):  # the URI is a data URI vitedge made; the text is escaped
+        return (f"<td><img class='thumb' src='{html.escape(cell.uri)}' alt='{html.escape(cell.text)}' "
+                f"title='{html.escape(cell.text)}'></td>")
+    return f"<td>{html.escape(cell)}</td>"
 
 
 def markdown_page(sections: Sections) -> str:

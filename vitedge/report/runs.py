@@ -13,6 +13,7 @@ from vitedge.formatting import number, percent
 from vitedge.report.page import (
     SHOWN_ROWS,
     Sections,
+    Thumb,
     figure,
     flips,
     folded,
@@ -111,7 +112,14 @@ def run_sections(directory: Path) -> Sections:
                    folded(by_class, SHOWN_ROWS, lambda kv: [kv[0], str(len(kv[1])), percent(float(np.mean(kv[1])))],
                           lambda rest: [f"… {len(rest)} more classes", str(sum(len(v) for _, v in rest)),
                                         percent(float(np.mean([a for _, v in rest for a in v])))])))
-    flip_tables, flip_plots = flips(plt, flips_seen, ("reference", "deployed"), "Class flips (shadowed frames)")
+    kept = {f["index"]: uri for f in shadowed
+            if f.get("saved") in summary.files and (uri := image_uri(directory / f["saved"]))}
+    examples: dict[tuple[str, str], Thumb] = {}
+    for f in shadowed:
+        if f["index"] in kept:
+            examples.setdefault((f["shadow"]["reference_top1"], f["top"][0][1]), Thumb(kept[f["index"]], f"frame {f['index']}"))
+    flip_tables, flip_plots = flips(plt, flips_seen, ("reference", "deployed"), "Class flips (shadowed frames)",
+                                    examples)
     tables += flip_tables
     plots: list[tuple[str, str | None]] = []
     if shadowed:
@@ -129,11 +137,9 @@ def run_sections(directory: Path) -> Sections:
         plots.append(("Confidence, reference vs deployed", png(fig)))
         plots += flip_plots
     plots += _latency_plot(plt, frames)
-    gallery = []
-    for f in shadowed:
-        if f.get("saved") in summary.files and (uri := image_uri(directory / f["saved"])):
-            gallery.append((uri, f"frame {f['index']}: reference {f['shadow']['reference_top1']}, "
-                                 f"deployed {f['top'][0][1]} (KL {f['shadow']['kl']:.3f})"))
+    gallery = [(kept[f["index"]], f"frame {f['index']}: reference {f['shadow']['reference_top1']}, "
+                                  f"deployed {f['top'][0][1]} (KL {f['shadow']['kl']:.3f})")
+               for f in shadowed if f["index"] in kept]
     data = {"kind": "run", "summary": summary.to_dict(), "events": events,
             "per_class_agreement": {c: float(np.mean(v)) for c, v in per_class.items()},
             "flips": [list(p) for p in flips_seen if p[0] != p[1]]}

@@ -21,6 +21,7 @@ from vitedge.report.fleet import fleet_sections
 from vitedge.report.optimized import optimize_sections
 from vitedge.report.page import html_page, markdown_page
 from vitedge.report.pruned import prune_sections, pruned_card
+from vitedge.report.quantized import quantize_sections, quantized_card
 from vitedge.report.runs import run_sections
 
 
@@ -57,7 +58,7 @@ def write_report(directory: str | Path | Sequence[str | Path], out: str | Path) 
 def _sections(directory: Path) -> Any:
     """The report of one folder, by what it is."""
     if not directory.is_dir():
-        raise InputError(f"{directory} is not a directory", "pass a run or eval directory, or a pruned artifact")
+        raise InputError(f"{directory} is not a directory", "pass a run or eval directory, or a pruned or quantized artifact")
     if (directory / "summary.json").is_file():
         several = "streams" in (json_object(directory / "summary.json") or {})
         return fleet_sections([directory], title=f"vitedge run — {directory.name}") if several else \
@@ -68,7 +69,9 @@ def _sections(directory: Path) -> Any:
         return optimize_sections(directory)
     if (card := pruned_card(directory)) is not None:
         return prune_sections(directory, card)
+    if (card := quantized_card(directory)) is not None:
+        return quantize_sections(directory, card)
     raise InputError(f"{directory} is neither a run directory (summary.json), an eval directory "
-                     "(eval.json), an optimize folder (optimize.json) nor a pruned artifact "
-                     "(card.json from vitedge prune)",
-                     "pass what vitedge run --out, eval -o, optimize -o or prune -o wrote")
+                     "(eval.json), an optimize folder (optimize.json), a pruned artifact (card.json "
+                     "from vitedge prune) nor a quantized one (quant_report.json)",
+                     "pass what vitedge run --out, eval -o, optimize -o, prune -o or quantize -o wrote")

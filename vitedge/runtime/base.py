@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,7 +199,8 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
 
 
 def interleaved_latency(sessions: dict[str, Session], batch: int, *, rounds: int = 6, runs: int = 10,
-                        warmup: int = 3, pause: float = 0.05) -> dict[str, float]:
+                        warmup: int = 3, pause: float = 0.05,
+                        on_round: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """p50 ms per session at one batch size, measured in alternating rounds (median of the rounds).
 
     On a shared or thermally throttled machine, timing A fully and then B measures the machine's
@@ -209,10 +211,12 @@ def interleaved_latency(sessions: dict[str, Session], batch: int, *, rounds: int
     EPYC; with a 50 ms pause, 9.8 ms).
     """
     measured: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
+    for index in range(rounds):
         for name, session in sessions.items():
             time.sleep(pause)
             p50 = session.latency(batch, runs, warmup)["p50_ms"]
             assert p50 is not None  # runs >= 1
             measured[name].append(p50)
+        if on_round is not None:  # (rounds done - 1, rounds): a progress bar's tick
+            on_round(index, rounds)
     return {name: float(np.median(values)) for name, values in measured.items()}

@@ -43,10 +43,16 @@ class Doc(BaseModel):
 
 
 class LoadDoc(Doc):
-    """How busy the cores were while timing (vitedge.machine_load.MachineLoad)."""
+    """How busy the cores were while timing (what vitedge.machine_load.LoadWatch saw), as recorded
+    beside the figures and as the commands warn about it."""
 
-    others: float  # the share of all cores other processes used, 0..1
-    load_average: float
+    others: float  # the share of all cores other processes (and the hypervisor's steal) used, 0..1
+    load_average: float  # the 1-minute load average at the end
     cpus: Positive
-    seconds: float
+    seconds: float  # how long it was watched
     busy: bool
+
+    def warning(self, what: str) -> str:
+        return (f"the machine was busy while {what}: other processes used {100 * self.others:.0f} % of its "
+                f"{self.cpus} cores (load average {self.load_average:.1f}), so these latencies are not an idle "
+                "machine's; time again when it is idle")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from vitedge.schemas.base import Count, Doc, Positive, RelPath, Share
+from vitedge.schemas.base import Count, Doc, LoadDoc, Positive, RelPath, Share
 
 
 class CandidateDoc(Doc):
@@ -54,3 +54,4 @@ class OptimizeDoc(Doc):
     not_tried: list[str]  # left out by --time-budget
     seconds: float
     finished: bool
+    load: LoadDoc | None = None  # how busy the cores were while the bundles were timed

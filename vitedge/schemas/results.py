@@ -54,6 +54,7 @@ class FloatNodes(Doc):
     linear: list[str]
     attention: list[str]
     run_as: str | None = None  # what they run as on the target once compiled (FP16 on TensorRT)
+    modules: dict[str, str] = {}  # node -> the model's module name, where export recorded one
 
 
 class QuantLatency(Doc):
@@ -297,7 +298,7 @@ class EvalResult(Doc):
 
 class ReportDoc(Doc):
     generator: Literal["vitedge report"]
-    kind: Literal["run", "eval", "prune"]
+    kind: Literal["run", "eval", "prune", "quantize"]
     html: str
     md: str
 
