@@ -1,4 +1,4 @@
-"""`vitedge bench` across formats on this machine, measured in one run (the issue 4 table).
+"""`vitedge bench` across formats on this machine, measured in one run.
 
     .venv/bin/python benchmarks/bench_formats.py [--runs 50] [--skip-deit]
 
@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import Results  # noqa: E402
 
 from vitedge.bench import bench  # noqa: E402
 from vitedge.compile.prepare import compile_bundle  # noqa: E402
@@ -33,20 +34,22 @@ from vitedge.sessions import load as load_session  # noqa: E402
 from vitedge.targets import Scheme, load_target  # noqa: E402
 
 
-def table(title: str, sources: list[str], data: str, runs: int) -> None:
+def table(results: Results, title: str, sources: list[str], data: str, runs: int) -> None:
     result = bench(sources, batches=(1, 8), data=data, runs=runs, warmup=5)
-    print(f"\n### {title}: {result.rows[0].samples} images from {Path(data).name}\n")
-    print("| model | backend | precision | size MiB | batch | p50 ms | p95 ms | img/s | top-1 | "
-          "agreement with the first |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in result.rows:
-        print(f"| {r.name} | {r.backend} | {r.precision} | {r.size_mib:.2f} | {r.batch} | "
-              f"{r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.images_per_s:.0f} | {100 * r.top1:.2f}% | "
-              f"{100 * r.agreement:.2f}% |", flush=True)
+    results.table(f"{title}: {result.rows[0].samples} images from {Path(data).name}",
+                  ["model", "backend", "precision", "size MiB", "batch", "p50 ms", "p95 ms", "img/s", "top-1",
+                   "agreement with the first"],
+                  [[r.name, r.backend, r.precision, f"{r.size_mib:.2f}", r.batch, f"{r.p50_ms:.2f}", f"{r.p95_ms:.2f}",
+                    f"{r.images_per_s:.0f}", f"{100 * r.top1:.2f} %", f"{100 * r.agreement:.2f} %"]
+                   for r in result.rows])
+    if result.load is not None and result.load.busy:
+        results.note("warning: " + result.load.warning("the rows were timed"))
+    opened = []
     for source in sources[1:]:
         start = time.perf_counter()
         load_session(source).close()
-        print(f"- open {Path(source).name}: {1000 * (time.perf_counter() - start):.0f} ms")
+        opened.append(f"{Path(source).name} {1000 * (time.perf_counter() - start):.0f} ms")
+    results.note(f"{title}, time to open: " + ", ".join(opened))
 
 
 def pipeline(tmp: Path, name: str, loaded, calib: str, evaluation: str, parity) -> list[str]:
@@ -64,14 +67,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--skip-deit", action="store_true")
     args = parser.parse_args()
+    results = Results("bench_formats", "vitedge bench across formats")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         held = str(ROOT / "calibration" / "digits" / "heldout")
         digits = pipeline(tmp, "digits", load("builtin:digits-vit"),
                           str(ROOT / "calibration" / "digits" / "train"), held, held)
-        table("digits-vit", ["builtin:digits-vit", *digits], held, args.runs)
+        table(results, "digits-vit", ["builtin:digits-vit", *digits], held, args.runs)
         if args.skip_deit or not realdata.available():
-            print("\nskipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))
+            results.note("skipped DeiT-Tiny" + ("" if args.skip_deit else f": {realdata.missing_message()}"))
+            results.save()
             return
         deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
         realdata.split_image_folders(tmp, deit.card.labels)
@@ -80,8 +85,9 @@ def main() -> None:
         # The PyTorch model needs --weights, which bench's sources cannot carry, so the FP32 ONNX
         # artifact is the reference here; its parity with PyTorch is 100% top-1 agreement on all
         # 500 images (benchmarks/export_parity.py).
-        table("DeiT-Tiny (real ImageNet weights; agreement is with the FP32 ONNX artifact)",
+        table(results, "DeiT-Tiny (real ImageNet weights; agreement is with the FP32 ONNX artifact)",
               deit_sources, str(tmp / "eval"), args.runs)
+    results.save()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import machine_line  # noqa: E402
 
 from vitedge.data import ImageRecord, ImageSet, iter_batches  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="fitting steps per block")
     parser.add_argument("--batch", type=int, default=16, help="images per fitting step")
     args = parser.parse_args()
-    print(f"{realdata.machine_line()}; torch {torch.__version__}")
+    print(f"{machine_line()}; torch {torch.__version__}")
     if not realdata.available():
         print(f"skipped: {realdata.missing_message()}")
         return

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import Results  # noqa: E402
 
 from vitedge.data import ImageRecord, ImageSet, iter_batches, open_images  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
@@ -54,35 +55,40 @@ def top1(onnx_path: Path, module, images: ImageSet, card) -> tuple[float, float]
     return hits_torch / total, hits_onnx / total
 
 
-def report(name: str, loaded, data, labeled: ImageSet | None, workdir: Path) -> None:
+def measure(name: str, loaded, data, labeled: ImageSet | None, workdir: Path) -> list[str]:
     images = data if isinstance(data, ImageSet) else open_images(data)
     start = time.perf_counter()
     result = export_onnx(loaded, workdir / name, parity_data=images.origin,
                          parity_samples=len(images.records))
     seconds = time.perf_counter() - start
     p = result.parity
-    print(f"{name}: export+parity {seconds:.1f} s ({result.exporter} exporter), "
-          f"{p.samples} images: max abs diff {p.max_abs_diff:.2e}, max rel diff "
-          f"{p.max_rel_diff:.2e}, top-1 agreement {100 * p.top1_agreement:.2f}%")
-    if labeled is not None:
-        acc_torch, acc_onnx = top1(workdir / name / "model.onnx", loaded.module, labeled, loaded.card)
-        print(f"{name}: top-1 PyTorch {100 * acc_torch:.2f}% vs ONNX Runtime {100 * acc_onnx:.2f}% "
-              f"on {len(labeled.records)} labeled images")
+    row = [name, f"{seconds:.1f}", result.exporter, str(p.samples), f"{p.max_abs_diff:.2e}",
+           f"{p.max_rel_diff:.2e}", f"{100 * p.top1_agreement:.2f} %"]
+    if labeled is None:
+        return row + ["", ""]
+    acc_torch, acc_onnx = top1(workdir / name / "model.onnx", loaded.module, labeled, loaded.card)
+    return row + [f"{100 * acc_torch:.2f} %", f"{100 * acc_onnx:.2f} %"]
 
 
 def main() -> None:
-    print(f"vitedge --help: {1000 * help_time():.0f} ms (median of 7)")
+    results = Results("export_parity", "Export parity and start-up time")
+    results.note(f"`vitedge --help`: {1000 * help_time():.0f} ms (median of 7)")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         heldout = open_images(ROOT / "calibration" / "digits" / "heldout")
-        report("digits-vit", load("builtin:digits-vit"), heldout, heldout, Path(tmp))
-        if not realdata.available():
-            print(f"skipped DeiT-Tiny: {realdata.missing_message()}")
-            return
-        labels = realdata.labels_by_path()
-        labeled = ImageSet([ImageRecord(p, c) for p, c in labels.items()], ["imagenet"] * 1000,
-                           str(realdata.IMAGES))
-        deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
-        report("deit-tiny", deit, labeled, labeled, Path(tmp))
+        rows.append(measure("digits-vit", load("builtin:digits-vit"), heldout, heldout, Path(tmp)))
+        if realdata.available():
+            labels = realdata.labels_by_path()
+            labeled = ImageSet([ImageRecord(p, c) for p, c in labels.items()], ["imagenet"] * 1000,
+                               str(realdata.IMAGES))
+            deit = load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)
+            rows.append(measure("deit-tiny (real weights, 500 ImageNet images)", deit, labeled, labeled, Path(tmp)))
+        else:
+            results.note(f"skipped DeiT-Tiny: {realdata.missing_message()}")
+    results.table("Export + parity check: ONNX Runtime against PyTorch on every image",
+                  ["model", "export + parity s", "exporter", "images", "max abs diff", "max rel diff",
+                   "top-1 agreement", "top-1 PyTorch", "top-1 ONNX Runtime"], rows)
+    results.save()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`vitedge run` throughput and stability on this machine, measured in one run (the issue 5 figures).
+"""`vitedge run` throughput and stability on this machine, measured in one run.
 
     .venv/bin/python benchmarks/live_loop.py [--frames 10000]
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vitedge.compile.prepare import compile_bundle  # noqa: E402
 from vitedge.export import export_onnx  # noqa: E402
@@ -36,9 +36,9 @@ from vitedge.sessions import load as load_session  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_digits_video import make_digits_video  # noqa: E402
+from results import Results  # noqa: E402
 
 from vitedge.targets import load_target  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name  # noqa: E402
 
 STREAMS = 4
 
@@ -70,7 +70,7 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {np.percentile(values, 50):.1f} ms / p95 {np.percentile(values, 95):.1f} ms"
 
 
-def streams(tmp: Path, video: Path) -> None:
+def streams(results: Results, tmp: Path, video: Path) -> None:
     """Section 3: one process, four sources, against four processes of one source each."""
     vitedge = Path(sys.executable).with_name("vitedge")
     common = ["--reference", str(tmp / "fp32"), "--shadow-every", "5", "-q", "--no-report"]
@@ -92,13 +92,13 @@ def streams(tmp: Path, video: Path) -> None:
     ended = max(s["started"] + s["seconds"] for s in singles)
     separate_fps = sum(s["frames"]["logged"] for s in singles) / (ended - began)
     separate_latency = sum((frame_ms(tmp / f"single{k}") for k in range(STREAMS)), [])
-    print(f"\n3. {STREAMS} streams of the 640x480 video, shadow every 5th frame:")
-    print(f"   one process, --source x{STREAMS}: {multi_fps:.1f} FPS together "
+    results.note(f"3. {STREAMS} streams of the 640x480 video, shadow every 5th frame, one process "
+                 f"(--source x{STREAMS}): {multi_fps:.1f} FPS together "
           f"({multi_fps / STREAMS:.1f} per stream); {batching['calls']} model calls, "
           f"{batching['mean_batch']:.2f} frames per call; frame latency {percentiles(multi_latency)}")
-    print(f"   {STREAMS} processes at once:      {separate_fps:.1f} FPS together "
+    results.note(f"3. {STREAMS} processes at once: {separate_fps:.1f} FPS together "
           f"({separate_fps / STREAMS:.1f} per stream); frame latency {percentiles(separate_latency)}")
-    print(f"   ratio (one process / {STREAMS} processes): {multi_fps / separate_fps:.2f}x aggregate FPS")
+    results.note(f"3. ratio (one process / {STREAMS} processes): {multi_fps / separate_fps:.2f}× aggregate FPS")
 
 
 def main() -> None:
@@ -106,8 +106,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10000)
     parser.add_argument("--streams-only", action="store_true", help="only section 3")
     args = parser.parse_args()
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}")
+    results = Results("live_loop", "vitedge run: throughput, memory and several streams")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         export_onnx(load("builtin:digits-vit"), tmp / "fp32", parity_samples=4)
@@ -115,16 +114,17 @@ def main() -> None:
                  eval_data=str(ROOT / "calibration/digits/heldout"))
         compile_bundle(load(tmp / "int8"), load_target("x86-cpu"), tmp / "x86")
         video = make_digits_video(tmp / "cam.mp4", frames=600)
-        print(f"video: 640x480, 600 frames; decoding alone: {decode_fps(video):.0f} FPS")
+        results.note(f"video: 640x480, 600 frames; decoding alone: {decode_fps(video):.0f} FPS")
         if args.streams_only:
-            streams(tmp, video)
+            streams(results, tmp, video)
+            results.save()
             return
 
         deployed, reference = load_session(tmp / "x86"), load_session(tmp / "fp32")
         summary = run_loop(deployed, FrameSource.open(str(video)), tmp / "run1", reference=reference,
                       options=RunOptions(shadow_every=5))
         lat, loop = summary.deployed.latency_ms, summary.loop_overhead_ms
-        print(f"\n1. 600 frames, shadow every 5th: {summary.fps:.1f} FPS; inference p50 "
+        results.note(f"1. 600 frames, shadow every 5th: {summary.fps:.1f} FPS; inference p50 "
               f"{lat.p50_ms:.2f} ms / p95 {lat.p95_ms:.2f} ms; loop overhead (preprocess, "
               f"logging) p50 {loop.p50:.2f} ms / p95 {loop.p95:.2f} ms; shadowed "
               f"{summary.shadow.compared}, skipped {summary.shadow.skipped_reference_behind}; "
@@ -132,7 +132,7 @@ def main() -> None:
         summary = run_loop(load_session(tmp / "x86"), FrameSource.open(str(video)), tmp / "run1r",
                       reference=load_session(tmp / "fp32"),
                       options=RunOptions(shadow_every=5, record=tmp / "annotated.mp4"))
-        print(f"   same with --record (overlay + mp4v encode): {summary.fps:.1f} FPS, loop "
+        results.note(f"1. same with --record (overlay + mp4v encode): {summary.fps:.1f} FPS, loop "
               f"overhead p50 {summary.loop_overhead_ms.p50:.2f} ms")
 
         marks: dict[str, float] = {}
@@ -149,13 +149,14 @@ def main() -> None:
         counts = summary.frames
         lines = (tmp / "run2" / "frames.jsonl").read_text().splitlines()
         indices = sorted(json.loads(line)["index"] for line in lines)
-        print(f"\n2. {args.frames} frames (looped video): {summary.fps:.1f} FPS; RSS after warm-up "
+        results.note(f"2. {args.frames} frames (looped video): {summary.fps:.1f} FPS; RSS after warm-up "
               f"{marks['warm']:.1f} MiB, at the end {end:.1f} MiB "
               f"({100 * (end - marks['warm']) / marks['warm']:+.2f}%); read {counts.read} = "
               f"logged {counts.logged} + dropped {counts.dropped}; frames.jsonl has "
               f"{len(lines)} lines, {len(set(indices))} distinct indices, "
               f"{'each once' if indices == list(range(len(indices))) else 'GAPS OR DUPLICATES'}")
-        streams(tmp, video)
+        streams(results, tmp, video)
+    results.save()
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import Results  # noqa: E402
 
 from vitedge.models.load import load  # noqa: E402
 
 
-def peers(out: Path, work: Path) -> None:
+def peers(results: Results, out: Path, work: Path) -> None:
     """The pick against OpenVINO running the FP32 ONNX (as is, and forced FP32), same rounds."""
     from vitedge.runtime.base import interleaved_latency
     from vitedge.runtime.openvino.runner import OpenVinoSession
@@ -45,7 +46,7 @@ def peers(out: Path, work: Path) -> None:
         ms = interleaved_latency(sessions, batch, rounds=8, runs=20 if batch == 1 else 6)
         fastest = min((k for k in ms if k != "pick"), key=ms.get)
         ratio = ms[fastest] / ms["pick"]
-        print(f"- batch {batch}: pick {ms['pick']:.2f} ms, {fastest} {ms[fastest]:.2f} ms: {ratio:.2f}x "
+        results.note(f"batch {batch}: pick {ms['pick']:.2f} ms, {fastest} {ms[fastest]:.2f} ms: {ratio:.2f}× "
               + ("(target 1.2x met)" if ratio >= 1.2 else f"(target 1.2x MISSED by {1.2 - ratio:.2f})"))
     for session in sessions.values():
         session.close()
@@ -60,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     if not realdata.available():
         raise SystemExit(realdata.missing_message())
-    print(realdata.machine_line())
+    results = Results("optimize_deit", "vitedge optimize on DeiT-Tiny with pruned candidates")
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -77,28 +78,33 @@ def main() -> None:
         document = json.loads((out / "optimize.json").read_text())
         measured = [c for c in document["candidates"] if c["status"] == "measured"]
         base = next(c for c in measured if c["name"] == "r0-fp32-onnxruntime")
-        print(f"\nDeiT-Tiny, x86-cpu, calibrate/prune/distill on fold 0 ({document['calibration_samples']}), "
-              f"held out fold 1 ({document['eval_samples']}); FP32 top-1 {100 * document['fp32_top1']:.1f}%\n")
-        print("| candidate | MACs pruned | MACs (M) | agreement | top-1 | p50 ms | speed-up |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        caption = (f"DeiT-Tiny, x86-cpu, calibrate/prune/distill on fold 0 ({document['calibration_samples']}), "
+                   f"held out fold 1 ({document['eval_samples']}); FP32 top-1 {100 * document['fp32_top1']:.1f} %")
+        rows = []
         for c in sorted(measured, key=lambda c: c["p50_ms"]):
             pruned = f"{100 * c['prune']:.0f} %" + (" (budget)" if c.get("pruning") == "budget" else "") \
                 if c.get("prune") else "-"
-            print(f"| {c['name']} | {pruned} | {c['macs'] / 1e6:.0f} | {100 * c['agreement']:.1f}% | "
-                  f"{100 * c['top1']:.1f}% | {c['p50_ms']:.2f} | {base['p50_ms'] / c['p50_ms']:.2f}× |")
+            rows.append([c["name"], pruned, f"{c['macs'] / 1e6:.0f}", f"{100 * c['agreement']:.1f} %",
+                         f"{100 * c['top1']:.1f} %", f"{c['p50_ms']:.2f}", f"{base['p50_ms'] / c['p50_ms']:.2f}×"])
+        results.table(caption, ["candidate", "MACs pruned", "MACs (M)", "agreement", "top-1", "p50 ms", "speed-up"],
+                      rows)
         for c in document["candidates"]:
             if c["status"] != "measured":
-                print(f"- {c['name']}: {c['status']}: {c.get('reason')}")
-        print(f"\nchosen (within {document['max_drop']:g} points of top-1 and >= 98.5 % agreement): "
-              f"{document['chosen']}")
+                results.note(f"{c['name']}: {c['status']}: {c.get('reason')}")
+        results.note(f"chosen (within {document['max_drop']:g} points of top-1 and >= 98.5 % agreement): "
+                     f"{document['chosen']}")
         pruned = [c for c in measured if c.get("prune")]
         if pruned:
             closest = min(pruned, key=lambda c: c["drop"])
-            print(f"closest pruned candidate: {closest['name']} ({100 * closest['prune']:.0f} % fewer MACs): "
-                  f"drop {closest['drop']:.1f} points, agreement {100 * closest['agreement']:.1f} % "
-                  f"(bounds: 1 point, 98.5 %)")
+            results.note(f"closest pruned candidate: {closest['name']} ({100 * closest['prune']:.0f} % fewer MACs): "
+                         f"drop {closest['drop']:.1f} points, agreement {100 * closest['agreement']:.1f} % "
+                         f"(bounds: 1 point, 98.5 %)")
+        if document.get("load") and document["load"]["busy"]:
+            results.note("warning: the machine was busy while optimize timed the bundles "
+                         f"(others used {100 * document['load']['others']:.0f} % of the cores)")
         if document["chosen"]:
-            peers(out, work)
+            peers(results, out, work)
+    results.save()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import machine_line  # noqa: E402
 
 from vitedge.data import model_labels, open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
-    print(realdata.machine_line())
+    print(machine_line())
     if not realdata.available():
         print(f"skipped: {realdata.missing_message()}")
         return

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import machine_line  # noqa: E402
 
 from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare, topk_accuracy  # noqa: E402
@@ -278,7 +279,7 @@ def main() -> None:
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
-    print(f"{realdata.machine_line()}; NNCF "
+    print(f"{machine_line()}; NNCF "
           f"{package_version('nncf')}, ONNX Runtime {package_version('onnxruntime')}, OpenVINO "
           f"{package_version('openvino')}")
     with tempfile.TemporaryDirectory() as tmp_name:

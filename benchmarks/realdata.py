@@ -15,16 +15,6 @@ IMAGES = REALDATA / "imagenet-sample-even"
 CLASSES = REALDATA / "imagenet_classes.json"
 
 
-def machine_line() -> str:
-    """What every benchmark prints first: the CPU and the ISA extensions it ran with."""
-    import platform
-
-    from vitedge.versions import cpu_features, cpu_name
-
-    features = sorted(k for k, v in cpu_features().items() if v)
-    return f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}"
-
-
 def available() -> bool:
     return DEIT_WEIGHTS.is_file() and IMAGES.is_dir() and CLASSES.is_file()
 

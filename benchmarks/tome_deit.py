@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import Results  # noqa: E402
 
 from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import compare  # noqa: E402
@@ -34,12 +35,8 @@ from vitedge.runtime.base import interleaved_latency  # noqa: E402
 from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession  # noqa: E402
 
 
-def sweep(title: str, make, data, labels, configs: list[tuple[int, int | None]], runs: int, batch: int,
-          tmp: Path, parity) -> None:
-    print(f"\n### {title}: {len(labels)} images, ONNX Runtime CPU batch {batch}\n")
-    print("| r | from block | tokens after last block | MACs | top-1 | drop | fixed / broken | "
-          "agreement with r=0 | KL | ORT p50 ms | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+def sweep(results: Results, title: str, make, data, labels, configs: list[tuple[int, int | None]], runs: int,
+          batch: int, tmp: Path, parity) -> None:
     rows = []
     for r, start in [(0, 0), *configs]:
         loaded = make()
@@ -53,13 +50,17 @@ def sweep(title: str, make, data, labels, configs: list[tuple[int, int | None]],
     times = interleaved_latency({row[0]: row[-1] for row in rows}, batch, rounds=8, runs=max(5, runs // 8))
     base_logits, base_ms = rows[0][3], times[rows[0][0]]
     base_right = base_logits.argmax(1) == labels
+    table = []
     for name, info, macs, logits, _session in rows:
         right, ms = logits.argmax(1) == labels, times[name]
         drift = compare(base_logits, logits)
-        print(f"| {info['r']} | {info['start']} | {info['tokens_out']} | {macs / 1e6:.0f} M | "
-              f"{100 * right.mean():.2f}% | {100 * (base_right.mean() - right.mean()):+.2f} | "
-              f"{int((right & ~base_right).sum())} / {int((base_right & ~right).sum())} | "
-              f"{100 * drift.top1_agreement:.2f}% | {drift.kl:.4f} | {ms:.2f} | {base_ms / ms:.2f}x |", flush=True)
+        table.append([info["r"], info["start"], info["tokens_out"], f"{macs / 1e6:.0f} M", f"{100 * right.mean():.2f} %",
+                      f"{100 * (base_right.mean() - right.mean()):+.2f}",
+                      f"{int((right & ~base_right).sum())} / {int((base_right & ~right).sum())}",
+                      f"{100 * drift.top1_agreement:.2f} %", f"{drift.kl:.4f}", f"{ms:.2f}", f"{base_ms / ms:.2f}×"])
+    results.table(f"{title}: {len(labels)} images, ONNX Runtime CPU batch {batch}",
+                  ["r", "from block", "tokens after last block", "MACs", "top-1", "drop", "fixed / broken",
+                   "agreement with r=0", "KL", "ORT p50 ms", "speed-up"], table)
 
 
 def main() -> None:
@@ -71,22 +72,26 @@ def main() -> None:
     args = parser.parse_args()
     starts = [None if s == "d" else int(s) for s in args.starts.split(",")]
     configs = [(int(r), start) for start in starts for r in args.r.split(",") if int(r)]
+    results = Results("tome_deit", "Token merging (ToMe) by r")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         held = ROOT / "calibration" / "digits" / "heldout"
         digits = load("builtin:digits-vit")
         data = open_data(held, digits.card.preprocessing, samples=None)
-        sweep("digits-vit", lambda: load("builtin:digits-vit"), data, data.labels,
+        sweep(results, "digits-vit", lambda: load("builtin:digits-vit"), data, data.labels,
               [(4, None), (8, None), (12, None)], args.runs, args.batch, tmp, held)
         if not realdata.available():
-            print(f"\nskipped DeiT-Tiny: {realdata.missing_message()}")
+            results.note(f"skipped DeiT-Tiny: {realdata.missing_message()}")
+            results.save()
             return
         make = lambda: load("timm:deit_tiny_patch16_224", weights=realdata.DEIT_WEIGHTS)  # noqa: E731
         card = make().card
         data = open_data(realdata.IMAGES, card.preprocessing, samples=None)
         by_path = realdata.labels_by_path()
         labels = np.array([by_path[p] for p in data.paths()])
-        sweep("DeiT-Tiny", make, data, labels, configs, args.runs, args.batch, tmp, realdata.IMAGES)
+        sweep(results, "DeiT-Tiny (real weights, 500 ImageNet images)", make, data, labels, configs, args.runs,
+              args.batch, tmp, realdata.IMAGES)
+    results.save()
 
 
 if __name__ == "__main__":

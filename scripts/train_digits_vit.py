@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from vitedge.artifact import write_card  # noqa: E402
 from vitedge.card import Interpolation, Preprocessing, ResizeMode  # noqa: E402
 from vitedge.data import iter_batches, open_images  # noqa: E402
+from vitedge.example_data import write_digits  # noqa: E402
 from vitedge.models.load import load  # noqa: E402
 from vitedge.outputs import OutputKind, writing  # noqa: E402
 from vitedge.versions import tool_versions  # noqa: E402
@@ -45,28 +44,14 @@ PRE = Preprocessing(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.
 DATA = ROOT / "calibration" / "digits"
 ASSET = ROOT / "vitedge" / "assets" / "digits-vit"
 SAMPLES = ROOT / "vitedge" / "assets" / "samples"
-HELDOUT_FRACTION = 0.3
 SEED = 0
 
 
 def write_split() -> None:
-    """8x8 digits (0-16 ink) -> 32x32 8-bit grayscale PNGs, stratified 70/30 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    indices = np.arange(len(digits.target))
-    train_idx, held_idx = train_test_split(indices, test_size=HELDOUT_FRACTION,
-                                           random_state=SEED, stratify=digits.target)
+    """The digits as 32x32 PNG ImageFolders, split 70/30 (the same files `vitedge example-data` writes)."""
     if DATA.exists():
         shutil.rmtree(DATA)
-    for split, chosen in (("train", train_idx), ("heldout", held_idx)):
-        for index in chosen:
-            pixels = (digits.images[index] * (255.0 / 16.0)).round().astype(np.uint8)
-            image = Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.BILINEAR)
-            folder = DATA / split / str(digits.target[index])
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(folder / f"{index:04d}.png", optimize=True)
+    write_digits(DATA)
 
 
 def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:

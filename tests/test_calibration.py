@@ -86,3 +86,37 @@ def test_missing_and_empty_sources(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="not an image, video"):
         open_data(tmp_path / "notes.txt", PRE)
+
+
+def test_example_data_writes_the_checkouts_digits_and_replaces_only_its_own(tmp_path):
+    """`vitedge example-data`: the files calibration/digits holds, byte for byte, from
+    scikit-learn's digits; --overwrite replaces only a folder it wrote, holding nothing else."""
+    import hashlib
+
+    from conftest import assert_user_error
+    from typer.testing import CliRunner
+
+    from vitedge.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "digits"
+    result = runner.invoke(app, ["example-data", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    shipped = HELDOUT.parent
+
+    def digests(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in root.rglob("*.png")}
+
+    assert digests(out) == digests(shipped) and len(digests(out)) == 1797
+    assert_user_error(runner.invoke(app, ["example-data", "-o", str(out)]), "already exists")
+    (out / "train" / "notes.txt").write_text("mine")
+    assert_user_error(runner.invoke(app, ["example-data", "-o", str(out), "--overwrite"]), "notes.txt")
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+    (out / "train" / "notes.txt").unlink()
+    assert runner.invoke(app, ["example-data", "-o", str(out), "--overwrite"]).exit_code == 0
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "a.png").write_bytes(b"x")
+    assert_user_error(runner.invoke(app, ["example-data", "-o", str(foreign), "--overwrite"]),
+                      "not a vitedge output")

@@ -8,6 +8,9 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cli_reference", REPO / "scripts" / "cli_reference.py")
 cli_reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_reference)
+_spec = importlib.util.spec_from_file_location("benchmark_pages", REPO / "scripts" / "benchmark_pages.py")
+benchmark_pages = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark_pages)
 
 
 def test_every_command_and_option_has_its_docs_entry():
@@ -31,6 +34,26 @@ def test_a_stale_page_is_found(tmp_path, monkeypatch):
     problems = cli_reference.update(check=True)
     assert any("bench.md" in p and "differ" in p for p in problems), problems
     assert any("doctor.md is missing" in p for p in problems), problems
+
+
+def test_benchmark_results_page_is_what_the_benchmarks_wrote(tmp_path, monkeypatch):
+    """docs/benchmark-results.md is generated from benchmarks/results/*.json: a figure edited by
+    hand on the page, or a result file not rendered, fails here."""
+    import json
+
+    assert (REPO / "docs" / "benchmark-results.md").read_text() == benchmark_pages.render()
+    results = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert results, "no benchmark has written its results"
+    for path in results:
+        data = json.loads(path.read_text())
+        assert data["machine"]["cpu"] and data["machine"]["isa"] is not None and data["date"], path.name
+    copied = tmp_path / "results"
+    copied.mkdir()
+    data = json.loads(results[0].read_text())
+    data["tables"][0]["rows"][0][-1] = "999 %"  # a figure that is not what the page shows
+    (copied / results[0].name).write_text(json.dumps(data))
+    monkeypatch.setattr(benchmark_pages, "RESULTS", copied)
+    assert benchmark_pages.render() != (REPO / "docs" / "benchmark-results.md").read_text()
 
 
 def test_every_page_is_in_the_navigation_and_every_link_resolves():

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitedge"
 LAYERS: list[tuple[str, ...]] = [
     ("vitedge.errors", "vitedge.formatting", "vitedge.versions", "vitedge.card", "vitedge.locks", "vitedge.limits", "vitedge.outputs",
      "vitedge.documents", "vitedge.schemas", "vitedge.targets", "vitedge.preprocess",
-     "vitedge.artifact", "vitedge.data", "vitedge.drift", "vitedge.machine_load"),
+     "vitedge.artifact", "vitedge.data", "vitedge.drift", "vitedge.machine_load", "vitedge.example_data"),
     ("vitedge.runtime",),
     ("vitedge.models",),
     ("vitedge.prune",),

@@ -65,16 +65,17 @@ class OutputKind(StrEnum):
     CAPTURE = "capture"
     OPTIMIZE = "optimize"
     PACKAGE = "package"
+    EXAMPLES = "examples"
 
 
 KIND_NAMES = {OutputKind.ARTIFACT: "artifact", OutputKind.BUNDLE: "bundle",
               OutputKind.RUN: "run directory", OutputKind.EVAL: "eval directory",
               OutputKind.CAPTURE: "capture folder", OutputKind.OPTIMIZE: "optimize folder",
-              OutputKind.PACKAGE: "package folder"}
+              OutputKind.PACKAGE: "package folder", OutputKind.EXAMPLES: "example data folder"}
 # The file that says what a folder is, and (for the run, eval and capture) the key a legacy one had.
 _MANIFESTS = ((OutputKind.RUN, "summary.json", "stop_reason"), (OutputKind.EVAL, "eval.json", "models"),
               (OutputKind.CAPTURE, "capture.json", "kept"), (OutputKind.OPTIMIZE, "optimize.json", None),
-              (OutputKind.PACKAGE, "package.json", None))
+              (OutputKind.PACKAGE, "package.json", None), (OutputKind.EXAMPLES, "example-data.json", None))
 MANIFEST_FILES = {kind: manifest for kind, manifest, _legacy in _MANIFESTS}
 # What each kind writes besides its manifest (relative POSIX paths; folders end in "/").
 _PATTERNS = {
@@ -89,6 +90,8 @@ _PATTERNS = {
     # a package's files are the ones its package.json hashes; these are its folders
     OutputKind.PACKAGE: re.compile(r"^(package\.json|model_repository/|model_repository/[^/]+/"
                                    r"|model_repository/[^/]+/\d+/)$"),
+    OutputKind.EXAMPLES: re.compile(r"^(example-data\.json|(train|heldout)/|(train|heldout)/\d/"
+                                    r"|(train|heldout)/\d/\d{4}\.png)$"),
 }
 
 

@@ -58,6 +58,7 @@ COMMANDS = [  # (name, function): load -> prune -> export -> quantize -> compile
     ("report", measure.report_command),
     ("relabel", model.relabel),
     ("doctor", device.doctor),
+    ("example-data", device.example_data),
 ]
 for name, command in COMMANDS:
     app.command(name, cls=Command)(command)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from vitedge.cli.shared import Command, console, print_table, user_errors
+from vitedge.cli.shared import Command, Overwrite, Verbose, console, print_table, user_errors
 
 targets_app = typer.Typer(help="Device profiles (targets/*.toml): list them, or show one.",
                           no_args_is_help=False)
@@ -86,3 +87,25 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON."
     features = cpu["features"]
     table.add_row("CPU features", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()))
     console.print(table)
+
+
+def example_data(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write train/ and heldout/ into.")]
+        = Path("calibration/digits"),
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write the example data the docs use: scikit-learn's handwritten digits as train/ and heldout/
+    ImageFolders (the split the shipped digits-vit was trained on), so the documented commands
+    work from an installed vitedge as from a checkout.
+
+    Example: vitedge example-data   (then: vitedge quantize builtin:digits-vit --calib
+    calibration/digits/train --eval calibration/digits/heldout -o artifacts/digits-int8)
+    """
+    from vitedge.example_data import example_data as write_examples
+
+    with user_errors(verbose):
+        counts = write_examples(out, overwrite=overwrite)
+    console.print(f"wrote {out}/train ({counts['train']} images) and {out}/heldout ({counts['heldout']} images): "
+                  "scikit-learn's handwritten digits, one folder per digit", highlight=False)
+
