@@ -36,7 +36,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q
 
 test: install browser lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 demo: install
 	@echo "== 1/12 inspect the shipped default model (a ViT trained on real handwritten digits)"
