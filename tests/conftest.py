@@ -52,6 +52,18 @@ def native_cpu_target() -> str:
     return "arm64-cpu" if machine_arch() == "arm64" else "x86-cpu"
 
 
+def onnxruntime_only_target(folder: Path) -> Path:
+    """This machine's CPU profile with ONNX Runtime alone (FP32 and INT8): where a test needs one
+    runtime, not the timing of two."""
+    from vitedge.targets import load_target
+
+    profile = folder / "ort-only.toml"
+    text = Path(load_target(native_cpu_target()).path).read_text()
+    profile.write_text(text.replace('runtimes = ["onnxruntime", "openvino"]', 'runtimes = ["onnxruntime"]')
+                       .replace('precisions = ["fp32", "bf16", "int8"]', 'precisions = ["fp32", "int8"]'))
+    return profile
+
+
 def assert_user_error(result, *fragments):
     """A CliRunner result that is one clear line: exit 1, no traceback, the fragments in it."""
     output = result.output

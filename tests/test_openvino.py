@@ -16,6 +16,7 @@ from conftest import (
     assert_user_error,
     make_digits_video,
     native_cpu_target,
+    onnxruntime_only_target,
 )
 from typer.testing import CliRunner
 
@@ -365,10 +366,7 @@ def test_runtime_refusals(digits_onnx, tmp_path):
                           "-o", tmp_path / "a"), "runs TensorRT engines, not openvino")
     assert_user_error(cli("compile", digits_onnx, "--target", native_cpu_target(), "--runtime", "tensorrt",
                           "-o", tmp_path / "a"), "is a CPU target; TensorRT runs on NVIDIA GPUs")
-    profile = tmp_path / "ort-only.toml"
-    text = (Path(load_target("x86-cpu").path)).read_text()
-    profile.write_text(text.replace('runtimes = ["onnxruntime", "openvino"]', 'runtimes = ["onnxruntime"]')
-                       .replace('precisions = ["fp32", "bf16", "int8"]', 'precisions = ["fp32", "int8"]'))
+    profile = onnxruntime_only_target(tmp_path)
     assert_user_error(cli("compile", digits_onnx, "--target", profile, "--runtime", "openvino", "-o",
                           tmp_path / "a"), "lists runtimes onnxruntime, not openvino")
     result = cli("compile", digits_onnx, "--target", "x86-cpu", "--runtime", "tflite", "-o", tmp_path / "a")
