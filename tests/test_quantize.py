@@ -385,6 +385,48 @@ def test_model_without_linear_layers(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_depthwise_convolutions_get_one_activation_scale(tmp_path):
+    """A conv-attention hybrid's depthwise convolution (MobileViT, EfficientViT, PVTv2): NNCF's
+    CPU config would quantize its input per channel, which TensorRT cannot take, and every
+    candidate failed the lint ("internal: every vit-safe candidate broke its own rules"). Per-tensor
+    activation scales everywhere: it quantizes, the lint passes, every activation scale is scalar."""
+    import torch
+    from onnx import numpy_helper
+
+    class Hybrid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem = torch.nn.Conv2d(3, 16, 4, stride=4)
+            self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)  # depthwise
+            self.fc1, self.fc2, self.head = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = torch.nn.functional.gelu(self.dw(self.stem(x)))
+            tokens = x.flatten(2).transpose(1, 2)
+            tokens = tokens + self.fc2(torch.nn.functional.gelu(self.fc1(tokens)))
+            return self.head(tokens.mean(1))
+
+    path = tmp_path / "hybrid.onnx"
+    torch.onnx.export(Hybrid().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=18,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+    result = quantize(load(path, preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3}), TRAIN, tmp_path / "q",
+                      samples=32, max_drop=100)
+    assert result.report.lint["passed"], result.report.lint
+    model = onnx.load(tmp_path / "q" / "model.onnx")
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    depthwise = next(n for n in model.graph.node if n.op_type == "Conv"
+                     and any(a.name == "group" and a.i == 16 for a in n.attribute))
+    source = producers[depthwise.input[0]]  # its input comes through Q/DQ
+    assert source.op_type == "DequantizeLinear"
+    weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in initializers}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.output[0] not in weights:
+            assert initializers[node.input[1]].size == 1, node.name  # one scale per activation tensor
+
+
 def test_eval_folders_named_by_label_or_class_id():
     from vitedge.card import ModelCard, Preprocessing, VitStructure
     from vitedge.data import DataSet, model_labels

@@ -45,6 +45,8 @@ def exported_modules(model: onnx.ModelProto) -> list[tuple[str, str | None]]:
             found.append((node.op_type, None))
             continue
         module, call = scopes[-2], scopes[-1]
+        if call.startswith(("_native_batch_norm", "batch_norm")) and len(scopes) >= 3:
+            module, call = scopes[-3], "conv"  # a convolution with its BatchNorm folded in: the pair's module
         key = tuple(scopes)
         seen[key] = seen.get(key, 0) + 1
         roles = next((r for prefix, r in _ATTENTION.items() if call.startswith(prefix)), None)

@@ -65,6 +65,7 @@ def nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Schem
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
+        QuantizationParameters,
     )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -76,6 +77,10 @@ def nncf_quantize(model: onnx.ModelProto, calibration: DataSet, *, scheme: Schem
         # benchmarks/quantize_vit.py); --smooth-quant turns it on with NNCF's transformer alpha.
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if smooth_quant else -1),
         activations_range_estimator_params=estimators[method],
+        # one scale per activation tensor, as TensorRT requires: NNCF's CPU hardware config lets a
+        # depthwise convolution's input be quantized per channel (MobileViT, EfficientViT, PVTv2,
+        # TinyViT...), which no TensorRT build takes
+        activations_quantization_params=QuantizationParameters(per_channel=False),
         disable_bias_correction=not bias_correction,
     )
     preset = (nncf.QuantizationPreset.PERFORMANCE if scheme is Scheme.SYMMETRIC
