@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import realdata  # noqa: E402
+from results import machine_line  # noqa: E402
 
 from vitedge.data import open_data  # noqa: E402
 from vitedge.drift import topk_accuracy  # noqa: E402
@@ -44,7 +44,7 @@ from vitedge.runtime.base import Session, interleaved_latency  # noqa: E402
 from vitedge.runtime.onnxrt.runner import OnnxRuntimeSession  # noqa: E402
 from vitedge.runtime.openvino.runner import OpenVinoSession, cpu_capabilities, openvino_version  # noqa: E402
 from vitedge.sessions import load as load_session  # noqa: E402
-from vitedge.versions import cpu_features, cpu_name, package_version  # noqa: E402
+from vitedge.versions import cpu_feature_names, package_version  # noqa: E402
 
 VITEDGE = Path(sys.executable).with_name("vitedge")
 
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the exported and quantized models here and "
                         "reuse them in the next run (default: a temporary folder)")
     args = parser.parse_args()
-    features = sorted(k for k, v in cpu_features().items() if v)
-    print(f"machine: {cpu_name()}, {platform.machine()}; ISA: {', '.join(features)}")
+    features = cpu_feature_names()
+    print(machine_line())
     print(f"OpenVINO {openvino_version()} CPU capabilities: {', '.join(cpu_capabilities())}; "
           f"ONNX Runtime {package_version('onnxruntime')}; NNCF {package_version('nncf')}")
     if not realdata.available():

@@ -29,10 +29,9 @@ VERSIONS = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf")
 
 def machine() -> dict[str, Any]:
     """The CPU, its ISA extensions and core count: every benchmark's figures depend on them."""
-    from vitedge.versions import cpu_features, cpu_name
+    from vitedge.versions import cpu_feature_names, cpu_name
 
-    return {"cpu": cpu_name(), "arch": platform.machine(), "cores": os.cpu_count(),
-            "isa": sorted(k for k, v in cpu_features().items() if v)}
+    return {"cpu": cpu_name(), "arch": platform.machine(), "cores": os.cpu_count(), "isa": cpu_feature_names()}
 
 
 def machine_line() -> str:

@@ -142,10 +142,9 @@ def write_json(result: BenchResult, path: str | Path) -> None:
 
     from vitedge.documents import json_safe
     from vitedge.outputs import write_files
-    from vitedge.versions import cpu_features
+    from vitedge.versions import cpu_feature_names
 
-    data = json_safe({"generator": BENCH_GENERATOR, **result.to_dict(),
-                      "cpu_features": sorted(k for k, v in cpu_features().items() if v)})
+    data = json_safe({"generator": BENCH_GENERATOR, **result.to_dict(), "cpu_features": cpu_feature_names()})
     write_files({Path(path): (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()},
                 owned=_owned_bench, what="bench table")
 

@@ -37,6 +37,11 @@ def tool_versions(*names: str) -> dict[str, str | None]:
             **{name: package_version(name) for name in names}}
 
 
+def cpu_feature_names() -> list[str]:
+    """The ISA extensions this CPU has, sorted: what passports, bench tables and benchmarks record."""
+    return sorted(name for name, present in cpu_features().items() if present)
+
+
 def cpu_features(cpuinfo: str | None = None) -> dict[str, bool]:
     """Which INT8-relevant ISA extensions this CPU has (x86 or Arm), from /proc/cpuinfo."""
     if cpuinfo is None:

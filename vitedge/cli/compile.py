@@ -14,12 +14,12 @@ from vitedge.cli.shared import (
     Verbose,
     console,
     err_console,
-    print_warnings,
     progress_printer,
     step_bar,
     styled,
     takes_source_options,
     user_errors,
+    warn_if_busy,
 )
 from vitedge.targets import CompilePrecision, CompileRuntime
 
@@ -90,9 +90,7 @@ def compile_command(
     if built.runtime_choice is not None:
         console.print(f"runtime chosen by measurement ({built.runtime_choice.rounds} alternating "
                       f"rounds): {built.runtime_choice.why}", highlight=False, soft_wrap=True)
-        load = built.runtime_choice.load
-        if load is not None and load.busy:
-            print_warnings([load.warning("the runtimes were timed") + " (the choice may not hold)"])
+        warn_if_busy(built.runtime_choice.load, "the runtimes were timed", "the choice may not hold")
     if built.note:
         console.print(f"note: {built.note}", highlight=False, soft_wrap=True)
     if settings.runtime == "openvino":

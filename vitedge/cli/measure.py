@@ -15,9 +15,9 @@ from vitedge.cli.shared import (
     console,
     live_progress,
     print_table,
-    print_warnings,
     takes_source_options,
     user_errors,
+    warn_if_busy,
 )
 from vitedge.formatting import number, percent
 from vitedge.targets import Backend
@@ -108,8 +108,7 @@ def bench(
         result = run_bench(models, batches=batch, data=data, samples=samples, runs=runs,
                            warmup=warmup, rebuild=rebuild, backend=backend, json_out=out,
                            options=options, progress=progress)
-    if result.load is not None and result.load.busy:
-        print_warnings([result.load.warning("timing")])
+    warn_if_busy(result.load, "timing")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

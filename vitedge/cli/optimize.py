@@ -14,10 +14,10 @@ from vitedge.cli.shared import (
     Verbose,
     console,
     floats,
-    print_warnings,
     progress_printer,
     takes_source_options,
     user_errors,
+    warn_if_busy,
 )
 
 if TYPE_CHECKING:
@@ -87,8 +87,7 @@ def optimize(
     console.print(f"{len(measured)} candidates measured on {document.eval_samples} held-out samples"
                   + ("" if document.measured_here else " (latency estimated: this machine is not the target)"),
                   highlight=False)
-    if document.load is not None and document.load.busy:
-        print_warnings([document.load.warning("the bundles were timed") + " (the pick may not hold)"])
+    warn_if_busy(document.load, "the bundles were timed", "the pick may not hold")
     chosen = next((c for c in measured if c.name == document.chosen), None)
     if chosen is None:
         console.print("no candidate met the budget; see the report", highlight=False)

@@ -273,6 +273,12 @@ def step_bar(quiet: bool, first: str = "working") -> Iterator[Callable[[int, int
         yield tick
 
 
+def warn_if_busy(load: Any, what: str, consequence: str = "") -> None:
+    """The one-line warning when other processes used the cores while `what` (a LoadDoc, or None)."""
+    if load is not None and load.busy:
+        print_warnings([load.warning(what) + (f" ({consequence})" if consequence else "")])
+
+
 def progress_printer(quiet: bool) -> Any:
     """What library functions call with progress messages: dim lines on stderr, or nothing."""
     return (lambda _m: None) if quiet else (lambda m: err_console.print(Text(m, style="dim")))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitedge import __version__
 from vitedge.versions import (
-    cpu_features,
+    cpu_feature_names,
     gpu_facts,
     jetpack_release,
     l4t_release,
@@ -34,7 +34,7 @@ def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
     from vitedge.runtime.tensorrt.runner import tensorrt_version
 
     facts: dict[str, Any] = {
-        "arch": machine_arch(), "cpu_features": sorted(k for k, v in cpu_features().items() if v),
+        "arch": machine_arch(), "cpu_features": cpu_feature_names(),
         "onnxruntime": package_version("onnxruntime"), "openvino": package_version("openvino"),
         "tensorrt": tensorrt_version(),
         "l4t": l4t_release(), "jetpack": None, "gpu": None,

@@ -34,7 +34,7 @@ from vitedge.models.options import SourceOptions
 from vitedge.quantize.lint import lint_qdq
 from vitedge.quantize.qdq import compute_nodes
 from vitedge.quantize.recipes import Budget, CalibrationMethod, QuantSettings, Recipe
-from vitedge.quantize.report import build_report, markdown
+from vitedge.quantize.report import REPORT_JSON, REPORT_MD, build_report, markdown
 from vitedge.quantize.search import Evaluation, run_onnx, run_search
 from vitedge.schemas.results import QuantReport
 from vitedge.targets import Scheme, Target, load_target
@@ -156,8 +156,8 @@ def quantize(model: LoadedModel | str | Path, calib: str | Path | DataSet, out: 
         new_card = _quantized_card(card, raw, float_path)
         with writing(out, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
             onnx.save_model(search.best.model, str(staging / "model.onnx"))
-            write_document(staging / "quant_report.json", raw)  # sealed, like every document vitedge reads
-            atomic_write_text(staging / "quant_report.md", markdown(raw))
+            write_document(staging / REPORT_JSON, raw)  # sealed, like every document vitedge reads
+            atomic_write_text(staging / REPORT_MD, markdown(raw))
             write_card(staging, new_card)  # hashes the model and the reports
     report = QuantReport.from_dict(raw)
     result = QuantizeResult(Path(out), new_card, report, time.perf_counter() - started)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from vitedge.targets import Target
 
 
+REPORT_JSON = "quant_report.json"  # beside a quantized model: what quantize measured (sealed)
+REPORT_MD = "quant_report.md"
+
+
 def latency_ms(model: onnx.ModelProto | Path, shape: tuple[int, ...], runs: int = 30,
                warmup: int = 5) -> dict[str, float]:
     """ONNX Runtime CPU latency at one shape: median and p95 in milliseconds."""

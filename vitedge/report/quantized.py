@@ -13,11 +13,9 @@ from vitedge.artifact import CARD_NAME, is_artifact, read_card, verify_files
 from vitedge.card import ModelCard
 from vitedge.documents import read_model
 from vitedge.formatting import number, percent
-from vitedge.quantize.report import sqnr_order, sqnr_text
+from vitedge.quantize.report import REPORT_JSON, sqnr_order, sqnr_text
 from vitedge.report.page import SHOWN_ROWS, Sections, figure, folded, png
 from vitedge.schemas.results import QuantReport
-
-REPORT_JSON = "quant_report.json"
 
 
 def quantized_card(directory: Path) -> ModelCard | None:
@@ -34,9 +32,8 @@ def quantize_sections(directory: Path, card: ModelCard) -> Sections:
                         hint="quantize again to re-create the artifact").to_dict()
     settings, budget, drift = report["settings"], report["budget"], report["drift"]
     floats = report["float_nodes"]
-    named = dict(floats.get("modules") or {})
-    named.update({row["node"]: row["module"] for row in report["layers"] + report["sensitivity"]
-                  if row.get("module")})
+    named = {**(floats.get("modules") or {}),
+             **{row["node"]: row["module"] for row in report["layers"] if row.get("module")}}
 
     def name(node: str) -> str:
         return named.get(node, node)

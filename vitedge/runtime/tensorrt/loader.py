@@ -117,7 +117,7 @@ def image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
 
 
 def build_settings(model: onnx.ModelProto, target: Target, precision: str, batch: tuple[int, int, int],
-                   dla_core: int | None, model_file: str = "model.onnx") -> BuildSettings:
+                   dla_core: int | None, model_file: str) -> BuildSettings:
     """The settings for `model` (saved as `model_file` in the bundle) on `target`."""
     name, shape = image_input(model)
     strongly_typed = int((target.tensorrt or "10").split(".")[0]) >= 11
