@@ -6,7 +6,7 @@ VITEDGE := $(VENV)/bin/vitedge
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT := demo-out
 
-.PHONY: install browser lint docs test demo demo-prune clean
+.PHONY: install browser lint docs test test-matrix demo demo-prune clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ docs: install
 
 test: install browser lint docs
 	$(PY) -m pytest -q --durations=12
+
+# The whole model-support matrix, the rows make test leaves out included (docs/support-matrix.md, †)
+test-matrix: install
+	VITEDGE_FULL_MATRIX=1 $(PY) -m pytest -q tests/test_matrix.py
 
 demo: install
 	@echo "== 1/12 inspect the shipped default model (a ViT trained on real handwritten digits)"

@@ -30,10 +30,21 @@ class Row:
     name: str  # timm/torchvision architecture, or the Hugging Face class
     kwargs: dict = field(default_factory=dict)
     features: bool = False  # no classifier head
+    transformer: bool = True  # has attention layers (the card says "ViT yes")
+    extended: bool = False  # run by `make test-matrix` only (each row ~30 s; make test keeps its time budget)
     refused: dict = field(default_factory=dict)  # column -> (fragment of the one-line message, why)
 
 
 T = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+HYBRID = {"prune --heads": ("it is a hierarchical conv-attention model", "conv-attention stages"),
+          "prune --mlp": ("it is a hierarchical conv-attention model", "conv-attention stages"),
+          "prune --tome": ("feature maps of stages at shrinking resolution", "no flat token sequence")}
+CLASS_ATTENTION = {"prune --heads": ("class-attention blocks (CaiT/XCiT layout)", "class-attention layout"),
+                   "prune --mlp": ("class-attention blocks (CaiT/XCiT layout)", "class-attention layout"),
+                   "prune --tome": ("class-attention blocks expect every patch token", "class attention")}
+NO_ATTENTION = {"prune --heads": ("it has no attention layers (not a transformer)", "not a transformer"),
+                "prune --mlp": ("it has no attention layers (not a transformer)", "not a transformer"),
+                "prune --tome": ("no attention layers: there are no tokens to merge", "not a transformer")}
 ROWS = {
     "deit": Row("DeiT (class token)", "timm", "deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, **T}),
     "deit-distilled": Row("DeiT distilled", "timm", "deit_tiny_distilled_patch16_224",
@@ -65,10 +76,43 @@ ROWS = {
                 refused={"prune --heads": ("cannot prune SwinTransformer: it is hierarchical", "hierarchical stages"),
                          "prune --mlp": ("cannot prune SwinTransformer: it is hierarchical", "hierarchical stages"),
                          "prune --tome": ("fixed windows", "windowed attention")}),
-    "resnet": Row("a CNN (resnet18)", "timm", "resnet18", {},
-                  refused={"prune --heads": ("cannot prune ResNet: it is not a transformer", "not a transformer"),
-                           "prune --mlp": ("cannot prune ResNet: it is not a transformer", "not a transformer"),
-                           "prune --tome": ("flat token sequence", "not a transformer")}),
+    # conv-attention hybrids built for phones, Jetsons and CPUs (tiny widths and depths), and a
+    # depthwise CNN: INT8 with per-tensor activation scales on depthwise convolutions, training-time
+    # branches fused at export (FastViT, RepViT, EfficientViT's conv+BN)
+    "mobilevit": Row("MobileViT", "timm", "mobilevit_xxs", {"img_size": 64}, refused=HYBRID, extended=True),
+    "mobilevitv2": Row("MobileViT-v2 (linear attention)", "timm", "mobilevitv2_050", {"img_size": 64},
+                       refused=HYBRID, extended=True),
+    "fastvit": Row("FastViT (reparameterized)", "timm", "fastvit_t8",
+                   {"layers": [1, 1, 1, 1], "embed_dims": [16, 32, 32, 64],
+                    "token_mixers": ["repmixer", "repmixer", "repmixer", "attention"],
+                    "pos_embs": [None, None, None, None]}, refused=HYBRID),
+    "tinyvit": Row("TinyViT", "timm", "tiny_vit_5m_224",
+                   {"embed_dims": [16, 24, 32, 48], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                    "window_sizes": [7, 7, 7, 7]}, refused=HYBRID, extended=True),
+    "efficientvit-b": Row("EfficientViT (MIT, LiteMLA)", "timm", "efficientvit_b0",
+                          {"widths": [8, 16, 24, 32, 48], "depths": [1, 1, 1, 1, 1], "head_dim": 8,
+                           "head_widths": [64, 80]}, refused=HYBRID, extended=True),
+    "efficientvit-m": Row("EfficientViT (MSRA, cascaded group attention)", "timm", "efficientvit_m0",
+                          {"img_size": 64, "embed_dim": [16, 32, 48], "depth": [1, 1, 1], "num_heads": [2, 2, 2],
+                           "window_size": [2, 2, 2]}, refused=HYBRID),
+    "pvtv2": Row("PVTv2", "timm", "pvt_v2_b0",
+                 {"depths": [1, 1, 1, 1], "embed_dims": [16, 24, 32, 48], "num_heads": [1, 1, 2, 2]},
+                 refused=HYBRID),
+    "twins": Row("Twins-PCPVT", "timm", "twins_pcpvt_small",
+                 {"img_size": 64, "depths": [1, 1, 1, 1], "embed_dims": [16, 24, 32, 48], "num_heads": [1, 1, 2, 2]},
+                 refused=HYBRID, extended=True),
+    "xcit": Row("XCiT (class attention)", "timm", "xcit_nano_12_p16_224",
+                {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "cls_attn_layers": 1},
+                refused=CLASS_ATTENTION),
+    "efficientformerv2": Row("EfficientFormerV2", "timm", "efficientformerv2_s0",
+                             {"img_size": 64, "depths": [1, 1, 2, 2], "embed_dims": [16, 24, 32, 48],
+                              "num_vit": 1}, refused=HYBRID, extended=True),
+    "edgenext": Row("EdgeNeXt", "timm", "edgenext_xx_small",
+                    {"depths": [1, 1, 1, 1], "dims": [16, 24, 32, 48], "heads": [2, 2, 2, 2]}, refused=HYBRID, extended=True),
+    "repvit": Row("RepViT (a CNN, reparameterized)", "timm", "repvit_m0_9",
+                  {"embed_dim": [16, 24, 32, 48], "depth": [1, 1, 1, 1]}, transformer=False, refused=NO_ATTENTION, extended=True),
+    "mobilenetv3": Row("a depthwise CNN (mobilenetv3_small_050)", "timm", "mobilenetv3_small_050", {},
+                       transformer=False, refused=NO_ATTENTION),
     "hf-vit": Row("Hugging Face ViT", "huggingface", "ViTForImageClassification",
                   refused={"prune --tome": (NOT_TIMM_FAMILY, "timm only")}),
     "hf-deit": Row("Hugging Face DeiT with teacher", "huggingface", "DeiTForImageClassificationWithTeacher",
@@ -81,6 +125,14 @@ ROWS = {
                   refused={"prune --heads": ("not 'vit_mae'", "HF ViT/DeiT layouts only"),
                            "prune --mlp": ("not 'vit_mae'", "HF ViT/DeiT layouts only"),
                            "prune --tome": (NOT_TIMM_FAMILY, "timm only")}),
+    "hf-mobilevit": Row("Hugging Face MobileViT (BGR input)", "huggingface", "MobileViTForImageClassification",
+                        refused={"prune --heads": ("not 'mobilevit'", "HF ViT/DeiT layouts only"),
+                                 "prune --mlp": ("not 'mobilevit'", "HF ViT/DeiT layouts only"),
+                                 "prune --tome": (NOT_TIMM_FAMILY, "timm only")}, extended=True),
+    "hf-swin": Row("Hugging Face Swin", "huggingface", "SwinForImageClassification",
+                   refused={"prune --heads": ("not 'swin'", "HF ViT/DeiT layouts only"),
+                            "prune --mlp": ("not 'swin'", "HF ViT/DeiT layouts only"),
+                            "prune --tome": (NOT_TIMM_FAMILY, "timm only")}),
     "tv-vit": Row("torchvision vit_b_16", "torchvision", "vit_b_16",
                   {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 32,
                    "mlp_dim": 64, "num_classes": 10},
@@ -148,6 +200,16 @@ def source(key: str, folder: Path) -> list[str]:
         model = transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**common, num_labels=10))
         processor = transformers.DeiTImageProcessor(size={"height": 36, "width": 36},
                                                     crop_size={"height": 32, "width": 32})
+    elif row.name == "MobileViTForImageClassification":
+        model = transformers.MobileViTForImageClassification(transformers.MobileViTConfig(
+            num_labels=10, image_size=64, hidden_sizes=[32, 40, 48], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]))
+        processor = transformers.MobileViTImageProcessor(size={"shortest_edge": 72},
+                                                         crop_size={"height": 64, "width": 64})
+    elif row.name == "SwinForImageClassification":
+        model = transformers.SwinForImageClassification(transformers.SwinConfig(
+            num_labels=10, image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+            window_size=4))
+        processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
     elif row.name == "Dinov2Model":
         model = transformers.Dinov2Model(transformers.Dinov2Config(**{**common, "image_size": 28,
                                                                       "patch_size": 14}))
@@ -173,7 +235,9 @@ def markdown() -> str:
     for key, row in ROWS.items():
         label = row.label + (" (features)" if row.features and "features" not in row.label
                              and "num_classes=0" not in row.label else "")
+        label += " †" if row.extended else ""
         lines.append(f"| {label} | " + " | ".join(cell(key, c) for c in COLUMNS) + " |")
+    lines += ["", "† checked by `make test-matrix` (the whole matrix, ~10 minutes); `make test` runs the other rows."]
     return "\n".join(lines)
 
 

@@ -80,8 +80,8 @@ def test_vit_variants(name, kwargs, expect):
 
 def test_non_vit_is_accepted_with_warning():
     loaded = load("timm:resnet10t", model_kwargs={"num_classes": 10}, compute_macs=False)
-    assert not loaded.card.structure.is_vit
-    assert any("not a Vision Transformer" in w for w in loaded.card.warnings)
+    assert not loaded.card.structure.is_vit and loaded.card.structure.token_layout == "none"
+    assert any("has no attention layers (not a transformer)" in w for w in loaded.card.warnings)
 
 
 def test_torchvision_vit(tmp_path):
@@ -269,7 +269,7 @@ def test_every_family_is_recognized(name, kwargs, expect):
     assert s.is_vit and s.depth and s.embed_dim == 32
     for key, value in expect.items():
         assert getattr(s, key) == value, key
-    assert not any("not a Vision Transformer" in w for w in loaded.card.warnings)
+    assert not any("not a transformer" in w for w in loaded.card.warnings)
 
 
 def test_hugging_face_dinov2_structure(tmp_path):
@@ -280,3 +280,88 @@ def test_hugging_face_dinov2_structure(tmp_path):
                              ).save_pretrained(tmp_path)
     s = load(tmp_path).card.structure
     assert (s.patch_size, s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) == (14, 32, 2, 2, 128)
+
+
+@pytest.mark.parametrize("name, kwargs, expect", [
+    # conv-attention hybrids: read from their attention modules and timm's feature_info stages
+    ("mobilevit_xxs", {"img_size": 64},
+     {"family": "mobilevit", "token_layout": "pyramid", "stage_attention": [0, 0, 2, 4, 0], "num_heads": 4,
+      "hybrid_stem": True, "input_size": (64, 64)}),
+    ("efficientformerv2_s0", {"img_size": 64, "depths": [1, 1, 2, 2], "embed_dims": [16, 24, 32, 48], "num_vit": 1},
+     {"family": "efficientformer_v2", "token_layout": "pyramid", "stage_widths": [16, 24, 32, 48],
+      "stage_depths": [1, 1, 2, 2], "patch_size": 4}),
+    ("pvt_v2_b0", {"depths": [1, 1, 1, 1], "embed_dims": [16, 24, 32, 48], "num_heads": [1, 1, 2, 2]},
+     {"family": "pvt_v2", "stage_attention": [1, 1, 1, 1], "stage_heads": [1, 1, 2, 2], "hybrid_stem": False}),
+    ("twins_pcpvt_small", {"img_size": 64, "depths": [1, 1, 1, 1], "embed_dims": [16, 24, 32, 48],
+                           "num_heads": [1, 1, 2, 2]},  # timm lists its stages as "block.N"
+     {"family": "twins", "token_layout": "pyramid", "stage_widths": [16, 24, 32, 48]}),
+    ("xcit_nano_12_p16_224", {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "cls_attn_layers": 1},
+     {"family": "xcit", "token_layout": "class-attention", "depth": 3, "embed_dim": 32, "stage_widths": None}),
+    ("cait_xxs24_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                        "depth_token_only": 1},
+     {"family": "cait", "token_layout": "class-attention", "depth": 3}),
+    ("crossvit_tiny_240", {"img_size": [32, 32], "patch_size": [8, 16], "embed_dim": [16, 32], "depth": [[1, 1, 0]],
+                           "num_heads": [2, 2], "mlp_ratio": [2, 2, 2], "crop_scale": False},
+     {"family": "crossvit", "token_layout": "cross-scale"}),
+    ("efficientvit_m0", {"img_size": 64, "embed_dim": [16, 32, 48], "depth": [1, 1, 1], "num_heads": [2, 2, 2],
+                         "window_size": [2, 2, 2]},  # LocalWindowAttention wraps the attention: counted once
+     {"family": "efficientvit_msra", "stage_attention": [1, 1, 1], "depth": 3}),
+    ("edgenext_xx_small", {"depths": [1, 1, 1, 1], "dims": [16, 24, 32, 48], "heads": [2, 2, 2, 2]},
+     {"family": "edgenext", "stage_attention": [0, 1, 1, 1]}),
+])
+def test_hybrid_transformers_are_transformers(name, kwargs, expect):
+    loaded = load(f"timm:{name}", model_kwargs={"num_classes": 10, **kwargs}, compute_macs=False)
+    s = loaded.card.structure
+    assert s.is_vit and s.attention_layers == s.depth and s.depth > 0
+    for key, value in expect.items():
+        actual = loaded.card.preprocessing.input_size if key == "input_size" else getattr(s, key)
+        assert actual == value, (key, actual)
+    assert not any("not a transformer" in w or "not a Vision Transformer" in w for w in loaded.card.warnings)
+    assert loaded.card.to_dict()["structure"]["token_layout"] == s.token_layout  # on the card as written
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("repvit_m0_9", {"embed_dim": [16, 24, 32, 48], "depth": [1, 1, 1, 1]}),  # ViT design choices, no attention
+    ("mobilenetv3_small_050", {}),
+    ("resnet10t", {}),  # timm's CNN attention (squeeze-excite) is not a transformer's
+    ("seresnext26t_32x4d", {}),
+])
+def test_models_without_attention_are_not_transformers(name, kwargs):
+    s = load(f"timm:{name}", model_kwargs={"num_classes": 10, **kwargs}, compute_macs=False).card.structure
+    assert not s.is_vit and s.token_layout == "none" and s.attention_layers is None
+
+
+def test_hugging_face_mobilevit_and_swin_folders_load(tmp_path):
+    import numpy as np
+    import torch
+    import transformers
+
+    from vitedge.preprocess import preprocess
+
+    mobilevit = tmp_path / "mobilevit"
+    transformers.MobileViTForImageClassification(transformers.MobileViTConfig(
+        num_labels=10, image_size=64, hidden_sizes=[32, 40, 48], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64])
+    ).save_pretrained(mobilevit)
+    processor = transformers.MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    processor.save_pretrained(mobilevit)
+    loaded = load(mobilevit)
+    s, pre = loaded.card.structure, loaded.card.preprocessing
+    assert s.is_vit and s.family == "mobilevit" and s.token_layout == "pyramid" and s.stage_attention == [0, 0, 2, 4, 3]
+    # MobileViT's checkpoints take BGR, rescaled to 0..1 and not normalized: as its processor does
+    assert pre.channel_order == "BGR" and pre.mean == (0.0, 0.0, 0.0) and pre.std == (1.0, 1.0, 1.0)
+    image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    ours = preprocess(image, pre)
+    theirs = processor(images=image, return_tensors="np")["pixel_values"]
+    assert ours.shape[-2:] == theirs.shape[-2:] and np.abs(ours - theirs).max() < 0.05
+    with torch.no_grad():
+        assert loaded.module(torch.from_numpy(ours[None] if ours.ndim == 3 else ours)).shape == (1, 10)
+
+    swin = tmp_path / "swin"
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                                   num_heads=[1, 2], window_size=4)).save_pretrained(swin)
+    loaded = load(swin)  # an encoder: its features are the pooled output
+    s = loaded.card.structure
+    assert (s.family, s.hierarchical, s.stage_widths, s.stage_heads) == ("swin", True, [16, 32], [1, 2])
+    assert loaded.card.num_classes is None and any("pooled features" in w for w in loaded.card.warnings)
+    with torch.no_grad():
+        assert loaded.module(torch.zeros(2, 3, 32, 32)).shape == (2, 32)

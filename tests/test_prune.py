@@ -203,7 +203,7 @@ def test_prune_bad_inputs(tmp_path):
          "contains no image files"),
         (["prune", "builtin:digits-vit", "-o", str(tmp_path / "d")], "nothing to prune"),
         (["prune", "torchvision:resnet18", "--mlp", "0.5", "-o", str(tmp_path / "e")],
-         "structured pruning cannot prune ResNet: it is not a transformer vitedge knows the layers of"),
+         "structured pruning cannot prune ResNet: it has no attention layers (not a transformer)"),
         (["prune", "builtin:digits-vit", "--target-macs", "1.5", "-o", str(tmp_path / "f")], "1.5 is outside (0, 1)"),
         (["prune", "builtin:digits-vit", "--mlp", "0.5", "--distill-features", "1", "-o", str(tmp_path / "g")],
          "--distill-features 1.0 needs to be >= 0 and comes with --distill-steps"),

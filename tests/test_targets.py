@@ -141,3 +141,13 @@ def test_a_wheel_installed_outside_the_checkout_ships_the_profiles(tmp_path):
     assert compiled.returncode == 0, compiled.stderr
     assert (work / "orin" / "passport.json").is_file() and (work / "orin" / "trtexec.sh").is_file()
     assert "jetson-orin-nano" in compiled.stdout
+
+
+def test_precision_labels_say_how_much_is_int8():
+    from vitedge.formatting import precision_label
+
+    assert precision_label("int8", 0.52) == "int8 (52% of MACs)"
+    assert precision_label("int8+bf16", 0.21) == "int8+bf16 (21% of MACs)"
+    assert precision_label("best", 0.7) == "best (70% of MACs)"
+    assert precision_label("int8", 0.999) == "int8" and precision_label("int8", None) == "int8"
+    assert precision_label("fp32", 0.5) == "fp32"  # a float bundle says nothing about INT8

@@ -58,7 +58,7 @@ def predict(model: Session | str | Path, sources: list[str | Path], top_k: int =
         with load(model, options, rebuild=rebuild, backend=backend) as session:
             predictions, skipped = _predict(session, sources, top_k)
     return PredictResult(str(model) if not isinstance(model, Session) else session.description,
-                         session.description, session.precision,
+                         session.description, session.precision_label,
                          predictions, skipped, session.timing.summary())
 
 
@@ -106,6 +106,7 @@ class BenchRow:
     agreement: float | None = None  # top-1 agreement with the first model's predictions
     cosine: float | None = None  # mean output cosine to the first model (feature extractors too)
     samples: int = 0
+    int8_mac_share: float | None = None  # INT8 models: share of the weight-layer MACs in INT8
     status: str = "ok"
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +220,8 @@ def bench(sources: list[str], *, batches: tuple[int, ...] | str = (1,), data: st
             for batch in batches:
                 row = BenchRow(name, session.backend, session.precision,
                                model_size_mib(source, session), batch, top1=top1,
-                               agreement=agreement, cosine=cosine, samples=len(dataset) if dataset else 0)
+                               agreement=agreement, cosine=cosine, samples=len(dataset) if dataset else 0,
+                               int8_mac_share=session.int8_share)
                 if session.max_batch is not None and not session.min_batch <= batch <= session.max_batch:
                     row.status = f"batch {batch} outside {session.min_batch}..{session.max_batch}"
                 else:

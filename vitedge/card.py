@@ -145,6 +145,15 @@ class VitStructure:
     register_tokens: Count = 0  # extra learned tokens (DINOv2 with registers), part of the prefix
     family: str | None = None  # "vit", "eva", "beit", "swin" (hierarchical), ...
     hierarchical: bool = False  # stages of shrinking resolution (Swin): widths are the first stage's
+    # How tokens are laid out: "flat" (one sequence), "pyramid" (stages of shrinking resolution),
+    # "class-attention" (a class token attends to frozen patch tokens: CaiT, XCiT), "cross-scale"
+    # (two token sequences that attend to each other: CrossViT), "none" (no attention: a CNN)
+    token_layout: str | None = None
+    attention_layers: Count | None = None  # attention modules in the whole model
+    stage_widths: list[Positive] | None = None  # channels of each stage (timm's feature_info)
+    stage_depths: list[Count] | None = None  # blocks in each stage
+    stage_attention: list[Count] | None = None  # attention modules in each stage (0: convolutions only)
+    stage_heads: list[Positive | None] | None = None  # heads of each stage's first attention module
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,7 +57,8 @@ def evaluate(sources: list[str], data: str | Path, out: str | Path, *, samples: 
             logits = session.infer_all(dataset)
             logits_by_model.append(logits.astype(np.float32))
             row: dict[str, Any] = {"model": str(source), "backend": session.description,
-                                   "precision": session.precision, "num_classes": card.num_classes,
+                                   "precision": session.precision, "int8_mac_share": session.int8_share,
+                                   "num_classes": card.num_classes,
                                    "latency_ms": session.timing.summary()}
             if labels is not None:
                 row["top1"] = topk_accuracy(logits, labels)

@@ -102,7 +102,8 @@ def export_onnx(model: LoadedModel | str | Path, out_dir: str | Path, *, opset: 
     with _parity_images(parity_data, parity_samples) as images, \
             writing(out_dir, OutputKind.ARTIFACT, overwrite=overwrite, inputs=inputs) as staging:
         onnx_path = staging / "model.onnx"
-        model, exporter, batch_dynamic = _export(module, pre.input_size, opset, dynamic_batch)
+        deployed, fused = reparameterized(module, loaded.card)
+        model, exporter, batch_dynamic = _export(deployed, pre.input_size, opset, dynamic_batch)
         modules = exported_modules(model)
         if simplify:
             model = _simplify(model)
@@ -117,7 +118,7 @@ def export_onnx(model: LoadedModel | str | Path, out_dir: str | Path, *, opset: 
                 f"{parity.samples} images, top-1 agreement {percent(parity.top1_agreement, 1, 'n/a')}",
                 "nothing was written; try --no-simplify or another --opset, or raise --atol if "
                 "the model is known to be numerically sensitive")
-        card = _export_card(loaded, model, parity, exporter, opset, batch_dynamic, simplify)
+        card = _export_card(loaded, model, parity, exporter, opset, batch_dynamic, simplify, fused)
         write_card(staging, card)
     return ExportResult(Path(out_dir), card, parity, exporter, time.perf_counter() - started)
 
@@ -245,12 +246,27 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, images: ImageSet, car
                         rtol=rtol, within_tolerance=within, data=images.origin)
 
 
+def reparameterized(module: torch.nn.Module, card: ModelCard) -> tuple[torch.nn.Module, int]:
+    """The inference form of a timm model with training-time branches (FastViT's and RepViT's
+    re-parameterizable convolutions, MobileOne blocks, LeViT/TinyViT/EfficientViT conv+BN pairs):
+    timm's own `reparameterize_model` on a copy, and how many modules it fused (0: `module` itself).
+    The export's parity check compares the fused graph with the unfused module."""
+    fusable = sum(1 for m in module.modules()
+                  if hasattr(m, "fuse") or hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy"))
+    if card.source.get("kind") != "timm" or not fusable:
+        return module, 0
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(module).eval(), fusable
+
+
 def _export_card(loaded: LoadedModel, model: onnx.ModelProto, parity: ParityResult,
-                 exporter: str, opset: int, batch_dynamic: bool, simplified: bool) -> ModelCard:
+                 exporter: str, opset: int, batch_dynamic: bool, simplified: bool, fused: int) -> ModelCard:
     parent = loaded.card
     card = derive_card(parent, "export", format="onnx", card_metrics={"parity": parity.to_dict()},
                        params={"opset": opset, "dynamic_batch": batch_dynamic, "exporter": exporter,
                                "simplifier": "onnxslim" if simplified else None,
+                               "reparameterized_modules": fused,
                                "input": INPUT_NAME, "output": OUTPUT_NAME},
                        metrics={"parity": parity.to_dict()},
                        tools=("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "timm"))

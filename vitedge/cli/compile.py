@@ -21,6 +21,7 @@ from vitedge.cli.shared import (
     user_errors,
     warn_if_busy,
 )
+from vitedge.formatting import precision_label
 from vitedge.targets import CompilePrecision, CompileRuntime
 
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ def compile_command(
                           highlight=False)
     built, settings = result.passport.built, result.settings
     console.print(f"bundle: {result.path}  target {result.passport.target.name}  runtime "
-                  f"{settings.runtime}  precision {result.passport.precision}  batch "
+                  f"{settings.runtime}  precision "
+                  f"{precision_label(result.passport.precision, result.passport.int8_mac_share)}  batch "
                   f"{':'.join(map(str, settings.batch))}", highlight=False)
     if result.pixels is not None:
         console.print(f"input {settings.input.name}: {result.pixels.describe()}; "

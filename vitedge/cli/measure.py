@@ -19,7 +19,7 @@ from vitedge.cli.shared import (
     user_errors,
     warn_if_busy,
 )
-from vitedge.formatting import number, percent
+from vitedge.formatting import number, percent, precision_label
 from vitedge.targets import Backend
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ def bench(
         table.add_column(column, justify="left" if column in ("model", "backend", "status") else "right")
 
     for row in result.rows:
-        table.add_row(row.name, row.backend, row.precision, number(row.size_mib, 2), str(row.batch),
+        table.add_row(row.name, row.backend, precision_label(row.precision, row.int8_mac_share),
+                      number(row.size_mib, 2), str(row.batch),
                       number(row.p50_ms, 2), number(row.p95_ms, 2), number(row.images_per_s, 0), percent(row.top1),
                       percent(row.agreement), number(row.cosine, 4), row.status)
     print_table(table)

@@ -25,6 +25,28 @@ if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
 
 
+def _kind(s: Any) -> str:
+    """What the model is, in a few words: transformer family and token layout, or a CNN."""
+    if not s.is_vit:
+        return "no (no attention layers)" if s.token_layout == "none" else "no"
+    details = [d for d in (s.family, s.token_layout) if d]
+    if s.hierarchical:
+        details.append("patch = first stage's stride, embed = first attention stage's width")
+    return "yes" + (f" ({', '.join(details)})" if details else "")
+
+
+def _stages(s: Any) -> str:
+    def row(values: list[Any]) -> str:
+        return "/".join("-" if v is None else str(v) for v in values)
+
+    text = f"widths {row(s.stage_widths)} · blocks {row(s.stage_depths)}"
+    if s.stage_attention is not None:
+        text += f" · attention {row(s.stage_attention)}"
+    if s.stage_heads is not None and any(s.stage_heads):
+        text += f" · heads {row(s.stage_heads)}"
+    return text
+
+
 def render_card(card: Any) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan")
@@ -33,13 +55,13 @@ def render_card(card: Any) -> Table:
     rows = [
         ("architecture", card.architecture),
         ("format", card.format),
-        ("ViT", ("yes" + (f" ({s.family}" + (", hierarchical: widths of the first stage" if s.hierarchical
-                                               else "") + ")" if s.family else "")) if s.is_vit else "no"),
+        ("ViT", _kind(s)),
         ("params", count(card.params)),
         ("MACs", count(card.macs, "MAC") + f" at {p.input_size[0]}x{p.input_size[1]}"),
         ("patch / embed / depth / heads",
          " / ".join(str(v) if v is not None else "?" for v in
                     (s.patch_size, s.embed_dim, s.depth, s.num_heads))),
+        *([("stages", _stages(s))] if s.stage_widths else []),
         ("MLP hidden", str(s.mlp_hidden) if s.mlp_hidden else "?"),
         ("prefix tokens", f"{s.num_prefix_tokens if s.num_prefix_tokens is not None else '?'}"
                           f" (class token: {s.class_token}, distillation token: {s.distillation_token}, "

@@ -19,6 +19,7 @@ from vitedge.cli.shared import (
     user_errors,
     warn_if_busy,
 )
+from vitedge.formatting import precision_label
 
 if TYPE_CHECKING:
     from vitedge.models.options import SourceOptions
@@ -94,7 +95,8 @@ def optimize(
     else:
         speed = f"{chosen.p50_ms:.2f} ms at batch {document.batch}" if chosen.p50_ms is not None else \
             f"estimated cost {chosen.estimated_cost:.3f}"
-        console.print(f"best: {result.best}  {chosen.name} ({chosen.precision_run} on {chosen.runtime}): "
+        run = precision_label(chosen.precision_run or chosen.precision, chosen.int8_share)
+        console.print(f"best: {result.best}  {chosen.name} ({run} on {chosen.runtime}): "
                       f"agreement {100 * (chosen.agreement or 0):.1f}%, {speed}", highlight=False)
     if chosen is not None and chosen.runtime == "tensorrt" and not chosen.native:
         console.print(f"TensorRT: accuracy from ONNX Runtime on each bundle's ONNX, latency estimated; on the "

@@ -48,10 +48,11 @@ def machine_facts(*, gpu: bool = False) -> dict[str, Any]:
 
 def make_passport(*, target: dict[str, Any], precision: str, source_hash: str,
                   input_info: dict[str, Any], files: dict[str, str], runtime: dict[str, Any],
-                  built: dict[str, Any]) -> dict[str, Any]:
+                  built: dict[str, Any], int8_mac_share: float | None = None) -> dict[str, Any]:
     return {"passport_version": PASSPORT_VERSION, "vitedge": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_artifact_hash": source_hash, "target": target, "precision": precision,
+            "int8_mac_share": int8_mac_share if precision in ("int8", "best") else None,
             "input": input_info, "runtime": runtime, "files": files, "built": built}
 
 

@@ -388,7 +388,7 @@ class _Loop:
             "started": self.started_wall, "seconds": round(elapsed, 3), "host": host_name(),
             "target": target_name(self.deployed), "frames": counts,
             "fps": counts["logged"] / elapsed if elapsed > 0 else None,
-            "deployed": {"backend": self.deployed.description, "precision": self.deployed.precision,
+            "deployed": {"backend": self.deployed.description, "precision": self.deployed.precision_label,
                          "latency_ms": self.deployed.timing.summary()},
             "batching": {"calls": calls, "frames": batched, "mean_batch": batched / calls if calls else None,
                          "max_batch": self.deployed.max_batch,

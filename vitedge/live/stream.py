@@ -377,7 +377,7 @@ class Stream:
                        "corrupt": stats.corrupt, "size_changes": self.size_changes,
                        "reconnects": stats.reconnects, "loops": stats.loops},
             "fps": self.frames / elapsed if elapsed > 0 else None,
-            "deployed": {"backend": run.deployed.description, "precision": run.deployed.precision,
+            "deployed": {"backend": run.deployed.description, "precision": run.deployed.precision_label,
                          "latency_ms": self.timing.summary()},
             "loop_overhead_ms": {"p50": float(np.percentile(self.loop_ms, 50)) if self.loop_ms else None,
                                  "p95": float(np.percentile(self.loop_ms, 95)) if self.loop_ms else None,

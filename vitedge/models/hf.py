@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
     from vitedge.models.loaded import LoadedModel
 
-SUPPORTED_TYPES = ("vit", "deit", "vit_mae", "vit_msn", "dinov2")
+SUPPORTED_TYPES = ("vit", "deit", "vit_mae", "vit_msn", "dinov2", "swin", "mobilevit")
+# Families whose encoder ends in a feature map or stages: their features are the pooled output.
+POOLED_TYPES = ("swin", "mobilevit")
 # PIL resample codes as written in preprocessor_config.json.
 _RESAMPLE = {0: Interpolation.NEAREST, 1: Interpolation.LANCZOS, 2: Interpolation.BILINEAR,
              3: Interpolation.BICUBIC}
@@ -55,8 +57,10 @@ def _wrap(model: Any, *, encoder_only: bool) -> torch.nn.Module:
                 tokens = (pixel_values.shape[-1] // self.inner.config.patch_size) ** 2
                 kwargs["noise"] = torch.arange(tokens, dtype=pixel_values.dtype).expand(
                     pixel_values.shape[0], tokens)
-            hidden = self.inner(pixel_values=pixel_values, **kwargs).last_hidden_state
-            return hidden[:, 0]
+            outputs = self.inner(pixel_values=pixel_values, **kwargs)
+            if self.inner.config.model_type in POOLED_TYPES:
+                return outputs.pooler_output.flatten(1)
+            return outputs.last_hidden_state[:, 0]
 
     return HFEncoder(model) if encoder_only else HFClassifier(model)
 
@@ -89,7 +93,8 @@ def build_from_source(source: dict[str, Any]) -> torch.nn.Module:
                              "install the transformers version the artifact was made with")
     config = transformers.CONFIG_MAPPING[model_type].from_dict(data)
     classifier = "ImageClassification" in name
-    inner = model_class(config) if classifier else model_class(config, add_pooling_layer=False)
+    inner = model_class(config) if classifier or model_type in POOLED_TYPES else \
+        model_class(config, add_pooling_layer=False)
     return _wrap(inner.eval(), encoder_only=not classifier)
 
 
@@ -146,13 +151,14 @@ def load_hf(directory: Path) -> LoadedModel:
     card = ModelCard(
         architecture=f"{type(inner).__name__} (Hugging Face {model_type})",
         source={"kind": "huggingface", "path": str(directory.resolve())},
-        preprocessing=pre, structure=hf_structure(config, distillation_token=distilled),
+        preprocessing=pre, structure=hf_structure(config, distillation_token=distilled, module=inner),
         num_classes=num_classes, labels=labels,
     )
     card.warnings += notes
     if not classifier:
-        card.warnings.append("encoder without a classifier head: outputs class-token features, "
-                             "so accuracy and top-1 agreement do not apply")
+        card.warnings.append("encoder without a classifier head: outputs "
+                             + ("pooled" if model_type in POOLED_TYPES else "class-token")
+                             + " features, so accuracy and top-1 agreement do not apply")
     return LoadedModel(card, module)
 
 
@@ -206,7 +212,8 @@ def _preprocessing(directory: Path, config: Any) -> tuple[Preprocessing, list[st
         assert fixed is not None
         mode = ResizeMode.SQUASH_CROP if crop else ResizeMode.SQUASH
         input_size, resize_size = (crop, fixed) if crop else (fixed, None)
-    normalize = settings.get("do_normalize", True)
+    # a processor without the setting does not normalize (MobileViT: rescale only)
+    normalize = settings.get("do_normalize", False)
     resample = settings.get("resample")
     return Preprocessing(
         input_size=input_size, resize_mode=mode, resize_size=resize_size,
@@ -214,5 +221,6 @@ def _preprocessing(directory: Path, config: Any) -> tuple[Preprocessing, list[st
         std=tuple(float(v) for v in settings.get("image_std") or (0.5,) * 3) if normalize else (1.0,) * 3,  # type: ignore[arg-type]
         interpolation=_RESAMPLE.get(int(resample if resample is not None else 2), Interpolation.BILINEAR),
         crop_pct=1.0, crop_rounding=CropRounding.FLOOR,
+        channel_order="BGR" if settings.get("do_flip_channel_order") else "RGB",  # MobileViT's checkpoints
         scale=float(settings.get("rescale_factor") or 1 / 255) if settings.get("do_rescale", True) else 1.0,
     ), warnings

@@ -43,6 +43,7 @@ from vitedge.models.structure import (
     out_features,
     timm_structure,
     torchvision_structure,
+    transformer_structure,
 )
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
 
 BUILTIN_MODELS = {"digits-vit": ASSETS / "digits-vit"}
 DEFAULT_MODEL = "builtin:digits-vit"
-NOT_VIT_WARNING = ("{arch} is not a Vision Transformer: loading and export work, but ViT-specific "
-                   "steps (head/MLP pruning, token merging, ViT-safe quantization) will not apply")
+NOT_VIT_WARNING = ("{arch} has no attention layers (not a transformer): inspect, export, INT8 quantization, "
+                   "compile and run work; head/MLP pruning and token merging need a transformer")
 
 
 def load(source: str | Path, *, weights: str | Path | None = None,
@@ -113,7 +114,8 @@ def load(source: str | Path, *, weights: str | Path | None = None,
             if card.macs is None:
                 card.warnings.append("MACs could not be counted (PyTorch's FLOP counter failed on "
                                      "this model); they show as unknown")
-    if not card.structure.is_vit and not any("not a Vision Transformer" in w for w in card.warnings):
+    if not card.structure.is_vit and not any(("not a transformer" in w or "not a Vision Transformer" in w)
+                                             for w in card.warnings):  # (the latter: older cards)
         card.warnings.append(NOT_VIT_WARNING.format(arch=card.architecture))
     from vitedge.outputs import input_paths
 
@@ -162,9 +164,12 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any], *,
         load_into(model, state_dict, what=f"timm:{name}{_kw_text(kwargs)}",
                   hint="pick the architecture the checkpoint was trained as, or pass "
                        "--model-kwargs (num_classes=..., img_size=...) to match it")
-    structure = timm_structure(model) or VitStructure(is_vit=False)
+    structure = timm_structure(model) or transformer_structure(model, name)
     cfg = timm.data.resolve_data_config({}, model=model)
     img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if not img and kwargs.get("img_size"):  # families without a patch embedding (MobileViT, EfficientFormerV2)
+        asked = kwargs["img_size"]
+        img = (asked, asked) if isinstance(asked, int) else tuple(asked)[:2]
     input_size = tuple(int(v) for v in img) if img else tuple(cfg["input_size"][1:])
     pre = Preprocessing(
         input_size=input_size,  # type: ignore[arg-type]

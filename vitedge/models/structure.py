@@ -49,7 +49,8 @@ def timm_structure(model: torch.nn.Module) -> VitStructure | None:
             num_heads=int(blocks[0].attn.num_heads) if blocks else None,
             mlp_hidden=_mlp_hidden(blocks[0].mlp) if blocks else None, num_prefix_tokens=0,
             class_token=False, global_pool=str(model.global_pool) or None, family="swin",
-            hierarchical=True)
+            hierarchical=True, token_layout="pyramid", attention_layers=len(blocks),
+            **(stages(model, attention_modules(model)) or {}))
     if not isinstance(model, (VisionTransformer, Eva, Beit)):
         return None
     patch_embed = model.patch_embed
@@ -76,7 +77,131 @@ def timm_structure(model: torch.nn.Module) -> VitStructure | None:
         register_tokens=registers,
         family={Eva: "eva", Beit: "beit"}.get(type(model), "vit") if not isinstance(model, VisionTransformer)
         else "vit",
+        token_layout="flat", attention_layers=len(model.blocks),
     )
+
+
+# Attention modules by class name, across timm's families (Attention, ClassAttn, XCA, GPSA, MHSA,
+# LiteMLA, LinearSelfAttention, CascadedGroupAttention, Attention2d, GlobalSubSampleAttn, ...);
+# CNN attention (squeeze-excite, CBAM's channel/spatial gates, ResNeSt's split attention) is not.
+_ATTENTION = re.compile(r"attn|attention|mla$|mhsa|gpsa|^xca$", re.I)
+_NOT_ATTENTION = re.compile(r"channel|spatial|selective|split|eca|cbam|excite|squeeze|gather", re.I)
+
+
+def attention_modules(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    """(name, module) of every attention module, innermost only (a block that wraps one is not)."""
+    found = [(name, module) for name, module in model.named_modules()
+             if name and _ATTENTION.search(type(module).__name__)
+             and not _NOT_ATTENTION.search(type(module).__name__)]
+    names = [name for name, _ in found]
+    return [(name, module) for name, module in found
+            if not any(other.startswith(name + ".") for other in names)]
+
+
+def _heads(module: Any) -> int | None:
+    for name in ("num_heads", "heads", "n_heads", "num_attention_heads"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _blocks_in(stage: Any) -> int:
+    import torch
+
+    inner = getattr(stage, "blocks", None)
+    if isinstance(inner, (torch.nn.Sequential, torch.nn.ModuleList)):
+        return len(inner)
+    if isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)):
+        return len(stage)
+    return 1
+
+
+def _submodule(model: torch.nn.Module, name: str) -> Any:
+    # timm's Twins lists its stages as "block.N"; the modules are "blocks.N"
+    for candidate in (name, re.sub(r"^block\.", "blocks.", name)):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
+
+
+def stages(model: torch.nn.Module, attention: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """Per-stage widths, blocks, attention modules and heads, from timm's feature_info (the
+    stages timm itself hands out as features); None where the model has no feature_info or a
+    flat sequence of blocks (one resolution: the stages are the blocks)."""
+    info = [entry for entry in getattr(model, "feature_info", None) or []
+            if isinstance(entry, dict) and entry.get("module")]
+    if len({entry.get("reduction") for entry in info}) < 2 or len({e["module"] for e in info}) < len(info):
+        return None
+    widths, depths, counts, heads = [], [], [], []
+    for entry in info:
+        stage = _submodule(model, entry["module"])
+        if stage is None:
+            return None
+        prefix = next(n for n, m in model.named_modules() if m is stage) + "."
+        inside = [module for name, module in attention if name.startswith(prefix)]
+        widths.append(int(entry["num_chs"]))
+        depths.append(_blocks_in(stage))
+        counts.append(len(inside))
+        heads.append(_heads(inside[0]) if inside else None)
+    return {"stage_widths": widths, "stage_depths": depths, "stage_attention": counts, "stage_heads": heads}
+
+
+def _token_layout(model: torch.nn.Module, attention: list[tuple[str, Any]], pyramid: bool) -> str:
+    kinds = {type(module).__name__ for _, module in attention}
+    if not attention:
+        return "none"
+    if any("ClassAttn" in kind for kind in kinds) or hasattr(model, "cls_attn_blocks"):
+        return "class-attention"
+    if any("CrossAttention" in kind for kind in kinds):
+        return "cross-scale"
+    return "pyramid" if pyramid else "flat"
+
+
+def family_name(model: torch.nn.Module, architecture: str | None) -> str | None:
+    """timm's family: the module its architecture is registered in (mobilevit, pvt_v2, xcit)."""
+    if architecture:
+        try:
+            from timm.models import model_entrypoint
+
+            return model_entrypoint(architecture.split(".")[0]).__module__.rsplit(".", 1)[-1]
+        except Exception:  # noqa: BLE001 - a name for the card, never a reason to refuse
+            pass
+    return type(model).__name__.lower()
+
+
+def transformer_structure(model: torch.nn.Module, architecture: str | None = None) -> VitStructure:
+    """Any other timm model, read from what it is made of: its attention modules and the stages
+    timm lists in feature_info. Conv-attention hybrids (MobileViT, EfficientFormer, TinyViT,
+    EfficientViT, LeViT, PVTv2, Twins, EdgeNeXt, FastViT with attention), class-attention
+    (CaiT, XCiT), ConViT and CrossViT are transformers; a model without attention (a CNN, RepViT,
+    FastViT's RepMixer-only sizes) is not."""
+    attention = attention_modules(model)
+    per_stage = stages(model, attention)
+    layout = _token_layout(model, attention, pyramid=per_stage is not None)
+    if not attention:
+        return VitStructure(is_vit=False, token_layout="none", family=family_name(model, architecture),
+                            **(per_stage or {}))
+    first_heads = next((h for h in (_heads(m) for _, m in attention) if h), None)
+    embed = getattr(model, "embed_dim", None)
+    embed = embed[0] if isinstance(embed, (list, tuple)) else embed
+    patch = _pair_first(getattr(getattr(model, "patch_embed", None), "patch_size", None))
+    if per_stage is not None:
+        info = [entry for entry in model.feature_info if isinstance(entry, dict)]
+        patch = int(info[0]["reduction"])  # the first stage's stride: the stem's "patch"
+        attended = [w for w, n in zip(per_stage["stage_widths"], per_stage["stage_attention"]) if n]
+        embed = attended[0] if attended else embed
+    class_token = getattr(model, "cls_token", None) is not None
+    pool = getattr(model, "global_pool", None)
+    return VitStructure(
+        is_vit=True, patch_size=patch, embed_dim=int(embed) if isinstance(embed, int) else None,
+        depth=len(attention), num_heads=first_heads, class_token=class_token,
+        global_pool=pool if isinstance(pool, str) and pool else None,
+        hybrid_stem=bool(per_stage and per_stage["stage_attention"][0] == 0),
+        family=family_name(model, architecture), hierarchical=per_stage is not None,
+        token_layout=layout, attention_layers=len(attention), **(per_stage or {}))
 
 
 def torchvision_structure(model: torch.nn.Module) -> VitStructure | None:
@@ -89,11 +214,13 @@ def torchvision_structure(model: torch.nn.Module) -> VitStructure | None:
         is_vit=True, patch_size=int(model.patch_size), embed_dim=int(model.hidden_dim),
         depth=len(layers), num_heads=int(layers[0].self_attention.num_heads) if layers else None,
         mlp_hidden=int(model.mlp_dim), num_prefix_tokens=1, class_token=True,
-        global_pool="token", hybrid_stem=False,
+        global_pool="token", hybrid_stem=False, token_layout="flat", attention_layers=len(layers),
     )
 
 
-def hf_structure(config: Any, *, distillation_token: bool) -> VitStructure:
+def hf_structure(config: Any, *, distillation_token: bool, module: Any = None) -> VitStructure:
+    if getattr(config, "model_type", None) in ("swin", "mobilevit"):
+        return _hf_staged(config, module)
     hidden = getattr(config, "hidden_size", None)
     mlp = getattr(config, "intermediate_size", None)
     if mlp is None and hidden and getattr(config, "mlp_ratio", None):  # Dinov2: a ratio, not a width
@@ -105,11 +232,36 @@ def hf_structure(config: Any, *, distillation_token: bool) -> VitStructure:
         num_heads=getattr(config, "num_attention_heads", None), mlp_hidden=mlp,
         num_prefix_tokens=1 + int(distillation_token) + registers, class_token=True,
         distillation_token=distillation_token, global_pool="token", hybrid_stem=False,
-        register_tokens=registers, family=getattr(config, "model_type", None),
+        register_tokens=registers, family=getattr(config, "model_type", None), token_layout="flat",
+        attention_layers=getattr(config, "num_hidden_layers", None),
     )
 
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer|encoder_layer_?)\.?(\d+)\.")
+
+
+def _hf_staged(config: Any, module: Any) -> VitStructure:
+    """Hugging Face Swin (windowed pyramid) and MobileViT (conv stages with transformer blocks)."""
+    attention = attention_modules(module) if module is not None else []
+    if config.model_type == "swin":
+        depths, heads = list(config.depths), list(config.num_heads)
+        widths = [int(config.embed_dim) * 2 ** i for i in range(len(depths))]
+        return VitStructure(
+            is_vit=True, patch_size=_pair_first(config.patch_size), embed_dim=int(config.embed_dim),
+            depth=sum(depths), num_heads=heads[0], mlp_hidden=int(config.embed_dim * config.mlp_ratio),
+            num_prefix_tokens=0, class_token=False, global_pool="avg", family="swin", hierarchical=True,
+            token_layout="pyramid", attention_layers=sum(depths), stage_widths=widths, stage_depths=depths,
+            stage_attention=depths, stage_heads=heads)
+    # MobileViT: five stages after the stem (two of MobileNetV2 blocks, three with a transformer of
+    # 2, 4 and 3 layers at hidden_sizes); neck_hidden_sizes are the stem's and the stages' channels
+    layers = [0, 0, 2, 4, 3]
+    return VitStructure(
+        is_vit=True, patch_size=2, embed_dim=int(config.hidden_sizes[0]), depth=len(attention) or sum(layers),
+        num_heads=int(config.num_attention_heads), mlp_hidden=int(config.hidden_sizes[0] * config.mlp_ratio),
+        num_prefix_tokens=0, class_token=False, global_pool="avg", hybrid_stem=True, family="mobilevit",
+        hierarchical=True, token_layout="pyramid", attention_layers=len(attention) or sum(layers),
+        stage_widths=[int(w) for w in config.neck_hidden_sizes[1:6]], stage_attention=layers,
+        stage_heads=[int(config.num_attention_heads) if n else None for n in layers])
 
 
 def state_dict_structure(state: dict[str, Any], attrs: dict[str, Any] | None = None) -> VitStructure:

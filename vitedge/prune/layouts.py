@@ -47,9 +47,22 @@ _WHY_NOT = {  # what makes a family's structure one vitedge does not prune (yet)
 }
 
 
+# Why the other families are not pruned, by how their tokens are laid out (models/structure.py)
+_WHY_NOT_LAYOUT = {
+    "none": "it has no attention layers (not a transformer)",
+    "pyramid": "it is a hierarchical conv-attention model (stages of convolutions and attention at "
+               "shrinking resolution); vitedge prunes the heads and MLPs of flat ViTs",
+    "class-attention": "its class-attention blocks (CaiT/XCiT layout) are not a layout vitedge prunes yet",
+    "cross-scale": "its two token branches attend to each other (cross-scale), which vitedge does not prune",
+}
+
+
 def _unsupported(model: nn.Module) -> InputError:
+    from vitedge.models.structure import transformer_structure
+
     name = type(model).__name__
-    why = _WHY_NOT.get(name, "it is not a transformer vitedge knows the layers of")
+    why = _WHY_NOT.get(name) or _WHY_NOT_LAYOUT.get(str(transformer_structure(model).token_layout),
+                                                     "it is not a transformer vitedge knows the layers of")
     return InputError(f"structured pruning cannot prune {name}: {why}",
                       "prune a timm ViT/DeiT/BEiT, a torchvision vit_* or a Hugging Face ViT/DeiT folder")
 

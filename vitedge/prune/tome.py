@@ -178,4 +178,14 @@ def _why_not(model: nn.Module) -> str:
                       "tokens no longer have",
                "Beit": "its relative position bias is indexed by token pairs, which merging reorders",
                "SwinTransformer": "its attention runs in fixed windows of the token grid"}
-    return reasons.get(name, "it is not a transformer with a flat token sequence")
+    if name in reasons:
+        return reasons[name]
+    from vitedge.models.structure import transformer_structure
+
+    layout = transformer_structure(model).token_layout
+    return {"none": "it has no attention layers: there are no tokens to merge",
+            "pyramid": "its tokens are feature maps of stages at shrinking resolution (a hierarchical "
+                       "conv-attention model), not one flat sequence",
+            "class-attention": "its class-attention blocks expect every patch token",
+            "cross-scale": "its two token branches exchange class tokens across scales",
+            }.get(str(layout), "it is not a transformer with a flat token sequence")

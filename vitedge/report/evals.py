@@ -9,7 +9,7 @@ import numpy as np
 
 from vitedge.documents import read_model
 from vitedge.errors import InputError
-from vitedge.formatting import number, percent
+from vitedge.formatting import number, percent, precision_label
 from vitedge.report.page import Sections, Thumb, figure, flips, image_uri, png, verified
 
 
@@ -28,7 +28,7 @@ def eval_sections(directory: Path) -> Sections:
     rows = []
     for row in models:
         vs = row.get("vs_first") or {}
-        rows.append([row["model"], row["backend"], row["precision"]]
+        rows.append([row["model"], row["backend"], precision_label(row["precision"], row.get("int8_mac_share"))]
                     + ([percent(row["top1"]), percent(row["top5"])] if labeled else [])
                     + [percent(vs.get("top1_agreement", 1.0 if row is models[0] else None)),
                        number(vs.get("kl")), number(vs.get("cosine")), vs.get("verdict", "reference"),
@@ -82,7 +82,7 @@ def _feature_eval_sections(directory: Path, report: dict[str, Any], arrays: dict
     rows = []
     for row in models:
         vs = row.get("vs_first") or {}
-        rows.append([row["model"], row["backend"], row["precision"],
+        rows.append([row["model"], row["backend"], precision_label(row["precision"], row.get("int8_mac_share")),
                      number(vs.get("cosine", 1.0 if row is models[0] else None)), number(vs.get("min_cosine")),
                      number(vs.get("rel_error")), vs.get("verdict", "reference"),
                      number(row["latency_ms"]["p50_ms"], 2)])

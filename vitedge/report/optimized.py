@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitedge.documents import read_model
-from vitedge.formatting import count, percent
+from vitedge.formatting import count, percent, precision_label
 from vitedge.report.page import Sections, figure, png
 from vitedge.schemas.optimize import CandidateDoc, OptimizeDoc
 
@@ -51,7 +51,7 @@ def optimize_sections(directory: Path) -> Sections:
     rows = [[("★ " if chosen is not None and c.name == chosen.name else "") + c.name,
              count(c.macs) + (f", {c.prune:.0%} pruned" + (" (budget)" if c.pruning == "budget" else "")
                               if c.prune else ""),
-             c.precision_run or c.precision,
+             precision_label(c.precision_run or c.precision, c.int8_share),
              percent(c.agreement) if c.agreement is not None else "-",
              percent(c.top1) if c.top1 is not None else "-",
              f"{c.drop:.2f}" if c.drop is not None else "-", _speed(c),

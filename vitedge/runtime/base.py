@@ -72,6 +72,22 @@ class Session(ABC):
         self.pixels: PixelInput | None = None  # set for bundles with the preprocessing in the graph
 
     @property
+    def int8_share(self) -> float | None:
+        """Share of the weight-layer MACs in INT8, as quantize recorded it on the card (None: float
+        or unknown)."""
+        if "int8" not in self.precision and self.precision != "best":
+            return None
+        metrics = getattr(self.card, "metrics", None) or {}
+        share = (metrics.get("quantization") or {}).get("int8_linear_mac_share")
+        return float(share) if share is not None else None
+
+    @property
+    def precision_label(self) -> str:
+        from vitedge.formatting import precision_label
+
+        return precision_label(self.precision, self.int8_share)
+
+    @property
     def input(self) -> TensorInfo:
         return self.inputs[0]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vitedge.schemas.base import Count, Doc, LoadDoc, Positive, RelPath, Sha256
+from vitedge.schemas.base import Count, Doc, LoadDoc, Positive, RelPath, Sha256, Share
 
 
 # ------------------------------------------------------------------------------ bundles
@@ -166,6 +166,9 @@ class Passport(Doc):
     source_artifact_hash: Sha256
     target: PassportTarget
     precision: Literal["fp32", "fp16", "bf16", "int8", "best"]
+    # INT8 bundles: the share of the weight-layer MACs (Linear, Conv, MatMul) that quantize left in
+    # INT8; below 1 where layers were kept float to meet the accuracy budget
+    int8_mac_share: Share | None = None
     input: PassportInput
     runtime: dict[Literal["name"], Literal["onnxruntime", "openvino", "tensorrt"]]
     files: dict[RelPath, Sha256]

@@ -273,6 +273,7 @@ class EvalRow(Doc):
     model: str
     backend: str
     precision: str
+    int8_mac_share: Share | None = None  # INT8 models: share of the weight-layer MACs in INT8
     num_classes: Positive | None
     latency_ms: LatencyDoc
     top1: Share | None = None
