@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -385,13 +386,9 @@ def test_model_without_linear_layers(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_depthwise_convolutions_get_one_activation_scale(tmp_path):
-    """A conv-attention hybrid's depthwise convolution (MobileViT, EfficientViT, PVTv2): NNCF's
-    CPU config would quantize its input per channel, which TensorRT cannot take, and every
-    candidate failed the lint ("internal: every vit-safe candidate broke its own rules"). Per-tensor
-    activation scales everywhere: it quantizes, the lint passes, every activation scale is scalar."""
+def _hybrid_onnx(tmp_path: Path) -> Path:
+    """A tiny conv-attention hybrid: patch stem, a depthwise convolution, a token MLP, a head."""
     import torch
-    from onnx import numpy_helper
 
     class Hybrid(torch.nn.Module):
         def __init__(self):
@@ -410,21 +407,53 @@ def test_depthwise_convolutions_get_one_activation_scale(tmp_path):
     path = tmp_path / "hybrid.onnx"
     torch.onnx.export(Hybrid().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=18,
                       input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+def _depthwise_input(model):
+    producers = {o: n for n in model.graph.node for o in n.output}
+    depthwise = next(n for n in model.graph.node if n.op_type == "Conv"
+                     and any(a.name == "group" and a.i == 16 for a in n.attribute))
+    return producers[depthwise.input[0]]
+
+
+def test_depthwise_convolutions_get_one_activation_scale(tmp_path):
+    """A conv-attention hybrid's depthwise convolution (MobileViT, EfficientViT, PVTv2): NNCF's
+    CPU config would quantize its input per channel, which TensorRT cannot take, and every
+    candidate failed the lint ("internal: every vit-safe candidate broke its own rules"). Per-tensor
+    activation scales everywhere: it quantizes, the lint passes, every activation scale is scalar."""
+    from onnx import numpy_helper
+
+    path = _hybrid_onnx(tmp_path)
     result = quantize(load(path, preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3}), TRAIN, tmp_path / "q",
                       samples=32, max_drop=100)
     assert result.report.lint["passed"], result.report.lint
     model = onnx.load(tmp_path / "q" / "model.onnx")
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    depthwise = next(n for n in model.graph.node if n.op_type == "Conv"
-                     and any(a.name == "group" and a.i == 16 for a in n.attribute))
-    source = producers[depthwise.input[0]]  # its input comes through Q/DQ
-    assert source.op_type == "DequantizeLinear"
+    assert _depthwise_input(model).op_type == "DequantizeLinear"  # its input comes through Q/DQ
     weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
                and n.input[0] in initializers}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.output[0] not in weights:
             assert initializers[node.input[1]].size == 1, node.name  # one scale per activation tensor
+
+
+def test_a_candidate_that_breaks_the_rules_is_repaired(tmp_path, monkeypatch):
+    """Where NNCF still places a quantizer TensorRT cannot take (here: its per-channel activation
+    scales on a depthwise input, as before the fix above), the layers it feeds stay float and the
+    graph is quantized again: a model within the rules, a warning naming them, no internal error."""
+    import nncf.quantization.advanced_parameters as advanced
+
+    real = advanced.QuantizationParameters
+    monkeypatch.setattr(advanced, "QuantizationParameters", lambda **kwargs: real())  # NNCF's own defaults
+    path = _hybrid_onnx(tmp_path)
+    result = quantize(load(path, preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3}), TRAIN, tmp_path / "q",
+                      samples=32, max_drop=100)
+    assert result.report.lint["passed"], result.report.lint
+    assert any("kept float so that the graph keeps" in w for w in result.report.warnings), result.report.warnings
+    model = onnx.load(tmp_path / "q" / "model.onnx")
+    assert _depthwise_input(model).op_type != "DequantizeLinear"  # the depthwise conv runs float
+    assert 0 < result.report.int8_linear_mac_share < 1
 
 
 def test_eval_folders_named_by_label_or_class_id():

@@ -142,6 +142,33 @@ def lint_qdq(model: onnx.ModelProto, *, symmetric: bool = True, vit_safe: bool =
     return result
 
 
+def culprits(model: onnx.ModelProto, result: LintResult, compute: set[str]) -> set[str]:
+    """The compute nodes (Linear, Conv, MatMul names in `compute`) whose INT8 inputs caused the
+    lint's errors: kept float, their quantizers go and the rules hold. A finding's dequantize
+    nodes are its own (a DQ), those its quantize feeds (a Q), or those a float-only op reads."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {node.name: node for node in model.graph.node}
+    found: set[str] = set()
+    for finding in result.errors:
+        node = by_name.get(finding.node)
+        if node is None:
+            continue
+        if node.op_type == "DequantizeLinear":
+            dequantized = [node]
+        elif node.op_type == "QuantizeLinear":
+            dequantized = [c for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
+        else:
+            dequantized = [p for p in (producers.get(n) for n in node.input)
+                           if p is not None and p.op_type == "DequantizeLinear"]
+        for dq in dequantized:
+            found |= {c.name for c in consumers.get(dq.output[0], []) if c.name in compute}
+    return found
+
+
 def _weight_axis(consumer: onnx.NodeProto, ndim: int) -> int | None:
     """Output-channel axis of a weight for its consumer (MatMul [K, N] -> 1, Gemm/Conv -> 0)."""
     from onnx import helper

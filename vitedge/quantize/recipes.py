@@ -84,18 +84,18 @@ class Budget:
 
 
 def ignored_scope(recipe: Recipe, nodes: list[ComputeNode], exclude: list[str],
-                   op_types: set[str], with_attention: bool) -> Any:
+                   op_types: set[str], with_attention: bool, keep_float: tuple[str, ...] = ()) -> Any:
     from vitedge.quantize.nncf_import import import_nncf
 
     nncf = import_nncf()
 
-    names: list[str] = []
+    names: list[str] = list(keep_float)  # compute nodes the rules need float (quantize.search)
     types: list[str] = []
     patterns: list[str] = []
     if recipe is not Recipe.FULL:
         types = [t for t in FLOAT_OP_TYPES if t in op_types]
         if not with_attention:
-            names = [n.name for n in nodes if n.kind == "attention"]
+            names += [n.name for n in nodes if n.kind == "attention"]
     for pattern in exclude:
         if pattern in op_types:
             types.append(pattern)

@@ -16,10 +16,10 @@ import numpy as np
 
 from vitedge.data import DataSet
 from vitedge.drift import compare, topk_accuracy
-from vitedge.errors import VitedgeError
+from vitedge.errors import InputError
 from vitedge.models.names import module_names
 from vitedge.quantize.calibrate import nncf_quantize
-from vitedge.quantize.lint import lint_qdq
+from vitedge.quantize.lint import culprits, lint_qdq
 from vitedge.quantize.qdq import (
     ComputeNode,
     int8_mac_share,
@@ -192,19 +192,37 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
     dropped: list[str] = []
     tune = _range_tuner(float_model, calibration_data, evaluation, say, tick) if settings.tune_ranges else None
 
+    compute = {n.name for n in nodes}
+
     def attempt(label: str, with_attention: bool) -> Candidate | None:
-        """A candidate graph, or None (and a warning) when it breaks the recipe's rules."""
+        """A candidate graph; where it breaks the recipe's rules, the layers whose quantizers broke
+        them are kept float and it is quantized again (up to 3 times); None (and a warning) when
+        that does not repair it."""
         say(f"quantizing ({label})")
-        model = nncf_quantize(float_model, calibration_data, scheme=scheme, method=settings.calibration,
-                               ignored=ignored_scope(recipe, nodes, list(settings.exclude), op_types,
-                                                     with_attention),
-                               smooth_quant=settings.smooth_quant, bias_correction=settings.bias_correction,
-                               full=recipe is Recipe.FULL, tick=tick)
-        rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
+        keep_float: set[str] = set()
+        for _ in range(4):
+            model = nncf_quantize(float_model, calibration_data, scheme=scheme, method=settings.calibration,
+                                  ignored=ignored_scope(recipe, nodes, list(settings.exclude), op_types,
+                                                        with_attention, tuple(sorted(keep_float))),
+                                  smooth_quant=settings.smooth_quant, bias_correction=settings.bias_correction,
+                                  full=recipe is Recipe.FULL, tick=tick)
+            rules = lint_qdq(model, symmetric=scheme is Scheme.SYMMETRIC, vit_safe=recipe is not Recipe.FULL)
+            if recipe is Recipe.FULL or rules:
+                break
+            more = culprits(model, rules, compute) - keep_float
+            if not more:
+                break
+            say(f"  {label}: keeping {len(more)} layer(s) float whose INT8 inputs break the rules "
+                f"({rules.errors[0].message} at {rules.errors[0].node})")
+            keep_float |= more
         if recipe is not Recipe.FULL and not rules:
             dropped.append(f"candidate '{label}' was dropped: {rules.errors[0].message} at "
                            f"{rules.errors[0].node}")
             return None
+        if keep_float:
+            warnings_.append(f"candidate '{label}': {len(keep_float)} layer(s) kept float so that the graph "
+                             f"keeps the {scheme} {recipe} rules: {', '.join(sorted(keep_float)[:5])}"
+                             + (" …" if len(keep_float) > 5 else ""))
         tuning = tune(model) if tune else None
         candidate = judge(label, model, evaluation, nodes)
         candidate.tuning = tuning
@@ -223,8 +241,8 @@ def run_search(float_model: onnx.ModelProto, nodes: list[ComputeNode], calibrati
             tried += [second] if second else []
     warnings_ += dropped
     if not tried:
-        raise VitedgeError(f"internal: every {recipe} candidate broke its own rules ({dropped[0]})",
-                           "please report this with the model")
+        raise InputError(f"no INT8 graph of this model keeps the {recipe} rules ({dropped[0]})",
+                         "keep that layer float with --exclude NODE, or use --recipe full for CPU runtimes")
     within = [c for c in tried if budget.meets(c)]
     if within:
         best = max(within, key=lambda c: (len(quantized_node_names(c.model)), -c.drop))
