@@ -288,7 +288,7 @@ def test_cli_quantize_and_bad_inputs(digits_onnx, tmp_path, monkeypatch):
     assert ok.exit_code == 0, ok.output
     assert "agreement with FP32" in ok.output and (tmp_path / "ok" / "quant_report.md").is_file()
     shown = runner.invoke(app, ["inspect", str(tmp_path / "ok")])
-    assert "of Linear MACs; agreement with FP32" in " ".join(shown.output.split())
+    assert "of Linear/Conv MACs; agreement with FP32" in " ".join(shown.output.split())
 
     def bad(*args, match):
         result = runner.invoke(app, ["quantize", str(digits_onnx), "-q", *map(str, args)])

@@ -89,7 +89,7 @@ def render_card(card: Any) -> Table:
         drift = quant["drift"]
         closeness = (f"feature cosine to FP32 {drift['cosine']:.4f}" if drift.get("features") else
                      f"agreement with FP32 {100 * drift['top1_agreement']:.2f}%")
-        rows.append(("INT8", f"{100 * quant['int8_linear_mac_share']:.0f}% of Linear MACs; "
+        rows.append(("INT8", f"{100 * quant['int8_linear_mac_share']:.0f}% of Linear/Conv MACs; "
                              f"{closeness} on {drift['samples']} samples"
                              + ("" if drift.get("features") else f", KL {drift['kl']:.4f}")
                              + f"; budget {'met' if quant['budget']['met'] else 'MISSED'}"))

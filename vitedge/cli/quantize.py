@@ -109,7 +109,7 @@ def _print_summary(report: QuantReport, out_dir: Path) -> None:
                  f"agreement with FP32 {100 * (drift.top1_agreement or 0):.2f}%")
     console.print(f"{closeness} on {drift.samples} samples"
                   + ("" if drift.features else f", KL {drift.kl:.4f}, cosine {drift.cosine:.4f}")
-                  + f"; {100 * report.int8_linear_mac_share:.1f}% of Linear MACs in INT8 "
+                  + f"; {100 * report.int8_linear_mac_share:.1f}% of Linear/Conv MACs in INT8 "
                   f"({report.chosen})")
     if report.float_nodes.run_as:
         console.print(f"layers kept float run as: {report.float_nodes.run_as}", highlight=False)

@@ -215,7 +215,7 @@ class BudgetMissed(VitedgeError):
 
     def __init__(self, result: QuantizeResult) -> None:
         budget = result.report.budget
-        share = f"{100 * result.report.int8_linear_mac_share:.0f}% of Linear MACs in INT8"
+        share = f"{100 * result.report.int8_linear_mac_share:.0f}% of Linear/Conv MACs in INT8"
         if budget.features:
             message = (f"--min-cosine {budget.min_cosine:g} cannot be met: the best model found has "
                        f"cosine {budget.cosine:.4f} to the FP32 features (relative error "

@@ -1,7 +1,7 @@
 """Reading and editing QDQ (QuantizeLinear/DequantizeLinear) ONNX graphs.
 
 NNCF writes the quantized graph; vitedge needs to ask it questions (which compute nodes run in
-INT8, what share of the Linear MACs that is) and to revert single nodes to float during the
+INT8, what share of the Linear/Conv MACs that is) and to revert single nodes to float during the
 accuracy-budget search without re-running calibration. NNCF keeps node names, so a node of the
 quantized graph is reverted by restoring the inputs it had in the float graph.
 """
@@ -159,7 +159,7 @@ def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def int8_mac_share(model: onnx.ModelProto, linear: list[ComputeNode]) -> float:
-    """Share of the float graph's Linear-layer MACs that run in INT8 in `model`."""
+    """Share of the float graph's Linear/Conv MACs that run in INT8 in `model`."""
     quantized = quantized_node_names(model)
     total = sum(n.macs or 0 for n in linear if n.kind == "linear")
     done = sum(n.macs or 0 for n in linear if n.kind == "linear" and n.name in quantized)

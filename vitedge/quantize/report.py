@@ -209,9 +209,9 @@ def markdown(report: dict[str, Any]) -> str:
          f"top-5 overlap {_pct(d['top5_overlap'])}, KL {_num(d['kl'])}, logit cosine "
          f"{_num(d['cosine'], 5)} ({d['verdict']} at ≥ {100 * d['thresholds']['min_agreement']:.0f}% "
          "agreement)."), "",
-        f"Linear-layer MACs in INT8: **{_pct(report['int8_linear_mac_share'])}**. Latency is "
+        f"Linear/Conv MACs in INT8: **{_pct(report['int8_linear_mac_share'])}**. Latency is "
         "reported as measured: on CPUs without VNNI/AMX, INT8 is often no faster than FP32.", "",
-        "## Attempts", "", "| candidate | drop | INT8 Linear MACs | agreement | cosine |",
+        "## Attempts", "", "| candidate | drop | INT8 Linear/Conv MACs | agreement | cosine |",
         "| --- | --- | --- | --- | --- |",
     ]
     for attempt in report["attempts"]:

@@ -355,7 +355,7 @@ def budget_search(start: Candidate, float_model: onnx.ModelProto, nodes: list[Co
         outcome.tuning = start.tuning
         figures = (f"cosine {outcome.cosine:.6g}" if evaluation.features else
                    f"drop {outcome.drop:.2f} points, agreement {100 * outcome.agreement:.1f}%")
-        say(f"  {len(reverted_names)} node(s) float: {figures}, {100 * outcome.int8_share:.0f}% Linear MACs INT8")
+        say(f"  {len(reverted_names)} node(s) float: {figures}, {100 * outcome.int8_share:.0f}% Linear/Conv MACs INT8")
         if _better(outcome, best):
             best = outcome
         if budget.meets(outcome):

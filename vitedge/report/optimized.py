@@ -59,7 +59,7 @@ def optimize_sections(directory: Path) -> Sections:
              percent(c.int8_share) if c.int8_share is not None else "-", _verdict(c, chosen, document)]
             for c in document.candidates]
     tables = [("Candidates (★ chosen)", ["candidate", "MACs", "precision run", "agreement", "top-1", "drop", speed,
-                                        f"speed-up vs {base_name}", "Linear MACs INT8", "verdict"], rows)]
+                                        f"speed-up vs {base_name}", "Linear/Conv MACs INT8", "verdict"], rows)]
     return Sections(title=f"vitedge optimize: {document.source} for {document.target}",
                     headline=headline, tables=tables, plots=[("Latency against agreement", _plot(measured, document))],
                     gallery=[], data={"kind": "optimize", "optimize": document.to_dict()})

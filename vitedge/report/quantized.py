@@ -50,7 +50,7 @@ def quantize_sections(directory: Path, card: ModelCard) -> Sections:
                    + (f", for {settings['target']}" if settings.get("target") else "")),
         ("budget", ("met: " if budget["met"] else "MISSED: ") + measured),
         ("chosen", report["chosen"]),
-        ("Linear MACs in INT8", percent(report["int8_linear_mac_share"], 0)),
+        ("Linear/Conv MACs in INT8", percent(report["int8_linear_mac_share"], 0)),
         ("against FP32", f"cosine {number(drift['cosine'], 5)} on {drift['samples']} samples" if drift["features"]
          else f"top-1 agreement {percent(drift['top1_agreement'], 1)}, KL {number(drift['kl'])} on "
               f"{drift['samples']} samples"),
@@ -83,7 +83,7 @@ def quantize_sections(directory: Path, card: ModelCard) -> Sections:
                        folded(report["sensitivity"], SHOWN_ROWS,
                               lambda r: [name(r["node"]), f"{r['error_if_float']:.5f}", f"{r['error_gain']:.5f}"],
                               lambda rest: [f"… {len(rest)} more", "", ""])))
-    tables.append(("What the search tried", ["candidate", "drop", "INT8 Linear MACs", "agreement", "cosine"],
+    tables.append(("What the search tried", ["candidate", "drop", "INT8 Linear/Conv MACs", "agreement", "cosine"],
                    [[a["label"], f"{a['drop']:.2f}", percent(a["int8_linear_mac_share"], 0),
                      percent(a.get("top1_agreement"), 1, "n/a"), number(a.get("cosine"), 5)]
                     for a in report["attempts"]]))

@@ -21,7 +21,7 @@ class CandidateDoc(Doc):
     reason: str | None = None  # why it failed or was skipped
     precision_run: str | None = None  # what the session reported it runs (e.g. int8+bf16)
     macs: Count | None = None
-    int8_share: Share | None = None  # of Linear MACs
+    int8_share: Share | None = None  # of Linear/Conv MACs
     agreement: Share | None = None  # top-1 agreement with the FP32 source on the held-out data
     top1: Share | None = None  # when the held-out data is labeled
     drop: float | None = None  # points: top-1 below FP32 (labeled), else 100 x (1 - agreement)
