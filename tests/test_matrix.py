@@ -60,12 +60,16 @@ class Cells:
         return True
 
 
-def _close_to_fp32(drift: dict, features: bool) -> None:
-    if features:
+def _floor(row) -> float:
+    # INT8 kernels differ by CPU: a bound, not a count (AVX2-only: 70 % seen, see conftest)
+    return row.int8_floor if row.int8_floor is not None else 0.75 if int8_kernels_exact() else 0.6
+
+
+def _close_to_fp32(drift: dict, row) -> None:
+    if row.features:
         assert drift["cosine"] > 0.98 and drift["top1_agreement"] is None, drift
     else:
-        # INT8 kernels differ by CPU: a bound, not a count (AVX2-only: 70 % seen, see conftest)
-        assert drift["top1_agreement"] >= (0.75 if int8_kernels_exact() else 0.6), drift
+        assert drift["top1_agreement"] >= _floor(row), drift
 
 
 FULL = os.environ.get("VITEDGE_FULL_MATRIX") == "1"
@@ -82,7 +86,8 @@ def test_every_step(key, tmp_path, photos):
     src = source(key, tmp_path / "src")
     out = tmp_path / "out"
     # 40 random-weight samples: a loose budget (looser where INT8 kernels saturate, see conftest)
-    budget = [] if row.features else ["--max-drop", "10" if int8_kernels_exact() else "30"]
+    budget = [] if row.features else ["--max-drop", str(round(100 * (1 - _floor(row))) if row.int8_floor else
+                                                        "10" if int8_kernels_exact() else "30")]
 
     run("inspect", "inspect", *src, "--json")
     card = json.loads(cli("inspect", *src, "--json").stdout)
@@ -104,7 +109,7 @@ def test_every_step(key, tmp_path, photos):
             "--eval-samples", "40", *budget, *extra, "-q", "-o", out / name)
         report = _json(out / name / "quant_report.json")
         assert report["budget"]["met"] and report["lint"]["passed"] and report["int8_linear_mac_share"] > 0
-        _close_to_fp32(report["drift"], row.features)
+        _close_to_fp32(report["drift"], row)
 
     run("compile x86-cpu", "compile", out / "int8x86", "--target", "x86-cpu", "--runtime", "onnxruntime",
         "-o", out / "x86", "-q")
@@ -115,7 +120,7 @@ def test_every_step(key, tmp_path, photos):
     assert "--int8" in _json(out / "nano" / "bundle.json")["trtexec"]
 
     run("predict / eval", "eval", out / "onnx", out / "x86", "--data", photos, "--samples", "30", "-o", out / "eval")
-    _close_to_fp32(_json(out / "eval" / "eval.json")["models"][1]["vs_first"], row.features)
+    _close_to_fp32(_json(out / "eval" / "eval.json")["models"][1]["vs_first"], row)
     prediction = json.loads(cli("predict", out / "x86", SAMPLE, "--json").stdout)["predictions"][0]
     assert (prediction["embedding"] is not None) == row.features and (not prediction["top"]) == row.features
 
