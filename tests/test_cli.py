@@ -85,6 +85,8 @@ def test_export_cli(tmp_path):
     assert (out / "model.onnx").is_file() and (out / "card.json").is_file()
     assert_user_error(run("export", "builtin:digits-vit", "-o", out), "already exists",
                       "--overwrite")
+    quiet = run("export", "builtin:digits-vit", "-o", out, "--parity-samples", "2", "--overwrite", "-q")
+    assert quiet.exit_code == 0 and quiet.output.strip().startswith("wrote ") and "parity" not in quiet.output
 
 
 def test_doctor_json():

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from vitedge.cli.shared import (
     Overwrite,
+    Quiet,
     Source,
     Verbose,
     console,
@@ -128,7 +129,7 @@ def export(source: Source,
            parity_samples: Annotated[int, typer.Option(min=1, max=100_000, help="How many images the parity check uses.")] = 16,
            atol: Annotated[float, typer.Option(callback=floats(0), help="Parity absolute tolerance on logits.")] = 1e-3,
            rtol: Annotated[float, typer.Option(callback=floats(0), help="Parity relative tolerance on logits.")] = 1e-3,
-           overwrite: Overwrite = False,
+           overwrite: Overwrite = False, quiet: Quiet = False,
            verbose: Verbose = False, *, options: SourceOptions) -> None:
     """Export to ONNX (opset >= 17, dynamic batch, onnxslim) and check it against PyTorch.
 
@@ -141,13 +142,18 @@ def export(source: Source,
                              simplify=simplify, parity_data=data, parity_samples=parity_samples,
                              atol=atol, rtol=rtol, overwrite=overwrite,
                              options=options)
-    print_warnings(result.card.warnings)
     parity = result.parity
-    agreement = "n/a" if parity.top1_agreement is None else f"{100 * parity.top1_agreement:.1f}%"
-    console.print(styled("parity passed", "green",
-        f"on {parity.samples} images ({parity.data}): max abs diff "
-        f"{parity.max_abs_diff:.2e}, max rel diff {parity.max_rel_diff:.2e}, top-1 agreement "
-        f"{agreement} (atol {parity.atol:g}, rtol {parity.rtol:g})"))
+    if not quiet:
+        print_warnings(result.card.warnings)
+        fused = (result.card.lineage[-1].get("params") or {}).get("reparameterized_modules") if result.card.lineage else None
+        if fused:
+            console.print(f"fused {fused} re-parameterizable module(s) for inference first (timm's "
+                          "reparameterize_model); parity compares with the unfused model", highlight=False)
+        agreement = "n/a" if parity.top1_agreement is None else f"{100 * parity.top1_agreement:.1f}%"
+        console.print(styled("parity passed", "green",
+            f"on {parity.samples} images ({parity.data}): max abs diff "
+            f"{parity.max_abs_diff:.2e}, max rel diff {parity.max_rel_diff:.2e}, top-1 agreement "
+            f"{agreement} (atol {parity.atol:g}, rtol {parity.rtol:g})"))
     batch = "dynamic" if result.card.source["onnx"]["dynamic_batch"] else "fixed"
     console.print(f"wrote {result.out_dir}/model.onnx (opset {opset}, {batch} batch, "
                   f"{result.exporter} exporter) in {result.seconds:.1f} s", highlight=False)
