@@ -97,8 +97,8 @@ def latency(results: Results, tmp: Path, families: list[tuple[str, str, dict]], 
             made["bf16"] = compile_bundle(folder / "onnx", "x86-cpu", folder / "bf16", precision="bf16",
                                           runtime="openvino")
         timed = bench([str(b.path) for b in made.values()], batches=(1, 8), runs=runs, warmup=5)
-        by = {(r.name, r.batch): r for r in timed.rows}
-        cell = {(kind, batch): by.get((str(bundle.path), batch)) for kind, bundle in made.items() for batch in (1, 8)}
+        rows_in_order = iter(timed.rows)  # one row per source and batch, in that order
+        cell = {(kind, batch): next(rows_in_order) for kind in made for batch in (1, 8)}
         size = loaded.card.preprocessing.input_size
         ratio = [cell["fp32", b].p50_ms / cell["int8", b].p50_ms for b in (1, 8)]
         if min(ratio) < 1.0:
