@@ -53,7 +53,7 @@ def test_macs_fall_by_the_requested_share_and_widths_are_rounded():
     assert all(width % 16 == 0 for width in info["after"]["mlp_hidden"])
     with pytest.raises(InputError, match=r"--heads 1.0 is outside \[0, 1\)"):
         _pruned(PruneRatios(heads=1.0))
-    with pytest.raises(InputError, match="cannot prune Sequential: it is not a transformer"):
+    with pytest.raises(InputError, match="cannot prune Sequential: it has no attention layers"):
         prune_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), PruneRatios(mlp=0.5))
 
 
