@@ -164,3 +164,23 @@ def test_refusals(digits_onnx, tmp_path):
                           "--overwrite", "-o", tmp_path / "mine"), "is not a vitedge output")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "a").exists()
+
+
+def test_a_conv_attention_hybrid_is_optimized_and_token_merging_is_skipped_with_its_reason(tmp_path):
+    """A hybrid (EfficientViT-MSRA, tiny) through optimize: its FP32 and INT8 bundles are built and
+    measured; the token-merging variant cannot be built for it and is skipped, said on the console
+    and recorded with the reason, not attempted again for INT8."""
+    out = tmp_path / "opt"
+    result = cli("optimize", "timm:efficientvit_m0", "-k", "img_size=64", "-k", "num_classes=10",
+                 "-k", "embed_dim=[16,32,48]", "-k", "depth=[1,1,1]", "-k", "num_heads=[2,2,2]",
+                 "-k", "window_size=[2,2,2]", "--target", onnxruntime_only_target(tmp_path), "--data", HELDOUT,
+                 "--calib", TRAIN, "--samples", "32", "--eval-samples", "60", "--max-drop", "100", "--tome", "0,8",
+                 "-o", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "skipping every r8 candidate: token merging supports timm ViTs, not EfficientVitMsra" in text
+    document = json.loads((out / "optimize.json").read_text())
+    status = {c["name"]: (c["status"], c.get("reason") or "") for c in document["candidates"]}
+    assert {n for n, (s, _) in status.items() if s == "measured"} == {"r0-fp32-onnxruntime", "r0-int8-onnxruntime"}
+    assert all(s == "skipped" and "feature maps of stages" in r for n, (s, r) in status.items() if n.startswith("r8-"))
+    assert document["chosen"] in ("r0-fp32-onnxruntime", "r0-int8-onnxruntime")

@@ -225,6 +225,7 @@ class _Search:
                 model = self.builder.model(variant, int8)
             except VitedgeError as exc:
                 reason = self.unbuildable[variant] = exc.message  # its INT8 pass is not tried again
+                self.say(f"skipping every {variant.name('')[:-1]} candidate: {reason}")
         if reason is not None:
             for name, precision, runtime in pending:
                 self._record(name, variant, precision, runtime, status="skipped", reason=reason)
