@@ -365,3 +365,32 @@ def test_hugging_face_mobilevit_and_swin_folders_load(tmp_path):
     assert loaded.card.num_classes is None and any("pooled features" in w for w in loaded.card.warnings)
     with torch.no_grad():
         assert loaded.module(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_an_onnx_hybrid_is_recognized_by_its_attention_matmuls(tmp_path):
+    """An ONNX file carries no modules: a graph that multiplies two activations (attention) is a
+    transformer even without a patch convolution (MobileViT's stem is a 3x3 stride-2 conv); a
+    convolution-only graph is not, and says it has no attention layers."""
+    import torch
+
+    class Attending(torch.nn.Module):
+        def __init__(self, attend: bool):
+            super().__init__()
+            self.attend = attend
+            self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.qkv, self.head = torch.nn.Linear(8, 24), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            tokens = self.stem(x).flatten(2).transpose(1, 2)
+            if self.attend:
+                q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+                tokens = tokens + torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+            return self.head(tokens.mean(1))
+
+    for attend in (True, False):
+        path = tmp_path / f"{attend}.onnx"
+        torch.onnx.export(Attending(attend).eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                          opset_version=18, input_names=["input"], output_names=["logits"])
+        card = load(path, compute_macs=False).card
+        assert card.structure.is_vit is attend
+        assert any("has no attention layers" in w for w in card.warnings) is (not attend)

@@ -395,13 +395,23 @@ def onnx_summary(model: onnx.ModelProto) -> dict[str, Any]:
             if weight.shape[1] == 3 and weight.shape[2] == weight.shape[3] == strides[0] > 1:
                 patch_conv = weight
             break
-    is_vit = patch_conv is not None and ops["Softmax"] > 0 and (
+    # attention multiplies two activations (queries x keys, weights x values); a Linear or Conv
+    # multiplies by constant weights. A hybrid has no patch convolution but has these.
+    constants = set(init) | {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    for node in graph.node:  # an INT8 graph's weights: DequantizeLinear of a constant (graph order)
+        if node.op_type in ("DequantizeLinear", "Transpose", "Reshape") and node.input and node.input[0] in constants:
+            constants.update(node.output)
+    attention = sum(1 for node in graph.node if node.op_type == "MatMul"
+                    and node.input[0] not in constants and node.input[1] not in constants)
+    plain = patch_conv is not None and ops["Softmax"] > 0 and (
         ops["LayerNormalization"] > 0 or ops["ReduceMean"] > 0)
+    is_vit = plain or attention > 0
     structure = VitStructure(
         is_vit=is_vit,
         patch_size=int(patch_conv.shape[2]) if patch_conv is not None else None,
         embed_dim=int(patch_conv.shape[0]) if patch_conv is not None else None,
-        depth=ops["Softmax"] if is_vit else None,
+        depth=(ops["Softmax"] or None) if is_vit else None,
+        token_layout=None if is_vit else "none",
     )
     return {"params": params, "macs": macs if known and macs else None,
             "structure": structure, "ops": dict(ops)}
