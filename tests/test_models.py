@@ -394,3 +394,20 @@ def test_an_onnx_hybrid_is_recognized_by_its_attention_matmuls(tmp_path):
         card = load(path, compute_macs=False).card
         assert card.structure.is_vit is attend
         assert any("has no attention layers" in w for w in card.warnings) is (not attend)
+
+
+@pytest.mark.parametrize("source, kwargs, fragment", [
+    ("timm:mobilevit_xxs", ["img_size=0"], "timm:mobilevit_xxs cannot be built with these model kwargs (ValueError"),
+    ("timm:pvt_v2_b0", ["depths=[1,1]"], "timm:pvt_v2_b0 cannot be built with these model kwargs (AssertionError"),
+    ("timm:deit_tiny_patch16_224", ["no_such_argument=1"], "does not accept these model kwargs"),
+])
+def test_model_kwargs_a_constructor_refuses_are_one_line(source, kwargs, fragment):
+    from conftest import assert_user_error
+    from typer.testing import CliRunner
+
+    from vitedge.cli.app import app
+
+    args = ["inspect", source]
+    for kwarg in kwargs:
+        args += ["-k", kwarg]
+    assert_user_error(CliRunner().invoke(app, args), fragment)

@@ -156,6 +156,11 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any], *,
     except TypeError as exc:
         raise InputError(f"timm:{name} does not accept these model kwargs ({exc})",
                          "check the names against the timm model's constructor") from None
+    except (ValueError, AssertionError, RuntimeError, IndexError, ZeroDivisionError) as exc:
+        # a value the constructor refuses (img_size=0, depths that do not match the stages, ...)
+        raise InputError(f"timm:{name} cannot be built with these model kwargs "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})",
+                         "check the values against the timm model's constructor") from None
     state_dict = None
     if weights is not None:
         state_dict = read_state_dict(weights, trust_pickle=trust_pickle)
@@ -267,6 +272,10 @@ def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any], *
             model = torchvision.models.get_model(name, weights=None, **kwargs)
     except TypeError as exc:
         raise InputError(f"torchvision:{name} does not accept these model kwargs ({exc})") from None
+    except (ValueError, AssertionError, RuntimeError, IndexError, ZeroDivisionError) as exc:
+        raise InputError(f"torchvision:{name} cannot be built with these model kwargs "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})",
+                         "check the values against the torchvision model's constructor") from None
     if weights is not None:
         load_into(model, read_state_dict(weights, trust_pickle=trust_pickle),
                   what=f"torchvision:{name}{_kw_text(kwargs)}",
