@@ -186,6 +186,12 @@ class ModelCard:
     # card records as its parent's path, so a bundle finds its reference in another folder
     folder: Path | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def int8_mac_share(self) -> float | None:
+        """Share of the Linear/Conv MACs quantize left in INT8 (None: the model was not quantized)."""
+        share = (self.metrics.get("quantization") or {}).get("int8_linear_mac_share")
+        return float(share) if share is not None else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "card_version": CARD_VERSION,

@@ -8,6 +8,13 @@ Anything else that escapes is a bug in vitedge and keeps its traceback.
 from __future__ import annotations
 
 
+def exception_line(exc: BaseException, limit: int = 160) -> str:
+    """A third-party exception in one line for a user-facing message: "ValueError: first line"
+    (at most `limit` characters of it), or the type alone when it says nothing."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text.strip() else type(exc).__name__
+
+
 class VitedgeError(Exception):
     """An error the user can act on: what was wrong, what was expected, what to do."""
 

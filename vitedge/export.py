@@ -23,7 +23,7 @@ import numpy as np
 from vitedge.artifact import derive_card, write_card
 from vitedge.card import ModelCard
 from vitedge.data import ImageSet, iter_batches, open_images, sample_photos
-from vitedge.errors import ExportError, InputError
+from vitedge.errors import ExportError, InputError, exception_line
 from vitedge.formatting import percent
 from vitedge.locks import releasing
 from vitedge.models.loaded import LoadedModel
@@ -157,9 +157,8 @@ def _export(module: torch.nn.Module, input_size: tuple[int, int], opset: int,
     try:
         return _export_torchscript(module, example, opset, dynamic_batch), "torchscript", dynamic_batch
     except Exception as exc:  # noqa: BLE001
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
-        before = (f"dynamo exporter: {type(dynamo_error).__name__}: "
-                  f"{str(dynamo_error).splitlines()[0][:200]}; ") if dynamo_error else ""
+        reason = exception_line(exc, 200)
+        before = f"dynamo exporter: {exception_line(dynamo_error, 200)}; " if dynamo_error else ""
         raise ExportError(f"torch.onnx.export failed ({before}TorchScript exporter: {reason})",
                           "the model uses an operation ONNX cannot express at this opset; try "
                           "another --opset, or export the model to .pt2 with torch.export first") from None
@@ -251,9 +250,11 @@ def reparameterized(module: torch.nn.Module, card: ModelCard) -> tuple[torch.nn.
     re-parameterizable convolutions, MobileOne blocks, LeViT/TinyViT/EfficientViT conv+BN pairs):
     timm's own `reparameterize_model` on a copy, and how many modules it fused (0: `module` itself).
     The export's parity check compares the fused graph with the unfused module."""
+    if card.source.get("kind") != "timm":
+        return module, 0
     fusable = sum(1 for m in module.modules()
                   if hasattr(m, "fuse") or hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy"))
-    if card.source.get("kind") != "timm" or not fusable:
+    if not fusable:
         return module, 0
     from timm.utils.model import reparameterize_model
 

@@ -270,7 +270,7 @@ def compile_bundle(model: LoadedModel | str | Path, target: Target | str | Path,
                              else sha256_file(source_path)),
                 input_info={**bundle["input"], "batch": bundle["batch"]}, files={},
                 runtime={"name": bundle["runtime"]}, built=built,
-                int8_mac_share=(loaded.card.metrics.get("quantization") or {}).get("int8_linear_mac_share"))
+                int8_mac_share=loaded.card.int8_mac_share)
             seal(staging, card, passport)
     written = read_bundle(out)  # what a device will read, so callers see exactly that
     written.findings = findings

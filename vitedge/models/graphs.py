@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitedge.card import ModelCard, Preprocessing, VitStructure
-from vitedge.errors import ModelLoadError
+from vitedge.errors import ModelLoadError, exception_line
 from vitedge.models.structure import (
     onnx_summary,
     out_features,
@@ -84,7 +84,7 @@ def load_exported_program(path: Path) -> LoadedModel:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch.export.load raises many types on bad files
         raise ModelLoadError(f"{path} is not a readable torch.export program "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                             f"({exception_line(exc)})",
                              "re-save it with torch.export.save") from None
     inputs = [spec for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     shapes = [node.meta["val"].shape for node in program.graph.nodes
@@ -119,7 +119,7 @@ def load_onnx(path: Path) -> LoadedModel:
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common base
         raise ModelLoadError(f"{path} is not a valid ONNX model "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                             f"({exception_line(exc)})",
                              "re-export it, or check it with onnx.checker") from None
     from vitedge.limits import check_graph
 

@@ -27,7 +27,7 @@ from vitedge.card import (
     ResizeMode,
     VitStructure,
 )
-from vitedge.errors import InputError, MissingDependencyError, ModelLoadError
+from vitedge.errors import InputError, MissingDependencyError, ModelLoadError, exception_line
 from vitedge.models.checkpoints import (
     is_torchscript_archive,
     load_into,
@@ -159,7 +159,7 @@ def _load_timm(name: str, weights: Path | None, kwargs: dict[str, Any], *,
     except (ValueError, AssertionError, RuntimeError, IndexError, ZeroDivisionError) as exc:
         # a value the constructor refuses (img_size=0, depths that do not match the stages, ...)
         raise InputError(f"timm:{name} cannot be built with these model kwargs "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})",
+                         f"({exception_line(exc)})",
                          "check the values against the timm model's constructor") from None
     state_dict = None
     if weights is not None:
@@ -274,7 +274,7 @@ def _load_torchvision(name: str, weights: Path | None, kwargs: dict[str, Any], *
         raise InputError(f"torchvision:{name} does not accept these model kwargs ({exc})") from None
     except (ValueError, AssertionError, RuntimeError, IndexError, ZeroDivisionError) as exc:
         raise InputError(f"torchvision:{name} cannot be built with these model kwargs "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})",
+                         f"({exception_line(exc)})",
                          "check the values against the torchvision model's constructor") from None
     if weights is not None:
         load_into(model, read_state_dict(weights, trust_pickle=trust_pickle),

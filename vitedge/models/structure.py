@@ -117,11 +117,12 @@ def _blocks_in(stage: Any) -> int:
     return 1
 
 
-def _submodule(model: torch.nn.Module, name: str) -> Any:
-    # timm's Twins lists its stages as "block.N"; the modules are "blocks.N"
+def _submodule(model: torch.nn.Module, name: str) -> tuple[str, Any] | None:
+    """(name, module) of the stage timm's feature_info names; Twins lists its stages as "block.N",
+    the modules are "blocks.N"."""
     for candidate in (name, re.sub(r"^block\.", "blocks.", name)):
         try:
-            return model.get_submodule(candidate)
+            return candidate, model.get_submodule(candidate)
         except AttributeError:
             continue
     return None
@@ -137,10 +138,10 @@ def stages(model: torch.nn.Module, attention: list[tuple[str, Any]]) -> dict[str
         return None
     widths, depths, counts, heads = [], [], [], []
     for entry in info:
-        stage = _submodule(model, entry["module"])
-        if stage is None:
+        found = _submodule(model, entry["module"])
+        if found is None:
             return None
-        prefix = next(n for n, m in model.named_modules() if m is stage) + "."
+        prefix, stage = found[0] + ".", found[1]
         inside = [module for name, module in attention if name.startswith(prefix)]
         widths.append(int(entry["num_chs"]))
         depths.append(_blocks_in(stage))

@@ -75,11 +75,9 @@ class Session(ABC):
     def int8_share(self) -> float | None:
         """Share of the weight-layer MACs in INT8, as quantize recorded it on the card (None: float
         or unknown)."""
-        if "int8" not in self.precision and self.precision != "best":
+        if self.card is None or ("int8" not in self.precision and self.precision != "best"):
             return None
-        metrics = getattr(self.card, "metrics", None) or {}
-        share = (metrics.get("quantization") or {}).get("int8_linear_mac_share")
-        return float(share) if share is not None else None
+        return self.card.int8_mac_share
 
     @property
     def precision_label(self) -> str:
